@@ -1,0 +1,48 @@
+# edgefleet — the two commands a newcomer needs are `make demo` and `make test`.
+# Both create .venv on first use; a later run skips the install unless pyproject.toml changed.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# The CPU build of torch that lies on this machine type's disk. Installed first, so the [platform]
+# extra's torch range is already satisfied and pip never fetches a multi-GB CUDA build.
+TORCH  := torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: demo test setup model proto bench lint clean
+
+demo: model
+	$(BIN)/edgefleet demo
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+setup: $(STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e '.[platform,dev]'
+	touch $@
+
+model: setup
+	$(BIN)/edgefleet models fetch
+
+proto: setup
+	@if ls protos/edgefleet/v1/*.proto >/dev/null 2>&1; then \
+	  $(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=edgefleet/_proto --pyi_out=edgefleet/_proto \
+	    --grpc_python_out=edgefleet/_proto protos/edgefleet/v1/*.proto; \
+	else echo "no .proto files yet"; fi
+
+bench: model
+	$(BIN)/python -m bench
+
+lint: setup
+	$(BIN)/ruff check edgefleet tests bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,17 @@
+"""`python -m bench [name ...]` runs the named benchmarks (default: all)."""
+
+from __future__ import annotations
+
+import sys
+
+from bench import models
+
+BENCHMARKS = {"models": models.main}
+
+if __name__ == "__main__":
+    names = sys.argv[1:] or list(BENCHMARKS)
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        sys.exit(f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
+    for name in names:
+        BENCHMARKS[name]()

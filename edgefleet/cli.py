@@ -1,0 +1,282 @@
+"""The ``edgefleet`` command: up, demo, status, models fetch.
+
+Every expected failure (bad config, unreachable cluster, failed fetch) prints one line and exits 2;
+a traceback means a bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from edgefleet.config import EdgefleetConfig, load_config
+from edgefleet.errors import EdgefleetError, FleetError
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+DEMO_QUESTION = "What is the capital of France?"
+
+
+# ---------------------------------------------------------------- helpers
+
+
+@contextmanager
+def steps(title: str, total: int) -> Iterator:
+    """A progress bar over named steps; yields ``on_step(name)`` that advances it."""
+    progress = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
+                        TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                        console=console, transient=False)  # fmt: skip
+    with progress:
+        task = progress.add_task(title, total=total)
+        seen: list[str] = []
+
+        def on_step(name: str) -> None:
+            if seen:
+                progress.advance(task)
+            seen.append(name)
+            progress.update(task, description=f"{title}: {name}")
+
+        yield on_step
+        progress.update(task, completed=total, description=f"{title}: done")
+
+
+def _state_file(cfg: EdgefleetConfig) -> Path:
+    return cfg.cache_dir / "run" / "fleet.json"
+
+
+def _is_listening(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.3)
+        return s.connect_ex((host, port)) == 0
+
+
+def nodes_table(nodes: list) -> Table:
+    table = Table(title="edgefleet nodes")
+    for col in ("node", "role", "labels", "CPUs", "address", "alive"):
+        table.add_column(col)
+    for n in nodes:
+        labels = ", ".join(f"{k}={v}" for k, v in sorted(n.labels.items())) or "-"
+        table.add_row(n.node_id, n.role, labels, f"{n.cpus:g}", n.address, "yes" if n.alive else "[red]no")
+    return table
+
+
+def _start_fleet(cfg: EdgefleetConfig):
+    from edgefleet.platform.cluster import connect, start_local_fleet
+
+    if cfg.ray.address:
+        console.print(f"joining Ray cluster at {cfg.ray.address}")
+        return connect(cfg.ray.address)
+    with steps("embedded fleet", total=len(cfg.fleet.edge_nodes) + 3) as on_step:
+        return start_local_fleet(cfg, on_step=on_step)
+
+
+def _fetch_model(cfg: EdgefleetConfig, source: str = "smollm2") -> Path | None:
+    from edgefleet.platform.model_cache import ensure_smollm2, is_cached, smollm2_dir
+
+    if source != "smollm2":
+        return None
+    if is_cached(cfg.cache_dir):
+        console.print(f"smollm2: cached at {smollm2_dir(cfg.cache_dir)}")
+        return smollm2_dir(cfg.cache_dir)
+    with steps("fetch smollm2", total=4) as on_step:
+        path = ensure_smollm2(cfg.cache_dir, on_step=on_step)
+    console.print(f"smollm2: cached at {path}")
+    return path
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_models_fetch(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    _fetch_model(cfg, args.source)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import ray
+
+    from edgefleet.platform.edge_node import spawn_edge_node
+
+    cfg = load_config(args.config)
+    node = cfg.fleet.edge(args.node) if args.node else cfg.fleet.edge_nodes[0]
+    _fetch_model(cfg, node.model.source)
+    fleet = _start_fleet(cfg)
+    try:
+        console.print(nodes_table(fleet.nodes()))
+        console.print(f"starting EdgeNode actor on [bold]{node.id}[/] ({node.model.source}, {node.model.quantization})")
+        actor = spawn_edge_node(node, cache_dir=cfg.cache_dir)
+        info = ray.get(actor.info.remote(), timeout=300)
+        placed = info["node_labels"].get("edgefleet.io/node")
+        size = f"{info['parameters'] / 1e6:.1f} M parameters"
+        console.print(f"  placed on raylet labelled edgefleet.io/node={placed}; {size} in {info['load_seconds']:.2f} s")
+        console.print(f"\n[bold]Q:[/] {args.question}")
+        answer = ray.get(actor.generate.remote(args.question, max_new_tokens=48), timeout=300)
+        console.print(f"[bold]A:[/] {answer['text'].strip()}")
+        console.print(f"  answered by {answer['node_id']} in {answer['seconds']:.2f} s (greedy)\n")
+    finally:
+        fleet.shutdown()
+    console.print("fleet stopped")
+    return 0
+
+
+def _start_mlflow_ui(cfg: EdgefleetConfig) -> tuple[subprocess.Popen | None, str]:
+    uri = cfg.tracking_uri
+    if uri.startswith(("http://", "https://")):
+        return None, uri  # a real tracking server already serves its own UI
+    (cfg.cache_dir / "mlflow").mkdir(parents=True, exist_ok=True)
+    port = cfg.ports.mlflow_ui
+    artifacts = str(cfg.cache_dir / "mlflow" / "artifacts")
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+           "--backend-store-uri", uri, "--default-artifact-root", artifacts]  # fmt: skip
+    log = (cfg.cache_dir / "mlflow" / "server.log").open("ab")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    with console.status("starting MLflow UI"):
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                urllib.request.urlopen(url + "/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+    if proc.poll() is not None:
+        raise FleetError(f"mlflow server exited with code {proc.returncode}; see {log.name}")
+    return proc, url
+
+
+def _start_serve(cfg: EdgefleetConfig) -> None:
+    from ray import serve
+    from ray.serve.config import HTTPOptions, gRPCOptions
+
+    serve.start(
+        http_options=HTTPOptions(host="127.0.0.1", port=cfg.ports.http),
+        grpc_options=gRPCOptions(port=cfg.ports.grpc, grpc_servicer_functions=[]),
+    )
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    stop = {"now": False}
+
+    def _request_stop(signum: int, _frame: object) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, _request_stop)
+    fleet = _start_fleet(cfg)
+    mlflow_proc = None
+    state = _state_file(cfg)
+    try:
+        with console.status("starting Ray Serve"):
+            _start_serve(cfg)
+        mlflow_url = "(disabled: --no-mlflow-ui)"
+        if not args.no_mlflow_ui:
+            mlflow_proc, mlflow_url = _start_mlflow_ui(cfg)
+        console.print(nodes_table(fleet.nodes()))
+        grpc_state = "listening" if _is_listening(cfg.ports.grpc) else "no services deployed yet"
+        endpoints = Table(title="endpoints", show_header=False)
+        endpoints.add_row("gRPC", f"127.0.0.1:{cfg.ports.grpc}", grpc_state)
+        endpoints.add_row("HTTP", f"http://127.0.0.1:{cfg.ports.http}", "")
+        endpoints.add_row("Ray dashboard", fleet.dashboard_url or "(disabled in config)", "")
+        endpoints.add_row("MLflow UI", mlflow_url, cfg.tracking_uri)
+        endpoints.add_row("Ray address", fleet.address, "ray.init(address=...) / edgefleet status")
+        console.print(endpoints)
+        state.parent.mkdir(parents=True, exist_ok=True)
+        state.write_text(json.dumps({"address": fleet.address, "pid": os.getpid(),
+                                     "raylet_pids": fleet.raylet_pids()}))  # fmt: skip
+        print("edgefleet is up; Ctrl-C stops it", flush=True)  # plain line: scripts and tests wait on it
+        while not stop["now"]:
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print("stopping...", flush=True)
+        state.unlink(missing_ok=True)
+        if mlflow_proc is not None:
+            mlflow_proc.terminate()
+            try:
+                mlflow_proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                mlflow_proc.kill()
+        fleet.shutdown()
+    print("edgefleet stopped", flush=True)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from edgefleet.platform.cluster import connect
+
+    cfg = load_config(args.config)
+    address = args.address or cfg.ray.address
+    if not address:
+        state = _state_file(cfg)
+        if not state.is_file():
+            raise FleetError("no running fleet found: start one with `edgefleet up`, or pass --address")
+        address = json.loads(state.read_text())["address"]
+    fleet = connect(address)
+    try:
+        console.print(nodes_table(fleet.nodes()))
+        console.print(f"gRPC 127.0.0.1:{cfg.ports.grpc}: "
+                      f"{'listening' if _is_listening(cfg.ports.grpc) else 'not listening'}")  # fmt: skip
+    finally:
+        import ray
+
+        ray.shutdown()  # only disconnect: status never stops a fleet
+    return 0
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgefleet", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", "-c", help="YAML config (default: the embedded 3-edge + cloud fleet)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start the fleet in the foreground; Ctrl-C stops it")
+    up.add_argument("--no-mlflow-ui", action="store_true", help="do not start a local MLflow server")
+    up.set_defaults(func=cmd_up)
+
+    demo = sub.add_parser("demo", help="the scripted tour on the embedded fleet")
+    demo.add_argument("--node", help="edge node to answer (default: the first)")
+    demo.add_argument("--question", default=DEMO_QUESTION)
+    demo.set_defaults(func=cmd_demo)
+
+    status = sub.add_parser("status", help="show the nodes of a running fleet")
+    status.add_argument("--address", help="Ray address (default: the fleet `edgefleet up` started)")
+    status.set_defaults(func=cmd_status)
+
+    models = sub.add_parser("models", help="model cache").add_subparsers(dest="models_command", required=True)
+    fetch = models.add_parser("fetch", help="download and convert SmolLM2 into the cache")
+    fetch.add_argument("--source", default="smollm2", choices=["smollm2"])
+    fetch.set_defaults(func=cmd_models_fetch)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except EdgefleetError as exc:
+        err_console.print(f"[red]error:[/] {exc}", soft_wrap=True, markup=True)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,275 @@
+"""One typed configuration for the whole platform.
+
+The user's YAML is parsed once, here, into :class:`EdgefleetConfig`; the rest of the code receives
+small typed values taken from it, never the raw dict. Every default describes the embedded
+one-machine fleet (3 edge nodes and 1 cloud node), so ``EdgefleetConfig()`` is a working config.
+
+Example:
+    >>> from edgefleet.config import EdgefleetConfig
+    >>> cfg = EdgefleetConfig()
+    >>> [n.id for n in cfg.fleet.edge_nodes]
+    ['edge-1', 'edge-2', 'edge-3']
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from edgefleet.errors import ConfigError
+
+NODE_ID_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"  # a DNS label, so it works as a k8s name too
+Quantization = Literal["none", "int8", "bf16"]
+Tier = Literal["site", "edge", "cloud"]
+
+
+def default_cache_dir() -> Path:
+    """``$EDGEFLEET_CACHE`` if set, else ``~/.cache/edgefleet``."""
+    return Path(os.environ.get("EDGEFLEET_CACHE", Path.home() / ".cache" / "edgefleet")).expanduser()
+
+
+class _Strict(BaseModel):
+    # A typo in a YAML key must fail loudly rather than silently fall back to a default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NetworkProfile(_Strict):
+    """The WAN between the Gateway and a node. Injected on one machine; measured on a real cluster."""
+
+    rtt_ms: float = Field(default=10.0, ge=0, le=60_000, description="round-trip time, ms")
+    jitter_ms: float = Field(default=2.0, ge=0, le=60_000, description="std-dev of the RTT, ms")
+    loss: float = Field(default=0.0, ge=0, lt=1, description="probability a request is dropped")
+
+
+class ModelSpec(_Strict):
+    """Which weights a node serves, and in what numeric format."""
+
+    source: str = Field(
+        default="smollm2",
+        description="'tiny', 'smollm2', a local Hugging Face model directory, or (later) an MLflow URI",
+    )
+    quantization: Quantization = "int8"
+    threads: int = Field(default=1, ge=1, le=64, description="torch intra-op threads in the actor")
+
+    @field_validator("source")
+    @classmethod
+    def _source_not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must name a model: 'tiny', 'smollm2' or a directory")
+        return v
+
+
+class EdgeNodeConfig(_Strict):
+    id: str = Field(pattern=NODE_ID_PATTERN)
+    site: str = Field(default="", description="locality hint clients may send; defaults to the node id")
+    labels: dict[str, str] = Field(default_factory=dict, description="extra Ray node labels")
+    num_cpus: int = Field(default=2, ge=1, le=256, description="logical CPUs of the raylet (whole)")
+    actor_cpus: float = Field(default=0.5, gt=0, description="CPU share of the EdgeNode actor")
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    network: NetworkProfile = Field(default_factory=NetworkProfile)
+    data_dir: Path | None = Field(default=None, description="this node's private training data")
+
+    @model_validator(mode="after")
+    def _check(self) -> EdgeNodeConfig:
+        if self.actor_cpus > self.num_cpus:
+            raise ValueError(f"actor_cpus={self.actor_cpus} exceeds num_cpus={self.num_cpus}")
+        if any(k.startswith("edgefleet.io/") for k in self.labels):
+            raise ValueError("labels under 'edgefleet.io/' are set by edgefleet itself")
+        if not self.site:
+            object.__setattr__(self, "site", self.id)
+        return self
+
+
+def _default_edge_nodes() -> list[EdgeNodeConfig]:
+    # Three sites at increasing distance from the Gateway: a realistic spread for the router.
+    return [
+        EdgeNodeConfig(id="edge-1", network=NetworkProfile(rtt_ms=5, jitter_ms=1)),
+        EdgeNodeConfig(id="edge-2", network=NetworkProfile(rtt_ms=10, jitter_ms=2)),
+        EdgeNodeConfig(id="edge-3", network=NetworkProfile(rtt_ms=20, jitter_ms=4)),
+    ]
+
+
+class CloudConfig(_Strict):
+    id: str = Field(default="cloud", pattern=NODE_ID_PATTERN)
+    num_cpus: int = Field(default=4, ge=1, le=1024)
+    replica_cpus: float = Field(default=0.5, gt=0)
+    replicas: int = Field(default=1, ge=1, le=64)
+    model: ModelSpec = Field(default_factory=lambda: ModelSpec(quantization="none", threads=2))
+    network: NetworkProfile = Field(default_factory=lambda: NetworkProfile(rtt_ms=60, jitter_ms=8))
+
+
+class FleetConfig(_Strict):
+    edge_nodes: list[EdgeNodeConfig] = Field(default_factory=_default_edge_nodes, min_length=1)
+    cloud: CloudConfig = Field(default_factory=CloudConfig)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> FleetConfig:
+        ids = [n.id for n in self.edge_nodes] + [self.cloud.id]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"node ids must be unique, repeated: {', '.join(dupes)}")
+        return self
+
+    def edge(self, node_id: str) -> EdgeNodeConfig:
+        for node in self.edge_nodes:
+            if node.id == node_id:
+                return node
+        raise KeyError(f"no edge node {node_id!r}; known: {[n.id for n in self.edge_nodes]}")
+
+
+class RayConfig(_Strict):
+    address: str | None = Field(default=None, description="join this cluster; None starts the embedded fleet")
+    head_cpus: int = Field(default=2, ge=0)
+    object_store_mb: int = Field(default=256, ge=75, description="per raylet; small on purpose on one machine")
+    dashboard: bool = True
+
+
+class RoutingConfig(_Strict):
+    policy: Literal["sla", "p2c", "round_robin", "edge_only", "cloud_only"] = "sla"
+    cost_order: list[Tier] = Field(default_factory=lambda: ["site", "edge", "cloud"], min_length=1)
+    default_deadline_ms: int = Field(default=5_000, gt=0)
+    mode: Literal["best_effort", "strict"] = "best_effort"
+    hedging: bool = True
+
+    @field_validator("cost_order")
+    @classmethod
+    def _no_repeats(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"tiers must not repeat: {v}")
+        return v
+
+
+class PrivacyConfig(_Strict):
+    target_epsilon: float | None = Field(default=8.0, gt=0, description="per round; solves the noise")
+    noise_multiplier: float | None = Field(default=None, ge=0, description="set instead of target_epsilon")
+    delta: float = Field(default=1e-5, gt=0, lt=1)
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    accountant: Literal["rdp", "prv"] = "rdp"
+    client_budget_epsilon: float = Field(default=30.0, gt=0, description="lifetime ε per client")
+
+    @model_validator(mode="after")
+    def _one_noise_source(self) -> PrivacyConfig:
+        if (self.target_epsilon is None) == (self.noise_multiplier is None):
+            raise ValueError("set exactly one of target_epsilon and noise_multiplier")
+        return self
+
+
+class FederationConfig(_Strict):
+    rounds: int = Field(default=3, ge=1)
+    clients_per_round: int = Field(default=3, ge=1)
+    min_clients: int = Field(default=2, ge=1)
+    strategy: Literal["fedavg", "fedprox", "fedmedian", "trimmed_mean", "krum"] = "fedavg"
+    round_timeout_s: float = Field(default=600.0, gt=0)
+    secure_aggregation: bool = True
+
+    @model_validator(mode="after")
+    def _min_le_sampled(self) -> FederationConfig:
+        if self.min_clients > self.clients_per_round:
+            raise ValueError(f"min_clients={self.min_clients} exceeds clients_per_round={self.clients_per_round}")
+        return self
+
+
+class MLflowConfig(_Strict):
+    tracking_uri: str = Field(default="", description="empty: a SQLite store under the cache dir")
+    model_name: str = Field(default="edgefleet-llm", min_length=1)
+
+
+class PortsConfig(_Strict):
+    grpc: int = Field(default=9000, ge=1, le=65535)
+    http: int = Field(default=8000, ge=1, le=65535)
+    dashboard: int = Field(default=8265, ge=1, le=65535)
+    mlflow_ui: int = Field(default=5000, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> PortsConfig:
+        ports = [self.grpc, self.http, self.dashboard, self.mlflow_ui]
+        if len(set(ports)) != len(ports):
+            raise ValueError(f"ports must be distinct, got {ports}")
+        return self
+
+
+class AuthConfig(_Strict):
+    tokens: list[SecretStr] = Field(default_factory=list, description="accepted bearer tokens; empty = open")
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> AuthConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        return self
+
+
+class EdgefleetConfig(_Strict):
+    fleet: FleetConfig = Field(default_factory=FleetConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    federation: FederationConfig = Field(default_factory=FederationConfig)
+    mlflow: MLflowConfig = Field(default_factory=MLflowConfig)
+    ports: PortsConfig = Field(default_factory=PortsConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+
+    @model_validator(mode="after")
+    def _fits_fleet(self) -> EdgefleetConfig:
+        n_edge = len(self.fleet.edge_nodes)
+        if self.federation.clients_per_round > n_edge:
+            raise ValueError(
+                f"federation.clients_per_round={self.federation.clients_per_round} exceeds the {n_edge} edge nodes"
+            )
+        return self
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow.tracking_uri or f"sqlite:///{self.cache_dir / 'mlflow' / 'mlflow.db'}"
+
+
+def _describe(err: dict[str, Any]) -> str:
+    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown field"
+    elif err["type"] not in ("missing",) and "input" in err and not isinstance(err["input"], dict | list):
+        msg += f" (got {err['input']!r})"
+    return f"{where}: {msg}"
+
+
+def parse_config(data: Any, *, source: str = "config") -> EdgefleetConfig:
+    """Validate an already-parsed mapping; errors name each bad field, one per line."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return EdgefleetConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = [_describe(e) for e in exc.errors()]
+        raise ConfigError(f"{source}: invalid configuration\n  " + "\n  ".join(lines)) from None
+
+
+def load_config(path: str | Path | None = None) -> EdgefleetConfig:
+    """Load and validate a YAML config; ``None`` gives the embedded-fleet defaults.
+
+    Raises:
+        ConfigError: the file is missing, is not YAML, or a field is invalid (the message names it).
+    """
+    if path is None:
+        return EdgefleetConfig()
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}:{where} not valid YAML ({problem})") from None
+    return parse_config(data, source=str(path))

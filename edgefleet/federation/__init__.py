@@ -1,0 +1,1 @@
+"""Federation: aggregation strategies (pure), secure aggregation, privacy ledger, round coordinator."""

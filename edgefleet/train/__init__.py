@@ -1,0 +1,1 @@
+"""Training: client data, the DP local update (Opacus), Ray Train jobs, DeepSpeed distillation."""

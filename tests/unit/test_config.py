@@ -1,0 +1,108 @@
+"""Configuration: defaults describe the embedded fleet; bad files fail naming the field and reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgefleet.cli import main
+from edgefleet.config import EdgefleetConfig, load_config, parse_config
+from edgefleet.errors import ConfigError
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "fleet.yaml"
+
+
+def test_defaults_are_the_embedded_fleet():
+    cfg = EdgefleetConfig()
+
+    assert [n.id for n in cfg.fleet.edge_nodes] == ["edge-1", "edge-2", "edge-3"]
+    assert cfg.fleet.cloud.id == "cloud"
+    assert all(n.actor_cpus < n.num_cpus for n in cfg.fleet.edge_nodes)  # fractional shares
+    assert cfg.fleet.edge_nodes[0].site == "edge-1"  # site defaults to the node id
+    assert cfg.tracking_uri.startswith("sqlite:///")
+
+
+def test_example_file_is_valid_and_matches_defaults_where_it_says_so():
+    cfg = load_config(EXAMPLE)
+
+    assert len(cfg.fleet.edge_nodes) == 3
+    assert cfg.fleet.edge_nodes[0].labels == {"zone": "north"}
+    assert cfg.routing == EdgefleetConfig().routing
+    assert cfg.privacy == EdgefleetConfig().privacy
+
+
+def test_no_file_and_empty_file_give_defaults(write_config):
+    assert load_config(None) == load_config(write_config(""))
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (
+            {"fleet": {"edge_nodes": [{"id": "edge-1", "network": {"rtt_ms": -5}}]}},
+            "fleet.edge_nodes.0.network.rtt_ms: Input should be greater than or equal to 0 (got -5)",
+        ),
+        ({"fleet": {"edge_nodes": [{"id": "Edge_1"}]}}, "fleet.edge_nodes.0.id: String should match pattern"),
+        ({"fleet": {"edge_nodes": [{"id": "a"}, {"id": "a"}]}}, "node ids must be unique, repeated: a"),
+        ({"fleet": {"edge_nodes": [{"id": "a", "actor_cpus": 4, "num_cpus": 2}]}}, "actor_cpus=4.0 exceeds num_cpus=2"),
+        ({"fleet": {"edge_nodes": []}}, "fleet.edge_nodes: List should have at least 1 item"),
+        ({"routng": {}}, "routng: unknown field"),
+        ({"routing": {"cost_order": ["edge", "edge"]}}, "routing.cost_order: tiers must not repeat"),
+        ({"routing": {"policy": "fastest"}}, "routing.policy: Input should be 'sla', 'p2c'"),
+        ({"privacy": {"noise_multiplier": 1.0}}, "set exactly one of target_epsilon and noise_multiplier"),
+        ({"ports": {"grpc": 8000, "http": 8000}}, "ports must be distinct"),
+        ({"federation": {"clients_per_round": 5}}, "clients_per_round=5 exceeds the 3 edge nodes"),
+        (
+            {"fleet": {"edge_nodes": [{"id": "a", "labels": {"edgefleet.io/role": "cloud"}}]}},
+            "labels under 'edgefleet.io/' are set by edgefleet itself",
+        ),
+        (
+            {"fleet": {"edge_nodes": [{"id": "a", "model": {"quantization": "int4"}}]}},
+            "fleet.edge_nodes.0.model.quantization: Input should be 'none', 'int8' or 'bf16'",
+        ),
+    ],
+)
+def test_invalid_config_names_field_and_reason(write_config, data, expected):
+    path = write_config(data)
+
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+
+    assert expected in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_every_bad_field_is_reported_at_once():
+    with pytest.raises(ConfigError) as info:
+        parse_config({"ray": {"head_cpus": -1, "object_store_mb": 1}})
+
+    assert "ray.head_cpus" in str(info.value) and "ray.object_store_mb" in str(info.value)
+
+
+def test_yaml_syntax_error_gives_line_and_column(write_config):
+    path = write_config("fleet:\n  edge_nodes: [\n    {id: a\n  cloud: x: y\n")
+
+    with pytest.raises(ConfigError, match=r"line \d+, column \d+: not valid YAML"):
+        load_config(path)
+
+
+def test_top_level_must_be_a_mapping(write_config):
+    with pytest.raises(ConfigError, match="expected a mapping at the top level, got list"):
+        load_config(write_config("- a\n- b\n"))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_cli_reports_bad_config_briefly_and_exits_2(write_config, capsys):
+    path = write_config({"fleet": {"edge_nodes": [{"id": "edge-1", "network": {"rtt_ms": "far"}}]}})
+
+    code = main(["--config", str(path), "status"])
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "fleet.edge_nodes.0.network.rtt_ms" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) <= 3
