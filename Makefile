@@ -33,10 +33,7 @@ model: setup
 	$(BIN)/edgefleet models fetch
 
 proto: setup
-	@if ls protos/edgefleet/v1/*.proto >/dev/null 2>&1; then \
-	  $(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=edgefleet/_proto --pyi_out=edgefleet/_proto \
-	    --grpc_python_out=edgefleet/_proto protos/edgefleet/v1/*.proto; \
-	else echo "no .proto files yet"; fi
+	$(BIN)/python tools/gen_proto.py
 
 bench: model
 	$(BIN)/python -m bench

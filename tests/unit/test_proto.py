@@ -1,0 +1,21 @@
+"""The committed stubs in edgefleet/_proto are exactly what `make proto` generates from protos/."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_generated_stubs_are_current():
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "gen_proto.py"), "--check"],
+                            capture_output=True, text=True)  # fmt: skip
+
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_stubs_import_and_keep_the_full_proto_name():
+    from edgefleet._proto import inference_pb2, inference_pb2_grpc
+
+    assert inference_pb2.DESCRIPTOR.name == "edgefleet/v1/inference.proto"
+    assert hasattr(inference_pb2_grpc, "InferenceServiceStub")
