@@ -55,11 +55,15 @@ class ModelSpec(_Strict):
     quantization: Quantization = "int8"
     threads: int = Field(default=1, ge=1, le=64, description="torch intra-op threads in the actor")
 
+    adapter: Path | None = Field(default=None, description="a peft LoRA adapter directory, merged at load")
+
     @field_validator("source")
     @classmethod
     def _source_not_blank(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("must name a model: 'tiny', 'smollm2' or a directory")
+        if v.startswith("tiny:") and not v[5:].isdigit():
+            raise ValueError(f"'tiny:<seed>' needs a whole-number seed, got {v!r}")
         return v
 
 

@@ -12,6 +12,9 @@ import yaml
 from edgefleet.config import EdgefleetConfig, parse_config
 
 
+TEST_TOKEN = "test-token-3f9a"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -31,6 +34,7 @@ def make_test_config_dict(num_edge: int = 3) -> dict:
         },
         "ray": {"head_cpus": 1, "object_store_mb": 100, "dashboard": False},
         "federation": {"clients_per_round": min(3, num_edge), "min_clients": 1},
+        "auth": {"tokens": [TEST_TOKEN]},
         "ports": {"grpc": free_port(), "http": free_port(), "dashboard": free_port(), "mlflow_ui": free_port()},
     }
 

@@ -9,6 +9,7 @@ keeps its full name ("edgefleet/v1/inference.proto") while the import package is
 from __future__ import annotations
 
 import filecmp
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -31,6 +32,8 @@ def generate(out: Path) -> list[Path]:
         written = []
         for src in sorted((Path(tmp) / "edgefleet" / "v1").iterdir()):
             text = src.read_text().replace("from edgefleet.v1 import", "from edgefleet._proto import")
+            # The module name protoc registers classes under (pickling needs it importable).
+            text = re.sub(r"'edgefleet\.v1\.(\w+_pb2)'", r"'edgefleet._proto.\1'", text)
             dst = out / src.name
             dst.write_text(HEADER + text)
             written.append(dst)

@@ -1,13 +1,16 @@
-"""The EdgeNode actor: one per edge node, pinned there by label, holding that node's model.
+"""The EdgeNode actor: one per edge node, pinned there by label, serving that node's model.
 
-It loads its model when it starts, so a restarted actor (``max_restarts``) comes back serving.
-This is the foundation version: one request at a time, whole completions. Batching, streaming
-and the Gateway in front of it belong to the request path.
+A thin Ray wrapper around :class:`GenerationEngine` (dynamic batching, token streaming, live
+stats, live model swap). It loads its model in the constructor, so an actor that Ray restarts
+(``max_restarts``) comes back serving. Tokens leave through a Ray streaming generator:
+
+    async for ref in actor.generate_stream.options(num_returns="streaming").remote(request):
+        event = await ref
 """
 
 from __future__ import annotations
 
-import time
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -24,35 +27,73 @@ def actor_name(node_id: str) -> str:
 class EdgeNode:
     """Serves one edge node's model. Construct through :func:`spawn_edge_node`, not directly."""
 
-    def __init__(self, node_id: str, spec: ModelSpec, cache_dir: str | None) -> None:
+    def __init__(self, node_id: str, spec: ModelSpec, cache_dir: str | None, *, batch_window_ms: float = 5.0,
+                 max_batch: int = 8) -> None:  # fmt: skip
+        from edgefleet.platform.engine import GenerationEngine
         from edgefleet.platform.models import load_model
 
         self.node_id = node_id
-        self.loaded = load_model(spec, cache_dir=Path(cache_dir) if cache_dir else None)
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        loaded = load_model(spec, cache_dir=self.cache_dir)
+        self.engine = GenerationEngine(loaded, batch_window_ms=batch_window_ms, max_batch=max_batch)
+
+    async def generate_stream(self, request: dict[str, Any]):
+        """Events of one request (see :mod:`engine`); the start event names this node."""
+        from edgefleet.platform.engine import GenRequest
+
+        async for event in self.engine.stream(GenRequest(**request)):
+            if event["type"] == "start":
+                event = {**event, "node_id": self.node_id, "tier": "edge"}
+            yield event
+
+    async def generate(self, prompt: str, max_new_tokens: int = 32, temperature: float = 0.0) -> dict[str, Any]:
+        """Whole completion for a plain prompt: a convenience for scripts and the demo."""
+        import time
+        import uuid
+
+        started = time.perf_counter()
+        request = {"request_id": uuid.uuid4().hex, "messages": [{"role": "user", "content": prompt}],
+                   "max_new_tokens": max_new_tokens, "temperature": temperature}  # fmt: skip
+        last: dict[str, Any] = {}
+        async for event in self.generate_stream(request):
+            last = event
+        if last.get("type") == "error":
+            raise ValueError(last["message"])
+        return {"text": last["text"], "node_id": self.node_id, "seconds": time.perf_counter() - started,
+                "finish_reason": last["finish_reason"]}  # fmt: skip
+
+    def stats(self) -> dict[str, Any]:
+        return {**self.engine.stats(), "node_id": self.node_id, "tier": "edge"}
 
     def info(self) -> dict[str, Any]:
         """Where this actor runs and what it serves; the labels are read from the raylet itself."""
         import ray
 
+        loaded = self.engine.loaded
         return {
             "node_id": self.node_id,
             "node_labels": dict(ray.get_runtime_context().get_node_labels()),
-            "model": self.loaded.name,
-            "model_version": self.loaded.version,
-            "quantization": self.loaded.quantization,
-            "parameters": self.loaded.num_parameters,
-            "load_seconds": self.loaded.load_seconds,
+            "model": loaded.name,
+            "model_version": loaded.version,
+            "quantization": loaded.quantization,
+            "parameters": loaded.num_parameters,
+            "load_seconds": loaded.load_seconds,
         }
 
-    def generate(self, prompt: str, max_new_tokens: int = 32, temperature: float = 0.0) -> dict[str, Any]:
-        from edgefleet.platform.models import generate
+    async def swap_model(self, spec: ModelSpec) -> str:
+        """Load ``spec`` beside the current model, then switch; running requests finish on the old one."""
+        from edgefleet.platform.models import load_model
 
-        started = time.perf_counter()
-        text = generate(self.loaded, prompt, max_new_tokens=max_new_tokens, temperature=temperature)
-        return {"text": text, "node_id": self.node_id, "seconds": time.perf_counter() - started}
+        loaded = await asyncio.to_thread(load_model, spec, cache_dir=self.cache_dir)
+        return self.engine.swap(loaded)
+
+    def drain(self, draining: bool = True) -> None:
+        """Refuse new requests (UNAVAILABLE) while the running ones finish; ``False`` undoes it."""
+        self.engine.draining = draining
 
 
-def spawn_edge_node(node: EdgeNodeConfig, *, cache_dir: Path | None = None, max_restarts: int = 3) -> Any:
+def spawn_edge_node(node: EdgeNodeConfig, *, cache_dir: Path | None = None, max_restarts: int = 3,
+                    batch_window_ms: float = 5.0, max_batch: int = 8, name: str | None = None) -> Any:  # fmt: skip
     """Start the EdgeNode actor for ``node`` on the raylet labelled with its id; returns the handle.
 
     The call returns at once; ``ray.get(handle.info.remote())`` waits until the model is loaded.
@@ -62,12 +103,18 @@ def spawn_edge_node(node: EdgeNodeConfig, *, cache_dir: Path | None = None, max_
     return (
         ray.remote(EdgeNode)
         .options(
-            name=actor_name(node.id),
+            name=name or actor_name(node.id),  # the Gateway finds edge nodes by this name
             namespace=ACTOR_NAMESPACE,
             label_selector=node_selector(node.id),
             num_cpus=node.actor_cpus,
             max_restarts=max_restarts,
-            lifetime=None,  # owned by the driver: it goes when the fleet goes
+            max_concurrency=256,  # an async actor: requests wait in the engine's batcher, not in Ray
         )
-        .remote(node.id, node.model, str(cache_dir) if cache_dir else None)
+        .remote(
+            node.id,
+            node.model,
+            str(cache_dir) if cache_dir else None,
+            batch_window_ms=batch_window_ms,
+            max_batch=max_batch,
+        )  # fmt: skip
     )

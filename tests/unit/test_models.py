@@ -66,7 +66,10 @@ def test_int8_quantisation_replaces_linears_and_stays_close_to_fp32():
 
     assert not any(type(m) is torch.nn.Linear for m in int8.modules())
     assert any(type(m).__module__.startswith("torch.ao.nn.quantized.dynamic") for m in int8.modules())
-    assert torch.allclose(ref, got, atol=0.05 * ref.abs().max().item())
+    relative_error = ((ref - got).abs().mean() / ref.abs().mean()).item()
+    agreement = (ref.argmax(-1) == got.argmax(-1)).float().mean().item()
+    assert relative_error < 0.2, relative_error  # ~10% on this tiny random model; a broken copy is ~100%
+    assert agreement >= 0.75, agreement
 
 
 def test_unknown_source_is_a_clear_error(tmp_path):
@@ -83,3 +86,23 @@ def test_local_hf_directory_source(tmp_path):
 
     assert loaded.version.startswith("dir:")
     assert torch.equal(loaded.model.lm_head.weight, model.lm_head.weight)
+
+
+def test_lora_adapter_is_merged_before_quantisation(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    base, tok = build_tiny(seed=0)
+    peft_model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft_model.save_pretrained(tmp_path / "adapter")
+    ids = tok("adapter", return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        expected = peft_model(ids).logits
+
+    loaded = load_model(ModelSpec(source="tiny", quantization="none", adapter=tmp_path / "adapter"))
+    plain = load_model(ModelSpec(source="tiny", quantization="none"))
+    with torch.inference_mode():
+        merged, untouched = loaded.model(ids).logits, plain.model(ids).logits
+
+    assert loaded.version == "tiny-seed0+adapter:adapter"
+    assert torch.allclose(merged, expected, atol=1e-4)
+    assert not torch.allclose(merged, untouched, atol=1e-3)  # the adapter really changed the model

@@ -1,0 +1,330 @@
+"""A batching, streaming generation engine around one loaded model. No Ray in here.
+
+Requests that arrive within ``batch_window_ms`` of each other and share sampling settings run in
+one ``model.generate`` call: one forward pass per step for the whole batch. Each step's tokens
+are routed back to their own request as text deltas through asyncio queues, so every request
+streams independently, and finishes independently (its own EOS, stop sequence or token limit).
+
+The EdgeNode actor and the Cloud deployment are thin Ray wrappers around this class.
+
+Events yielded by :meth:`GenerationEngine.stream`, in order:
+  ``{"type": "start", "queue_ms", "prompt_tokens", "model_version", ...}``  once,
+  ``{"type": "delta", "text"}``  zero or more times,
+  ``{"type": "end", "finish_reason", "completion_tokens", "text"}``  once;
+or a single ``{"type": "error", "code", "message"}`` when the request is invalid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgefleet.platform.models import LoadedModel
+
+DEFAULT_MAX_NEW_TOKENS = 128
+EWMA_ALPHA = 0.2  # weight of the newest sample: reacts within ~5 batches, smooths single outliers
+
+
+@dataclass
+class GenRequest:
+    """One generation, already validated for shape; the engine checks it against the model."""
+
+    request_id: str
+    messages: list[dict[str, str]]
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    arrived: float = field(default_factory=time.perf_counter)  # perf_counter s, in this process
+    cancelled: bool = False  # set when the caller goes away: its batch row stops at the next step
+
+    def batch_key(self) -> tuple:
+        # Only requests with the same sampling settings can share a generate() call.
+        if self.temperature == 0:
+            return ("greedy",)
+        return ("sample", self.temperature, self.top_p, self.seed)
+
+
+class _Slot:
+    """One request's place in a running batch: its tokens, text and outbound queue."""
+
+    def __init__(self, req: GenRequest, queue: asyncio.Queue, loop: asyncio.AbstractEventLoop) -> None:
+        self.req, self.queue, self.loop = req, queue, loop
+        self.token_ids: list[int] = []
+        self.text = ""
+        self.sent = 0  # characters of self.text already emitted
+        self.partial = 0  # tokens held back because they decode to an incomplete character
+        self.done = False
+        self.finish_reason = ""
+
+    def emit(self, event: dict[str, Any]) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+
+
+class _BatchStreamer:
+    """transformers streamer: gets the (B,) token tensor of every step and routes it per request."""
+
+    def __init__(self, engine: GenerationEngine, slots: list[_Slot], tokenizer: Any, eos_ids: set[int],
+                 prompt_width: int) -> None:  # fmt: skip
+        self.engine, self.slots, self.tok, self.eos_ids = engine, slots, tokenizer, eos_ids
+        self.prompt_tokens = len(slots) * prompt_width  # padded: what prefill really computes
+        self.prompt_seen = False
+        self.started = time.perf_counter()
+        self.last_step = self.started
+
+    def put(self, value: Any) -> None:
+        if not self.prompt_seen:  # generate() first hands us the prompt ids: (B, T_prompt)
+            self.prompt_seen = True
+            return
+        now = time.perf_counter()
+        first = self.last_step == self.started
+        self.engine._observe_step(now - self.last_step, first=first, batch=len(self.slots), tokens=self.prompt_tokens)
+        self.last_step = now
+        for slot, token in zip(self.slots, value.tolist(), strict=True):  # value: (B,)
+            if not slot.done:
+                self._advance(slot, int(token))
+
+    def end(self) -> None:
+        for slot in self.slots:
+            if not slot.done:  # generate() stopped on length without our criteria noticing
+                self._finish(slot, "length")
+
+    def _advance(self, slot: _Slot, token: int) -> None:
+        if token in self.eos_ids:
+            self._finish(slot, "stop")
+            return
+        slot.token_ids.append(token)
+        limit_hit = len(slot.token_ids) >= slot.req.max_new_tokens
+        text = self.tok.decode(slot.token_ids, skip_special_tokens=True)
+        if text.endswith("\ufffd") and slot.partial < 3 and not limit_hit:
+            slot.partial += 1  # maybe half a UTF-8 character (≤ 4 bytes): wait for the next token
+            return
+        slot.partial = 0
+        slot.text = text
+        for stop in slot.req.stop:
+            at = text.find(stop, max(0, slot.sent - len(stop)))
+            if at >= 0:
+                slot.text = text[:at]
+                self._finish(slot, "stop")
+                return
+        if limit_hit:
+            self._finish(slot, "length")
+            return
+        # Hold back what could still turn into a stop sequence.
+        holdback = max((len(s) - 1 for s in slot.req.stop), default=0)
+        self._flush(slot, len(slot.text) - holdback)
+
+    def _flush(self, slot: _Slot, upto: int) -> None:
+        if upto > slot.sent:
+            slot.emit({"type": "delta", "text": slot.text[slot.sent : upto]})
+            slot.sent = upto
+
+    def _finish(self, slot: _Slot, reason: str) -> None:
+        self._flush(slot, len(slot.text))
+        slot.done, slot.finish_reason = True, reason
+        slot.emit({"type": "end", "finish_reason": reason, "completion_tokens": len(slot.token_ids),
+                   "text": slot.text})  # fmt: skip
+
+
+class _RowsDone:
+    """StoppingCriteria with a per-row answer, so finished rows stop while others go on."""
+
+    def __init__(self, slots: list[_Slot]) -> None:
+        self.slots = slots
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        return torch.tensor([s.done or s.req.cancelled for s in self.slots], dtype=torch.bool, device=input_ids.device)
+
+
+class GenerationEngine:
+    """Dynamic batching and token streaming for one model; the model can be swapped live."""
+
+    def __init__(self, loaded: LoadedModel, *, batch_window_ms: float = 5.0, max_batch: int = 8,
+                 max_new_tokens_limit: int = 1024) -> None:  # fmt: skip
+        self.loaded = loaded
+        self.batch_window_s = batch_window_ms / 1000
+        self.max_batch = max_batch
+        self.max_new_tokens_limit = max_new_tokens_limit
+        self._pending: list[tuple[GenRequest, asyncio.Queue]] = []
+        self._wake: asyncio.Event | None = None
+        self._scheduler: asyncio.Task | None = None
+        # One generate() at a time: on 2 cores a second concurrent batch only slows both down.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
+        self._lock = threading.Lock()  # guards the stats below, written from the generate thread
+        self.in_flight = 0
+        self.forward_passes = 0
+        self.batches = 0
+        self.requests_done = 0
+        self.prefill_ms_per_token: float | None = None  # EWMA, ms per (padded) prompt token
+        self.decode_ms_per_step: dict[int, float] = {}  # EWMA by batch size, ms per decode step
+        self.draining = False
+        self._hook = self._count_forward_passes(loaded)
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def context_length(self) -> int:
+        return int(getattr(self.loaded.model.config, "max_position_embeddings", 2048))
+
+    def validate(self, req: GenRequest) -> tuple[str, int] | str:
+        """Return an error message naming the bad field, or ``("", prompt_tokens)`` when valid."""
+        if not req.messages or not any(m.get("content", "").strip() for m in req.messages):
+            return "prompt: must not be empty"
+        if not 0 < req.max_new_tokens <= self.max_new_tokens_limit:
+            return f"max_new_tokens: must be in 1..{self.max_new_tokens_limit}, got {req.max_new_tokens}"
+        if math.isnan(req.temperature) or req.temperature < 0:
+            return f"temperature: must be a number >= 0, got {req.temperature}"
+        if math.isnan(req.top_p) or not 0 < req.top_p <= 1:
+            return f"top_p: must be in (0, 1], got {req.top_p}"
+        n = len(self._encode(self.loaded, req.messages))
+        if n + req.max_new_tokens > self.context_length:
+            return (f"prompt: {n} prompt tokens + max_new_tokens {req.max_new_tokens} exceed "
+                    f"the model's context of {self.context_length} tokens")  # fmt: skip
+        return ("", n)
+
+    async def stream(self, req: GenRequest):
+        """Async generator of events for one request (see the module docstring)."""
+        checked = self.validate(req)
+        if isinstance(checked, str):
+            yield {"type": "error", "code": "INVALID_ARGUMENT", "message": checked}
+            return
+        if self.draining:
+            yield {"type": "error", "code": "UNAVAILABLE", "message": "node is draining"}
+            return
+        queue: asyncio.Queue = asyncio.Queue()
+        self._ensure_scheduler()
+        self._pending.append((req, queue))
+        self.in_flight += 1
+        self._wake.set()
+        finished = False
+        try:
+            while True:
+                event = await queue.get()
+                finished = event["type"] in ("end", "error")
+                yield event
+                if finished:
+                    return
+        finally:
+            self.in_flight -= 1
+            if not finished:  # the caller left (deadline, disconnect): free its batch row
+                req.cancelled = True
+                self._pending = [p for p in self._pending if p[0] is not req]
+
+    def swap(self, loaded: LoadedModel) -> str:
+        """Serve ``loaded`` from the next batch on; batches already running finish on the old one."""
+        self._hook.remove()
+        self._hook = self._count_forward_passes(loaded)
+        self.loaded = loaded
+        return loaded.version
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "queue_depth": len(self._pending),
+                "in_flight": self.in_flight,
+                "forward_passes": self.forward_passes,
+                "batches": self.batches,
+                "requests_done": self.requests_done,
+                "prefill_ms_per_token": self.prefill_ms_per_token,
+                "decode_ms_per_step": dict(self.decode_ms_per_step),
+                "model": self.loaded.name,
+                "model_version": self.loaded.version,
+                "quantization": self.loaded.quantization,
+                "context_length": self.context_length,
+                "healthy": True,
+                "draining": self.draining,
+            }
+
+    # ------------------------------------------------------------------ batching
+
+    def _ensure_scheduler(self) -> None:
+        if self._scheduler is None or self._scheduler.done():
+            self._wake = asyncio.Event()
+            self._scheduler = asyncio.get_running_loop().create_task(self._schedule())
+
+    async def _schedule(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if not self._pending:
+                continue
+            await asyncio.sleep(self.batch_window_s)  # let near-simultaneous requests join
+            while self._pending:
+                key = self._pending[0][0].batch_key()
+                batch = [p for p in self._pending if p[0].batch_key() == key][: self.max_batch]
+                for item in batch:
+                    self._pending.remove(item)
+                slots = [_Slot(req, queue, loop) for req, queue in batch]
+                await loop.run_in_executor(self._executor, self._run_batch, slots, self.loaded)
+
+    def _run_batch(self, slots: list[_Slot], loaded: LoadedModel) -> None:
+        import torch
+
+        tok = loaded.tokenizer
+        started = time.perf_counter()
+        prompts = [self._encode(loaded, s.req.messages) for s in slots]
+        width = max(map(len, prompts))
+        pad = tok.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])  # (B, T) left-padded
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])  # (B, T)
+        for s, p in zip(slots, prompts, strict=True):
+            s.emit({"type": "start", "queue_ms": (started - s.req.arrived) * 1000, "prompt_tokens": len(p),
+                    "batch_size": len(slots), "model": loaded.name, "model_version": loaded.version})  # fmt: skip
+        eos = loaded.model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        streamer = _BatchStreamer(self, slots, tok, eos_ids, width)
+        with self._lock:
+            self.batches += 1
+        first = slots[0].req
+        sampling: dict[str, Any] = {"do_sample": False}
+        if first.temperature > 0:
+            sampling = {"do_sample": True, "temperature": first.temperature, "top_p": first.top_p}
+            if first.seed is not None:
+                torch.manual_seed(first.seed)
+        try:
+            with torch.inference_mode():
+                loaded.model.generate(input_ids=ids, attention_mask=mask, streamer=streamer, pad_token_id=pad,
+                                      max_new_tokens=max(s.req.max_new_tokens for s in slots),
+                                      stopping_criteria=[_RowsDone(slots)], **sampling)  # fmt: skip
+        except Exception as exc:  # a failed batch must still close every stream it holds
+            for s in slots:
+                if not s.done:
+                    s.done = True
+                    s.emit({"type": "error", "code": "INTERNAL", "message": f"generation failed: {exc}"})
+        else:
+            streamer.end()
+        with self._lock:
+            self.requests_done += len(slots)
+
+    def _observe_step(self, seconds: float, *, first: bool, batch: int, tokens: int) -> None:
+        ms = seconds * 1000
+        with self._lock:
+            if first:  # the prompt's forward pass, which also yields the first token: prefill
+                self.prefill_ms_per_token = _ewma(self.prefill_ms_per_token, ms / max(1, tokens))
+            else:
+                self.decode_ms_per_step[batch] = _ewma(self.decode_ms_per_step.get(batch), ms)
+
+    @staticmethod
+    def _encode(loaded: LoadedModel, messages: list[dict[str, str]]) -> list[int]:
+        out = loaded.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
+
+    def _count_forward_passes(self, loaded: LoadedModel):
+        def hook(*_args: Any) -> None:
+            with self._lock:
+                self.forward_passes += 1
+
+        return loaded.model.register_forward_hook(hook)
+
+
+def _ewma(old: float | None, new: float) -> float:
+    return new if old is None else (1 - EWMA_ALPHA) * old + EWMA_ALPHA * new

@@ -1,0 +1,278 @@
+"""The Gateway: Serve ingress for gRPC ``InferenceService`` and OpenAI-compatible HTTP.
+
+Every request takes one path: validate → ask the Router for a Decision on the live FleetView →
+stream from the chosen EdgeNode actor or the Cloud deployment → time it and report where it ran.
+A target that fails before its first token is replaced by the Decision's next fallback; after
+the first token a failure ends the stream (tokens already sent cannot be taken back).
+"""
+
+# No `from __future__ import annotations`: Serve pickles this class by value, and FastAPI must
+# still resolve the request-body annotations in the replica, so they stay real objects.
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import ray
+from fastapi import FastAPI, Header
+from fastapi.responses import JSONResponse, StreamingResponse
+from ray import serve
+
+from edgefleet._proto import inference_pb2 as pb
+from edgefleet.config import EdgefleetConfig
+from edgefleet.platform.edge_node import ACTOR_NAMESPACE, actor_name
+from edgefleet.serve import openai_http
+from edgefleet.serve.openai_http import SSE_DONE, ChatBody, CompletionBody, error_response, full_response, sse_chunk
+from edgefleet.serve.requests import RequestError, Validated, validate, validate_proto
+from edgefleet.serve.router import FleetView, LeastLoadedRouter, NoTargetError, Router, RouteRequest, TargetState
+
+STATS_PERIOD_S = 0.1  # FleetView staleness bound; a stats call costs ~1 ms
+RETRYABLE = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
+
+app = FastAPI(title="edgefleet", description="OpenAI-compatible API of the edgefleet Gateway")
+openai_http.install(app)
+
+
+# Helpers come before the class: @serve.deployment pickles the class at import, with the globals
+# that exist at that moment.
+
+
+class _Unavailable(Exception):
+    """A target refused before sending anything (e.g. draining): try the next one."""
+
+
+def _bearer_from_grpc(ctx: Any) -> str | None:
+    if ctx is None:
+        return None
+    for key, value in ctx.invocation_metadata():
+        if key.lower() == "authorization" and value.startswith("Bearer "):
+            return value[len("Bearer ") :].strip()
+    return None
+
+
+def _set_status(ctx: Any, err: RequestError) -> None:
+    if ctx is not None:
+        ctx.set_code(err.code)
+        ctx.set_details(err.message)
+
+
+_FINISH = {"stop": pb.FINISH_REASON_STOP, "length": pb.FINISH_REASON_LENGTH}
+_TIER = {"edge": pb.TIER_EDGE, "cloud": pb.TIER_CLOUD}
+
+
+def _to_response(e: dict[str, Any] | None) -> pb.GenerateResponse:
+    if e is None:
+        raise RequestError(grpc.StatusCode.INTERNAL, "the target closed the stream without a final event")
+    return pb.GenerateResponse(
+        request_id=e["request_id"], text=e["text"],
+        usage=pb.Usage(prompt_tokens=e["prompt_tokens"], completion_tokens=e["completion_tokens"]),
+        served_by=pb.ServedBy(tier=_TIER.get(e["tier"], pb.TIER_UNSPECIFIED), node_id=e["node_id"]),
+        model_name=e["model"], model_version=e["model_version"],
+        timings=pb.Timings(queue_ms=e["queue_ms"], ttft_ms=e["ttft_ms"], total_ms=e["total_ms"]),
+        sla_met=e["sla_met"], finish_reason=_FINISH.get(e["finish_reason"], pb.FINISH_REASON_UNSPECIFIED),
+    )  # fmt: skip
+
+
+@serve.deployment(name="Gateway", ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=256)
+@serve.ingress(app)
+class Gateway:
+    def __init__(self, config: dict[str, Any], tokens: list[str], cloud: Any, router: Router | None = None) -> None:
+        self.cfg = EdgefleetConfig.model_validate(config)
+        self.tokens = set(tokens)
+        self.cloud = cloud
+        self.router = router or LeastLoadedRouter()
+        self.sites = {n.id: n.site for n in self.cfg.fleet.edge_nodes}
+        self.stats: dict[str, dict[str, Any]] = {}
+        self.healthy: dict[str, bool] = {}
+        self.dispatched: dict[str, int] = {}  # counted at once, so simultaneous requests spread out
+        self._refresher: asyncio.Task | None = None
+
+    # ------------------------------------------------------------------ gRPC
+
+    async def Generate(self, request: pb.GenerateRequest, grpc_context=None) -> pb.GenerateResponse:  # noqa: N802
+        try:
+            self._authorize(_bearer_from_grpc(grpc_context))
+            summary = None
+            async for event in self.run(validate_proto(request, self.cfg), arrived=time.perf_counter()):
+                if event["type"] == "end":
+                    summary = event
+            return _to_response(summary)
+        except RequestError as err:
+            _set_status(grpc_context, err)  # a unary call can end quietly with the code set
+            return pb.GenerateResponse()
+
+    async def GenerateStream(self, request: pb.GenerateRequest, grpc_context=None):  # noqa: N802
+        try:
+            self._authorize(_bearer_from_grpc(grpc_context))
+            index = 0
+            v = validate_proto(request, self.cfg)
+            async for event in self.run(v, arrived=time.perf_counter()):
+                if event["type"] == "delta":
+                    yield pb.GenerateChunk(request_id=v.request_id, text=event["text"], index=index)
+                    index += 1
+                elif event["type"] == "end":
+                    yield pb.GenerateChunk(request_id=v.request_id, index=index, final=True,
+                                           summary=_to_response(event))  # fmt: skip
+        except RequestError as err:
+            _set_status(grpc_context, err)
+            raise  # a stream that just ends reports OK; raising makes Serve send the code set above
+
+    # ------------------------------------------------------------------ OpenAI-compatible HTTP
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(self, body: ChatBody, authorization: str | None = Header(default=None)):
+        messages = [m.model_dump() for m in body.messages]
+        return await self._http("chat", body, None, messages, authorization)
+
+    @app.post("/v1/completions")
+    async def completions(self, body: CompletionBody, authorization: str | None = Header(default=None)):
+        return await self._http("text", body, body.prompt, None, authorization)
+
+    @app.get("/v1/models")
+    async def models(self) -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": "edgefleet", "object": "model", "owned_by": "edgefleet"}]}
+
+    async def _http(self, kind, body, prompt, messages, authorization):
+        arrived = time.perf_counter()
+        try:
+            self.authorize_http(authorization)
+            v = validate(prompt=prompt, messages=messages, max_new_tokens=body.limit(),
+                         temperature=body.temperature, top_p=body.top_p, seed=body.seed, stop=body.stops(),
+                         deadline_ms=body.deadline_ms, route=body.route, site=body.site, priority="normal",
+                         request_id=None, cfg=self.cfg)  # fmt: skip
+            events = self.run(v, arrived=arrived)
+            if not body.stream:
+                end = None
+                async for event in events:
+                    end = event if event["type"] == "end" else end
+                return JSONResponse(full_response(kind, v.request_id, end))
+            first = await anext(events)  # fail before the 200 is sent: errors still get their status
+        except RequestError as err:
+            return error_response(err)
+        return StreamingResponse(self._sse(kind, v.request_id, body.model, first, events),
+                                 media_type="text/event-stream")  # fmt: skip
+
+    async def _sse(self, kind, rid, model, first, events):
+        try:
+            event = first
+            while True:
+                if event["type"] == "delta":
+                    yield sse_chunk(kind, rid, model, event["text"])
+                else:
+                    yield sse_chunk(kind, rid, event["model"] or model, None, event["finish_reason"], end=event)
+                    break
+                event = await anext(events)
+        except RequestError as err:  # mid-stream: the status line is gone, report in-band
+            yield f'data: {{"error": {{"message": "{err.message}"}}}}\n\n'
+        yield SSE_DONE
+
+    # ------------------------------------------------------------------ the one request path
+
+    def authorize_http(self, authorization: str | None) -> None:
+        self._authorize((authorization or "").removeprefix("Bearer ").strip() or None)
+
+    async def run(self, v: Validated, *, arrived: float) -> AsyncIterator[dict[str, Any]]:
+        """Route, dispatch and time one validated request. Yields delta events, then one end event.
+
+        Raises:
+            RequestError: invalid for the model, no target, or the target failed mid-stream.
+        """
+        self._ensure_refresher()
+        decision = self._decide(v)
+        candidates = [decision.target_id, *decision.fallbacks]
+        first_token_at = None
+        start: dict[str, Any] = {}
+        for attempt, target in enumerate(candidates):
+            self.dispatched[target] = self.dispatched.get(target, 0) + 1
+            started_any = False
+            try:
+                async for event in self._events_from(target, v.engine_request()):
+                    kind = event["type"]
+                    if kind == "error":
+                        if event["code"] == "UNAVAILABLE" and not started_any:
+                            raise _Unavailable(event["message"])
+                        raise RequestError(grpc.StatusCode[event["code"]], event["message"])
+                    started_any = True
+                    if kind == "start":
+                        start = event
+                    elif kind == "delta":
+                        first_token_at = first_token_at or time.perf_counter()
+                        yield event
+                    elif kind == "end":
+                        now = time.perf_counter()
+                        total_ms = (now - arrived) * 1000
+                        yield {**event, "request_id": v.request_id, "tier": start.get("tier", ""),
+                               "node_id": start.get("node_id", target), "model": start.get("model", ""),
+                               "model_version": start.get("model_version", ""),
+                               "prompt_tokens": start.get("prompt_tokens", 0),
+                               "queue_ms": start.get("queue_ms", 0.0),
+                               "ttft_ms": ((first_token_at or now) - arrived) * 1000, "total_ms": total_ms,
+                               "sla_met": v.deadline_ms == 0 or total_ms <= v.deadline_ms,
+                               "attempts": attempt + 1}  # fmt: skip
+                        return
+            except (_Unavailable, *RETRYABLE) as exc:
+                self.healthy[target] = False
+                if started_any:
+                    raise RequestError(grpc.StatusCode.UNAVAILABLE, f"{target} failed mid-stream: {exc}") from None
+                continue  # nothing sent yet: fail over to the next candidate
+            finally:
+                self.dispatched[target] -= 1
+        raise RequestError(grpc.StatusCode.UNAVAILABLE, f"every candidate failed: {', '.join(candidates)}")
+
+    def _decide(self, v: Validated):
+        try:
+            return self.router.choose(
+                RouteRequest(route=v.route, site=v.site, deadline_ms=v.deadline_ms, max_new_tokens=v.max_new_tokens),
+                self.fleet_view(),
+            )
+        except NoTargetError as exc:
+            raise RequestError(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
+
+    async def _events_from(self, target: str, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        if target == self.cfg.fleet.cloud.id:
+            async for event in self.cloud.options(stream=True).stream.remote(request):
+                yield event
+            return
+        actor = ray.get_actor(actor_name(target), namespace=ACTOR_NAMESPACE)
+        async for ref in actor.generate_stream.options(num_returns="streaming").remote(request):
+            yield await ref
+
+    # ------------------------------------------------------------------ fleet view
+
+    def fleet_view(self) -> FleetView:
+        targets = []
+        for node_id, site in self.sites.items():
+            s = self.stats.get(node_id, {})
+            targets.append(TargetState(node_id, "edge", site=site, queue_depth=s.get("queue_depth", 0),
+                                       in_flight=self.dispatched.get(node_id, 0),
+                                       healthy=self.healthy.get(node_id, True),
+                                       draining=s.get("draining", False)))  # fmt: skip
+        cloud_id = self.cfg.fleet.cloud.id
+        s = self.stats.get(cloud_id, {})
+        targets.append(TargetState(cloud_id, "cloud", queue_depth=s.get("queue_depth", 0),
+                                   in_flight=self.dispatched.get(cloud_id, 0), max_queue=64))  # fmt: skip
+        return FleetView(tuple(targets))
+
+    def _ensure_refresher(self) -> None:
+        if self._refresher is None or self._refresher.done():
+            self._refresher = asyncio.get_running_loop().create_task(self._refresh_forever())
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.gather(*(self._refresh(n) for n in self.sites), return_exceptions=True)
+            await asyncio.sleep(STATS_PERIOD_S)
+
+    async def _refresh(self, node_id: str) -> None:
+        try:
+            actor = ray.get_actor(actor_name(node_id), namespace=ACTOR_NAMESPACE)
+            self.stats[node_id] = await asyncio.wait_for(actor.stats.remote(), timeout=1.0)
+            self.healthy[node_id] = True
+        except Exception:  # dead, restarting or slow: route around it until it answers again
+            self.healthy[node_id] = False
+
+    def _authorize(self, token: str | None) -> None:
+        if self.tokens and token not in self.tokens:
+            raise RequestError(grpc.StatusCode.UNAUTHENTICATED,
+                               "missing bearer token" if not token else "invalid bearer token")  # fmt: skip

@@ -1,0 +1,116 @@
+"""OpenAI-compatible HTTP shapes: request bodies in, ChatCompletion / Completion JSON and SSE out.
+
+Pure conversion; the Gateway owns the routes. edgefleet extensions ride along: request fields
+``deadline_ms``, ``route`` and ``site``; an ``edgefleet`` object in responses (served_by, timings,
+sla_met). Errors use OpenAI's ``{"error": {...}}`` body with 400/401/429/503.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
+
+from edgefleet.serve.requests import RequestError
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields we do not use (n=1, user, ...)
+
+    model: str = "edgefleet"
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    # edgefleet extensions
+    deadline_ms: int | None = None
+    route: str = "auto"
+    site: str = ""
+
+    def stops(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+    def limit(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+class ChatMessageIn(BaseModel):
+    role: str
+    content: str
+
+
+class ChatBody(_Body):
+    messages: list[ChatMessageIn]
+
+
+class CompletionBody(_Body):
+    prompt: str
+
+
+def error_response(err: RequestError) -> JSONResponse:
+    kind = "invalid_request_error" if err.http_status == 400 else "authentication_error" \
+        if err.http_status == 401 else "server_error"  # fmt: skip
+    return JSONResponse(status_code=err.http_status,
+                        content={"error": {"message": err.message, "type": kind, "param": err.param,
+                                           "code": err.code.name.lower()}})  # fmt: skip
+
+
+def install(app: FastAPI) -> None:
+    """Answer malformed JSON bodies with 400 naming the field (FastAPI's default is 422)."""
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_body(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
+        return JSONResponse(status_code=400, content={"error": {"message": f"{field}: {first['msg']}",
+                            "type": "invalid_request_error", "param": field, "code": "invalid_argument"}})  # fmt: skip
+
+
+def _extension(end: dict[str, Any]) -> dict[str, Any]:
+    return {"served_by": {"tier": end["tier"], "node_id": end["node_id"]}, "model_version": end["model_version"],
+            "timings": {"queue_ms": end["queue_ms"], "ttft_ms": end["ttft_ms"], "total_ms": end["total_ms"]},
+            "sla_met": end["sla_met"]}  # fmt: skip
+
+
+def _usage(end: dict[str, Any]) -> dict[str, int]:
+    p, c = end["prompt_tokens"], end["completion_tokens"]
+    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+
+def full_response(kind: Literal["chat", "text"], rid: str, end: dict[str, Any]) -> dict[str, Any]:
+    if kind == "chat":
+        choice = {"index": 0, "message": {"role": "assistant", "content": end["text"]},
+                  "finish_reason": end["finish_reason"]}  # fmt: skip
+        obj = "chat.completion"
+    else:
+        choice = {"index": 0, "text": end["text"], "finish_reason": end["finish_reason"], "logprobs": None}
+        obj = "text_completion"
+    return {"id": rid, "object": obj, "created": int(time.time()), "model": end["model"], "choices": [choice],
+            "usage": _usage(end), "edgefleet": _extension(end)}  # fmt: skip
+
+
+def sse_chunk(kind: Literal["chat", "text"], rid: str, model: str, text: str | None,
+              finish_reason: str | None = None, end: dict[str, Any] | None = None) -> str:  # fmt: skip
+    if kind == "chat":
+        delta = {} if text is None else {"role": "assistant", "content": text}
+        choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish_reason}
+        obj = "chat.completion.chunk"
+    else:
+        choice = {"index": 0, "text": text or "", "finish_reason": finish_reason, "logprobs": None}
+        obj = "text_completion"
+    body: dict[str, Any] = {"id": rid, "object": obj, "created": int(time.time()), "model": model,
+                            "choices": [choice]}  # fmt: skip
+    if end is not None:
+        body |= {"usage": _usage(end), "edgefleet": _extension(end)}
+    return f"data: {json.dumps(body)}\n\n"
+
+
+SSE_DONE = "data: [DONE]\n\n"

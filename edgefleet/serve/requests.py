@@ -1,0 +1,128 @@
+"""Request validation, shared by gRPC and HTTP: bad input gets an error naming the field.
+
+Checks that need the model (prompt longer than the context, max_new_tokens above the model's
+limit) happen in the engine, which answers with the same INVALID_ARGUMENT.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from edgefleet._proto import inference_pb2 as pb
+from edgefleet.config import EdgefleetConfig
+
+DEFAULT_MAX_NEW_TOKENS = 128
+MAX_NEW_TOKENS_LIMIT = 1024
+ROLES = {"system", "user", "assistant"}
+_ROUTES = {pb.ROUTE_AUTO: "auto", pb.ROUTE_EDGE: "edge", pb.ROUTE_CLOUD: "cloud"}
+_PRIORITIES = {pb.PRIORITY_NORMAL: "normal", pb.PRIORITY_LOW: "low", pb.PRIORITY_HIGH: "high"}
+HTTP_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403, grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNAVAILABLE: 503, grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}  # fmt: skip
+
+
+class RequestError(Exception):
+    """A request that cannot be served, with the gRPC status (and HTTP status) to answer with."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.param = code, message, param
+
+    def __reduce__(self):  # crosses Ray process boundaries: rebuild with all three fields
+        return (RequestError, (self.code, self.message, self.param))
+
+    @property
+    def http_status(self) -> int:
+        return HTTP_STATUS.get(self.code, 500)
+
+
+def invalid(param: str, reason: str) -> RequestError:
+    return RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{param}: {reason}", param)
+
+
+@dataclass(frozen=True)
+class Validated:
+    """A request that passed every model-independent check."""
+
+    request_id: str
+    messages: list[dict[str, str]]
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    seed: int | None
+    stop: list[str]
+    deadline_ms: int
+    route: str
+    site: str
+    priority: str = "normal"
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def engine_request(self) -> dict[str, Any]:
+        return {"request_id": self.request_id, "messages": self.messages, "max_new_tokens": self.max_new_tokens,
+                "temperature": self.temperature, "top_p": self.top_p, "seed": self.seed, "stop": self.stop}  # fmt: skip
+
+
+def validate(
+    *, prompt: str | None, messages: list[dict[str, Any]] | None, max_new_tokens: int | None,
+    temperature: float | None, top_p: float | None, seed: int | None, stop: list[str] | None,
+    deadline_ms: int | None, route: str, site: str, priority: str, request_id: str | None, cfg: EdgefleetConfig,
+) -> Validated:  # fmt: skip
+    """Check one request; raise :class:`RequestError` (INVALID_ARGUMENT) naming the first bad field."""
+    if prompt and messages:
+        raise invalid("messages", "set either prompt or messages, not both")
+    if messages:
+        for i, m in enumerate(messages):
+            if m.get("role") not in ROLES:
+                raise invalid(f"messages[{i}].role", f"must be one of {sorted(ROLES)}, got {m.get('role')!r}")
+            if not isinstance(m.get("content"), str):
+                raise invalid(f"messages[{i}].content", "must be a string")
+        if not any(m["content"].strip() for m in messages):
+            raise invalid("messages", "every message is empty")
+        chat = [{"role": m["role"], "content": m["content"]} for m in messages]
+    else:
+        if not prompt or not prompt.strip():
+            raise invalid("prompt", "must not be empty")
+        chat = [{"role": "user", "content": prompt}]
+    n = DEFAULT_MAX_NEW_TOKENS if not max_new_tokens else max_new_tokens
+    if not 0 < n <= MAX_NEW_TOKENS_LIMIT:
+        raise invalid("max_new_tokens", f"must be in 1..{MAX_NEW_TOKENS_LIMIT}, got {n}")
+    t = 0.0 if temperature is None else float(temperature)
+    if math.isnan(t) or math.isinf(t) or t < 0:
+        raise invalid("temperature", f"must be a finite number >= 0, got {t}")
+    p = 1.0 if not top_p else float(top_p)
+    if math.isnan(p) or not 0 < p <= 1:
+        raise invalid("top_p", f"must be in (0, 1], got {p}")
+    d = cfg.routing.default_deadline_ms if not deadline_ms else int(deadline_ms)
+    if d < 0:
+        raise invalid("deadline_ms", f"must be >= 0, got {d}")
+    if route not in ("auto", "edge", "cloud"):
+        raise invalid("route", f"must be auto, edge or cloud, got {route!r}")
+    if priority not in ("normal", "low", "high"):
+        raise invalid("priority", f"must be normal, low or high, got {priority!r}")
+    stops = [s for s in (stop or []) if s]
+    if len(stops) > 8:
+        raise invalid("stop", f"at most 8 stop sequences, got {len(stops)}")
+    return Validated(request_id=request_id or uuid.uuid4().hex, messages=chat, max_new_tokens=n, temperature=t,
+                     top_p=p, seed=seed, stop=stops, deadline_ms=d, route=route, site=site or "",
+                     priority=priority)  # fmt: skip
+
+
+def validate_proto(req: pb.GenerateRequest, cfg: EdgefleetConfig) -> Validated:
+    if req.route not in _ROUTES:
+        raise invalid("route", f"unknown value {req.route}")
+    if req.priority not in _PRIORITIES:
+        raise invalid("priority", f"unknown value {req.priority}")
+    return validate(
+        prompt=req.prompt, messages=[{"role": m.role, "content": m.content} for m in req.messages],
+        max_new_tokens=req.max_new_tokens, temperature=req.temperature, top_p=req.top_p,
+        seed=req.seed if req.HasField("seed") else None, stop=list(req.stop), deadline_ms=req.deadline_ms,
+        route=_ROUTES[req.route], site=req.site, priority=_PRIORITIES[req.priority],
+        request_id=req.request_id, cfg=cfg,
+    )  # fmt: skip
