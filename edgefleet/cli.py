@@ -107,30 +107,72 @@ def cmd_models_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    import ray
+DEMO_QUESTIONS = [  # (question, the caller's site hint, route)
+    ("What is the capital of France?", "edge-1", "auto"),
+    ("Name three primary colours.", "edge-2", "auto"),
+    ("What is the largest planet in the solar system?", "edge-3", "auto"),
+    ("What is 12 times 12?", "edge-1", "auto"),
+    ("Why is the sky blue? Answer in one sentence.", "", "cloud"),
+]
 
-    from edgefleet.platform.edge_node import spawn_edge_node
+
+def _deploy(cfg: EdgefleetConfig, log_level: str = "INFO"):
+    from edgefleet.serve.app import deploy
+
+    n = len(cfg.fleet.edge_nodes)
+    with console.status(f"loading models on {n} edge nodes and the cloud, starting the Gateway"):
+        return deploy(cfg, log_level=log_level)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from edgefleet.client import Client
 
     cfg = load_config(args.config)
-    node = cfg.fleet.edge(args.node) if args.node else cfg.fleet.edge_nodes[0]
-    _fetch_model(cfg, node.model.source)
+    for source in {n.model.source for n in cfg.fleet.edge_nodes} | {cfg.fleet.cloud.model.source}:
+        _fetch_model(cfg, source)
     fleet = _start_fleet(cfg)
     try:
         console.print(nodes_table(fleet.nodes()))
-        console.print(f"starting EdgeNode actor on [bold]{node.id}[/] ({node.model.source}, {node.model.quantization})")
-        actor = spawn_edge_node(node, cache_dir=cfg.cache_dir)
-        info = ray.get(actor.info.remote(), timeout=300)
-        placed = info["node_labels"].get("edgefleet.io/node")
-        size = f"{info['parameters'] / 1e6:.1f} M parameters"
-        console.print(f"  placed on raylet labelled edgefleet.io/node={placed}; {size} in {info['load_seconds']:.2f} s")
-        console.print(f"\n[bold]Q:[/] {args.question}")
-        answer = ray.get(actor.generate.remote(args.question, max_new_tokens=48), timeout=300)
-        console.print(f"[bold]A:[/] {answer['text'].strip()}")
-        console.print(f"  answered by {answer['node_id']} in {answer['seconds']:.2f} s (greedy)\n")
+        served = _deploy(cfg, log_level="WARNING")
+        token = cfg.auth.tokens[0].get_secret_value() if cfg.auth.tokens else None
+        console.print(f"Gateway up: gRPC {served.grpc_address}, OpenAI HTTP {served.http_url}/v1\n")
+        with Client(served.grpc_address, token=token, default_timeout=120) as client:
+            console.print(f"[bold]streamed over gRPC:[/] {args.question}")
+            for chunk in client.stream(args.question, max_new_tokens=48):
+                console.print(chunk.text, end="", highlight=False, markup=False)
+                if chunk.final:
+                    done = chunk.completion
+                    console.print(f"\n  [dim]{done.served_by}, TTFT {done.ttft_ms:.0f} ms, "
+                                  f"total {done.total_ms:.0f} ms[/]\n")  # fmt: skip
+            table = Table(title="questions through the SDK (gRPC → Serve → Gateway → node)")
+            for col in ("question", "site hint", "answer", "served_by", "TTFT ms", "total ms"):
+                table.add_column(col, overflow="fold")
+            for question, site, route in DEMO_QUESTIONS:
+                done = client.generate(question, max_new_tokens=40, site=site, route=route)
+                table.add_row(question, site or f"route={route}", done.text.strip(), done.served_by,
+                              f"{done.ttft_ms:.0f}", f"{done.total_ms:.0f}")  # fmt: skip
+            console.print(table)
     finally:
         fleet.shutdown()
     console.print("fleet stopped")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from edgefleet.client import Client
+
+    with Client(args.target, token=args.token or os.environ.get("EDGEFLEET_TOKEN")) as client:
+        chunks = client.stream(args.prompt, max_new_tokens=args.max_new_tokens, timeout=args.timeout,
+                               route=args.route, site=args.site, temperature=args.temperature)  # fmt: skip
+        for chunk in chunks:
+            sys.stdout.write(chunk.text)
+            sys.stdout.flush()
+            if chunk.final:
+                d = chunk.completion
+                sys.stdout.write("\n")
+                sla = "met" if d.sla_met else "missed"
+                err_console.print(f"[dim]{d.served_by} · {d.model_name} {d.model_version} · "
+                                  f"TTFT {d.ttft_ms:.0f} ms · total {d.total_ms:.0f} ms · SLA {sla}[/]")  # fmt: skip
     return 0
 
 
@@ -181,16 +223,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     mlflow_proc = None
     state = _state_file(cfg)
     try:
-        with console.status("starting Ray Serve"):
-            _start_serve(cfg)
+        served = _deploy(cfg)
         mlflow_url = "(disabled: --no-mlflow-ui)"
         if not args.no_mlflow_ui:
             mlflow_proc, mlflow_url = _start_mlflow_ui(cfg)
         console.print(nodes_table(fleet.nodes()))
-        grpc_state = "listening" if _is_listening(cfg.ports.grpc) else "no services deployed yet"
         endpoints = Table(title="endpoints", show_header=False)
-        endpoints.add_row("gRPC", f"127.0.0.1:{cfg.ports.grpc}", grpc_state)
-        endpoints.add_row("HTTP", f"http://127.0.0.1:{cfg.ports.http}", "")
+        endpoints.add_row("gRPC", served.grpc_address, "edgefleet.v1.InferenceService (metadata application=edgefleet)")
+        endpoints.add_row("HTTP", served.http_url + "/v1", "OpenAI-compatible: /chat/completions, /completions")
         endpoints.add_row("Ray dashboard", fleet.dashboard_url or "(disabled in config)", "")
         endpoints.add_row("MLflow UI", mlflow_url, cfg.tracking_uri)
         endpoints.add_row("Ray address", fleet.address, "ray.init(address=...) / edgefleet status")
@@ -198,6 +238,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         state.parent.mkdir(parents=True, exist_ok=True)
         state.write_text(json.dumps({"address": fleet.address, "pid": os.getpid(),
                                      "raylet_pids": fleet.raylet_pids()}))  # fmt: skip
+        console.print(f"try:  edgefleet generate 'What is the capital of France?' --target {served.grpc_address}")
         print("edgefleet is up; Ctrl-C stops it", flush=True)  # plain line: scripts and tests wait on it
         while not stop["now"]:
             time.sleep(0.2)
@@ -252,9 +293,19 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=cmd_up)
 
     demo = sub.add_parser("demo", help="the scripted tour on the embedded fleet")
-    demo.add_argument("--node", help="edge node to answer (default: the first)")
-    demo.add_argument("--question", default=DEMO_QUESTION)
+    demo.add_argument("--question", default=DEMO_QUESTION, help="the question streamed first")
     demo.set_defaults(func=cmd_demo)
+
+    gen = sub.add_parser("generate", help="stream one answer from a running fleet over gRPC")
+    gen.add_argument("prompt")
+    gen.add_argument("--target", default="127.0.0.1:9000", help="gRPC address (default: %(default)s)")
+    gen.add_argument("--timeout", type=float, default=None, help="seconds: the gRPC deadline and the SLA")
+    gen.add_argument("--max-new-tokens", type=int, default=128)
+    gen.add_argument("--temperature", type=float, default=0.0)
+    gen.add_argument("--route", choices=["auto", "edge", "cloud"], default="auto")
+    gen.add_argument("--site", default="", help="your locality hint, e.g. edge-1")
+    gen.add_argument("--token", help="bearer token (default: $EDGEFLEET_TOKEN)")
+    gen.set_defaults(func=cmd_generate)
 
     status = sub.add_parser("status", help="show the nodes of a running fleet")
     status.add_argument("--address", help="Ray address (default: the fleet `edgefleet up` started)")
@@ -268,10 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from edgefleet.client.errors import EdgefleetClientError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except EdgefleetError as exc:
+    except (EdgefleetError, EdgefleetClientError) as exc:
         err_console.print(f"[red]error:[/] {exc}", soft_wrap=True, markup=True)
         return 2
     except KeyboardInterrupt:

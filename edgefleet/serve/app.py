@@ -31,24 +31,28 @@ class Deployment:
     http_url: str
 
 
-def start_serve(cfg: EdgefleetConfig) -> None:
+def start_serve(cfg: EdgefleetConfig, *, log_level: str = "INFO") -> None:
     """Start Serve's proxies on loopback with the InferenceService registered on the gRPC proxy."""
     serve.start(
         http_options=HTTPOptions(host="127.0.0.1", port=cfg.ports.http),
         grpc_options=gRPCOptions(port=cfg.ports.grpc, grpc_servicer_functions=[GRPC_SERVICER]),
+        logging_config={"log_level": log_level},
     )
 
 
-def deploy(cfg: EdgefleetConfig, *, timeout_s: float = 600) -> Deployment:
-    """Spawn an EdgeNode per edge node, then run the Cloud + Gateway app; returns when all serve."""
-    start_serve(cfg)
+def deploy(cfg: EdgefleetConfig, *, timeout_s: float = 600, log_level: str = "INFO") -> Deployment:
+    """Spawn an EdgeNode per edge node, then run the Cloud + Gateway app; returns when all serve.
+
+    ``log_level="WARNING"`` keeps Serve's per-request access log out of a scripted demo's output.
+    """
+    start_serve(cfg, log_level=log_level)
     actors = {n.id: spawn_edge_node(n, cache_dir=cfg.cache_dir) for n in cfg.fleet.edge_nodes}
     ray.get([a.info.remote() for a in actors.values()], timeout=timeout_s)  # models loaded
     tokens = [t.get_secret_value() for t in cfg.auth.tokens]
     gateway = Gateway.bind(
         cfg.model_dump(mode="python"), tokens, cloud_deployment(cfg.fleet.cloud, cache_dir=cfg.cache_dir)
     )
-    serve.run(gateway, name=APP_NAME, route_prefix="/", blocking=False)
+    serve.run(gateway, name=APP_NAME, route_prefix="/", blocking=False, logging_config={"log_level": log_level})
     _wait_running(timeout_s)
     return Deployment(actors, f"127.0.0.1:{cfg.ports.grpc}", f"http://127.0.0.1:{cfg.ports.http}")
 
