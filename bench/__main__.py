@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from bench import models
+from bench import models, overhead
 
-BENCHMARKS = {"models": models.main}
+BENCHMARKS = {"models": models.main, "overhead": overhead.main}
 
 if __name__ == "__main__":
     names = sys.argv[1:] or list(BENCHMARKS)

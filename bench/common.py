@@ -12,6 +12,14 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def machine() -> dict[str, Any]:
     import torch
 

@@ -10,7 +10,7 @@ stats, live model swap). It loads its model in the constructor, so an actor that
 
 from __future__ import annotations
 
-import asyncio
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +34,8 @@ class EdgeNode:
 
         self.node_id = node_id
         self.cache_dir = Path(cache_dir) if cache_dir else None
-        loaded = load_model(spec, cache_dir=self.cache_dir)
-        self.engine = GenerationEngine(loaded, batch_window_ms=batch_window_ms, max_batch=max_batch)
+        self.engine = GenerationEngine(load=partial(load_model, spec, cache_dir=self.cache_dir),
+                                       batch_window_ms=batch_window_ms, max_batch=max_batch)  # fmt: skip
 
     async def generate_stream(self, request: dict[str, Any]):
         """Events of one request (see :mod:`engine`); the start event names this node."""
@@ -84,8 +84,7 @@ class EdgeNode:
         """Load ``spec`` beside the current model, then switch; running requests finish on the old one."""
         from edgefleet.platform.models import load_model
 
-        loaded = await asyncio.to_thread(load_model, spec, cache_dir=self.cache_dir)
-        return self.engine.swap(loaded)
+        return await self.engine.swap_with(partial(load_model, spec, cache_dir=self.cache_dir))
 
     def drain(self, draining: bool = True) -> None:
         """Refuse new requests (UNAVAILABLE) while the running ones finish; ``False`` undoes it."""

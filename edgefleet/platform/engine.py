@@ -9,7 +9,8 @@ The EdgeNode actor and the Cloud deployment are thin Ray wrappers around this cl
 
 Events yielded by :meth:`GenerationEngine.stream`, in order:
   ``{"type": "start", "queue_ms", "prompt_tokens", "model_version", ...}``  once,
-  ``{"type": "delta", "text"}``  zero or more times,
+  ``{"type": "delta", "text"}``  zero or more times (or one ``{"type": "first_token"}`` when
+  the request asked for ``stream=False``),
   ``{"type": "end", "finish_reason", "completion_tokens", "text"}``  once;
 or a single ``{"type": "error", "code", "message"}`` when the request is invalid.
 """
@@ -20,6 +21,7 @@ import asyncio
 import math
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +43,9 @@ class GenRequest:
     top_p: float = 1.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    # False: no per-token deltas, just one "first_token" marker (for TTFT) and the end event with
+    # the whole text. Unary callers save a cross-process message per token.
+    stream: bool = True
     arrived: float = field(default_factory=time.perf_counter)  # perf_counter s, in this process
     cancelled: bool = False  # set when the caller goes away: its batch row stops at the next step
 
@@ -122,7 +127,10 @@ class _BatchStreamer:
 
     def _flush(self, slot: _Slot, upto: int) -> None:
         if upto > slot.sent:
-            slot.emit({"type": "delta", "text": slot.text[slot.sent : upto]})
+            if slot.req.stream:
+                slot.emit({"type": "delta", "text": slot.text[slot.sent : upto]})
+            elif slot.sent == 0:
+                slot.emit({"type": "first_token"})
             slot.sent = upto
 
     def _finish(self, slot: _Slot, reason: str) -> None:
@@ -147,8 +155,22 @@ class _RowsDone:
 class GenerationEngine:
     """Dynamic batching and token streaming for one model; the model can be swapped live."""
 
-    def __init__(self, loaded: LoadedModel, *, batch_window_ms: float = 5.0, max_batch: int = 8,
+    def __init__(self, loaded: LoadedModel | None = None, *, load: Callable[[], LoadedModel] | None = None,
+                 batch_window_ms: float = 5.0, max_batch: int = 8,
                  max_new_tokens_limit: int = 1024) -> None:  # fmt: skip
+        """Pass ``load`` rather than ``loaded`` so the model is built on the engine's torch thread.
+
+        All torch work of a process must run on one thread: a second thread entering torch's
+        OpenMP pool competes with the first one's spinning team, and decode ran at about half
+        speed here (27 vs 45 tok/s for SmolLM2 int8, batch 1).
+        """
+        # One generate() at a time, always on this one thread (see above); on 2 cores a second
+        # concurrent batch would only slow both down anyway.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch")
+        if load is not None:
+            loaded = self._executor.submit(load).result()
+        if loaded is None:
+            raise ValueError("GenerationEngine needs a model: pass load= or loaded=")
         self.loaded = loaded
         self.batch_window_s = batch_window_ms / 1000
         self.max_batch = max_batch
@@ -156,8 +178,6 @@ class GenerationEngine:
         self._pending: list[tuple[GenRequest, asyncio.Queue]] = []
         self._wake: asyncio.Event | None = None
         self._scheduler: asyncio.Task | None = None
-        # One generate() at a time: on 2 cores a second concurrent batch only slows both down.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
         self._lock = threading.Lock()  # guards the stats below, written from the generate thread
         self.in_flight = 0
         self.forward_passes = 0
@@ -217,6 +237,11 @@ class GenerationEngine:
             if not finished:  # the caller left (deadline, disconnect): free its batch row
                 req.cancelled = True
                 self._pending = [p for p in self._pending if p[0] is not req]
+
+    async def swap_with(self, load: Callable[[], LoadedModel]) -> str:
+        """Build a model on the torch thread (after the running batch), then serve it from the next batch."""
+        loaded = await asyncio.get_running_loop().run_in_executor(self._executor, load)
+        return self.swap(loaded)
 
     def swap(self, loaded: LoadedModel) -> str:
         """Serve ``loaded`` from the next batch on; batches already running finish on the old one."""

@@ -26,6 +26,8 @@ GRPC_SERVICER = "edgefleet._proto.inference_pb2_grpc.add_InferenceServiceService
 
 @dataclass
 class Deployment:
+    # The EdgeNode actors are owned by this process: they live while these handles do, so keep
+    # the Deployment for as long as the fleet should serve.
     edge_actors: dict[str, Any]
     grpc_address: str
     http_url: str

@@ -7,6 +7,7 @@ wait. Same :class:`GenerationEngine` as the edge, so edge and cloud stream the s
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,9 @@ class Cloud:
         from edgefleet.platform.models import load_model
 
         self.node_id = node_id
-        loaded = load_model(spec, cache_dir=Path(cache_dir) if cache_dir else None)
-        self.engine = GenerationEngine(loaded, batch_window_ms=batch_window_ms, max_batch=max_batch)
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.engine = GenerationEngine(load=partial(load_model, spec, cache_dir=self.cache_dir),
+                                       batch_window_ms=batch_window_ms, max_batch=max_batch)  # fmt: skip
 
     async def stream(self, request: dict[str, Any]):
         from edgefleet.platform.engine import GenRequest
@@ -40,11 +42,9 @@ class Cloud:
         return {**self.engine.stats(), "node_id": self.node_id, "tier": "cloud"}
 
     async def swap_model(self, spec: ModelSpec) -> str:
-        import asyncio
-
         from edgefleet.platform.models import load_model
 
-        return self.engine.swap(await asyncio.to_thread(load_model, spec))
+        return await self.engine.swap_with(partial(load_model, spec, cache_dir=self.cache_dir))
 
 
 def cloud_deployment(cloud: CloudConfig, *, cache_dir: Path | None, max_queued_requests: int = 64) -> Any:

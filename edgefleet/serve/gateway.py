@@ -87,6 +87,7 @@ class Gateway:
         self.stats: dict[str, dict[str, Any]] = {}
         self.healthy: dict[str, bool] = {}
         self.dispatched: dict[str, int] = {}  # counted at once, so simultaneous requests spread out
+        self.handles: dict[str, Any] = {}  # EdgeNode actor handles by node id
         self._refresher: asyncio.Task | None = None
 
     # ------------------------------------------------------------------ gRPC
@@ -95,7 +96,8 @@ class Gateway:
         try:
             self._authorize(_bearer_from_grpc(grpc_context))
             summary = None
-            async for event in self.run(validate_proto(request, self.cfg), arrived=time.perf_counter()):
+            v = validate_proto(request, self.cfg)
+            async for event in self.run(v, arrived=time.perf_counter(), stream=False):
                 if event["type"] == "end":
                     summary = event
             return _to_response(summary)
@@ -142,12 +144,12 @@ class Gateway:
                          temperature=body.temperature, top_p=body.top_p, seed=body.seed, stop=body.stops(),
                          deadline_ms=body.deadline_ms, route=body.route, site=body.site, priority="normal",
                          request_id=None, cfg=self.cfg)  # fmt: skip
-            events = self.run(v, arrived=arrived)
             if not body.stream:
                 end = None
-                async for event in events:
+                async for event in self.run(v, arrived=arrived, stream=False):
                     end = event if event["type"] == "end" else end
                 return JSONResponse(full_response(kind, v.request_id, end))
+            events = self.run(v, arrived=arrived)
             first = await anext(events)  # fail before the 200 is sent: errors still get their status
         except RequestError as err:
             return error_response(err)
@@ -173,8 +175,10 @@ class Gateway:
     def authorize_http(self, authorization: str | None) -> None:
         self._authorize((authorization or "").removeprefix("Bearer ").strip() or None)
 
-    async def run(self, v: Validated, *, arrived: float) -> AsyncIterator[dict[str, Any]]:
+    async def run(self, v: Validated, *, arrived: float, stream: bool = True) -> AsyncIterator[dict[str, Any]]:
         """Route, dispatch and time one validated request. Yields delta events, then one end event.
+
+        ``stream=False`` asks the target for the whole text at the end instead of per-token deltas.
 
         Raises:
             RequestError: invalid for the model, no target, or the target failed mid-stream.
@@ -188,7 +192,7 @@ class Gateway:
             self.dispatched[target] = self.dispatched.get(target, 0) + 1
             started_any = False
             try:
-                async for event in self._events_from(target, v.engine_request()):
+                async for event in self._events_from(target, v.engine_request(stream=stream)):
                     kind = event["type"]
                     if kind == "error":
                         if event["code"] == "UNAVAILABLE" and not started_any:
@@ -197,6 +201,8 @@ class Gateway:
                     started_any = True
                     if kind == "start":
                         start = event
+                    elif kind == "first_token":
+                        first_token_at = first_token_at or time.perf_counter()
                     elif kind == "delta":
                         first_token_at = first_token_at or time.perf_counter()
                         yield event
@@ -214,6 +220,8 @@ class Gateway:
                         return
             except (_Unavailable, *RETRYABLE) as exc:
                 self.healthy[target] = False
+                if not isinstance(exc, _Unavailable):
+                    self.handles.pop(target, None)
                 if started_any:
                     raise RequestError(grpc.StatusCode.UNAVAILABLE, f"{target} failed mid-stream: {exc}") from None
                 continue  # nothing sent yet: fail over to the next candidate
@@ -235,9 +243,14 @@ class Gateway:
             async for event in self.cloud.options(stream=True).stream.remote(request):
                 yield event
             return
-        actor = ray.get_actor(actor_name(target), namespace=ACTOR_NAMESPACE)
-        async for ref in actor.generate_stream.options(num_returns="streaming").remote(request):
+        async for ref in self._actor(target).generate_stream.options(num_returns="streaming").remote(request):
             yield await ref
+
+    def _actor(self, node_id: str) -> Any:
+        # A name lookup is a GCS round trip: cache the handle, drop it when the actor looks gone.
+        if node_id not in self.handles:
+            self.handles[node_id] = ray.get_actor(actor_name(node_id), namespace=ACTOR_NAMESPACE)
+        return self.handles[node_id]
 
     # ------------------------------------------------------------------ fleet view
 
@@ -266,11 +279,11 @@ class Gateway:
 
     async def _refresh(self, node_id: str) -> None:
         try:
-            actor = ray.get_actor(actor_name(node_id), namespace=ACTOR_NAMESPACE)
-            self.stats[node_id] = await asyncio.wait_for(actor.stats.remote(), timeout=1.0)
+            self.stats[node_id] = await asyncio.wait_for(self._actor(node_id).stats.remote(), timeout=1.0)
             self.healthy[node_id] = True
         except Exception:  # dead, restarting or slow: route around it until it answers again
             self.healthy[node_id] = False
+            self.handles.pop(node_id, None)
 
     def _authorize(self, token: str | None) -> None:
         if self.tokens and token not in self.tokens:

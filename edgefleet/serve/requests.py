@@ -64,9 +64,10 @@ class Validated:
     priority: str = "normal"
     extras: dict[str, Any] = field(default_factory=dict)
 
-    def engine_request(self) -> dict[str, Any]:
+    def engine_request(self, *, stream: bool = True) -> dict[str, Any]:
         return {"request_id": self.request_id, "messages": self.messages, "max_new_tokens": self.max_new_tokens,
-                "temperature": self.temperature, "top_p": self.top_p, "seed": self.seed, "stop": self.stop}  # fmt: skip
+                "temperature": self.temperature, "top_p": self.top_p, "seed": self.seed, "stop": self.stop,
+                "stream": stream}  # fmt: skip
 
 
 def validate(
