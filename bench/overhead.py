@@ -4,8 +4,11 @@ Both sides run the same :class:`GenerationEngine` on the same SmolLM2 weights wi
 thread count; the served side adds gRPC, Serve's proxy, the Gateway, Ray's actor call and token
 streaming across two process hops. Run one after the other, never together (2 cores).
 
-- *added latency*: the same 30 prompts, 16 new tokens each, sent one at a time; p50 / p99 of the
-  end-to-end time at the client minus the same percentile in-process.
+- *path overhead*: 100 one-token requests on the tiny model, where compute is ~nothing: what the
+  path itself adds (p50 / p99 at the client minus in-process).
+- *end-to-end latency*: the same 30 prompts, 16 new tokens each, on SmolLM2 int8, sent one at a
+  time; the difference also contains the slower decode of a model sharing 2 cores with the Ray
+  and Serve processes around it.
 - *decode throughput*: B concurrent requests (B = 1, 8) of 64 new tokens on one edge node,
   completion tokens per wall-clock second, int8 and fp32, served and in-process.
 
@@ -35,6 +38,11 @@ THREADS = int(os.environ.get("BENCH_THREADS", "1"))  # the edge default: leaves 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def compare(in_process_ms: list[float], served_ms: list[float], q: float) -> dict[str, float]:
+    a, b = percentile(in_process_ms, q), percentile(served_ms, q)
+    return {"in_process_ms": a, "served_ms": b, "added_ms": b - a}
 
 
 def bench_config() -> Any:
@@ -113,14 +121,57 @@ def served(cfg: Any, target: str, quantization: str) -> tuple[list[float], dict[
     async def rates() -> dict[int, float]:
         out = {}
         async with AsyncClient(target, default_timeout=300) as ac:
+            await ac.generate("warm up", max_new_tokens=2, route="edge")  # opens the channel before timing
             for b in (1, 8):
+                batches_before = ray.get(edge.stats.remote())["batches"]
                 t = time.perf_counter()
                 done = await asyncio.gather(*(ac.generate(PROMPTS[i], max_new_tokens=THROUGHPUT_TOKENS, route="edge")
                                               for i in range(b)))  # fmt: skip
                 out[b] = sum(d.completion_tokens for d in done) / (time.perf_counter() - t)
+                out[f"batches_{b}"] = ray.get(edge.stats.remote())["batches"] - batches_before
         return out
 
     return latencies, asyncio.run(rates())
+
+
+PATH_REQUESTS = 100
+
+
+def path_latency_in_process() -> list[float]:
+    """1-token requests on the tiny model: what the path costs when compute is almost nothing."""
+    from edgefleet.config import ModelSpec
+    from edgefleet.platform.engine import GenerationEngine
+    from edgefleet.platform.models import load_model
+
+    engine = GenerationEngine(load=lambda: load_model(ModelSpec(source="tiny", quantization="none")))
+
+    async def run() -> list[float]:
+        out = []
+        for i in range(PATH_REQUESTS + 1):
+            t = time.perf_counter()
+            await _engine_request(engine, PROMPTS[i % len(PROMPTS)], 1, f"p{i}")
+            out.append((time.perf_counter() - t) * 1000)
+        return out[1:]  # the first pays one-off warm-up
+
+    return asyncio.run(run())
+
+
+def path_latency_served(target: str) -> list[float]:
+    import ray
+
+    from edgefleet.client import Client
+    from edgefleet.config import ModelSpec
+    from edgefleet.platform.edge_node import ACTOR_NAMESPACE, actor_name
+
+    edge = ray.get_actor(actor_name("edge-1"), namespace=ACTOR_NAMESPACE)
+    ray.get(edge.swap_model.remote(ModelSpec(source="tiny", quantization="none")))
+    out = []
+    with Client(target, default_timeout=60) as client:
+        for i in range(PATH_REQUESTS + 1):
+            t = time.perf_counter()
+            client.generate(PROMPTS[i % len(PROMPTS)], max_new_tokens=1, route="edge")
+            out.append((time.perf_counter() - t) * 1000)
+    return out[1:]
 
 
 def plot(rows: list[dict], path) -> None:
@@ -151,31 +202,38 @@ def main() -> None:
     from edgefleet.serve.app import deploy
 
     local = {q: in_process(q) for q in ("int8", "none")}
+    path_local = path_latency_in_process()
     cfg = bench_config()
     with start_local_fleet(cfg):
         deployment = deploy(cfg, log_level="WARNING")  # hold it: its actor handles keep the EdgeNodes alive
         remote = {q: served(cfg, deployment.grpc_address, q) for q in ("int8", "none")}
+        path_remote = path_latency_served(deployment.grpc_address)
+    path = {f"p{q}": compare(path_local, path_remote, q) for q in (50, 99)}
 
     base, path_ = local["int8"][0], remote["int8"][0]
-    latency = {f"p{q}": {"in_process_ms": percentile(base, q), "served_ms": percentile(path_, q),
-                         "added_ms": percentile(path_, q) - percentile(base, q)} for q in (50, 99)}  # fmt: skip
+    latency = {f"p{q}": compare(base, path_, q) for q in (50, 99)}
     latency["median_of_paired_differences_ms"] = statistics.median(s - b for s, b in zip(path_, base, strict=True))
     rows = [{"format": "int8" if q == "int8" else "fp32", "batch": b, "in_process_tok_s": local[q][1][b],
-             "served_tok_s": remote[q][1][b], "served_fraction": remote[q][1][b] / local[q][1][b]}
+             "served_tok_s": remote[q][1][b], "served_fraction": remote[q][1][b] / local[q][1][b],
+             "served_batches": remote[q][1][f"batches_{b}"]}
             for q in ("int8", "none") for b in (1, 8)]  # fmt: skip
 
-    print_table(f"added latency, {len(PROMPTS)} prompts × {LATENCY_TOKENS} new tokens, int8, ms",
+    print_table(f"path overhead: {PATH_REQUESTS} one-token requests, tiny model, ms",
+                ["percentile", "in-process", "served", "added"],
+                [[k, v["in_process_ms"], v["served_ms"], v["added_ms"]] for k, v in path.items()])  # fmt: skip
+    print_table(f"SmolLM2 end to end: {len(PROMPTS)} prompts × {LATENCY_TOKENS} new tokens, int8, ms",
                 ["percentile", "in-process", "served", "added"],
                 [[k, v["in_process_ms"], v["served_ms"], v["added_ms"]] for k, v in latency.items()
                  if isinstance(v, dict)])  # fmt: skip
     print(f"median of paired differences: {latency['median_of_paired_differences_ms']:.2f} ms (target ≤ 5 ms at p50)")
     print_table(f"decode throughput, {THROUGHPUT_TOKENS} new tokens per request, tok/s",
-                ["format", "batch", "in-process", "served", "served / in-process"],
-                [[r["format"], r["batch"], r["in_process_tok_s"], r["served_tok_s"], f"{r['served_fraction']:.0%}"]
-                 for r in rows])  # fmt: skip
+                ["format", "batch", "in-process", "served", "served / in-process", "served batches"],
+                [[r["format"], r["batch"], r["in_process_tok_s"], r["served_tok_s"], f"{r['served_fraction']:.0%}",
+                  r["served_batches"]] for r in rows])  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
     png = RESULTS / "overhead_throughput.png"
     plot(rows, png)
-    out = write_result("overhead", {"latency": latency, "throughput": rows, "threads": THREADS, "plot": png.name,
-                                    "targets": {"added_p50_ms": 5.0, "served_fraction": 0.9}})  # fmt: skip
+    payload = {"path_overhead_tiny": path, "latency": latency, "throughput": rows, "threads": THREADS,
+               "plot": png.name, "targets": {"added_p50_ms": 5.0, "served_fraction": 0.9}}
+    out = write_result("overhead", payload)
     print(f"wrote {out} and {png}")

@@ -27,7 +27,7 @@ def actor_name(node_id: str) -> str:
 class EdgeNode:
     """Serves one edge node's model. Construct through :func:`spawn_edge_node`, not directly."""
 
-    def __init__(self, node_id: str, spec: ModelSpec, cache_dir: str | None, *, batch_window_ms: float = 5.0,
+    def __init__(self, node_id: str, spec: ModelSpec, cache_dir: str | None, *, batch_window_ms: float = 10.0,
                  max_batch: int = 8) -> None:  # fmt: skip
         from edgefleet.platform.engine import GenerationEngine
         from edgefleet.platform.models import load_model
@@ -45,6 +45,13 @@ class EdgeNode:
             if event["type"] == "start":
                 event = {**event, "node_id": self.node_id, "tier": "edge"}
             yield event
+
+    async def complete(self, request: dict[str, Any]) -> dict[str, Any]:
+        """One request, one result (no per-token messages): what the Gateway uses for unary calls."""
+        from edgefleet.platform.engine import GenRequest
+
+        result = await self.engine.complete(GenRequest(**request))
+        return {**result, "node_id": self.node_id, "tier": "edge"} if result["type"] == "end" else result
 
     async def generate(self, prompt: str, max_new_tokens: int = 32, temperature: float = 0.0) -> dict[str, Any]:
         """Whole completion for a plain prompt: a convenience for scripts and the demo."""
@@ -92,7 +99,7 @@ class EdgeNode:
 
 
 def spawn_edge_node(node: EdgeNodeConfig, *, cache_dir: Path | None = None, max_restarts: int = 3,
-                    batch_window_ms: float = 5.0, max_batch: int = 8, name: str | None = None) -> Any:  # fmt: skip
+                    batch_window_ms: float = 10.0, max_batch: int = 8, name: str | None = None) -> Any:  # fmt: skip
     """Start the EdgeNode actor for ``node`` on the raylet labelled with its id; returns the handle.
 
     The call returns at once; ``ray.get(handle.info.remote())`` waits until the model is loaded.

@@ -1,6 +1,6 @@
 """A batching, streaming generation engine around one loaded model. No Ray in here.
 
-Requests that arrive within ``batch_window_ms`` of each other and share sampling settings run in
+Requests that arrive within ``batch_quiet_ms`` of each other (up to ``batch_window_ms`` in all) and share sampling settings run in
 one ``model.generate`` call: one forward pass per step for the whole batch. Each step's tokens
 are routed back to their own request as text deltas through asyncio queues, so every request
 streams independently, and finishes independently (its own EOS, stop sequence or token limit).
@@ -156,7 +156,7 @@ class GenerationEngine:
     """Dynamic batching and token streaming for one model; the model can be swapped live."""
 
     def __init__(self, loaded: LoadedModel | None = None, *, load: Callable[[], LoadedModel] | None = None,
-                 batch_window_ms: float = 5.0, max_batch: int = 8,
+                 batch_window_ms: float = 10.0, batch_quiet_ms: float = 1.0, max_batch: int = 8,
                  max_new_tokens_limit: int = 1024) -> None:  # fmt: skip
         """Pass ``load`` rather than ``loaded`` so the model is built on the engine's torch thread.
 
@@ -173,6 +173,7 @@ class GenerationEngine:
             raise ValueError("GenerationEngine needs a model: pass load= or loaded=")
         self.loaded = loaded
         self.batch_window_s = batch_window_ms / 1000
+        self.batch_quiet_s = batch_quiet_ms / 1000
         self.max_batch = max_batch
         self.max_new_tokens_limit = max_new_tokens_limit
         self._pending: list[tuple[GenRequest, asyncio.Queue]] = []
@@ -238,6 +239,27 @@ class GenerationEngine:
                 req.cancelled = True
                 self._pending = [p for p in self._pending if p[0] is not req]
 
+    async def complete(self, req: GenRequest) -> dict[str, Any]:
+        """The whole request as one result: the end event plus the start fields, ``first_token_ms``
+        and ``engine_ms`` (both from the engine receiving the request); or the error event."""
+        req.stream = False
+        received = time.perf_counter()
+        start: dict[str, Any] = {}
+        first_ms = None
+        async for event in self.stream(req):
+            kind = event["type"]
+            if kind == "error":
+                return event
+            if kind == "start":
+                start = event
+            elif kind == "first_token":
+                first_ms = (time.perf_counter() - received) * 1000
+            elif kind == "end":
+                total_ms = (time.perf_counter() - received) * 1000
+                return {**start, **event, "first_token_ms": total_ms if first_ms is None else first_ms,
+                        "engine_ms": total_ms}  # fmt: skip
+        return {"type": "error", "code": "INTERNAL", "message": "the engine closed the stream without an end event"}
+
     async def swap_with(self, load: Callable[[], LoadedModel]) -> str:
         """Build a model on the torch thread (after the running batch), then serve it from the next batch."""
         loaded = await asyncio.get_running_loop().run_in_executor(self._executor, load)
@@ -294,13 +316,14 @@ class GenerationEngine:
     async def _collect_burst(self) -> None:
         """Let near-simultaneous requests join: wait while they keep arriving, up to the window.
 
-        A lone request waits one quiet millisecond, not the whole window; a burst (8 requests sent
-        together) arrives within that and shares the batch.
+        A lone request waits ``batch_quiet_ms``, not the whole window; a burst (8 requests sent
+        together, which reach the actor spread over a few ms through proxy and Gateway) keeps the
+        window open and shares the batch.
         """
         deadline = time.perf_counter() + self.batch_window_s
         seen = len(self._pending)
         while len(self._pending) < self.max_batch and time.perf_counter() < deadline:
-            await asyncio.sleep(0.001)
+            await asyncio.sleep(self.batch_quiet_s)
             if len(self._pending) == seen:
                 return
             seen = len(self._pending)

@@ -20,7 +20,7 @@ from edgefleet.platform.topology import role_selector
 class Cloud:
     """One cloud replica. Built by :func:`cloud_deployment`."""
 
-    def __init__(self, node_id: str, spec: ModelSpec, cache_dir: str | None, batch_window_ms: float = 5.0,
+    def __init__(self, node_id: str, spec: ModelSpec, cache_dir: str | None, batch_window_ms: float = 10.0,
                  max_batch: int = 8) -> None:  # fmt: skip
         from edgefleet.platform.engine import GenerationEngine
         from edgefleet.platform.models import load_model
@@ -37,6 +37,12 @@ class Cloud:
             if event["type"] == "start":
                 event = {**event, "node_id": self.node_id, "tier": "cloud"}
             yield event
+
+    async def complete(self, request: dict[str, Any]) -> dict[str, Any]:
+        from edgefleet.platform.engine import GenRequest
+
+        result = await self.engine.complete(GenRequest(**request))
+        return {**result, "node_id": self.node_id, "tier": "cloud"} if result["type"] == "end" else result
 
     def stats(self) -> dict[str, Any]:
         return {**self.engine.stats(), "node_id": self.node_id, "tier": "cloud"}

@@ -202,7 +202,7 @@ class Gateway:
                     if kind == "start":
                         start = event
                     elif kind == "first_token":
-                        first_token_at = first_token_at or time.perf_counter()
+                        first_token_at = first_token_at or event.get("at") or time.perf_counter()
                     elif kind == "delta":
                         first_token_at = first_token_at or time.perf_counter()
                         yield event
@@ -239,12 +239,34 @@ class Gateway:
             raise RequestError(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
 
     async def _events_from(self, target: str, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        if not request["stream"]:
+            async for event in self._completed_on(target, request):
+                yield event
+            return
         if target == self.cfg.fleet.cloud.id:
             async for event in self.cloud.options(stream=True).stream.remote(request):
                 yield event
             return
         async for ref in self._actor(target).generate_stream.options(num_returns="streaming").remote(request):
             yield await ref
+
+    async def _completed_on(self, target: str, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Unary: one call, no per-token traffic. Yields the same start / first_token / end events."""
+        sent = time.perf_counter()
+        if target == self.cfg.fleet.cloud.id:
+            result = await self.cloud.complete.remote(request)
+        else:
+            result = await self._actor(target).complete.remote(request)
+        if result["type"] == "error":
+            yield result
+            return
+        back = time.perf_counter()
+        # The first token left the engine at first_token_ms after it got the request; the one-way
+        # transfer is taken as half of the round trip not spent in the engine.
+        one_way_s = max(0.0, (back - sent) * 1000 - result["engine_ms"]) / 2000
+        yield {**result, "type": "start"}
+        yield {"type": "first_token", "at": sent + one_way_s + result["first_token_ms"] / 1000}
+        yield result
 
     def _actor(self, node_id: str) -> Any:
         # A name lookup is a GCS round trip: cache the handle, drop it when the actor looks gone.

@@ -1,0 +1,109 @@
+"""`edgefleet up` in one terminal, a user in another: the README's snippets, the CLI, then Ctrl-C.
+
+The fleet serves SmolLM2 (int8) on one edge node, with a tiny cloud to keep the machine free.
+The Python snippets are read from README.md and run as written (ports swapped), so the README
+cannot drift from what works.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from tests.conftest import make_test_config_dict
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _wait_for_line(proc: subprocess.Popen, needle: str, timeout: float) -> list[str]:
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            if proc.poll() is not None:
+                break
+            continue
+        lines.append(line.rstrip())
+        if needle in line:
+            return lines
+    raise AssertionError(f"{needle!r} not seen within {timeout}s; output:\n" + "\n".join(lines[-60:]))
+
+
+def readme_snippet(marker: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    match = re.search(rf"<!-- {marker} -->\s*```python\n(.*?)```", text, re.S)
+    assert match, f"README.md has no python block after <!-- {marker} -->"
+    return match.group(1)
+
+
+def test_up_serves_smollm2_to_the_readme_snippets_then_ctrl_c_cleans_up(tmp_path: Path):
+    data = make_test_config_dict(num_edge=1)
+    data["fleet"]["edge_nodes"][0]["model"] = {"source": "smollm2", "quantization": "int8"}
+    data["fleet"]["edge_nodes"][0]["num_cpus"] = 2
+    data["auth"] = {"tokens": []}  # open, as on a developer's machine: the snippets carry no token
+    data["cache_dir"] = str(Path(os.environ.get("EDGEFLEET_CACHE", Path.home() / ".cache" / "edgefleet")))
+    grpc_port, http_port = data["ports"]["grpc"], data["ports"]["http"]
+    cfg_path = tmp_path / "fleet.yaml"
+    cfg_path.write_text(yaml.safe_dump(data))
+    env = {**os.environ, "COLUMNS": "160", "PYTHONUNBUFFERED": "1"}
+    cli = [sys.executable, "-m", "edgefleet.cli", "--config", str(cfg_path)]
+    swap_ports = {"127.0.0.1:9000": f"127.0.0.1:{grpc_port}", "127.0.0.1:8000": f"127.0.0.1:{http_port}"}
+
+    def run_snippet(marker: str) -> str:
+        code = readme_snippet(marker)
+        for old, new in swap_ports.items():
+            code = code.replace(old, new)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, env=env)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    proc = subprocess.Popen([*cli, "up", "--no-mlflow-ui"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env)  # fmt: skip
+    try:
+        output = _wait_for_line(proc, "edgefleet is up", timeout=420)
+        raylets = [p for p in psutil.Process(proc.pid).children(recursive=True) if p.name() == "raylet"]
+        sdk_answer = run_snippet("sdk-example")
+        openai_answer = run_snippet("openai-example")
+        generated = subprocess.run([*cli, "generate", "What is the capital of France?", "--timeout", "60",
+                                    "--target", f"127.0.0.1:{grpc_port}"],
+                                   capture_output=True, text=True, env=env, timeout=180)  # fmt: skip
+        status = subprocess.run([*cli, "status"], capture_output=True, text=True, env=env, timeout=120)
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        rest = proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+    text = "\n".join(output)
+    assert f"127.0.0.1:{grpc_port}" in text and f"127.0.0.1:{http_port}/v1" in text
+    assert "Paris" in sdk_answer and "Paris" in openai_answer
+    assert generated.returncode == 0 and "Paris" in generated.stdout, generated.stderr
+    assert "edge/edge-1" in generated.stderr and "TTFT" in generated.stderr
+    assert status.returncode == 0, status.stderr
+    assert "edge-1" in status.stdout and "cloud" in status.stdout
+    assert len(raylets) == 3  # head + edge-1 + cloud
+    assert proc.returncode == 0 and "edgefleet stopped" in rest
+    assert psutil.wait_procs(raylets, timeout=30)[1] == []  # every raylet it started is gone
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", http_port), timeout=1).close()
+
+
+def test_generate_against_nothing_is_one_line_and_exit_2():
+    out = subprocess.run([sys.executable, "-m", "edgefleet.cli", "generate", "hi", "--timeout", "3",
+                          "--target", "127.0.0.1:1"], capture_output=True, text=True, timeout=60)  # fmt: skip
+
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr and "UNAVAILABLE" in out.stderr.upper()
+    assert len(out.stderr.strip().splitlines()) <= 2
