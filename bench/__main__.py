@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from bench import models, overhead
+from bench import models, overhead, report
 
 BENCHMARKS = {"models": models.main, "overhead": overhead.main}
 
@@ -15,3 +15,4 @@ if __name__ == "__main__":
         sys.exit(f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
     for name in names:
         BENCHMARKS[name]()
+    report.main()

@@ -67,6 +67,14 @@ class ModelSpec(_Strict):
         return v
 
 
+class BatchingConfig(_Strict):
+    """Dynamic batching: requests arriving together share one generate() call."""
+
+    max_batch: int = Field(default=8, ge=1, le=256)
+    quiet_ms: float = Field(default=1.0, ge=0, le=1000, description="start once no request came for this long")
+    window_ms: float = Field(default=10.0, ge=0, le=10_000, description="never hold the first request longer")
+
+
 class EdgeNodeConfig(_Strict):
     id: str = Field(pattern=NODE_ID_PATTERN)
     site: str = Field(default="", description="locality hint clients may send; defaults to the node id")
@@ -75,6 +83,7 @@ class EdgeNodeConfig(_Strict):
     actor_cpus: float = Field(default=0.5, gt=0, description="CPU share of the EdgeNode actor")
     model: ModelSpec = Field(default_factory=ModelSpec)
     network: NetworkProfile = Field(default_factory=NetworkProfile)
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
     data_dir: Path | None = Field(default=None, description="this node's private training data")
 
     @model_validator(mode="after")
@@ -104,6 +113,8 @@ class CloudConfig(_Strict):
     replicas: int = Field(default=1, ge=1, le=64)
     model: ModelSpec = Field(default_factory=lambda: ModelSpec(quantization="none", threads=2))
     network: NetworkProfile = Field(default_factory=lambda: NetworkProfile(rtt_ms=60, jitter_ms=8))
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    max_queued_requests: int = Field(default=64, ge=1, description="Serve refuses work beyond this queue")
 
 
 class FleetConfig(_Strict):

@@ -11,7 +11,6 @@ import yaml
 
 from edgefleet.config import EdgefleetConfig, parse_config
 
-
 TEST_TOKEN = "test-token-3f9a"
 
 

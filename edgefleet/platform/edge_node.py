@@ -14,7 +14,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from edgefleet.config import EdgeNodeConfig, ModelSpec
+from edgefleet.config import BatchingConfig, EdgeNodeConfig, ModelSpec
 from edgefleet.platform.topology import node_selector
 
 ACTOR_NAMESPACE = "edgefleet"
@@ -27,15 +27,17 @@ def actor_name(node_id: str) -> str:
 class EdgeNode:
     """Serves one edge node's model. Construct through :func:`spawn_edge_node`, not directly."""
 
-    def __init__(self, node_id: str, spec: ModelSpec, cache_dir: str | None, *, batch_window_ms: float = 10.0,
-                 max_batch: int = 8) -> None:  # fmt: skip
+    def __init__(self, node_id: str, spec: ModelSpec, cache_dir: str | None,
+                 batching: BatchingConfig | None = None) -> None:  # fmt: skip
         from edgefleet.platform.engine import GenerationEngine
         from edgefleet.platform.models import load_model
 
         self.node_id = node_id
         self.cache_dir = Path(cache_dir) if cache_dir else None
+        b = batching or BatchingConfig()
         self.engine = GenerationEngine(load=partial(load_model, spec, cache_dir=self.cache_dir),
-                                       batch_window_ms=batch_window_ms, max_batch=max_batch)  # fmt: skip
+                                       batch_window_ms=b.window_ms, batch_quiet_ms=b.quiet_ms,
+                                       max_batch=b.max_batch)  # fmt: skip
 
     async def generate_stream(self, request: dict[str, Any]):
         """Events of one request (see :mod:`engine`); the start event names this node."""
@@ -99,7 +101,7 @@ class EdgeNode:
 
 
 def spawn_edge_node(node: EdgeNodeConfig, *, cache_dir: Path | None = None, max_restarts: int = 3,
-                    batch_window_ms: float = 10.0, max_batch: int = 8, name: str | None = None) -> Any:  # fmt: skip
+                    name: str | None = None) -> Any:  # fmt: skip
     """Start the EdgeNode actor for ``node`` on the raylet labelled with its id; returns the handle.
 
     The call returns at once; ``ray.get(handle.info.remote())`` waits until the model is loaded.
@@ -116,11 +118,5 @@ def spawn_edge_node(node: EdgeNodeConfig, *, cache_dir: Path | None = None, max_
             max_restarts=max_restarts,
             max_concurrency=256,  # an async actor: requests wait in the engine's batcher, not in Ray
         )
-        .remote(
-            node.id,
-            node.model,
-            str(cache_dir) if cache_dir else None,
-            batch_window_ms=batch_window_ms,
-            max_batch=max_batch,
-        )  # fmt: skip
+        .remote(node.id, node.model, str(cache_dir) if cache_dir else None, node.batching)
     )

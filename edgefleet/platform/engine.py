@@ -1,9 +1,9 @@
 """A batching, streaming generation engine around one loaded model. No Ray in here.
 
-Requests that arrive within ``batch_quiet_ms`` of each other (up to ``batch_window_ms`` in all) and share sampling settings run in
-one ``model.generate`` call: one forward pass per step for the whole batch. Each step's tokens
-are routed back to their own request as text deltas through asyncio queues, so every request
-streams independently, and finishes independently (its own EOS, stop sequence or token limit).
+Requests that arrive within ``batch_quiet_ms`` of each other (up to ``batch_window_ms`` in all)
+and share sampling settings run in one ``model.generate`` call: one forward pass per step for the
+whole batch. Each step's tokens are routed back to their own request as text deltas through
+asyncio queues, so every request streams, and finishes, on its own (EOS, stop sequence or limit).
 
 The EdgeNode actor and the Cloud deployment are thin Ray wrappers around this class.
 

@@ -13,22 +13,24 @@ from typing import Any
 
 from ray import serve
 
-from edgefleet.config import CloudConfig, ModelSpec
+from edgefleet.config import BatchingConfig, CloudConfig, ModelSpec
 from edgefleet.platform.topology import role_selector
 
 
 class Cloud:
     """One cloud replica. Built by :func:`cloud_deployment`."""
 
-    def __init__(self, node_id: str, spec: ModelSpec, cache_dir: str | None, batch_window_ms: float = 10.0,
-                 max_batch: int = 8) -> None:  # fmt: skip
+    def __init__(self, node_id: str, spec: ModelSpec, cache_dir: str | None,
+                 batching: BatchingConfig | None = None) -> None:  # fmt: skip
         from edgefleet.platform.engine import GenerationEngine
         from edgefleet.platform.models import load_model
 
         self.node_id = node_id
         self.cache_dir = Path(cache_dir) if cache_dir else None
+        b = batching or BatchingConfig()
         self.engine = GenerationEngine(load=partial(load_model, spec, cache_dir=self.cache_dir),
-                                       batch_window_ms=batch_window_ms, max_batch=max_batch)  # fmt: skip
+                                       batch_window_ms=b.window_ms, batch_quiet_ms=b.quiet_ms,
+                                       max_batch=b.max_batch)  # fmt: skip
 
     async def stream(self, request: dict[str, Any]):
         from edgefleet.platform.engine import GenRequest
@@ -53,7 +55,7 @@ class Cloud:
         return await self.engine.swap_with(partial(load_model, spec, cache_dir=self.cache_dir))
 
 
-def cloud_deployment(cloud: CloudConfig, *, cache_dir: Path | None, max_queued_requests: int = 64) -> Any:
+def cloud_deployment(cloud: CloudConfig, *, cache_dir: Path | None) -> Any:
     """The bound Cloud deployment for ``serve.run`` (as a Gateway argument)."""
     replicas = cloud.replicas
     return (
@@ -68,8 +70,8 @@ def cloud_deployment(cloud: CloudConfig, *, cache_dir: Path | None, max_queued_r
                 "target_ongoing_requests": 8,
             },  # fmt: skip
             max_ongoing_requests=32,  # the engine batches 8 at a time; more would only queue inside it
-            max_queued_requests=max_queued_requests,
+            max_queued_requests=cloud.max_queued_requests,
             health_check_period_s=5,
         )
-        .bind(cloud.id, cloud.model, str(cache_dir) if cache_dir else None)
+        .bind(cloud.id, cloud.model, str(cache_dir) if cache_dir else None, cloud.batching)
     )
