@@ -144,7 +144,7 @@ class RayConfig(_Strict):
 
 
 class RoutingConfig(_Strict):
-    policy: Literal["sla", "p2c", "round_robin", "edge_only", "cloud_only"] = "sla"
+    policy: Literal["sla", "least_loaded", "p2c", "round_robin", "edge_only", "cloud_only"] = "sla"
     cost_order: list[Tier] = Field(default_factory=lambda: ["site", "edge", "cloud"], min_length=1)
     default_deadline_ms: int = Field(default=5_000, gt=0)
     mode: Literal["best_effort", "strict"] = "best_effort"

@@ -31,6 +31,12 @@ class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FINISH_REASON_UNSPECIFIED: _ClassVar[FinishReason]
     FINISH_REASON_STOP: _ClassVar[FinishReason]
     FINISH_REASON_LENGTH: _ClassVar[FinishReason]
+
+class Mode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MODE_DEFAULT: _ClassVar[Mode]
+    MODE_BEST_EFFORT: _ClassVar[Mode]
+    MODE_STRICT: _ClassVar[Mode]
 ROUTE_AUTO: Route
 ROUTE_EDGE: Route
 ROUTE_CLOUD: Route
@@ -43,6 +49,9 @@ TIER_CLOUD: Tier
 FINISH_REASON_UNSPECIFIED: FinishReason
 FINISH_REASON_STOP: FinishReason
 FINISH_REASON_LENGTH: FinishReason
+MODE_DEFAULT: Mode
+MODE_BEST_EFFORT: Mode
+MODE_STRICT: Mode
 
 class ChatMessage(_message.Message):
     __slots__ = ("role", "content")
@@ -53,7 +62,7 @@ class ChatMessage(_message.Message):
     def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "messages", "max_new_tokens", "temperature", "top_p", "seed", "stop", "deadline_ms", "priority", "route", "site", "request_id")
+    __slots__ = ("prompt", "messages", "max_new_tokens", "temperature", "top_p", "seed", "stop", "deadline_ms", "priority", "route", "site", "request_id", "mode")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -66,6 +75,7 @@ class GenerateRequest(_message.Message):
     ROUTE_FIELD_NUMBER: _ClassVar[int]
     SITE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
     max_new_tokens: int
@@ -78,7 +88,8 @@ class GenerateRequest(_message.Message):
     route: Route
     site: str
     request_id: str
-    def __init__(self, prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., deadline_ms: _Optional[int] = ..., priority: _Optional[_Union[Priority, str]] = ..., route: _Optional[_Union[Route, str]] = ..., site: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    mode: Mode
+    def __init__(self, prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., deadline_ms: _Optional[int] = ..., priority: _Optional[_Union[Priority, str]] = ..., route: _Optional[_Union[Route, str]] = ..., site: _Optional[str] = ..., request_id: _Optional[str] = ..., mode: _Optional[_Union[Mode, str]] = ...) -> None: ...
 
 class ServedBy(_message.Message):
     __slots__ = ("tier", "node_id")
@@ -107,7 +118,7 @@ class Usage(_message.Message):
     def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("request_id", "text", "usage", "served_by", "model_name", "model_version", "timings", "sla_met", "finish_reason")
+    __slots__ = ("request_id", "text", "usage", "served_by", "model_name", "model_version", "timings", "sla_met", "finish_reason", "route_reason", "predicted_ms", "network_simulated")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
@@ -117,6 +128,9 @@ class GenerateResponse(_message.Message):
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     SLA_MET_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_REASON_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_MS_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_SIMULATED_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     text: str
     usage: Usage
@@ -126,7 +140,10 @@ class GenerateResponse(_message.Message):
     timings: Timings
     sla_met: bool
     finish_reason: FinishReason
-    def __init__(self, request_id: _Optional[str] = ..., text: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., served_by: _Optional[_Union[ServedBy, _Mapping]] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., sla_met: _Optional[bool] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ...) -> None: ...
+    route_reason: str
+    predicted_ms: float
+    network_simulated: bool
+    def __init__(self, request_id: _Optional[str] = ..., text: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., served_by: _Optional[_Union[ServedBy, _Mapping]] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., sla_met: _Optional[bool] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., route_reason: _Optional[str] = ..., predicted_ms: _Optional[float] = ..., network_simulated: _Optional[bool] = ...) -> None: ...
 
 class GenerateChunk(_message.Message):
     __slots__ = ("request_id", "text", "index", "final", "summary")

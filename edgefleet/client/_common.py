@@ -26,6 +26,7 @@ _UINT32_MAX = 2**32 - 1
 _UINT64_MAX = 2**64 - 1
 _ROUTES = {"auto": pb.ROUTE_AUTO, "edge": pb.ROUTE_EDGE, "cloud": pb.ROUTE_CLOUD}
 _PRIORITIES = {"normal": pb.PRIORITY_NORMAL, "low": pb.PRIORITY_LOW, "high": pb.PRIORITY_HIGH}
+_MODES = {"default": pb.MODE_DEFAULT, "best_effort": pb.MODE_BEST_EFFORT, "strict": pb.MODE_STRICT}
 # Unknown values (a newer server) read as "" rather than failing the call.
 _TIERS: dict[int, TierName] = {pb.TIER_EDGE: "edge", pb.TIER_CLOUD: "cloud"}
 _FINISH_REASONS: dict[int, FinishReasonName] = {pb.FINISH_REASON_STOP: "stop", pb.FINISH_REASON_LENGTH: "length"}
@@ -113,6 +114,7 @@ def prepare_call(
     route: str,
     site: str,
     request_id: str | None,
+    mode: str = "default",
 ) -> PreparedCall:
     """Check the arguments of ``generate``/``stream`` and build the request; raises ``InvalidRequest``."""
     if (prompt is None) == (messages is None):
@@ -140,6 +142,7 @@ def prepare_call(
     request.deadline_ms = 0 if timeout_s is None else _deadline_ms(timeout_s)
     request.priority = _choice(priority, "priority", _PRIORITIES)
     request.route = _choice(route, "route", _ROUTES)
+    request.mode = _choice(mode, "mode", _MODES)
     if not isinstance(site, str):
         raise InvalidRequest(f"site must be a str, got {site!r}")
     request.site = site
@@ -165,6 +168,9 @@ def to_completion(response: pb.GenerateResponse, *, text: str | None = None) -> 
         finish_reason=_FINISH_REASONS.get(response.finish_reason, ""),
         prompt_tokens=response.usage.prompt_tokens,
         completion_tokens=response.usage.completion_tokens,
+        route_reason=response.route_reason,
+        predicted_ms=response.predicted_ms,
+        network_simulated=response.network_simulated,
     )
 
 

@@ -115,6 +115,7 @@ class AsyncClient:
         priority: str = "normal",
         route: str = "auto",
         site: str = "",
+        mode: str = "default",
         request_id: str | None = None,
     ) -> Completion:
         """Generate a whole completion.
@@ -132,6 +133,8 @@ class AsyncClient:
             priority: ``"normal"``, ``"low"`` or ``"high"``.
             route: ``"auto"`` (the router decides), ``"edge"`` or ``"cloud"``.
             site: The caller's locality hint, e.g. ``"site-a"``.
+            mode: ``"strict"`` to be refused at once (``Overloaded``) when no target is predicted to
+                meet the deadline, ``"best_effort"`` to be served anyway, ``"default"`` for the server's.
             request_id: Idempotency / tracing id; a random one if None.
 
         Returns:
@@ -164,6 +167,7 @@ class AsyncClient:
             priority=priority,
             route=route,
             site=site,
+            mode=mode,
             request_id=request_id,
         )
         stub = self._open_stub()
@@ -195,6 +199,7 @@ class AsyncClient:
         priority: str = "normal",
         route: str = "auto",
         site: str = "",
+        mode: str = "default",
         request_id: str | None = None,
     ) -> AsyncIterator[Chunk]:
         """Generate a completion as it is produced (a plain method returning an async iterator).
@@ -216,6 +221,7 @@ class AsyncClient:
             priority: As for :meth:`generate`.
             route: As for :meth:`generate`.
             site: As for :meth:`generate`.
+            mode: As for :meth:`generate`.
             request_id: As for :meth:`generate`.
 
         Returns:
@@ -245,6 +251,7 @@ class AsyncClient:
             priority=priority,
             route=route,
             site=site,
+            mode=mode,
             request_id=request_id,
         )
         self._check_open()

@@ -114,6 +114,7 @@ class Client:
         priority: str = "normal",
         route: str = "auto",
         site: str = "",
+        mode: str = "default",
         request_id: str | None = None,
     ) -> Completion:
         """Generate a whole completion.
@@ -131,6 +132,8 @@ class Client:
             priority: ``"normal"``, ``"low"`` or ``"high"``.
             route: ``"auto"`` (the router decides), ``"edge"`` or ``"cloud"``.
             site: The caller's locality hint, e.g. ``"site-a"``.
+            mode: ``"strict"`` to be refused at once (``Overloaded``) when no target is predicted to
+                meet the deadline, ``"best_effort"`` to be served anyway, ``"default"`` for the server's.
             request_id: Idempotency / tracing id; a random one if None.
 
         Returns:
@@ -163,6 +166,7 @@ class Client:
             priority=priority,
             route=route,
             site=site,
+            mode=mode,
             request_id=request_id,
         )
         self._check_open()
@@ -194,6 +198,7 @@ class Client:
         priority: str = "normal",
         route: str = "auto",
         site: str = "",
+        mode: str = "default",
         request_id: str | None = None,
     ) -> Iterator[Chunk]:
         """Generate a completion as it is produced.
@@ -215,6 +220,7 @@ class Client:
             priority: As for :meth:`generate`.
             route: As for :meth:`generate`.
             site: As for :meth:`generate`.
+            mode: As for :meth:`generate`.
             request_id: As for :meth:`generate`.
 
         Returns:
@@ -244,6 +250,7 @@ class Client:
             priority=priority,
             route=route,
             site=site,
+            mode=mode,
             request_id=request_id,
         )
         self._check_open()

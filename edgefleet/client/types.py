@@ -28,6 +28,9 @@ class Completion:
             reached) or ``""`` if the server did not say.
         prompt_tokens: Tokens in the prompt.
         completion_tokens: Tokens generated.
+        route_reason: Why the router chose this target.
+        predicted_ms: The router's predicted completion time for it (margin included); 0 if none.
+        network_simulated: True when the WAN hop's latency was injected (a one-machine fleet).
 
     Example:
         >>> c = Completion("hi", "r1", "edge", "edge-1", "smollm2", "3", 1.0, 5.0, 9.0, True, "stop", 2, 1)
@@ -48,6 +51,9 @@ class Completion:
     finish_reason: FinishReasonName
     prompt_tokens: int
     completion_tokens: int
+    route_reason: str = ""
+    predicted_ms: float = 0.0
+    network_simulated: bool = False
 
     @property
     def served_by(self) -> str:

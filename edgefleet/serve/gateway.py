@@ -23,10 +23,20 @@ from ray import serve
 from edgefleet._proto import inference_pb2 as pb
 from edgefleet.config import EdgefleetConfig
 from edgefleet.platform.edge_node import ACTOR_NAMESPACE, actor_name
+from edgefleet.platform.network import SimulatedLoss, SimulatedWan
 from edgefleet.serve import openai_http
+from edgefleet.serve.fleet_view import FleetTracker
 from edgefleet.serve.openai_http import SSE_DONE, ChatBody, CompletionBody, error_response, full_response, sse_chunk
 from edgefleet.serve.requests import RequestError, Validated, validate, validate_proto
-from edgefleet.serve.router import FleetView, LeastLoadedRouter, NoTargetError, Router, RouteRequest, TargetState
+from edgefleet.serve.router import (
+    DeadlineInfeasible,
+    Decision,
+    NoTargetError,
+    ResidualTracker,
+    Router,
+    RouteRequest,
+    make_router,
+)
 
 STATS_PERIOD_S = 0.1  # FleetView staleness bound; a stats call costs ~1 ms
 RETRYABLE = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
@@ -72,6 +82,7 @@ def _to_response(e: dict[str, Any] | None) -> pb.GenerateResponse:
         model_name=e["model"], model_version=e["model_version"],
         timings=pb.Timings(queue_ms=e["queue_ms"], ttft_ms=e["ttft_ms"], total_ms=e["total_ms"]),
         sla_met=e["sla_met"], finish_reason=_FINISH.get(e["finish_reason"], pb.FINISH_REASON_UNSPECIFIED),
+        route_reason=e["route_reason"], predicted_ms=e["predicted_ms"], network_simulated=e["network_simulated"],
     )  # fmt: skip
 
 
@@ -82,11 +93,14 @@ class Gateway:
         self.cfg = EdgefleetConfig.model_validate(config)
         self.tokens = set(tokens)
         self.cloud = cloud
-        self.router = router or LeastLoadedRouter()
-        self.sites = {n.id: n.site for n in self.cfg.fleet.edge_nodes}
-        self.stats: dict[str, dict[str, Any]] = {}
-        self.healthy: dict[str, bool] = {}
-        self.dispatched: dict[str, int] = {}  # counted at once, so simultaneous requests spread out
+        self.margins = ResidualTracker()
+        self.router = router or make_router(self.cfg.routing.policy, cost_order=self.cfg.routing.cost_order,
+                                            margins=self.margins)  # fmt: skip
+        profiles = {n.id: n.network for n in self.cfg.fleet.edge_nodes}
+        profiles[self.cfg.fleet.cloud.id] = self.cfg.fleet.cloud.network
+        # One machine (no ray.address): no real WAN, so inject the configured one; a real cluster: none.
+        self.wan = SimulatedWan(profiles, enabled=self.cfg.ray.address is None)
+        self.fleet = FleetTracker(self.cfg, {t: self.wan.rtt_ms(t) for t in profiles})
         self.handles: dict[str, Any] = {}  # EdgeNode actor handles by node id
         self._refresher: asyncio.Task | None = None
 
@@ -189,14 +203,18 @@ class Gateway:
         first_token_at = None
         start: dict[str, Any] = {}
         for attempt, target in enumerate(candidates):
-            self.dispatched[target] = self.dispatched.get(target, 0) + 1
-            started_any = False
+            self.fleet.dispatch(target)
+            started_any, failed = False, True
             try:
+                if self.wan.drops(target):
+                    raise SimulatedLoss(f"simulated loss on the way to {target}")
+                await asyncio.sleep(self.wan.sample_delay_s(target))  # 0 unless simulated
                 async for event in self._events_from(target, v.engine_request(stream=stream)):
                     kind = event["type"]
                     if kind == "error":
                         if event["code"] == "UNAVAILABLE" and not started_any:
                             raise _Unavailable(event["message"])
+                        failed = False  # the target answered; the request itself was refused
                         raise RequestError(grpc.StatusCode[event["code"]], event["message"])
                     started_any = True
                     if kind == "start":
@@ -207,8 +225,11 @@ class Gateway:
                         first_token_at = first_token_at or time.perf_counter()
                         yield event
                     elif kind == "end":
+                        failed = False
                         now = time.perf_counter()
                         total_ms = (now - arrived) * 1000
+                        if attempt == 0 and decision.base_ms is not None:  # learn the prediction's error
+                            self.margins.observe(target, decision.base_ms, total_ms)
                         yield {**event, "request_id": v.request_id, "tier": start.get("tier", ""),
                                "node_id": start.get("node_id", target), "model": start.get("model", ""),
                                "model_version": start.get("model_version", ""),
@@ -216,25 +237,32 @@ class Gateway:
                                "queue_ms": start.get("queue_ms", 0.0),
                                "ttft_ms": ((first_token_at or now) - arrived) * 1000, "total_ms": total_ms,
                                "sla_met": v.deadline_ms == 0 or total_ms <= v.deadline_ms,
-                               "attempts": attempt + 1}  # fmt: skip
+                               "route_reason": decision.reason if attempt == 0 else
+                               f"failover #{attempt} after {', '.join(candidates[:attempt])} failed",
+                               "predicted_ms": (decision.predicted_ms or 0.0) if attempt == 0 else 0.0,
+                               "network_simulated": self.wan.enabled, "attempts": attempt + 1}  # fmt: skip
                         return
-            except (_Unavailable, *RETRYABLE) as exc:
-                self.healthy[target] = False
-                if not isinstance(exc, _Unavailable):
+            except (_Unavailable, SimulatedLoss, *RETRYABLE) as exc:
+                if isinstance(exc, RETRYABLE):
                     self.handles.pop(target, None)
                 if started_any:
                     raise RequestError(grpc.StatusCode.UNAVAILABLE, f"{target} failed mid-stream: {exc}") from None
                 continue  # nothing sent yet: fail over to the next candidate
             finally:
-                self.dispatched[target] -= 1
+                self.fleet.finish(target, failed=failed)
         raise RequestError(grpc.StatusCode.UNAVAILABLE, f"every candidate failed: {', '.join(candidates)}")
 
-    def _decide(self, v: Validated):
+    def _decide(self, v: Validated) -> Decision:
+        mode = self.cfg.routing.mode if v.mode == "default" else v.mode
+        # The Gateway has no tokenizer: ~4 characters per token is close for English, and the
+        # learnt margin absorbs the rest.
+        prompt_tokens = sum(len(m["content"]) for m in v.messages) // 4 + 8 * len(v.messages)
+        request = RouteRequest(route=v.route, site=v.site, deadline_ms=v.deadline_ms, prompt_tokens=prompt_tokens,
+                               max_new_tokens=v.max_new_tokens, mode=mode)  # fmt: skip
         try:
-            return self.router.choose(
-                RouteRequest(route=v.route, site=v.site, deadline_ms=v.deadline_ms, max_new_tokens=v.max_new_tokens),
-                self.fleet_view(),
-            )
+            return self.router.choose(request, self.fleet.view())
+        except DeadlineInfeasible as exc:
+            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), "deadline_ms") from None
         except NoTargetError as exc:
             raise RequestError(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
 
@@ -276,36 +304,23 @@ class Gateway:
 
     # ------------------------------------------------------------------ fleet view
 
-    def fleet_view(self) -> FleetView:
-        targets = []
-        for node_id, site in self.sites.items():
-            s = self.stats.get(node_id, {})
-            targets.append(TargetState(node_id, "edge", site=site, queue_depth=s.get("queue_depth", 0),
-                                       in_flight=self.dispatched.get(node_id, 0),
-                                       healthy=self.healthy.get(node_id, True),
-                                       draining=s.get("draining", False)))  # fmt: skip
-        cloud_id = self.cfg.fleet.cloud.id
-        s = self.stats.get(cloud_id, {})
-        targets.append(TargetState(cloud_id, "cloud", queue_depth=s.get("queue_depth", 0),
-                                   in_flight=self.dispatched.get(cloud_id, 0), max_queue=64))  # fmt: skip
-        return FleetView(tuple(targets))
-
     def _ensure_refresher(self) -> None:
         if self._refresher is None or self._refresher.done():
             self._refresher = asyncio.get_running_loop().create_task(self._refresh_forever())
 
     async def _refresh_forever(self) -> None:
         while True:
-            await asyncio.gather(*(self._refresh(n) for n in self.sites), return_exceptions=True)
+            await asyncio.gather(*(self._refresh(t) for t in self.fleet.target_ids), return_exceptions=True)
             await asyncio.sleep(STATS_PERIOD_S)
 
-    async def _refresh(self, node_id: str) -> None:
+    async def _refresh(self, target_id: str) -> None:
         try:
-            self.stats[node_id] = await asyncio.wait_for(self._actor(node_id).stats.remote(), timeout=1.0)
-            self.healthy[node_id] = True
+            is_cloud = target_id == self.fleet.cloud_id
+            call = self.cloud.stats.remote() if is_cloud else self._actor(target_id).stats.remote()
+            self.fleet.heartbeat(target_id, await asyncio.wait_for(call, timeout=1.0))
         except Exception:  # dead, restarting or slow: route around it until it answers again
-            self.healthy[node_id] = False
-            self.handles.pop(node_id, None)
+            self.fleet.heartbeat(target_id, None)
+            self.handles.pop(target_id, None)
 
     def _authorize(self, token: str | None) -> None:
         if self.tokens and token not in self.tokens:

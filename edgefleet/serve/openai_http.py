@@ -34,6 +34,7 @@ class _Body(BaseModel):
     deadline_ms: int | None = None
     route: str = "auto"
     site: str = ""
+    mode: str = "default"
 
     def stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -77,7 +78,8 @@ def install(app: FastAPI) -> None:
 def _extension(end: dict[str, Any]) -> dict[str, Any]:
     return {"served_by": {"tier": end["tier"], "node_id": end["node_id"]}, "model_version": end["model_version"],
             "timings": {"queue_ms": end["queue_ms"], "ttft_ms": end["ttft_ms"], "total_ms": end["total_ms"]},
-            "sla_met": end["sla_met"]}  # fmt: skip
+            "sla_met": end["sla_met"], "route_reason": end["route_reason"], "predicted_ms": end["predicted_ms"],
+            "network_simulated": end["network_simulated"]}  # fmt: skip
 
 
 def _usage(end: dict[str, Any]) -> dict[str, int]:

@@ -21,6 +21,7 @@ MAX_NEW_TOKENS_LIMIT = 1024
 ROLES = {"system", "user", "assistant"}
 _ROUTES = {pb.ROUTE_AUTO: "auto", pb.ROUTE_EDGE: "edge", pb.ROUTE_CLOUD: "cloud"}
 _PRIORITIES = {pb.PRIORITY_NORMAL: "normal", pb.PRIORITY_LOW: "low", pb.PRIORITY_HIGH: "high"}
+_MODES = {pb.MODE_DEFAULT: "default", pb.MODE_BEST_EFFORT: "best_effort", pb.MODE_STRICT: "strict"}
 HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.UNAUTHENTICATED: 401,
     grpc.StatusCode.PERMISSION_DENIED: 403, grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
@@ -62,6 +63,7 @@ class Validated:
     route: str
     site: str
     priority: str = "normal"
+    mode: str = "default"  # "default" (the server's routing.mode), "best_effort" or "strict"
     extras: dict[str, Any] = field(default_factory=dict)
 
     def engine_request(self, *, stream: bool = True) -> dict[str, Any]:
@@ -74,6 +76,7 @@ def validate(
     *, prompt: str | None, messages: list[dict[str, Any]] | None, max_new_tokens: int | None,
     temperature: float | None, top_p: float | None, seed: int | None, stop: list[str] | None,
     deadline_ms: int | None, route: str, site: str, priority: str, request_id: str | None, cfg: EdgefleetConfig,
+    mode: str = "default",
 ) -> Validated:  # fmt: skip
     """Check one request; raise :class:`RequestError` (INVALID_ARGUMENT) naming the first bad field."""
     if prompt and messages:
@@ -105,6 +108,8 @@ def validate(
         raise invalid("deadline_ms", f"must be >= 0, got {d}")
     if route not in ("auto", "edge", "cloud"):
         raise invalid("route", f"must be auto, edge or cloud, got {route!r}")
+    if mode not in ("default", "best_effort", "strict"):
+        raise invalid("mode", f"must be default, best_effort or strict, got {mode!r}")
     if priority not in ("normal", "low", "high"):
         raise invalid("priority", f"must be normal, low or high, got {priority!r}")
     stops = [s for s in (stop or []) if s]
@@ -112,7 +117,7 @@ def validate(
         raise invalid("stop", f"at most 8 stop sequences, got {len(stops)}")
     return Validated(request_id=request_id or uuid.uuid4().hex, messages=chat, max_new_tokens=n, temperature=t,
                      top_p=p, seed=seed, stop=stops, deadline_ms=d, route=route, site=site or "",
-                     priority=priority)  # fmt: skip
+                     priority=priority, mode=mode)  # fmt: skip
 
 
 def validate_proto(req: pb.GenerateRequest, cfg: EdgefleetConfig) -> Validated:
@@ -120,10 +125,12 @@ def validate_proto(req: pb.GenerateRequest, cfg: EdgefleetConfig) -> Validated:
         raise invalid("route", f"unknown value {req.route}")
     if req.priority not in _PRIORITIES:
         raise invalid("priority", f"unknown value {req.priority}")
+    if req.mode not in _MODES:
+        raise invalid("mode", f"unknown value {req.mode}")
     return validate(
         prompt=req.prompt, messages=[{"role": m.role, "content": m.content} for m in req.messages],
         max_new_tokens=req.max_new_tokens, temperature=req.temperature, top_p=req.top_p,
         seed=req.seed if req.HasField("seed") else None, stop=list(req.stop), deadline_ms=req.deadline_ms,
         route=_ROUTES[req.route], site=req.site, priority=_PRIORITIES[req.priority],
-        request_id=req.request_id, cfg=cfg,
+        request_id=req.request_id, cfg=cfg, mode=_MODES[req.mode],
     )  # fmt: skip

@@ -268,3 +268,36 @@ def test_draining_edges_send_traffic_to_the_cloud(served, client):
         ray.get([e.drain.remote(False) for e in edges])
 
     assert done.tier == "cloud"
+
+
+# ---------------------------------------------------------------- the SLA router on the live fleet
+
+
+def test_every_answer_carries_its_routing_reason_and_the_simulated_network(client):
+    done = client.generate(QUESTION, max_new_tokens=8, timeout=30)
+
+    assert done.route_reason and "deadline_ms=" in done.route_reason
+    assert done.predicted_ms > 0 and done.network_simulated  # one machine: the WAN hop is injected
+
+
+def test_strict_request_that_cannot_be_met_is_refused_at_once(served):
+    stub = pbg.InferenceServiceStub(grpc.insecure_channel(served.grpc_address))
+    md = [("application", "edgefleet"), ("authorization", f"Bearer {TEST_TOKEN}")]
+    request = pb.GenerateRequest(prompt=QUESTION, max_new_tokens=200, deadline_ms=3, mode=pb.MODE_STRICT)
+
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Generate(request, metadata=md, timeout=60)
+
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "cannot meet deadline_ms=3" in info.value.details()
+
+
+def test_best_effort_request_that_cannot_be_met_is_served_and_reports_the_miss(served):
+    stub = pbg.InferenceServiceStub(grpc.insecure_channel(served.grpc_address))
+    md = [("application", "edgefleet"), ("authorization", f"Bearer {TEST_TOKEN}")]
+    request = pb.GenerateRequest(prompt=QUESTION, max_new_tokens=40, deadline_ms=3, mode=pb.MODE_BEST_EFFORT)
+
+    done = stub.Generate(request, metadata=md, timeout=60)
+
+    assert done.usage.completion_tokens > 0 and not done.sla_met
+    assert done.route_reason.startswith("best effort")

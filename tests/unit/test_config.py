@@ -49,7 +49,7 @@ def test_no_file_and_empty_file_give_defaults(write_config):
         ({"fleet": {"edge_nodes": []}}, "fleet.edge_nodes: List should have at least 1 item"),
         ({"routng": {}}, "routng: unknown field"),
         ({"routing": {"cost_order": ["edge", "edge"]}}, "routing.cost_order: tiers must not repeat"),
-        ({"routing": {"policy": "fastest"}}, "routing.policy: Input should be 'sla', 'p2c'"),
+        ({"routing": {"policy": "fastest"}}, "routing.policy: Input should be 'sla', 'least_loaded'"),
         ({"privacy": {"noise_multiplier": 1.0}}, "set exactly one of target_epsilon and noise_multiplier"),
         ({"ports": {"grpc": 8000, "http": 8000}}, "ports must be distinct"),
         ({"federation": {"clients_per_round": 5}}, "clients_per_round=5 exceeds the 3 edge nodes"),

@@ -1,0 +1,67 @@
+"""The Gateway's live picture of its targets, turned into the Router's FleetView. Pure: no Ray.
+
+The Gateway feeds it stats heartbeats (every 100 ms), dispatches and outcomes; it counts its own
+dispatches at once, so two requests arriving together don't both pick the same "empty" node,
+and opens a circuit breaker on a target after consecutive failures until a heartbeat succeeds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgefleet.config import EdgefleetConfig
+from edgefleet.serve.router import FleetView, TargetState
+
+BREAKER_FAILURES = 3  # consecutive failed calls that open a target's circuit
+
+
+class FleetTracker:
+    def __init__(self, cfg: EdgefleetConfig, rtt_ms: dict[str, float]) -> None:
+        self.cfg = cfg
+        self.rtt_ms = rtt_ms
+        self.edges = {n.id: n for n in cfg.fleet.edge_nodes}
+        self.cloud_id = cfg.fleet.cloud.id
+        self.stats: dict[str, dict[str, Any]] = {}
+        self.healthy: dict[str, bool] = {}
+        self.dispatched: dict[str, int] = {}
+        self.failures: dict[str, int] = {}
+
+    @property
+    def target_ids(self) -> list[str]:
+        return [*self.edges, self.cloud_id]
+
+    def heartbeat(self, target_id: str, stats: dict[str, Any] | None) -> None:
+        """A stats answer (or ``None`` for no answer). An answer closes the circuit breaker."""
+        self.healthy[target_id] = stats is not None
+        if stats is not None:
+            self.stats[target_id] = stats
+            self.failures[target_id] = 0
+
+    def dispatch(self, target_id: str) -> None:
+        self.dispatched[target_id] = self.dispatched.get(target_id, 0) + 1
+
+    def finish(self, target_id: str, *, failed: bool) -> None:
+        self.dispatched[target_id] = self.dispatched.get(target_id, 1) - 1
+        self.failures[target_id] = self.failures.get(target_id, 0) + 1 if failed else 0
+
+    def circuit_open(self, target_id: str) -> bool:
+        return self.failures.get(target_id, 0) >= BREAKER_FAILURES
+
+    def view(self) -> FleetView:
+        targets = [self._state(node_id, "edge", node.site, node.batching.max_batch, 16)
+                   for node_id, node in self.edges.items()]  # fmt: skip
+        cloud = self.cfg.fleet.cloud
+        targets.append(self._state(self.cloud_id, "cloud", "", cloud.batching.max_batch, cloud.max_queued_requests))
+        return FleetView(tuple(targets))
+
+    def _state(self, target_id: str, tier: str, site: str, max_batch: int, max_queue: int) -> TargetState:
+        s = self.stats.get(target_id, {})
+        return TargetState(
+            target_id, tier, site=site, queue_depth=s.get("queue_depth", 0),
+            in_flight=self.dispatched.get(target_id, 0), healthy=self.healthy.get(target_id, True),
+            draining=s.get("draining", False), circuit_open=self.circuit_open(target_id),
+            max_queue=max_queue, max_batch=max_batch, rtt_ms=self.rtt_ms.get(target_id, 0.0),
+            prefill_ms_per_token=s.get("prefill_ms_per_token"),
+            decode_ms_per_step=tuple(sorted((s.get("decode_ms_per_step") or {}).items())),
+            model_version=s.get("model_version", ""),
+        )  # fmt: skip

@@ -1,0 +1,59 @@
+"""The Gateway's fleet bookkeeping is pure: dispatch counts, stats, and the circuit breaker."""
+
+from edgefleet.config import EdgefleetConfig
+from edgefleet.serve.fleet_view import BREAKER_FAILURES, FleetTracker
+
+
+def tracker() -> FleetTracker:
+    return FleetTracker(EdgefleetConfig(), {"edge-1": 5.0, "cloud": 60.0})
+
+
+def test_view_lists_every_edge_and_the_cloud_with_rtt_and_stats():
+    t = tracker()
+    t.heartbeat("edge-1", {"queue_depth": 3, "prefill_ms_per_token": 1.5, "decode_ms_per_step": {8: 14.0, 1: 10.0},
+                           "model_version": "v7"})  # fmt: skip
+
+    view = {s.target_id: s for s in t.view().targets}
+
+    assert list(view) == ["edge-1", "edge-2", "edge-3", "cloud"]
+    assert view["edge-1"].queue_depth == 3 and view["edge-1"].rtt_ms == 5.0 and view["cloud"].rtt_ms == 60.0
+    assert view["edge-1"].decode_ms_per_step == ((1, 10.0), (8, 14.0)) and view["edge-1"].model_version == "v7"
+    assert view["edge-2"].prefill_ms_per_token is None  # not measured yet: the router uses its defaults
+
+
+def test_dispatches_count_at_once_so_simultaneous_requests_spread():
+    t = tracker()
+
+    t.dispatch("edge-1")
+    t.dispatch("edge-1")
+    in_flight = {s.target_id: s.in_flight for s in t.view().targets}
+    t.finish("edge-1", failed=False)
+
+    assert in_flight["edge-1"] == 2
+    assert {s.target_id: s.in_flight for s in t.view().targets}["edge-1"] == 1
+
+
+def test_consecutive_failures_open_the_breaker_and_a_heartbeat_closes_it():
+    t = tracker()
+    for _ in range(BREAKER_FAILURES):
+        t.dispatch("edge-2")
+        t.finish("edge-2", failed=True)
+    opened = {s.target_id: s for s in t.view().targets}["edge-2"]
+
+    t.heartbeat("edge-2", {"queue_depth": 0})
+
+    closed = {s.target_id: s for s in t.view().targets}["edge-2"]
+    assert opened.circuit_open and not opened.available
+    assert not closed.circuit_open and closed.available
+
+
+def test_a_success_resets_the_failure_count_and_a_missed_heartbeat_marks_unhealthy():
+    t = tracker()
+    for failed in (True, True, False, True, True):
+        t.dispatch("edge-3")
+        t.finish("edge-3", failed=failed)
+    t.heartbeat("edge-1", None)
+
+    view = {s.target_id: s for s in t.view().targets}
+    assert not view["edge-3"].circuit_open  # never three in a row
+    assert not view["edge-1"].healthy
