@@ -145,12 +145,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     console.print(f"\n  [dim]{done.served_by}, TTFT {done.ttft_ms:.0f} ms, "
                                   f"total {done.total_ms:.0f} ms[/]\n")  # fmt: skip
             table = Table(title="questions through the SDK (gRPC → Serve → Gateway → node)")
-            for col in ("question", "site hint", "answer", "served_by", "TTFT ms", "total ms"):
+            for col in ("question", "site hint", "answer", "served_by", "TTFT ms", "total ms", "why there"):
                 table.add_column(col, overflow="fold")
             for question, site, route in DEMO_QUESTIONS:
-                done = client.generate(question, max_new_tokens=40, site=site, route=route)
+                done = client.generate(question, max_new_tokens=40, site=site, route=route, timeout=30)
                 table.add_row(question, site or f"route={route}", done.text.strip(), done.served_by,
-                              f"{done.ttft_ms:.0f}", f"{done.total_ms:.0f}")  # fmt: skip
+                              f"{done.ttft_ms:.0f}", f"{done.total_ms:.0f}", done.route_reason)  # fmt: skip
             console.print(table)
     finally:
         fleet.shutdown()

@@ -1,0 +1,60 @@
+"""What an edge actor and a cloud replica have in common: a GenerationEngine behind Ray calls.
+
+Subclassed by :class:`EdgeNode` (a plain Ray actor) and :class:`Cloud` (a Serve deployment), so
+both tiers answer the same calls with the same events, tagged with their node id and tier.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from edgefleet.config import BatchingConfig, ModelSpec
+
+
+class ModelServer:
+    tier = ""  # "edge" or "cloud", set by the subclass
+
+    def __init__(self, node_id: str, spec: ModelSpec, cache_dir: str | None,
+                 batching: BatchingConfig | None = None) -> None:  # fmt: skip
+        from edgefleet.platform.engine import GenerationEngine
+        from edgefleet.platform.models import load_model
+
+        self.node_id = node_id
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        b = batching or BatchingConfig()
+        # load= builds the model on the engine's torch thread (see GenerationEngine).
+        self.engine = GenerationEngine(load=partial(load_model, spec, cache_dir=self.cache_dir),
+                                       batch_window_ms=b.window_ms, batch_quiet_ms=b.quiet_ms,
+                                       max_batch=b.max_batch)  # fmt: skip
+
+    def _tag(self, event: dict[str, Any]) -> dict[str, Any]:
+        return {**event, "node_id": self.node_id, "tier": self.tier}
+
+    async def stream(self, request: dict[str, Any]):
+        """Events of one request (see :mod:`engine`); the start event names this node."""
+        from edgefleet.platform.engine import GenRequest
+
+        async for event in self.engine.stream(GenRequest(**request)):
+            yield self._tag(event) if event["type"] == "start" else event
+
+    async def complete(self, request: dict[str, Any]) -> dict[str, Any]:
+        """One request, one result (no per-token messages): what the Gateway uses for unary calls."""
+        from edgefleet.platform.engine import GenRequest
+
+        result = await self.engine.complete(GenRequest(**request))
+        return self._tag(result) if result["type"] == "end" else result
+
+    def stats(self) -> dict[str, Any]:
+        return self._tag(self.engine.stats())
+
+    async def swap_model(self, spec: ModelSpec) -> str:
+        """Load ``spec`` beside the current model, then switch; running requests finish on the old one."""
+        from edgefleet.platform.models import load_model
+
+        return await self.engine.swap_with(partial(load_model, spec, cache_dir=self.cache_dir))
+
+    def drain(self, draining: bool = True) -> None:
+        """Refuse new requests (UNAVAILABLE) while the running ones finish; ``False`` undoes it."""
+        self.engine.draining = draining
