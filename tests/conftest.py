@@ -38,6 +38,24 @@ def make_test_config_dict(num_edge: int = 3) -> dict:
     }
 
 
+def call_until_back(call, attempts: int = 120):
+    """``ray.get(call())``, retried while the actor is restarting.
+
+    Calls in flight while an actor restarts fail with ActorUnavailableError (EdgeNode has no task
+    retries: generation is not blindly retried); the caller, in production the Gateway, decides.
+    """
+    import time
+
+    import ray
+
+    for _ in range(attempts):
+        try:
+            return ray.get(call(), timeout=60)
+        except ray.exceptions.ActorUnavailableError:
+            time.sleep(0.5)
+    raise AssertionError("actor did not come back")
+
+
 @pytest.fixture(scope="session")
 def fleet_config() -> EdgefleetConfig:
     return parse_config(make_test_config_dict(), source="test fleet")

@@ -51,8 +51,11 @@ class EdgeNode(ModelServer):
         import ray
 
         loaded = self.engine.loaded
+        import os
+
         return {
             "node_id": self.node_id,
+            "pid": os.getpid(),
             "node_labels": dict(ray.get_runtime_context().get_node_labels()),
             "model": loaded.name,
             "model_version": loaded.version,

@@ -46,6 +46,9 @@ class GenRequest:
     # False: no per-token deltas, just one "first_token" marker (for TTFT) and the end event with
     # the whole text. Unary callers save a cross-process message per token.
     stream: bool = True
+    # Text already sent to the client by a target that failed mid-stream: this request continues
+    # it (as the start of the assistant's turn) instead of starting over.
+    prefix: str = ""
     arrived: float = field(default_factory=time.perf_counter)  # perf_counter s, in this process
     cancelled: bool = False  # set when the caller goes away: its batch row stops at the next step
 
@@ -111,6 +114,11 @@ class _BatchStreamer:
             slot.partial += 1  # maybe half a UTF-8 character (≤ 4 bytes): wait for the next token
             return
         slot.partial = 0
+        ws = slot.req.prefix[len(slot.req.prefix.rstrip()) :]  # already sent to the client
+        if ws and text.startswith(ws):
+            text = text[len(ws) :]
+        elif ws and slot.sent == 0 and ws.startswith(text) and not limit_hit:
+            return  # so far only (part of) the whitespace the client already has
         slot.text = text
         for stop in slot.req.stop:
             at = text.find(stop, max(0, slot.sent - len(stop)))
@@ -128,7 +136,7 @@ class _BatchStreamer:
     def _flush(self, slot: _Slot, upto: int) -> None:
         if upto > slot.sent:
             if slot.req.stream:
-                slot.emit({"type": "delta", "text": slot.text[slot.sent : upto]})
+                slot.emit({"type": "delta", "text": slot.text[slot.sent : upto], "tokens": len(slot.token_ids)})
             elif slot.sent == 0:
                 slot.emit({"type": "first_token"})
             slot.sent = upto
@@ -205,7 +213,7 @@ class GenerationEngine:
             return f"temperature: must be a number >= 0, got {req.temperature}"
         if math.isnan(req.top_p) or not 0 < req.top_p <= 1:
             return f"top_p: must be in (0, 1], got {req.top_p}"
-        n = len(self._encode(self.loaded, req.messages))
+        n = len(self._encode(self.loaded, req.messages, req.prefix))
         if n + req.max_new_tokens > self.context_length:
             return (f"prompt: {n} prompt tokens + max_new_tokens {req.max_new_tokens} exceed "
                     f"the model's context of {self.context_length} tokens")  # fmt: skip
@@ -333,7 +341,7 @@ class GenerationEngine:
 
         tok = loaded.tokenizer
         started = time.perf_counter()
-        prompts = [self._encode(loaded, s.req.messages) for s in slots]
+        prompts = [self._encode(loaded, s.req.messages, s.req.prefix) for s in slots]
         width = max(map(len, prompts))
         pad = tok.pad_token_id
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])  # (B, T) left-padded
@@ -376,8 +384,15 @@ class GenerationEngine:
                 self.decode_ms_per_step[batch] = _ewma(self.decode_ms_per_step.get(batch), ms)
 
     @staticmethod
-    def _encode(loaded: LoadedModel, messages: list[dict[str, str]]) -> list[int]:
-        out = loaded.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    def _encode(loaded: LoadedModel, messages: list[dict[str, str]], prefix: str = "") -> list[int]:
+        tok = loaded.tokenizer
+        if prefix:  # resume the assistant's turn mid-way: the prompt ends with the text so far
+            # Trailing whitespace stays out of the prompt: tokenizers fold it into the next word
+            # (" France"), and a dangling space token derails the model; see _advance.
+            chat = [*messages, {"role": "assistant", "content": prefix.rstrip()}]
+            out = tok.apply_chat_template(chat, continue_final_message=True, tokenize=True)
+        else:
+            out = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
 
     def _count_forward_passes(self, loaded: LoadedModel):

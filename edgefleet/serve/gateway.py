@@ -202,14 +202,36 @@ class Gateway:
         candidates = [decision.target_id, *decision.fallbacks]
         first_token_at = None
         start: dict[str, Any] = {}
+        sent_text, sent_tokens = "", 0  # already streamed to the client, by earlier targets
+        notes: list[str] = []
+
+        def summary(end: dict[str, Any], target: str, attempts: int, text: str = "") -> dict[str, Any]:
+            now = time.perf_counter()
+            total_ms = (now - arrived) * 1000
+            return {**end, "type": "end", "request_id": v.request_id, "text": sent_text if stream else text,
+                    "completion_tokens": sent_tokens + end["completion_tokens"], "tier": start.get("tier", ""),
+                    "node_id": start.get("node_id", target), "model": start.get("model", ""),
+                    "model_version": start.get("model_version", ""), "prompt_tokens": start.get("prompt_tokens", 0),
+                    "queue_ms": start.get("queue_ms", 0.0), "ttft_ms": ((first_token_at or now) - arrived) * 1000,
+                    "total_ms": total_ms, "sla_met": v.deadline_ms == 0 or total_ms <= v.deadline_ms,
+                    "route_reason": "; ".join([decision.reason, *notes]),
+                    "predicted_ms": (decision.predicted_ms or 0.0) if attempts == 1 else 0.0,
+                    "network_simulated": self.wan.enabled, "attempts": attempts}  # fmt: skip
         for attempt, target in enumerate(candidates):
             self.fleet.dispatch(target)
-            started_any, failed = False, True
+            started_any, failed, tokens_here = False, True, 0
+            request = v.engine_request(stream=stream)
+            if sent_text and sent_tokens >= v.max_new_tokens:  # the failure came with the last token
+                self.fleet.finish(target, failed=False)
+                yield summary({"finish_reason": "length", "completion_tokens": 0}, target, attempt)
+                return
+            if sent_text:  # continue where the failed target stopped: no restart, no duplicate text
+                request |= {"prefix": sent_text, "max_new_tokens": v.max_new_tokens - sent_tokens}
             try:
                 if self.wan.drops(target):
                     raise SimulatedLoss(f"simulated loss on the way to {target}")
                 await asyncio.sleep(self.wan.sample_delay_s(target))  # 0 unless simulated
-                async for event in self._events_from(target, v.engine_request(stream=stream)):
+                async for event in self._events_from(target, request):
                     kind = event["type"]
                     if kind == "error":
                         if event["code"] == "UNAVAILABLE" and not started_any:
@@ -223,31 +245,26 @@ class Gateway:
                         first_token_at = first_token_at or event.get("at") or time.perf_counter()
                     elif kind == "delta":
                         first_token_at = first_token_at or time.perf_counter()
+                        tokens_here = event.get("tokens", tokens_here + 1)
+                        sent_text += event["text"]
                         yield event
                     elif kind == "end":
                         failed = False
-                        now = time.perf_counter()
-                        total_ms = (now - arrived) * 1000
+                        done = summary(event, target, attempt + 1, event["text"])
                         if attempt == 0 and decision.base_ms is not None:  # learn the prediction's error
-                            self.margins.observe(target, decision.base_ms, total_ms)
-                        yield {**event, "request_id": v.request_id, "tier": start.get("tier", ""),
-                               "node_id": start.get("node_id", target), "model": start.get("model", ""),
-                               "model_version": start.get("model_version", ""),
-                               "prompt_tokens": start.get("prompt_tokens", 0),
-                               "queue_ms": start.get("queue_ms", 0.0),
-                               "ttft_ms": ((first_token_at or now) - arrived) * 1000, "total_ms": total_ms,
-                               "sla_met": v.deadline_ms == 0 or total_ms <= v.deadline_ms,
-                               "route_reason": decision.reason if attempt == 0 else
-                               f"failover #{attempt} after {', '.join(candidates[:attempt])} failed",
-                               "predicted_ms": (decision.predicted_ms or 0.0) if attempt == 0 else 0.0,
-                               "network_simulated": self.wan.enabled, "attempts": attempt + 1}  # fmt: skip
+                            self.margins.observe(target, decision.base_ms, done["total_ms"])
+                        yield done
                         return
             except (_Unavailable, SimulatedLoss, *RETRYABLE) as exc:
                 if isinstance(exc, RETRYABLE):
                     self.handles.pop(target, None)
-                if started_any:
+                elapsed_ms = (time.perf_counter() - arrived) * 1000
+                if started_any and sent_text and not (stream and (v.deadline_ms == 0 or elapsed_ms < v.deadline_ms)):
                     raise RequestError(grpc.StatusCode.UNAVAILABLE, f"{target} failed mid-stream: {exc}") from None
-                continue  # nothing sent yet: fail over to the next candidate
+                sent_tokens += tokens_here
+                notes.append(f"{target} failed after {tokens_here} tokens; continued on the next target"
+                             if tokens_here else f"{target} failed before its first token")  # fmt: skip
+                continue  # fail over to the next candidate
             finally:
                 self.fleet.finish(target, failed=failed)
         raise RequestError(grpc.StatusCode.UNAVAILABLE, f"every candidate failed: {', '.join(candidates)}")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 ray = pytest.importorskip("ray")
 
 from edgefleet.platform.edge_node import ACTOR_NAMESPACE, spawn_edge_node  # noqa: E402
 from edgefleet.platform.topology import NODE_LABEL, ROLE_LABEL, node_selector  # noqa: E402
+from tests.conftest import call_until_back  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -19,17 +18,6 @@ class WhereAmI:
     def where(self) -> tuple[str, dict]:
         ctx = ray.get_runtime_context()
         return ctx.get_node_id(), dict(ctx.get_node_labels())
-
-
-def _call_until_back(call, attempts: int = 60):
-    # Calls in flight while the actor restarts fail with ActorUnavailableError (no task retries:
-    # generation is not blindly retried); the caller, later the Gateway, decides what to do.
-    for _ in range(attempts):
-        try:
-            return ray.get(call(), timeout=60)
-        except ray.exceptions.ActorUnavailableError:
-            time.sleep(0.5)
-    raise AssertionError("actor did not come back")
 
 
 def test_one_raylet_per_node_with_labels(fleet, fleet_config):
@@ -71,7 +59,7 @@ def test_edge_node_actor_serves_its_model_and_comes_back_after_a_crash(fleet, fl
     info = ray.get(actor.info.remote(), timeout=120)
     before = ray.get(actor.generate.remote("hello", max_new_tokens=5), timeout=60)
     ray.kill(actor, no_restart=False)  # simulate a crash: Ray restarts it (max_restarts), model reloads
-    after = _call_until_back(lambda: actor.generate.remote("hello", max_new_tokens=5))
+    after = call_until_back(lambda: actor.generate.remote("hello", max_new_tokens=5))
 
     assert info["node_labels"][NODE_LABEL] == "edge-2"
     assert (info["model"], info["quantization"]) == ("tiny", "none")

@@ -24,7 +24,7 @@ from edgefleet.client import (  # noqa: E402
 )
 from edgefleet.config import ModelSpec  # noqa: E402
 from edgefleet.platform.edge_node import ACTOR_NAMESPACE, actor_name  # noqa: E402
-from tests.conftest import TEST_TOKEN  # noqa: E402
+from tests.conftest import TEST_TOKEN, call_until_back  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 QUESTION = "What is the capital of France?"
@@ -301,3 +301,36 @@ def test_best_effort_request_that_cannot_be_met_is_served_and_reports_the_miss(s
 
     assert done.usage.completion_tokens > 0 and not done.sla_met
     assert done.route_reason.startswith("best effort")
+
+
+# ---------------------------------------------------------------- failover (last: it kills a raylet)
+
+
+def test_killing_an_edge_raylet_mid_stream_continues_the_stream_elsewhere(served, fleet, client):
+    import os
+    import signal
+
+    from edgefleet.platform.topology import edge_labels
+
+    victim = _edge("edge-3")
+    pid = ray.get(victim.info.remote())["pid"]
+    raylet_of = {n.node_id: n.ray_node_id for n in fleet.nodes() if n.alive}
+    node = next(n for n in fleet._cluster.worker_nodes if n.node_id == raylet_of["edge-3"])
+    chunks = []
+
+    for chunk in client.stream(QUESTION, max_new_tokens=400, site="edge-3", route="edge", timeout=120):
+        chunks.append(chunk)
+        if len(chunks) == 3:  # mid-stream: take the whole node away, raylet and the actor's worker
+            fleet._cluster.remove_node(node, allow_graceful=False)
+            os.kill(pid, signal.SIGKILL)
+
+    try:
+        done = chunks[-1].completion
+        streamed = "".join(c.text for c in chunks)
+        assert chunks[-1].final and len(chunks) > 3
+        assert "edge-3 failed after" in done.route_reason and done.node_id in ("edge-1", "edge-2")
+        assert done.text == streamed  # the client's stream went on where it stopped: no restart, no duplicates
+    finally:  # give the fleet its edge-3 back: Ray restarts the actor (max_restarts) on the new raylet
+        fleet._cluster.add_node(num_cpus=1, object_store_memory=100 * 1024**2, labels=edge_labels("edge-3"))
+        back = call_until_back(victim.info.remote)
+    assert back["node_labels"]["edgefleet.io/node"] == "edge-3" and back["pid"] != pid
