@@ -12,6 +12,7 @@ the first token a failure ends the stream (tokens already sent cannot be taken b
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import grpc
@@ -26,6 +27,8 @@ from edgefleet.platform.edge_node import ACTOR_NAMESPACE, actor_name
 from edgefleet.platform.network import SimulatedLoss, SimulatedWan
 from edgefleet.serve import openai_http
 from edgefleet.serve.fleet_view import FleetTracker
+from edgefleet.serve.hedge_race import race
+from edgefleet.serve.hedging import HedgeBudget, plan_hedge
 from edgefleet.serve.openai_http import SSE_DONE, ChatBody, CompletionBody, error_response, full_response, sse_chunk
 from edgefleet.serve.requests import RequestError, Validated, validate, validate_proto
 from edgefleet.serve.router import (
@@ -102,6 +105,7 @@ class Gateway:
         self.wan = SimulatedWan(profiles, enabled=self.cfg.ray.address is None)
         self.fleet = FleetTracker(self.cfg, {t: self.wan.rtt_ms(t) for t in profiles})
         self.handles: dict[str, Any] = {}  # EdgeNode actor handles by node id
+        self.hedges = HedgeBudget(share=0.05)  # at most 5% of requests get a hedge
         self._refresher: asyncio.Task | None = None
 
     # ------------------------------------------------------------------ gRPC
@@ -198,7 +202,10 @@ class Gateway:
             RequestError: invalid for the model, no target, or the target failed mid-stream.
         """
         self._ensure_refresher()
-        decision = self._decide(v)
+        decision, route_request = self._decide(v)
+        self.hedges.on_request()
+        hedge = plan_hedge(decision.target_id, route_request, self.fleet.view(), self.margins) \
+            if self.cfg.routing.hedging else None  # fmt: skip
         candidates = [decision.target_id, *decision.fallbacks]
         first_token_at = None
         start: dict[str, Any] = {}
@@ -217,6 +224,7 @@ class Gateway:
                     "route_reason": "; ".join([decision.reason, *notes]),
                     "predicted_ms": (decision.predicted_ms or 0.0) if attempts == 1 else 0.0,
                     "network_simulated": self.wan.enabled, "attempts": attempts}  # fmt: skip
+
         for attempt, target in enumerate(candidates):
             self.fleet.dispatch(target)
             started_any, failed, tokens_here = False, True, 0
@@ -231,8 +239,16 @@ class Gateway:
                 if self.wan.drops(target):
                     raise SimulatedLoss(f"simulated loss on the way to {target}")
                 await asyncio.sleep(self.wan.sample_delay_s(target))  # 0 unless simulated
-                async for event in self._events_from(target, request):
+                events = self._events_from(target, request)
+                if attempt == 0 and hedge is not None:
+                    hedge_events = partial(self._events_from, hedge.cloud_id, request)
+                    events = race(events, hedge_events, after_s=hedge.after_ms / 1000, budget=self.hedges,
+                                  hedge_name=hedge.cloud_id)  # fmt: skip
+                async for event in events:
                     kind = event["type"]
+                    if kind == "note":
+                        notes.append(event["text"])
+                        continue
                     if kind == "error":
                         if event["code"] == "UNAVAILABLE" and not started_any:
                             raise _Unavailable(event["message"])
@@ -251,7 +267,8 @@ class Gateway:
                     elif kind == "end":
                         failed = False
                         done = summary(event, target, attempt + 1, event["text"])
-                        if attempt == 0 and decision.base_ms is not None:  # learn the prediction's error
+                        # Learn the prediction's error (the original target only, not a winning hedge).
+                        if attempt == 0 and decision.base_ms is not None and start.get("node_id") == target:
                             self.margins.observe(target, decision.base_ms, done["total_ms"])
                         yield done
                         return
@@ -269,7 +286,7 @@ class Gateway:
                 self.fleet.finish(target, failed=failed)
         raise RequestError(grpc.StatusCode.UNAVAILABLE, f"every candidate failed: {', '.join(candidates)}")
 
-    def _decide(self, v: Validated) -> Decision:
+    def _decide(self, v: Validated) -> tuple[Decision, RouteRequest]:
         mode = self.cfg.routing.mode if v.mode == "default" else v.mode
         # The Gateway has no tokenizer: ~4 characters per token is close for English, and the
         # learnt margin absorbs the rest.
@@ -277,7 +294,7 @@ class Gateway:
         request = RouteRequest(route=v.route, site=v.site, deadline_ms=v.deadline_ms, prompt_tokens=prompt_tokens,
                                max_new_tokens=v.max_new_tokens, mode=mode)  # fmt: skip
         try:
-            return self.router.choose(request, self.fleet.view())
+            return self.router.choose(request, self.fleet.view()), request
         except DeadlineInfeasible as exc:
             raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), "deadline_ms") from None
         except NoTargetError as exc:
@@ -289,11 +306,19 @@ class Gateway:
                 yield event
             return
         if target == self.cfg.fleet.cloud.id:
-            async for event in self.cloud.options(stream=True).stream.remote(request):
-                yield event
+            response = self.cloud.options(stream=True).stream.remote(request)
+            try:
+                async for event in response:
+                    yield event
+            finally:  # the caller left (hedge lost, client gone): stop the generation, not just the reading
+                response.cancel()
             return
-        async for ref in self._actor(target).generate_stream.options(num_returns="streaming").remote(request):
-            yield await ref
+        refs = self._actor(target).generate_stream.options(num_returns="streaming").remote(request)
+        try:
+            async for ref in refs:
+                yield await ref
+        finally:
+            ray.cancel(refs)
 
     async def _completed_on(self, target: str, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Unary: one call, no per-token traffic. Yields the same start / first_token / end events."""

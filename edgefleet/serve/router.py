@@ -114,6 +114,9 @@ class ServiceDefaults:
     decode_ms_per_step: float = 25.0
 
 
+DEFAULTS = ServiceDefaults()
+
+
 def step_ms(target: TargetState, batch: int, defaults: ServiceDefaults) -> float:
     """Decode ms per step at ``batch``: the measured size nearest to it, else the default."""
     if not target.decode_ms_per_step:
@@ -121,7 +124,7 @@ def step_ms(target: TargetState, batch: int, defaults: ServiceDefaults) -> float
     return min(target.decode_ms_per_step, key=lambda kv: (abs(kv[0] - batch), kv[0]))[1]
 
 
-def predict_ms(target: TargetState, request: RouteRequest, defaults: ServiceDefaults = ServiceDefaults()) -> float:
+def predict_ms(target: TargetState, request: RouteRequest, defaults: ServiceDefaults = DEFAULTS) -> float:
     """Completion time if sent now: RTT + queue wait + prefill(prompt) + decode(max_new_tokens).
 
     Batches run one at a time and a request can only join the next one, so the wait is the
@@ -189,7 +192,7 @@ class SlaRouter:
 
     def __init__(self, *, cost_order: Sequence[CostTier] = ("site", "edge", "cloud"),
                  margins: ResidualTracker | None = None,
-                 defaults: ServiceDefaults = ServiceDefaults()) -> None:  # fmt: skip
+                 defaults: ServiceDefaults = DEFAULTS) -> None:  # fmt: skip
         self.cost_order = list(cost_order)
         self.margins = margins or ResidualTracker()
         self.defaults = defaults

@@ -1,0 +1,90 @@
+"""Run a request on its target and, if the first token is late, race a hedge against it.
+
+Works on plain async iterators of engine events (start / first_token / delta / end / error), so
+it is tested without Ray. The first side to produce a decisive event (a token, the end, or an
+error) wins; the other is closed, which cancels its remote call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from edgefleet.serve.hedging import HedgeBudget
+
+DECISIVE = {"first_token", "delta", "end", "error"}
+_DONE = object()
+
+
+async def race(primary: AsyncIterator[dict[str, Any]], start_hedge: Callable[[], AsyncIterator[dict[str, Any]]],
+               *, after_s: float, budget: HedgeBudget, hedge_name: str) -> AsyncIterator[dict[str, Any]]:  # fmt: skip
+    """Events of the winner. Emits ``{"type": "note", "text"}`` first when a hedge was sent.
+
+    Raises whatever the winning side raised (a failed primary stays the caller's to fail over).
+    """
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(name: str, events: AsyncIterator[dict[str, Any]]) -> None:
+        try:
+            async for event in events:
+                await queue.put((name, event))
+            await queue.put((name, _DONE))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - handed to the consumer, which decides
+            await queue.put((name, exc))
+
+    loop = asyncio.get_running_loop()
+    tasks = {"primary": loop.create_task(pump("primary", primary))}
+    buffered: dict[str, list[Any]] = {"primary": [], "hedge": []}
+    timer_at: float | None = loop.time() + after_s
+    hedged = False
+    winner = None
+    try:
+        while winner is None:
+            timeout = None if timer_at is None else max(0.0, timer_at - loop.time())
+            try:
+                name, item = await asyncio.wait_for(queue.get(), timeout)
+            except TimeoutError:
+                timer_at = None  # the timer fires once
+                if budget.try_spend():
+                    hedged = True
+                    tasks["hedge"] = loop.create_task(pump("hedge", start_hedge()))
+                continue
+            buffered[name].append(item)
+            failed = item is _DONE or isinstance(item, Exception)
+            if failed and _other(name) in tasks and name in tasks:
+                tasks.pop(name)  # this side died before its first token while the other still runs
+                continue
+            if failed or item["type"] in DECISIVE:
+                winner = name
+        loser = _other(winner)
+        if loser in tasks:
+            tasks.pop(loser).cancel()
+        if hedged:
+            side = "the hedge" if winner == "hedge" else "the original"
+            yield {"type": "note", "text": f"hedged to {hedge_name} after {after_s * 1000:.0f} ms without a "
+                                           f"first token; {side} won"}  # fmt: skip
+        for item in buffered[winner]:
+            if item is _DONE:
+                return
+            if isinstance(item, Exception):
+                raise item
+            yield item
+        while True:
+            name, item = await queue.get()
+            if name != winner:
+                continue
+            if item is _DONE:
+                return
+            if isinstance(item, Exception):
+                raise item
+            yield item
+    finally:
+        for task in tasks.values():
+            task.cancel()
+
+
+def _other(name: str) -> str:
+    return "hedge" if name == "primary" else "primary"
