@@ -152,10 +152,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 table.add_row(question, site or f"route={route}", done.text.strip(), done.served_by,
                               f"{done.ttft_ms:.0f}", f"{done.total_ms:.0f}", done.route_reason)  # fmt: skip
             console.print(table)
+            _rush_hour(client)
     finally:
         fleet.shutdown()
     console.print("fleet stopped")
     return 0
+
+
+def _rush_hour(client) -> None:
+    """Nine requests at once from one site, 2.5 s deadline each: watch the router spill them over."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from edgefleet.client import EdgefleetClientError
+
+    def ask(i: int):
+        try:
+            return client.generate(f"Write one sentence about the number {i}.", max_new_tokens=32, site="edge-1",
+                                   timeout=2.5, mode="best_effort")  # fmt: skip
+        except EdgefleetClientError as exc:  # the client stops waiting at its deadline: show it, go on
+            return exc
+
+    with ThreadPoolExecutor(max_workers=9) as pool:
+        answers = list(pool.map(ask, range(9)))
+    table = Table(title="rush hour: 9 requests at once from site edge-1, deadline 2.5 s each")
+    for col in ("#", "served_by", "predicted ms", "total ms", "SLA", "why there"):
+        table.add_column(col, overflow="fold")
+    for i, d in enumerate(answers):
+        if isinstance(d, Exception):
+            table.add_row(str(i), "-", "-", "-", "[red]missed", f"client gave up: {d}")
+            continue
+        table.add_row(str(i), d.served_by, f"{d.predicted_ms:.0f}", f"{d.total_ms:.0f}",
+                      "met" if d.sla_met else "[red]missed", d.route_reason)  # fmt: skip
+    console.print(table)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

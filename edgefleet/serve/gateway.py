@@ -272,6 +272,13 @@ class Gateway:
                             self.margins.observe(target, decision.base_ms, done["total_ms"])
                         yield done
                         return
+            except (GeneratorExit, asyncio.CancelledError):
+                # The caller left (client deadline, disconnect). Its time so far is a lower bound
+                # of the actual: still a residual to learn from, or the worst misses never count.
+                if attempt == 0 and decision.base_ms is not None:
+                    self.margins.observe(target, decision.base_ms, (time.perf_counter() - arrived) * 1000)
+                failed = False
+                raise
             except (_Unavailable, SimulatedLoss, *RETRYABLE) as exc:
                 if isinstance(exc, RETRYABLE):
                     self.handles.pop(target, None)
