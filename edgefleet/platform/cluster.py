@@ -21,7 +21,7 @@ from typing import Any
 
 from edgefleet.config import EdgefleetConfig
 from edgefleet.errors import FleetError
-from edgefleet.platform.topology import FleetNode, cloud_labels, describe_nodes, edge_labels
+from edgefleet.platform.topology import ROLE_LABEL, FleetNode, cloud_labels, describe_nodes, edge_labels
 
 Step = Callable[[str], None]
 _MB = 1024 * 1024
@@ -86,7 +86,8 @@ def start_local_fleet(config: EdgefleetConfig, *, on_step: Step | None = None) -
     step = on_step or (lambda _name: None)
     store = config.ray.object_store_mb * _MB
     head_args: dict[str, Any] = {"num_cpus": config.ray.head_cpus, "object_store_memory": store,
-                                 "include_dashboard": config.ray.dashboard}  # fmt: skip
+                                 "include_dashboard": config.ray.dashboard,
+                                 "labels": {ROLE_LABEL: "head"}}  # fmt: skip
     if config.ray.dashboard:
         head_args |= {"dashboard_host": "127.0.0.1", "dashboard_port": config.ports.dashboard}
     step("start head (GCS" + (" + dashboard)" if config.ray.dashboard else ")"))

@@ -120,12 +120,11 @@ class _BatchStreamer:
         elif ws and slot.sent == 0 and ws.startswith(text) and not limit_hit:
             return  # so far only (part of) the whitespace the client already has
         slot.text = text
-        for stop in slot.req.stop:
-            at = text.find(stop, max(0, slot.sent - len(stop)))
-            if at >= 0:
-                slot.text = text[:at]
-                self._finish(slot, "stop")
-                return
+        hits = [at for stop in slot.req.stop if (at := text.find(stop, max(0, slot.sent - len(stop)))) >= 0]
+        if hits:  # the earliest match wins, whichever stop sequence it is
+            slot.text = text[: min(hits)]
+            self._finish(slot, "stop")
+            return
         if limit_hit:
             self._finish(slot, "length")
             return
@@ -213,7 +212,10 @@ class GenerationEngine:
             return f"temperature: must be a number >= 0, got {req.temperature}"
         if math.isnan(req.top_p) or not 0 < req.top_p <= 1:
             return f"top_p: must be in (0, 1], got {req.top_p}"
-        n = len(self._encode(self.loaded, req.messages, req.prefix))
+        try:
+            n = len(self._encode(self.loaded, req.messages, req.prefix))
+        except Exception as exc:  # e.g. a chat template that refuses this order of roles
+            return f"messages: the model's chat template rejected them ({exc})"
         if n + req.max_new_tokens > self.context_length:
             return (f"prompt: {n} prompt tokens + max_new_tokens {req.max_new_tokens} exceed "
                     f"the model's context of {self.context_length} tokens")  # fmt: skip
@@ -319,7 +321,7 @@ class GenerationEngine:
                 for item in batch:
                     self._pending.remove(item)
                 slots = [_Slot(req, queue, loop) for req, queue in batch]
-                await loop.run_in_executor(self._executor, self._run_batch, slots, self.loaded)
+                await loop.run_in_executor(self._executor, self._run_batch, slots, self.loaded)  # never raises
 
     async def _collect_burst(self) -> None:
         """Let near-simultaneous requests join: wait while they keep arriving, up to the window.
@@ -337,6 +339,18 @@ class GenerationEngine:
             seen = len(self._pending)
 
     def _run_batch(self, slots: list[_Slot], loaded: LoadedModel) -> None:
+        try:
+            self._generate(slots, loaded)
+        except Exception as exc:  # a failed batch must still close every stream it holds
+            for s in slots:
+                if not s.done:
+                    s.done = True
+                    s.emit({"type": "error", "code": "INTERNAL", "message": f"generation failed: {exc}"})
+        finally:
+            with self._lock:
+                self.requests_done += len(slots)
+
+    def _generate(self, slots: list[_Slot], loaded: LoadedModel) -> None:
         import torch
 
         tok = loaded.tokenizer
@@ -360,20 +374,11 @@ class GenerationEngine:
             sampling = {"do_sample": True, "temperature": first.temperature, "top_p": first.top_p}
             if first.seed is not None:
                 torch.manual_seed(first.seed)
-        try:
-            with torch.inference_mode():
-                loaded.model.generate(input_ids=ids, attention_mask=mask, streamer=streamer, pad_token_id=pad,
-                                      max_new_tokens=max(s.req.max_new_tokens for s in slots),
-                                      stopping_criteria=[_RowsDone(slots)], **sampling)  # fmt: skip
-        except Exception as exc:  # a failed batch must still close every stream it holds
-            for s in slots:
-                if not s.done:
-                    s.done = True
-                    s.emit({"type": "error", "code": "INTERNAL", "message": f"generation failed: {exc}"})
-        else:
-            streamer.end()
-        with self._lock:
-            self.requests_done += len(slots)
+        with torch.inference_mode():
+            loaded.model.generate(input_ids=ids, attention_mask=mask, streamer=streamer, pad_token_id=pad,
+                                  max_new_tokens=max(s.req.max_new_tokens for s in slots),
+                                  stopping_criteria=[_RowsDone(slots)], **sampling)  # fmt: skip
+        streamer.end()
 
     def _observe_step(self, seconds: float, *, first: bool, batch: int, tokens: int) -> None:
         ms = seconds * 1000

@@ -53,6 +53,7 @@ def describe_nodes(ray_nodes: list[dict[str, Any]]) -> list[FleetNode]:
         labels = {k: v for k, v in (n.get("Labels") or {}).items() if not k.startswith("ray.io/")}
         is_head = "node:__internal_head__" in n.get("Resources", {})
         role = labels.get(ROLE_LABEL, "head" if is_head else "other")
+        labels = {k: v for k, v in labels.items() if not (k == ROLE_LABEL and v == "head")}  # shown as the role
         out.append(
             FleetNode(
                 node_id=labels.get(NODE_LABEL, "head" if is_head else n["NodeID"][:8]),

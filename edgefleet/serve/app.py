@@ -17,6 +17,7 @@ from ray.serve.config import HTTPOptions, gRPCOptions
 
 from edgefleet.config import EdgefleetConfig
 from edgefleet.platform.edge_node import spawn_edge_node
+from edgefleet.platform.topology import ROLE_LABEL, role_selector
 from edgefleet.serve.cloud import cloud_deployment
 from edgefleet.serve.gateway import Gateway
 
@@ -34,8 +35,14 @@ class Deployment:
 
 
 def start_serve(cfg: EdgefleetConfig, *, log_level: str = "INFO") -> None:
-    """Start Serve's proxies on loopback with the InferenceService registered on the gRPC proxy."""
+    """Start Serve's proxies on loopback with the InferenceService registered on the gRPC proxy.
+
+    On the embedded fleet there is one proxy, on the head: every raylet shares this machine's
+    ports, and a proxy on an edge raylet would go down with that edge node.
+    """
+    location = "HeadOnly" if cfg.ray.address is None else "EveryNode"
     serve.start(
+        proxy_location=location,
         http_options=HTTPOptions(host="127.0.0.1", port=cfg.ports.http),
         grpc_options=gRPCOptions(port=cfg.ports.grpc, grpc_servicer_functions=[GRPC_SERVICER]),
         logging_config={"log_level": log_level},
@@ -51,7 +58,14 @@ def deploy(cfg: EdgefleetConfig, *, timeout_s: float = 600, log_level: str = "IN
     actors = {n.id: spawn_edge_node(n, cache_dir=cfg.cache_dir) for n in cfg.fleet.edge_nodes}
     ray.get([a.info.remote() for a in actors.values()], timeout=timeout_s)  # models loaded
     tokens = [t.get_secret_value() for t in cfg.auth.tokens]
-    gateway = Gateway.bind(
+    # The Gateway belongs with the head (or a node labelled like it), never on an edge node whose
+    # loss would take every request down with it.
+    if any((n.get("Labels") or {}).get(ROLE_LABEL) == "head" for n in ray.nodes() if n.get("Alive")):
+        head_only = {"num_cpus": 0.1, "label_selector": role_selector("head")}
+        gateway_app = Gateway.options(ray_actor_options=head_only)
+    else:
+        gateway_app = Gateway
+    gateway = gateway_app.bind(
         cfg.model_dump(mode="python"), tokens, cloud_deployment(cfg.fleet.cloud, cache_dir=cfg.cache_dir)
     )
     serve.run(gateway, name=APP_NAME, route_prefix="/", blocking=False, logging_config={"log_level": log_level})

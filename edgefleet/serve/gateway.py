@@ -10,6 +10,7 @@ the first token a failure ends the stream (tokens already sent cannot be taken b
 # still resolve the request-body annotations in the replica, so they stay real objects.
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from functools import partial
@@ -20,6 +21,7 @@ import ray
 from fastapi import FastAPI, Header
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 
 from edgefleet._proto import inference_pb2 as pb
 from edgefleet.config import EdgefleetConfig
@@ -41,8 +43,14 @@ from edgefleet.serve.router import (
     make_router,
 )
 
+
+class LookupGone(Exception):
+    """An EdgeNode actor name that no longer resolves (the actor is gone for good)."""
+
+
 STATS_PERIOD_S = 0.1  # FleetView staleness bound; a stats call costs ~1 ms
-RETRYABLE = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
+# Failures of a target (not of the request) that another target may not share: fail over.
+RETRYABLE = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, BackPressureError, LookupGone)
 
 app = FastAPI(title="edgefleet", description="OpenAI-compatible API of the edgefleet Gateway")
 openai_http.install(app)
@@ -54,6 +62,12 @@ openai_http.install(app)
 
 class _Unavailable(Exception):
     """A target refused before sending anything (e.g. draining): try the next one."""
+
+
+def _as_request_error(exc: Exception) -> RequestError:
+    if isinstance(exc, RequestError):
+        return exc
+    return RequestError(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
 
 
 def _bearer_from_grpc(ctx: Any) -> str | None:
@@ -119,8 +133,8 @@ class Gateway:
                 if event["type"] == "end":
                     summary = event
             return _to_response(summary)
-        except RequestError as err:
-            _set_status(grpc_context, err)  # a unary call can end quietly with the code set
+        except Exception as exc:  # noqa: BLE001 - every failure leaves with a status, never UNKNOWN
+            _set_status(grpc_context, _as_request_error(exc))  # a unary call can end quietly with the code set
             return pb.GenerateResponse()
 
     async def GenerateStream(self, request: pb.GenerateRequest, grpc_context=None):  # noqa: N802
@@ -135,9 +149,10 @@ class Gateway:
                 elif event["type"] == "end":
                     yield pb.GenerateChunk(request_id=v.request_id, index=index, final=True,
                                            summary=_to_response(event))  # fmt: skip
-        except RequestError as err:
+        except Exception as exc:  # noqa: BLE001
+            err = _as_request_error(exc)
             _set_status(grpc_context, err)
-            raise  # a stream that just ends reports OK; raising makes Serve send the code set above
+            raise err from None  # a stream that just ends reports OK; raising makes Serve send the code
 
     # ------------------------------------------------------------------ OpenAI-compatible HTTP
 
@@ -161,7 +176,7 @@ class Gateway:
             v = validate(prompt=prompt, messages=messages, max_new_tokens=body.limit(),
                          temperature=body.temperature, top_p=body.top_p, seed=body.seed, stop=body.stops(),
                          deadline_ms=body.deadline_ms, route=body.route, site=body.site, priority="normal",
-                         request_id=None, cfg=self.cfg)  # fmt: skip
+                         request_id=None, cfg=self.cfg, mode=body.mode)  # fmt: skip
             if not body.stream:
                 end = None
                 async for event in self.run(v, arrived=arrived, stream=False):
@@ -169,8 +184,8 @@ class Gateway:
                 return JSONResponse(full_response(kind, v.request_id, end))
             events = self.run(v, arrived=arrived)
             first = await anext(events)  # fail before the 200 is sent: errors still get their status
-        except RequestError as err:
-            return error_response(err)
+        except Exception as exc:  # noqa: BLE001
+            return error_response(_as_request_error(exc))
         return StreamingResponse(self._sse(kind, v.request_id, body.model, first, events),
                                  media_type="text/event-stream")  # fmt: skip
 
@@ -184,8 +199,9 @@ class Gateway:
                     yield sse_chunk(kind, rid, event["model"] or model, None, event["finish_reason"], end=event)
                     break
                 event = await anext(events)
-        except RequestError as err:  # mid-stream: the status line is gone, report in-band
-            yield f'data: {{"error": {{"message": "{err.message}"}}}}\n\n'
+        except Exception as exc:  # noqa: BLE001 - mid-stream: the status line is gone, report in-band
+            err = _as_request_error(exc)
+            yield f"data: {json.dumps({'error': {'message': err.message, 'code': err.code.name.lower()}})}\n\n"
         yield SSE_DONE
 
     # ------------------------------------------------------------------ the one request path
@@ -204,8 +220,10 @@ class Gateway:
         self._ensure_refresher()
         decision, route_request = self._decide(v)
         self.hedges.on_request()
+        # Only streams hedge: a unary call shows its first token only when it is complete, so a
+        # first-token timer would fire on almost every unary request.
         hedge = plan_hedge(decision.target_id, route_request, self.fleet.view(), self.margins) \
-            if self.cfg.routing.hedging else None  # fmt: skip
+            if self.cfg.routing.hedging and stream else None  # fmt: skip
         candidates = [decision.target_id, *decision.fallbacks]
         first_token_at = None
         start: dict[str, Any] = {}
@@ -252,6 +270,8 @@ class Gateway:
                     if kind == "error":
                         if event["code"] == "UNAVAILABLE" and not started_any:
                             raise _Unavailable(event["message"])
+                        if event["code"] == "INTERNAL" and not tokens_here:  # the target broke, not the request
+                            raise _Unavailable(event["message"])
                         failed = False  # the target answered; the request itself was refused
                         raise RequestError(grpc.StatusCode[event["code"]], event["message"])
                     started_any = True
@@ -272,6 +292,9 @@ class Gateway:
                             self.margins.observe(target, decision.base_ms, done["total_ms"])
                         yield done
                         return
+                sent_tokens += tokens_here  # the stream ended without an end event: count what it sent
+                notes.append(f"{target} closed its stream without finishing")
+                continue
             except (GeneratorExit, asyncio.CancelledError):
                 # The caller left (client deadline, disconnect). Its time so far is a lower bound
                 # of the actual: still a residual to learn from, or the worst misses never count.
@@ -348,7 +371,10 @@ class Gateway:
     def _actor(self, node_id: str) -> Any:
         # A name lookup is a GCS round trip: cache the handle, drop it when the actor looks gone.
         if node_id not in self.handles:
-            self.handles[node_id] = ray.get_actor(actor_name(node_id), namespace=ACTOR_NAMESPACE)
+            try:
+                self.handles[node_id] = ray.get_actor(actor_name(node_id), namespace=ACTOR_NAMESPACE)
+            except ValueError as exc:
+                raise LookupGone(str(exc)) from None
         return self.handles[node_id]
 
     # ------------------------------------------------------------------ fleet view

@@ -18,6 +18,7 @@ from edgefleet.config import EdgefleetConfig
 
 DEFAULT_MAX_NEW_TOKENS = 128
 MAX_NEW_TOKENS_LIMIT = 1024
+MIN_TEMPERATURE = 0.01  # below this softmax overflows to NaN and the whole batch would fail
 ROLES = {"system", "user", "assistant"}
 _ROUTES = {pb.ROUTE_AUTO: "auto", pb.ROUTE_EDGE: "edge", pb.ROUTE_CLOUD: "cloud"}
 _PRIORITIES = {pb.PRIORITY_NORMAL: "normal", pb.PRIORITY_LOW: "low", pb.PRIORITY_HIGH: "high"}
@@ -98,8 +99,10 @@ def validate(
     if not 0 < n <= MAX_NEW_TOKENS_LIMIT:
         raise invalid("max_new_tokens", f"must be in 1..{MAX_NEW_TOKENS_LIMIT}, got {n}")
     t = 0.0 if temperature is None else float(temperature)
-    if math.isnan(t) or math.isinf(t) or t < 0:
-        raise invalid("temperature", f"must be a finite number >= 0, got {t}")
+    if math.isnan(t) or math.isinf(t) or t < 0 or 0 < t < MIN_TEMPERATURE:
+        raise invalid("temperature", f"must be 0 (greedy) or a finite number >= {MIN_TEMPERATURE}, got {t}")
+    if seed is not None and not 0 <= seed < 2**64:
+        raise invalid("seed", f"must be in 0..2**64-1, got {seed}")
     p = 1.0 if not top_p else float(top_p)
     if math.isnan(p) or not 0 < p <= 1:
         raise invalid("top_p", f"must be in (0, 1], got {p}")
@@ -115,6 +118,8 @@ def validate(
     stops = [s for s in (stop or []) if s]
     if len(stops) > 8:
         raise invalid("stop", f"at most 8 stop sequences, got {len(stops)}")
+    if any(len(s) > 256 for s in stops):
+        raise invalid("stop", "each stop sequence must be at most 256 characters")
     return Validated(request_id=request_id or uuid.uuid4().hex, messages=chat, max_new_tokens=n, temperature=t,
                      top_p=p, seed=seed, stop=stops, deadline_ms=d, route=route, site=site or "",
                      priority=priority, mode=mode)  # fmt: skip

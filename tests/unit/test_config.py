@@ -106,3 +106,21 @@ def test_cli_reports_bad_config_briefly_and_exits_2(write_config, capsys):
     assert code == 2
     assert "fleet.edge_nodes.0.network.rtt_ms" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) <= 3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [({"seed": 2**64}, "seed"), ({"seed": -1}, "seed"), ({"temperature": 1e-300}, "temperature"),
+     ({"stop": ["x" * 300]}, "stop")],
+)  # fmt: skip
+def test_request_validation_rejects_values_that_would_break_a_batch(kwargs, field):
+    from edgefleet.serve.requests import RequestError, validate
+
+    base = dict(prompt="hi", messages=None, max_new_tokens=4, temperature=0.0, top_p=None, seed=None, stop=None,
+                deadline_ms=None, route="auto", site="", priority="normal", request_id=None,
+                cfg=EdgefleetConfig())  # fmt: skip
+
+    with pytest.raises(RequestError) as info:
+        validate(**{**base, **kwargs})
+
+    assert info.value.param == field
