@@ -50,7 +50,7 @@ class ModelSpec(_Strict):
 
     source: str = Field(
         default="smollm2",
-        description="'tiny', 'smollm2', a local Hugging Face model directory, or (later) an MLflow URI",
+        description="'tiny', 'smollm2', a local Hugging Face model directory, 'synthetic:<prefill_ms>:<decode_ms>'",
     )
     quantization: Quantization = "int8"
     threads: int = Field(default=1, ge=1, le=64, description="torch intra-op threads in the actor")
@@ -64,6 +64,10 @@ class ModelSpec(_Strict):
             raise ValueError("must name a model: 'tiny', 'smollm2' or a directory")
         if v.startswith("tiny:") and not v[5:].isdigit():
             raise ValueError(f"'tiny:<seed>' needs a whole-number seed, got {v!r}")
+        if v == "synthetic" or v.startswith("synthetic:"):
+            from edgefleet.platform.synthetic import SyntheticProfile  # no torch: safe at config time
+
+            SyntheticProfile.parse(v)
         return v
 
 
@@ -229,6 +233,9 @@ class EdgefleetConfig(_Strict):
     ports: PortsConfig = Field(default_factory=PortsConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     cache_dir: Path = Field(default_factory=default_cache_dir)
+    app: str = Field(default="edgefleet", pattern=NODE_ID_PATTERN,
+                     description="Serve application: the gRPC `application` metadata, and the name scope of "
+                                 "this deployment's actors (two apps can share one cluster)")  # fmt: skip
 
     @model_validator(mode="after")
     def _fits_fleet(self) -> EdgefleetConfig:

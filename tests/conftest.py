@@ -70,6 +70,14 @@ def fleet(fleet_config: EdgefleetConfig) -> Iterator:
     f.shutdown()
 
 
+@pytest.fixture(scope="session")
+def served(fleet, fleet_config):
+    """The request path on the session fleet: EdgeNode actors, Cloud and Gateway (tiny models)."""
+    from edgefleet.serve.app import deploy
+
+    return deploy(fleet_config, timeout_s=300)
+
+
 @pytest.fixture
 def write_config(tmp_path: Path):
     def _write(data: dict | str, name: str = "fleet.yaml") -> Path:

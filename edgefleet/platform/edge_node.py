@@ -20,8 +20,8 @@ from edgefleet.platform.topology import node_selector
 ACTOR_NAMESPACE = "edgefleet"
 
 
-def actor_name(node_id: str) -> str:
-    return f"edge-node/{node_id}"
+def actor_name(node_id: str, app: str = "edgefleet") -> str:
+    return f"edge-node/{node_id}" if app == "edgefleet" else f"{app}/edge-node/{node_id}"
 
 
 class EdgeNode(ModelServer):
@@ -66,7 +66,7 @@ class EdgeNode(ModelServer):
 
 
 def spawn_edge_node(node: EdgeNodeConfig, *, cache_dir: Path | None = None, max_restarts: int = 3,
-                    name: str | None = None) -> Any:  # fmt: skip
+                    name: str | None = None, app: str = "edgefleet") -> Any:  # fmt: skip
     """Start the EdgeNode actor for ``node`` on the raylet labelled with its id; returns the handle.
 
     The call returns at once; ``ray.get(handle.info.remote())`` waits until the model is loaded.
@@ -76,7 +76,7 @@ def spawn_edge_node(node: EdgeNodeConfig, *, cache_dir: Path | None = None, max_
     return (
         ray.remote(EdgeNode)
         .options(
-            name=name or actor_name(node.id),  # the Gateway finds edge nodes by this name
+            name=name or actor_name(node.id, app),  # the Gateway finds edge nodes by this name
             namespace=ACTOR_NAMESPACE,
             label_selector=node_selector(node.id),
             num_cpus=node.actor_cpus,

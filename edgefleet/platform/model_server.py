@@ -19,15 +19,23 @@ class ModelServer:
     def __init__(self, node_id: str, spec: ModelSpec, cache_dir: str | None,
                  batching: BatchingConfig | None = None) -> None:  # fmt: skip
         from edgefleet.platform.engine import GenerationEngine
-        from edgefleet.platform.models import load_model
+        from edgefleet.platform.synthetic import SyntheticEngine
 
         self.node_id = node_id
         self.cache_dir = Path(cache_dir) if cache_dir else None
         b = batching or BatchingConfig()
+        engine_cls = SyntheticEngine if _is_synthetic(spec) else GenerationEngine
         # load= builds the model on the engine's torch thread (see GenerationEngine).
-        self.engine = GenerationEngine(load=partial(load_model, spec, cache_dir=self.cache_dir),
-                                       batch_window_ms=b.window_ms, batch_quiet_ms=b.quiet_ms,
-                                       max_batch=b.max_batch)  # fmt: skip
+        self.engine = engine_cls(load=self._loader(spec), batch_window_ms=b.window_ms, batch_quiet_ms=b.quiet_ms,
+                                 max_batch=b.max_batch)  # fmt: skip
+
+    def _loader(self, spec: ModelSpec):
+        from edgefleet.platform.models import load_model
+        from edgefleet.platform.synthetic import load_synthetic
+
+        if _is_synthetic(spec):  # a timing profile instead of a model
+            return partial(load_synthetic, spec.source)
+        return partial(load_model, spec, cache_dir=self.cache_dir)
 
     def _tag(self, event: dict[str, Any]) -> dict[str, Any]:
         return {**event, "node_id": self.node_id, "tier": self.tier}
@@ -51,10 +59,14 @@ class ModelServer:
 
     async def swap_model(self, spec: ModelSpec) -> str:
         """Load ``spec`` beside the current model, then switch; running requests finish on the old one."""
-        from edgefleet.platform.models import load_model
-
-        return await self.engine.swap_with(partial(load_model, spec, cache_dir=self.cache_dir))
+        if _is_synthetic(spec) != (self.engine.loaded.name == "synthetic"):
+            raise ValueError("a synthetic node swaps only to another synthetic profile, a real one to a real model")
+        return await self.engine.swap_with(self._loader(spec))
 
     def drain(self, draining: bool = True) -> None:
         """Refuse new requests (UNAVAILABLE) while the running ones finish; ``False`` undoes it."""
         self.engine.draining = draining
+
+
+def _is_synthetic(spec: ModelSpec) -> bool:
+    return spec.source == "synthetic" or spec.source.startswith("synthetic:")

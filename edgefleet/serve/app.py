@@ -21,7 +21,7 @@ from edgefleet.platform.topology import ROLE_LABEL, role_selector
 from edgefleet.serve.cloud import cloud_deployment
 from edgefleet.serve.gateway import Gateway
 
-APP_NAME = "edgefleet"  # also the `application` gRPC metadata the SDK sends
+APP_NAME = "edgefleet"  # the default app: also the `application` gRPC metadata the SDK sends
 GRPC_SERVICER = "edgefleet._proto.inference_pb2_grpc.add_InferenceServiceServicer_to_server"
 
 
@@ -55,7 +55,7 @@ def deploy(cfg: EdgefleetConfig, *, timeout_s: float = 600, log_level: str = "IN
     ``log_level="WARNING"`` keeps Serve's per-request access log out of a scripted demo's output.
     """
     start_serve(cfg, log_level=log_level)
-    actors = {n.id: spawn_edge_node(n, cache_dir=cfg.cache_dir) for n in cfg.fleet.edge_nodes}
+    actors = {n.id: spawn_edge_node(n, cache_dir=cfg.cache_dir, app=cfg.app) for n in cfg.fleet.edge_nodes}
     ray.get([a.info.remote() for a in actors.values()], timeout=timeout_s)  # models loaded
     tokens = [t.get_secret_value() for t in cfg.auth.tokens]
     # The Gateway belongs with the head (or a node labelled like it), never on an edge node whose
@@ -68,17 +68,19 @@ def deploy(cfg: EdgefleetConfig, *, timeout_s: float = 600, log_level: str = "IN
     gateway = gateway_app.bind(
         cfg.model_dump(mode="python"), tokens, cloud_deployment(cfg.fleet.cloud, cache_dir=cfg.cache_dir)
     )
-    serve.run(gateway, name=APP_NAME, route_prefix="/", blocking=False, logging_config={"log_level": log_level})
-    _wait_running(timeout_s)
-    return Deployment(actors, f"127.0.0.1:{cfg.ports.grpc}", f"http://127.0.0.1:{cfg.ports.http}")
+    prefix = "/" if cfg.app == APP_NAME else f"/{cfg.app}"  # HTTP: the default app owns /v1
+    serve.run(gateway, name=cfg.app, route_prefix=prefix, blocking=False, logging_config={"log_level": log_level})
+    _wait_running(cfg.app, timeout_s)
+    http = f"http://127.0.0.1:{cfg.ports.http}" + ("" if prefix == "/" else prefix)
+    return Deployment(actors, f"127.0.0.1:{cfg.ports.grpc}", http)
 
 
-def _wait_running(timeout_s: float) -> None:
+def _wait_running(app: str, timeout_s: float) -> None:
     import time
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        status = serve.status().applications.get(APP_NAME)
+        status = serve.status().applications.get(app)
         if status and status.status == "RUNNING":
             return
         if status and status.status == "DEPLOY_FAILED":

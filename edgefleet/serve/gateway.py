@@ -372,7 +372,7 @@ class Gateway:
         # A name lookup is a GCS round trip: cache the handle, drop it when the actor looks gone.
         if node_id not in self.handles:
             try:
-                self.handles[node_id] = ray.get_actor(actor_name(node_id), namespace=ACTOR_NAMESPACE)
+                self.handles[node_id] = ray.get_actor(actor_name(node_id, self.cfg.app), namespace=ACTOR_NAMESPACE)
             except ValueError as exc:
                 raise LookupGone(str(exc)) from None
         return self.handles[node_id]

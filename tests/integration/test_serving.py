@@ -30,13 +30,6 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 QUESTION = "What is the capital of France?"
 
 
-@pytest.fixture(scope="session")
-def served(fleet, fleet_config):
-    from edgefleet.serve.app import deploy
-
-    return deploy(fleet_config, timeout_s=300)
-
-
 @pytest.fixture
 def client(served):
     with Client(served.grpc_address, token=TEST_TOKEN, default_timeout=60) as c:

@@ -1,0 +1,60 @@
+"""The synthetic backend: the real engine's batching and streaming on a timing profile, no torch."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from edgefleet.config import ModelSpec, parse_config
+from edgefleet.errors import ConfigError
+from edgefleet.platform.engine import GenRequest
+from edgefleet.platform.synthetic import SyntheticEngine, SyntheticProfile, load_synthetic
+
+
+def engine(source: str = "synthetic:0.1:2") -> SyntheticEngine:
+    return SyntheticEngine(load=lambda: load_synthetic(source))
+
+
+def chat(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+def test_profile_parsing_and_config_validation():
+    assert SyntheticProfile.parse("synthetic:1.5:20") == SyntheticProfile(1.5, 20.0)
+    assert SyntheticProfile.parse("synthetic") == SyntheticProfile()
+    assert ModelSpec(source="synthetic:2:30").source == "synthetic:2:30"
+    with pytest.raises(ConfigError, match="synthetic:<prefill_ms>:<decode_ms>"):
+        parse_config({"fleet": {"edge_nodes": [{"id": "e", "model": {"source": "synthetic:fast:1"}}]}})
+
+
+def test_streams_exactly_the_asked_tokens_with_the_same_events_as_a_real_model():
+    eng = engine()
+
+    events = asyncio.run(_events(eng, GenRequest("a", chat("hello there"), max_new_tokens=7)))
+
+    assert events[0]["type"] == "start" and events[0]["model"] == "synthetic"
+    assert events[-1]["type"] == "end" and events[-1]["completion_tokens"] == 7
+    assert events[-1]["finish_reason"] == "length"
+    assert "".join(e["text"] for e in events if e["type"] == "delta") == events[-1]["text"]
+
+
+def test_concurrent_requests_share_steps_and_measure_slower_steps_in_bigger_batches():
+    eng = engine("synthetic:0.1:3")
+
+    async def burst():
+        return await asyncio.gather(*(eng.complete(GenRequest(f"r{i}", chat("x"), max_new_tokens=10))
+                                      for i in range(8)))  # fmt: skip
+
+    done = asyncio.run(burst())
+    single = asyncio.run(eng.complete(GenRequest("s", chat("x"), max_new_tokens=10)))
+    stats = eng.stats()
+
+    assert all(d["completion_tokens"] == 10 for d in done) and single["completion_tokens"] == 10
+    assert stats["forward_passes"] < 8 * 10  # shared steps: batching happened
+    steps = stats["decode_ms_per_step"]
+    assert 1 in steps and max(steps) > 1 and steps[max(steps)] > 3.0 and steps[1] >= 3.0  # sleeps are lower bounds
+
+
+async def _events(eng: SyntheticEngine, req: GenRequest) -> list[dict]:
+    return [e async for e in eng.stream(req)]
