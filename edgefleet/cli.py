@@ -308,6 +308,28 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_calibrate(args: argparse.Namespace) -> int:
+    from edgefleet.config import ModelSpec
+    from edgefleet.platform.calibrate import calibrate
+
+    cfg = load_config(args.config)
+    spec = ModelSpec(source=args.source, quantization=args.quantization, threads=args.threads)
+    _fetch_model(cfg, spec.source)
+    with console.status(f"measuring {spec.source} {spec.quantization} on this machine"):
+        profile = calibrate(spec)
+    table = Table(title=f"timing profile: {profile['model']}")
+    table.add_column("measure")
+    table.add_column("ms")
+    table.add_row("prefill per prompt token", f"{profile['prefill_ms_per_token']:.2f}")
+    for batch, ms in profile["decode_ms_per_step"].items():
+        table.add_row(f"decode step at batch {batch}", f"{ms:.1f}")
+    console.print(table)
+    console.print(f"synthetic backend that behaves like it: model: {{source: {profile['synthetic_source']}}}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(profile, indent=2) + "\n")
+    return 0
+
+
 # ---------------------------------------------------------------- entry point
 
 
@@ -338,6 +360,14 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show the nodes of a running fleet")
     status.add_argument("--address", help="Ray address (default: the fleet `edgefleet up` started)")
     status.set_defaults(func=cmd_status)
+
+    bench = sub.add_parser("bench", help="measurements").add_subparsers(dest="bench_command", required=True)
+    cal = bench.add_parser("calibrate", help="measure a model's timing profile for synthetic backends")
+    cal.add_argument("--source", default="smollm2")
+    cal.add_argument("--quantization", default="int8", choices=["none", "int8", "bf16"])
+    cal.add_argument("--threads", type=int, default=1)
+    cal.add_argument("--out", help="also write the profile as JSON here")
+    cal.set_defaults(func=cmd_bench_calibrate)
 
     models = sub.add_parser("models", help="model cache").add_subparsers(dest="models_command", required=True)
     fetch = models.add_parser("fetch", help="download and convert SmolLM2 into the cache")

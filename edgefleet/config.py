@@ -50,7 +50,8 @@ class ModelSpec(_Strict):
 
     source: str = Field(
         default="smollm2",
-        description="'tiny', 'smollm2', a local Hugging Face model directory, 'synthetic:<prefill_ms>:<decode_ms>'",
+        description="'tiny', 'smollm2', a local Hugging Face model directory, "
+        "or 'synthetic:<prefill_ms>:<decode_ms>[:<slowdown>]'",
     )
     quantization: Quantization = "int8"
     threads: int = Field(default=1, ge=1, le=64, description="torch intra-op threads in the actor")

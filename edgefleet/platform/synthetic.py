@@ -3,9 +3,9 @@ a network. Tokens come out on schedule (prefill ms per prompt token, decode ms p
 with the batch size) while the process sleeps, so a fleet of 8 edge nodes of different speeds
 plus the cloud can run through the real Ray / Serve / gRPC path on 2 cores.
 
-Selected with ``ModelSpec(source="synthetic:<prefill_ms_per_token>:<decode_ms_per_step>")``,
-e.g. ``synthetic:1.5:20``. Each extra row in a batch adds ``BATCH_SLOWDOWN`` of a step, as
-measured for SmolLM2 int8 here (20.5 ms/step alone, 25 ms/step at 8 rows).
+Selected with ``ModelSpec(source="synthetic:<prefill ms/token>:<decode ms/step>[:<slowdown>]")``,
+e.g. ``synthetic:1.14:19.3:0.064``: each extra row in a batch adds ``slowdown`` of a step.
+``edgefleet bench calibrate`` measures all three from a real model on this machine.
 """
 
 from __future__ import annotations
@@ -17,26 +17,26 @@ from typing import Any
 from edgefleet.platform.engine import GenerationEngine, _BatchStreamer, _Slot
 from edgefleet.platform.models import LoadedModel
 
-BATCH_SLOWDOWN = 0.03  # (25 / 20.5 - 1) / 7 rows
 WORDS = ("edge", "cloud", "token", "fleet", "model", "answer", "deadline", "route")
 
 
 @dataclass(frozen=True)
 class SyntheticProfile:
-    prefill_ms_per_token: float = 1.5
-    decode_ms_per_step: float = 20.0
+    prefill_ms_per_token: float = 1.14  # SmolLM2 int8, 1 thread, measured here by `bench calibrate`
+    decode_ms_per_step: float = 19.3
+    batch_slowdown: float = 0.064  # (27.9 ms at 8 rows / 19.3 ms alone - 1) / 7
     context_length: int = 4096
 
     @classmethod
     def parse(cls, source: str) -> SyntheticProfile:
-        """``synthetic`` or ``synthetic:<prefill ms/token>:<decode ms/step>``."""
+        """``synthetic`` or ``synthetic:<prefill ms/token>:<decode ms/step>[:<batch slowdown>]``."""
         parts = source.split(":")[1:]
         try:
             values = [float(p) for p in parts]
         except ValueError:
             raise ValueError(f"synthetic source {source!r}: expected synthetic:<prefill_ms>:<decode_ms>") from None
-        if len(values) not in (0, 2) or any(v < 0 for v in values):
-            raise ValueError(f"synthetic source {source!r}: expected two non-negative numbers")
+        if len(values) not in (0, 2, 3) or any(v < 0 for v in values):
+            raise ValueError(f"synthetic source {source!r}: expected two or three non-negative numbers")
         return cls(*values) if values else cls()
 
 
@@ -91,7 +91,7 @@ class SyntheticEngine(GenerationEngine):
             self.batches += 1
         streamer = _BatchStreamer(self, slots, loaded.tokenizer, set(), max(prompts))
         streamer.put(None)  # the prompt, as generate() would hand it over
-        step_s = profile.decode_ms_per_step * (1 + BATCH_SLOWDOWN * (len(slots) - 1)) / 1000
+        step_s = profile.decode_ms_per_step * (1 + profile.batch_slowdown * (len(slots) - 1)) / 1000
         time.sleep(profile.prefill_ms_per_token * max(prompts) * len(slots) / 1000 + step_s)
         step = 0
         while not all(s.done or s.req.cancelled for s in slots):

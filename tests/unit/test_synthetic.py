@@ -22,6 +22,7 @@ def chat(text: str) -> list[dict[str, str]]:
 
 def test_profile_parsing_and_config_validation():
     assert SyntheticProfile.parse("synthetic:1.5:20") == SyntheticProfile(1.5, 20.0)
+    assert SyntheticProfile.parse("synthetic:1:20:0.1").batch_slowdown == 0.1
     assert SyntheticProfile.parse("synthetic") == SyntheticProfile()
     assert ModelSpec(source="synthetic:2:30").source == "synthetic:2:30"
     with pytest.raises(ConfigError, match="synthetic:<prefill_ms>:<decode_ms>"):
@@ -58,3 +59,14 @@ def test_concurrent_requests_share_steps_and_measure_slower_steps_in_bigger_batc
 
 async def _events(eng: SyntheticEngine, req: GenRequest) -> list[dict]:
     return [e async for e in eng.stream(req)]
+
+
+def test_calibration_gives_a_profile_a_synthetic_backend_accepts():
+    from edgefleet.platform.calibrate import calibrate
+
+    profile = calibrate(ModelSpec(source="tiny", quantization="none"), new_tokens=6, rounds=1)
+
+    parsed = SyntheticProfile.parse(profile["synthetic_source"])
+    assert profile["prefill_ms_per_token"] > 0 and 1 in profile["decode_ms_per_step"]
+    assert max(profile["decode_ms_per_step"]) > 1  # the batch of 8 was measured too
+    assert parsed.decode_ms_per_step == pytest.approx(profile["decode_ms_per_step"][1], abs=0.05)
