@@ -49,6 +49,10 @@ class GenRequest:
     # Text already sent to the client by a target that failed mid-stream: this request continues
     # it (as the start of the assistant's turn) instead of starting over.
     prefix: str = ""
+    # Set by validate(): the prompt's token ids and the model they were made for, so a batch
+    # built on that same model does not tokenize the prompt a second time.
+    prompt_ids: list[int] | None = field(default=None, repr=False)
+    encoded_for: Any = field(default=None, repr=False)
     arrived: float = field(default_factory=time.perf_counter)  # perf_counter s, in this process
     cancelled: bool = False  # set when the caller goes away: its batch row stops at the next step
 
@@ -213,7 +217,7 @@ class GenerationEngine:
         if math.isnan(req.top_p) or not 0 < req.top_p <= 1:
             return f"top_p: must be in (0, 1], got {req.top_p}"
         try:
-            n = len(self._encode(self.loaded, req.messages, req.prefix))
+            n = len(self._prompt(self.loaded, req))
         except Exception as exc:  # e.g. a chat template that refuses this order of roles
             return f"messages: the model's chat template rejected them ({exc})"
         if n + req.max_new_tokens > self.context_length:
@@ -355,7 +359,7 @@ class GenerationEngine:
 
         tok = loaded.tokenizer
         started = time.perf_counter()
-        prompts = [self._encode(loaded, s.req.messages, s.req.prefix) for s in slots]
+        prompts = [self._prompt(loaded, s.req) for s in slots]
         width = max(map(len, prompts))
         pad = tok.pad_token_id
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])  # (B, T) left-padded
@@ -387,6 +391,12 @@ class GenerationEngine:
                 self.prefill_ms_per_token = _ewma(self.prefill_ms_per_token, ms / max(1, tokens))
             else:
                 self.decode_ms_per_step[batch] = _ewma(self.decode_ms_per_step.get(batch), ms)
+
+    def _prompt(self, loaded: LoadedModel, req: GenRequest) -> list[int]:
+        """The request's prompt ids for ``loaded``: cached from validate() unless the model changed."""
+        if req.encoded_for is not loaded:
+            req.prompt_ids, req.encoded_for = self._encode(loaded, req.messages, req.prefix), loaded
+        return req.prompt_ids
 
     @staticmethod
     def _encode(loaded: LoadedModel, messages: list[dict[str, str]], prefix: str = "") -> list[int]:

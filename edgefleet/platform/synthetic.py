@@ -83,7 +83,7 @@ class SyntheticEngine(GenerationEngine):
     def _generate(self, slots: list[_Slot], loaded: LoadedModel) -> None:
         profile: SyntheticProfile = loaded.model
         started = time.perf_counter()
-        prompts = [len(self._encode(loaded, s.req.messages, s.req.prefix)) for s in slots]
+        prompts = [len(self._prompt(loaded, s.req)) for s in slots]
         for s, n in zip(slots, prompts, strict=True):
             s.emit({"type": "start", "queue_ms": (started - s.req.arrived) * 1000, "prompt_tokens": n,
                     "batch_size": len(slots), "model": loaded.name, "model_version": loaded.version})  # fmt: skip

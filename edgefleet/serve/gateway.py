@@ -36,6 +36,7 @@ from edgefleet.serve.requests import RequestError, Validated, validate, validate
 from edgefleet.serve.router import (
     DeadlineInfeasible,
     Decision,
+    FleetView,
     NoTargetError,
     ResidualTracker,
     Router,
@@ -218,11 +219,12 @@ class Gateway:
             RequestError: invalid for the model, no target, or the target failed mid-stream.
         """
         self._ensure_refresher()
-        decision, route_request = self._decide(v)
+        view = self.fleet.view()  # one snapshot for the choice and the hedge plan
+        decision, route_request = self._decide(v, view)
         self.hedges.on_request()
         # Only streams hedge: a unary call shows its first token only when it is complete, so a
         # first-token timer would fire on almost every unary request.
-        hedge = plan_hedge(decision.target_id, route_request, self.fleet.view(), self.margins) \
+        hedge = plan_hedge(decision.target_id, route_request, view, self.margins) \
             if self.cfg.routing.hedging and stream else None  # fmt: skip
         candidates = [decision.target_id, *decision.fallbacks]
         first_token_at = None
@@ -316,7 +318,7 @@ class Gateway:
                 self.fleet.finish(target, failed=failed)
         raise RequestError(grpc.StatusCode.UNAVAILABLE, f"every candidate failed: {', '.join(candidates)}")
 
-    def _decide(self, v: Validated) -> tuple[Decision, RouteRequest]:
+    def _decide(self, v: Validated, view: FleetView) -> tuple[Decision, RouteRequest]:
         mode = self.cfg.routing.mode if v.mode == "default" else v.mode
         # The Gateway has no tokenizer: ~4 characters per token is close for English, and the
         # learnt margin absorbs the rest.
@@ -324,7 +326,7 @@ class Gateway:
         request = RouteRequest(route=v.route, site=v.site, deadline_ms=v.deadline_ms, prompt_tokens=prompt_tokens,
                                max_new_tokens=v.max_new_tokens, mode=mode)  # fmt: skip
         try:
-            return self.router.choose(request, self.fleet.view()), request
+            return self.router.choose(request, view), request
         except DeadlineInfeasible as exc:
             raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), "deadline_ms") from None
         except NoTargetError as exc:

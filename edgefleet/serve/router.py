@@ -196,7 +196,6 @@ class SlaRouter:
         self.cost_order = list(cost_order)
         self.margins = margins or ResidualTracker()
         self.defaults = defaults
-        self._base: dict[str, float] = {}  # base predictions of the last choose(), by target
 
     def cost_rank(self, target: TargetState, request: RouteRequest) -> int:
         tier = "site" if target.tier == "edge" and request.site and target.site == request.site else target.tier
@@ -204,13 +203,12 @@ class SlaRouter:
             return self.cost_order.index(tier)
         return self.cost_order.index("edge") if tier == "site" and "edge" in self.cost_order else len(self.cost_order)
 
-    def predictions(self, request: RouteRequest, view: FleetView) -> list[tuple[TargetState, float]]:
-        """(target, predicted ms with margin) for every candidate."""
-        self._base = {}
+    def predictions(self, request: RouteRequest, view: FleetView) -> list[tuple[TargetState, float, float]]:
+        """(target, predicted ms with margin, predicted ms without) for every candidate."""
         out = []
         for t in _candidates(request, view):
-            base = self._base[t.target_id] = predict_ms(t, request, self.defaults)
-            out.append((t, base + self.margins.margin(t.target_id, base)))
+            base = predict_ms(t, request, self.defaults)
+            out.append((t, base + self.margins.margin(t.target_id, base), base))
         return out
 
     def choose(self, request: RouteRequest, view: FleetView) -> Decision:
@@ -221,19 +219,19 @@ class SlaRouter:
             return deadline <= 0 or p <= deadline
 
         ranked = sorted(preds, key=lambda tp: (not fits(tp[1]), self.cost_rank(tp[0], request), tp[1]))
-        best, predicted = ranked[0]
+        best, predicted, best_base = ranked[0]
         if fits(predicted):
             tier = "own site" if best.tier == "edge" and request.site and best.site == request.site else best.tier
             reason = f"predicted {predicted:.0f} ms meets deadline_ms={deadline:.0f} at the lowest cost ({tier})" \
                 if deadline > 0 else f"no deadline: lowest cost ({tier})"  # fmt: skip
-            return _decision([t for t, _ in ranked], reason, predicted, self._base[best.target_id])
-        fastest, fastest_ms = min(preds, key=lambda tp: tp[1])
+            return _decision([t for t, _, _ in ranked], reason, predicted, best_base)
+        fastest, fastest_ms, fastest_base = min(preds, key=lambda tp: tp[1])
         if request.mode == "strict":
             raise DeadlineInfeasible(f"cannot meet deadline_ms={deadline:.0f}: the fastest target, "
                                      f"{fastest.target_id}, is predicted at {fastest_ms:.0f} ms")  # fmt: skip
-        rest = [t for t, _ in sorted(preds, key=lambda tp: tp[1]) if t is not fastest]
+        rest = [t for t, _, _ in sorted(preds, key=lambda tp: tp[1]) if t is not fastest]
         reason = f"best effort: no target meets deadline_ms={deadline:.0f}; fastest predicted {fastest_ms:.0f} ms"
-        return _decision([fastest, *rest], reason, fastest_ms, self._base[fastest.target_id])
+        return _decision([fastest, *rest], reason, fastest_ms, fastest_base)
 
 
 class LeastLoadedRouter:
