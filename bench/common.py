@@ -43,4 +43,4 @@ def print_table(title: str, header: list[str], rows: list[list[Any]]) -> None:
         table.add_column(h)
     for r in rows:
         table.add_row(*(f"{c:.2f}" if isinstance(c, float) else str(c) for c in r))
-    Console().print(table)
+    Console(width=max(100, 12 * len(header))).print(table)  # wide tables wrap, never truncate

@@ -1,16 +1,19 @@
 """The Gateway's live picture of its targets, turned into the Router's FleetView. Pure: no Ray.
 
-The Gateway feeds it stats heartbeats (every 100 ms), dispatches and outcomes; it counts its own
-dispatches at once, so two requests arriving together don't both pick the same "empty" node,
-and opens a circuit breaker on a target after consecutive failures until a heartbeat succeeds.
+The Gateway feeds it stats heartbeats (every 100 ms), dispatches and outcomes. It records its own
+dispatches at once, with their sizes, so two requests arriving together don't both pick the same
+"empty" node and the router can replay each target's batching over the work already sent; it
+opens a circuit breaker on a target after consecutive failures until a heartbeat succeeds.
 """
 
 from __future__ import annotations
 
+import itertools
+import time
 from typing import Any
 
 from edgefleet.config import EdgefleetConfig
-from edgefleet.serve.router import FleetView, TargetState
+from edgefleet.serve.router import FleetView, Job, TargetState
 
 BREAKER_FAILURES = 3  # consecutive failed calls that open a target's circuit
 
@@ -25,6 +28,9 @@ class FleetTracker:
         self.healthy: dict[str, bool] = {}
         self.dispatched: dict[str, int] = {}
         self.failures: dict[str, int] = {}
+        # Unfinished dispatches per target: job id → (monotonic s at dispatch, prompt tokens, new tokens).
+        self.jobs: dict[str, dict[int, tuple[float, int, int]]] = {}
+        self._ids = itertools.count()
 
     @property
     def target_ids(self) -> list[str]:
@@ -37,25 +43,38 @@ class FleetTracker:
             self.stats[target_id] = stats
             self.failures[target_id] = 0
 
-    def dispatch(self, target_id: str) -> None:
+    def dispatch(self, target_id: str, prompt_tokens: int = 0, max_new_tokens: int = 0,
+                 now: float | None = None) -> int:  # fmt: skip
+        """Count a request sent to ``target_id``; returns the job id :meth:`finish` takes."""
         self.dispatched[target_id] = self.dispatched.get(target_id, 0) + 1
+        job = next(self._ids)
+        at = time.monotonic() if now is None else now
+        self.jobs.setdefault(target_id, {})[job] = (at, prompt_tokens, max_new_tokens)
+        return job
 
-    def finish(self, target_id: str, *, failed: bool) -> None:
+    def finish(self, target_id: str, *, failed: bool, job: int | None = None) -> None:
+        """The request left ``target_id`` (``job`` None: its oldest one)."""
         self.dispatched[target_id] = self.dispatched.get(target_id, 1) - 1
+        mine = self.jobs.get(target_id, {})
+        mine.pop(job if job is not None else next(iter(mine), -1), None)
         self.failures[target_id] = self.failures.get(target_id, 0) + 1 if failed else 0
 
     def circuit_open(self, target_id: str) -> bool:
         return self.failures.get(target_id, 0) >= BREAKER_FAILURES
 
-    def view(self) -> FleetView:
-        targets = [self._state(node_id, "edge", node.site, node.batching.max_batch, 16)
+    def view(self, now: float | None = None) -> FleetView:
+        now = time.monotonic() if now is None else now
+        targets = [self._state(node_id, "edge", node.site, node.batching.max_batch, 16, 1, now)
                    for node_id, node in self.edges.items()]  # fmt: skip
         cloud = self.cfg.fleet.cloud
-        targets.append(self._state(self.cloud_id, "cloud", "", cloud.batching.max_batch, cloud.max_queued_requests))
+        targets.append(self._state(self.cloud_id, "cloud", "", cloud.batching.max_batch, cloud.max_queued_requests,
+                                   cloud.replicas, now))  # fmt: skip
         return FleetView(tuple(targets))
 
-    def _state(self, target_id: str, tier: str, site: str, max_batch: int, max_queue: int) -> TargetState:
+    def _state(self, target_id: str, tier: str, site: str, max_batch: int, max_queue: int, servers: int,
+               now: float) -> TargetState:  # fmt: skip
         s = self.stats.get(target_id, {})
+        jobs = tuple(Job((now - at) * 1000, prompt, new) for at, prompt, new in self.jobs.get(target_id, {}).values())
         return TargetState(
             target_id, tier, site=site, queue_depth=s.get("queue_depth", 0),
             in_flight=self.dispatched.get(target_id, 0), healthy=self.healthy.get(target_id, True),
@@ -63,5 +82,5 @@ class FleetTracker:
             max_queue=max_queue, max_batch=max_batch, rtt_ms=self.rtt_ms.get(target_id, 0.0),
             prefill_ms_per_token=s.get("prefill_ms_per_token"),
             decode_ms_per_step=tuple(sorted((s.get("decode_ms_per_step") or {}).items())),
-            model_version=s.get("model_version", ""),
+            model_version=s.get("model_version", ""), jobs=jobs, servers=servers,
         )  # fmt: skip

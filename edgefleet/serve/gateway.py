@@ -246,11 +246,11 @@ class Gateway:
                     "network_simulated": self.wan.enabled, "attempts": attempts}  # fmt: skip
 
         for attempt, target in enumerate(candidates):
-            self.fleet.dispatch(target)
+            job = self.fleet.dispatch(target, route_request.prompt_tokens, v.max_new_tokens - sent_tokens)
             started_any, failed, tokens_here = False, True, 0
             request = v.engine_request(stream=stream)
             if sent_text and sent_tokens >= v.max_new_tokens:  # the failure came with the last token
-                self.fleet.finish(target, failed=False)
+                self.fleet.finish(target, failed=False, job=job)
                 yield summary({"finish_reason": "length", "completion_tokens": 0}, target, attempt)
                 return
             if sent_text:  # continue where the failed target stopped: no restart, no duplicate text
@@ -261,7 +261,7 @@ class Gateway:
                 await asyncio.sleep(self.wan.sample_delay_s(target))  # 0 unless simulated
                 events = self._events_from(target, request)
                 if attempt == 0 and hedge is not None:
-                    hedge_events = partial(self._events_from, hedge.cloud_id, request)
+                    hedge_events = partial(self._hedge_events, hedge.cloud_id, request, route_request.prompt_tokens)
                     events = race(events, hedge_events, after_s=hedge.after_ms / 1000, budget=self.hedges,
                                   hedge_name=hedge.cloud_id)  # fmt: skip
                 async for event in events:
@@ -315,7 +315,7 @@ class Gateway:
                              if tokens_here else f"{target} failed before its first token")  # fmt: skip
                 continue  # fail over to the next candidate
             finally:
-                self.fleet.finish(target, failed=failed)
+                self.fleet.finish(target, failed=failed, job=job)
         raise RequestError(grpc.StatusCode.UNAVAILABLE, f"every candidate failed: {', '.join(candidates)}")
 
     def _decide(self, v: Validated, view: FleetView) -> tuple[Decision, RouteRequest]:
@@ -351,6 +351,15 @@ class Gateway:
                 yield await ref
         finally:
             ray.cancel(refs)
+
+    async def _hedge_events(self, target: str, request: dict[str, Any], prompt_tokens: int):
+        """A hedge's events, counted as work on its target while it runs, like any dispatch."""
+        job = self.fleet.dispatch(target, prompt_tokens, request["max_new_tokens"])
+        try:
+            async for event in self._events_from(target, request):
+                yield event
+        finally:
+            self.fleet.finish(target, failed=False, job=job)
 
     async def _completed_on(self, target: str, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Unary: one call, no per-token traffic. Yields the same start / first_token / end events."""

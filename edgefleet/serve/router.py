@@ -26,6 +26,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from edgefleet.serve.batch_model import Timing, schedule
+
 TierName = Literal["edge", "cloud"]
 RoutePreference = Literal["auto", "edge", "cloud"]
 CostTier = Literal["site", "edge", "cloud"]
@@ -37,6 +39,15 @@ class NoTargetError(Exception):
 
 class DeadlineInfeasible(NoTargetError):
     """A strict request whose deadline no target is predicted to meet: refuse it now, not late."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """A request this Gateway sent to a target that has not finished yet."""
+
+    age_ms: float  # since dispatch
+    prompt_tokens: int
+    max_new_tokens: int
 
 
 @dataclass(frozen=True)
@@ -57,6 +68,11 @@ class TargetState:
     prefill_ms_per_token: float | None = None  # EWMA from the target; None = not measured yet
     decode_ms_per_step: tuple[tuple[int, float], ...] = ()  # (batch size, EWMA ms per step)
     model_version: str = ""
+    # This Gateway's unfinished requests on the target, oldest first. With them the prediction
+    # replays the target's batching; requests counted in queue_depth / in_flight beyond these
+    # (another Gateway replica's) are assumed to be the size of the request being routed.
+    jobs: tuple[Job, ...] = ()
+    servers: int = 1  # replicas running batches side by side (the cloud)
 
     @property
     def load(self) -> int:
@@ -127,15 +143,18 @@ def step_ms(target: TargetState, batch: int, defaults: ServiceDefaults) -> float
 def predict_ms(target: TargetState, request: RouteRequest, defaults: ServiceDefaults = DEFAULTS) -> float:
     """Completion time if sent now: RTT + queue wait + prefill(prompt) + decode(max_new_tokens).
 
-    Batches run one at a time and a request can only join the next one, so the wait is the
-    remaining half of a running batch plus one full batch per ``max_batch`` requests queued.
+    The wait comes from replaying the target's batching (:mod:`edgefleet.serve.batch_model`) over
+    the work already sent to it: a request that finds a long batch running waits for all of it.
     """
-    batch = min(target.max_batch, target.load + 1)
-    prefill = (target.prefill_ms_per_token or defaults.prefill_ms_per_token) * max(1, request.prompt_tokens)
-    service = prefill + step_ms(target, batch, defaults) * max(1, request.max_new_tokens)
-    waves_ahead = target.load / target.max_batch  # batches' worth of work ahead of this request
-    wait = 0.5 * service if target.load and waves_ahead <= 1 else math.floor(waves_ahead) * service
-    return target.rtt_ms + wait + service
+    timing = Timing(prefill_ms_per_token=target.prefill_ms_per_token or defaults.prefill_ms_per_token,
+                    step_ms=lambda batch: step_ms(target, batch, defaults), max_batch=target.max_batch,
+                    servers=target.servers)  # fmt: skip
+    # Each job reached the target one RTT after its dispatch; the new request will, one RTT from now.
+    work = [(target.rtt_ms - j.age_ms, j.prompt_tokens, j.max_new_tokens) for j in target.jobs]
+    unknown = max(0, target.queue_depth - len(work)) + max(0, target.in_flight - len(work))
+    work += [(target.rtt_ms, request.prompt_tokens, request.max_new_tokens)] * unknown
+    work.append((target.rtt_ms, max(1, request.prompt_tokens), max(1, request.max_new_tokens)))
+    return schedule(work, timing)[-1]
 
 
 class ResidualTracker:

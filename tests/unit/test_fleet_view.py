@@ -2,6 +2,7 @@
 
 from edgefleet.config import EdgefleetConfig
 from edgefleet.serve.fleet_view import BREAKER_FAILURES, FleetTracker
+from edgefleet.serve.router import Job
 
 
 def tracker() -> FleetTracker:
@@ -57,3 +58,14 @@ def test_a_success_resets_the_failure_count_and_a_missed_heartbeat_marks_unhealt
     view = {s.target_id: s for s in t.view().targets}
     assert not view["edge-3"].circuit_open  # never three in a row
     assert not view["edge-1"].healthy
+
+
+def test_the_view_carries_each_unfinished_dispatch_with_its_age_and_size():
+    t = tracker()
+    first = t.dispatch("edge-1", prompt_tokens=30, max_new_tokens=64, now=100.0)
+    t.dispatch("edge-1", prompt_tokens=10, max_new_tokens=8, now=100.5)
+    t.finish("edge-1", failed=False, job=first)
+
+    state = {s.target_id: s for s in t.view(now=101.0).targets}["edge-1"]
+
+    assert state.jobs == (Job(age_ms=500.0, prompt_tokens=10, max_new_tokens=8),) and state.in_flight == 1

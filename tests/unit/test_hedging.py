@@ -4,6 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from edgefleet.serve.batch_model import QUIET_GAP_MS
 from edgefleet.serve.hedging import HedgeBudget, plan_hedge, predict_ttft_ms
 from edgefleet.serve.router import FleetView, ResidualTracker, RouteRequest, TargetState
 
@@ -13,7 +14,9 @@ NO_MARGIN = ResidualTracker(initial_fraction=0.0)
 
 
 def test_ttft_is_the_prediction_for_one_token():
-    assert predict_ttft_ms(EDGE, RouteRequest(prompt_tokens=20, max_new_tokens=500)) == pytest.approx(5 + 20 + 10)
+    assert predict_ttft_ms(EDGE, RouteRequest(prompt_tokens=20, max_new_tokens=500)) == pytest.approx(
+        5 + QUIET_GAP_MS + 20 + 10
+    )
 
 
 def test_hedge_is_planned_when_the_cloud_still_fits_after_waiting_for_the_edge():
@@ -21,7 +24,7 @@ def test_hedge_is_planned_when_the_cloud_still_fits_after_waiting_for_the_edge()
 
     plan = plan_hedge("edge-1", req, FleetView((EDGE, CLOUD)), NO_MARGIN)
 
-    assert plan.cloud_id == "cloud" and plan.after_ms == pytest.approx(35.0)
+    assert plan.cloud_id == "cloud" and plan.after_ms == pytest.approx(35.0 + QUIET_GAP_MS)
 
 
 @pytest.mark.parametrize(

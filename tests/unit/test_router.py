@@ -8,9 +8,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from edgefleet.serve.batch_model import QUIET_GAP_MS
 from edgefleet.serve.router import (
     DeadlineInfeasible,
     FleetView,
+    Job,
     LeastLoadedRouter,
     NoTargetError,
     PowerOfTwoRouter,
@@ -25,6 +27,7 @@ from edgefleet.serve.router import (
     predict_ms,
 )
 
+GAP = QUIET_GAP_MS  # a request that finds its target idle waits this long for company
 FAST = ((1, 10.0), (8, 14.0))  # measured ms per decode step by batch size
 SLOW_CLOUD = ((1, 30.0),)
 
@@ -53,7 +56,7 @@ def calibrated() -> ResidualTracker:
 def test_prediction_is_rtt_plus_prefill_plus_decode_when_idle():
     t = edge(1)  # rtt 5, prefill 1 ms/token, 10 ms/step at batch 1
 
-    assert predict_ms(t, RouteRequest(prompt_tokens=20, max_new_tokens=10)) == pytest.approx(5 + 20 + 100)
+    assert predict_ms(t, RouteRequest(prompt_tokens=20, max_new_tokens=10)) == pytest.approx(5 + GAP + 20 + 100)
 
 
 def test_prediction_uses_the_nearest_measured_batch_size_and_defaults_when_unmeasured():
@@ -62,8 +65,48 @@ def test_prediction_uses_the_nearest_measured_batch_size_and_defaults_when_unmea
 
     assert step_of(busy) == 14.0
     assert predict_ms(unmeasured, RouteRequest(prompt_tokens=1, max_new_tokens=1)) == pytest.approx(
-        ServiceDefaults().prefill_ms_per_token + ServiceDefaults().decode_ms_per_step
+        GAP + ServiceDefaults().prefill_ms_per_token + ServiceDefaults().decode_ms_per_step
     )
+
+
+def test_a_request_that_finds_a_long_batch_running_waits_for_all_of_it():
+    # One 200-token request dispatched 100 ms ago is running (5 + 1 + 20 + 200 × 10 ms in all).
+    running = edge(1, jobs=(Job(age_ms=100, prompt_tokens=20, max_new_tokens=200),), in_flight=1)
+    short = RouteRequest(prompt_tokens=20, max_new_tokens=5)
+
+    batch_ends = 5 + GAP + 20 + 201 * 10 - 100  # one step after its last token, from now
+    assert predict_ms(running, short) == pytest.approx(batch_ends + 20 + 5 * 10)
+    # The older the running job, the sooner its batch ends.
+    older = edge(1, jobs=(Job(age_ms=1500, prompt_tokens=20, max_new_tokens=200),), in_flight=1)
+    assert predict_ms(older, short) == pytest.approx(batch_ends - 1400 + 20 + 5 * 10)
+
+
+def test_requests_waiting_together_share_the_next_batch():
+    # Two queued behind a running one: the new request joins them in the next batch (max_batch 8).
+    jobs = (Job(50, 10, 100), Job(10, 10, 5), Job(5, 10, 5))
+    t = edge(1, jobs=jobs, in_flight=3, decode_ms_per_step=((1, 10.0), (3, 12.0)))
+    alone_after = edge(1, jobs=jobs[:1], in_flight=1, decode_ms_per_step=((1, 10.0), (3, 12.0)))
+    req = RouteRequest(prompt_tokens=10, max_new_tokens=5)
+
+    # Sharing costs 12 ms steps and a 3-row prefill, not another whole batch of waiting.
+    assert predict_ms(alone_after, req) < predict_ms(t, req) < predict_ms(alone_after, req) + 5 * 12 + 30 + 10
+
+
+def test_a_second_cloud_replica_takes_a_batch_the_first_is_too_busy_for():
+    full = tuple(Job(0, 10, 100) for _ in range(8))  # one replica's batch of 8
+    one, two = cloud(jobs=full, in_flight=8, max_batch=8), cloud(jobs=full, in_flight=8, max_batch=8, servers=2)
+    req = RouteRequest(prompt_tokens=10, max_new_tokens=5)
+
+    assert predict_ms(two, req) < predict_ms(one, req)
+    assert predict_ms(two, req) == pytest.approx(predict_ms(cloud(), req))
+
+
+def test_counted_work_beyond_the_known_jobs_is_assumed_the_size_of_the_request():
+    known = edge(1, jobs=(Job(0, 10, 50),), in_flight=1)
+    with_others = edge(1, jobs=(Job(0, 10, 50),), in_flight=1, queue_depth=9)  # another Gateway's queue
+    req = RouteRequest(prompt_tokens=10, max_new_tokens=50)
+
+    assert predict_ms(with_others, req) > predict_ms(known, req)
 
 
 def step_of(t: TargetState) -> float:
