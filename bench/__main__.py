@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from bench import models, overhead, report
+from bench import dp, models, overhead, report, routing
 
-BENCHMARKS = {"models": models.main, "overhead": overhead.main}
+BENCHMARKS = {"models": models.main, "overhead": overhead.main, "routing": routing.main, "dp": dp.main}
 
 if __name__ == "__main__":
     names = sys.argv[1:] or list(BENCHMARKS)

@@ -83,7 +83,8 @@ def fleet_config(ports: dict[str, int] | None = None) -> Any:
 
 
 def policy_config(base: Any, policy: str) -> Any:
-    routing = base.routing.model_copy(update={"policy": policy})
+    # Hedging is part of the SLA router's plan; the baselines route as Ray Serve would, without it.
+    routing = base.routing.model_copy(update={"policy": policy, "hedging": policy == "sla"})
     return base.model_copy(update={"app": f"routing-{policy.replace('_', '-')}", "routing": routing})
 
 

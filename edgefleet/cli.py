@@ -1,4 +1,4 @@
-"""The ``edgefleet`` command: up, demo, status, models fetch.
+"""The ``edgefleet`` command: up, demo, generate, status, train, bench calibrate, models fetch.
 
 Every expected failure (bad config, unreachable cluster, failed fetch) prints one line and exits 2;
 a traceback means a bug.
@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from edgefleet import cli_train, demo_deadlines
 from edgefleet.config import EdgefleetConfig, load_config
 from edgefleet.errors import EdgefleetError, FleetError
 
@@ -153,6 +154,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                               f"{done.ttft_ms:.0f}", f"{done.total_ms:.0f}", done.route_reason)  # fmt: skip
             console.print(table)
             _rush_hour(client)
+        demo_deadlines.run(cfg, token, console)
     finally:
         fleet.shutdown()
     console.print("fleet stopped")
@@ -368,6 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--threads", type=int, default=1)
     cal.add_argument("--out", help="also write the profile as JSON here")
     cal.set_defaults(func=cmd_bench_calibrate)
+
+    cli_train.add_parser(sub, _fetch_model, _start_fleet, _state_file)
 
     models = sub.add_parser("models", help="model cache").add_subparsers(dest="models_command", required=True)
     fetch = models.add_parser("fetch", help="download and convert SmolLM2 into the cache")

@@ -141,6 +141,12 @@ def load_model(spec: ModelSpec, *, cache_dir: Path | None = None, on_step: Step 
     return LoadedModel(model, tok, name, version, spec.quantization, time.perf_counter() - started, num_parameters)
 
 
+def load_trainable(spec: ModelSpec, cache_dir: Path | None = None) -> tuple[Any, Any]:
+    """(model, tokenizer) in full precision and without the node's serving adapter: what training starts from."""
+    loaded = load_model(spec.model_copy(update={"quantization": "none", "adapter": None}), cache_dir=cache_dir)
+    return loaded.model, loaded.tokenizer
+
+
 def _merge_adapter(model: Any, adapter: Path) -> Any:
     """Fold a peft LoRA adapter into the base weights, so int8 quantisation then covers it too."""
     from peft import PeftModel

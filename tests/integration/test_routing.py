@@ -62,3 +62,15 @@ def test_sla_router_meets_tight_deadlines_that_round_robin_misses(served, fleet_
     print(f"SLO attainment over a burst of {BURST}: {results}")
     assert results["sla"] > results["round_robin"], results
     assert results["sla"] >= 0.8, results  # most of the burst meets its SLA
+
+
+def test_demo_scene_keeps_the_tight_request_on_the_edge_and_sends_the_long_one_to_the_cloud(served, fleet_config):
+    from rich.console import Console
+
+    from edgefleet import demo_deadlines
+    from tests.conftest import TEST_TOKEN
+
+    tight, long = demo_deadlines.run(fleet_config, TEST_TOKEN, Console(quiet=True))
+
+    assert tight.tier == "edge" and "meets deadline" in tight.route_reason, tight
+    assert long.tier == "cloud" and "meets deadline" in long.route_reason, long
