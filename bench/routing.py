@@ -107,9 +107,10 @@ async def _one(client: Any, r: TraceRequest, t0: float) -> dict[str, Any]:
                 done = chunk.completion
         ms = (time.perf_counter() - sent) * 1000
         return out | {"outcome": "met" if ms <= r.deadline_ms else "late", "ms": ms, "tier": done.tier,
-                      "node": done.node_id, "hedged": "hedged to" in done.route_reason}  # fmt: skip
-    except Overloaded:
-        return out | {"outcome": "rejected"}
+                      "node": done.node_id, "hedged": "hedged to" in done.route_reason,
+                      "predicted_ms": done.predicted_ms, "reason": done.route_reason}  # fmt: skip
+    except Overloaded as exc:
+        return out | {"outcome": "rejected", "reason": str(exc)}
     except DeadlineExceeded:
         return out | {"outcome": "missed"}
     except EdgefleetClientError as exc:

@@ -4,7 +4,7 @@
 failover and timing. Policies, chosen by name with :func:`make_router`:
 
 - ``sla`` (:class:`SlaRouter`): predict each target's completion time, add a safety margin learnt
-  from its own past errors (p95 of relative residuals), and among the targets that meet the deadline take
+  from its own past errors (p95 of residuals), and among the targets that meet the deadline take
   the cheapest (caller's site, then other edge nodes, then the cloud; configurable).
 - ``least_loaded``: the least-loaded healthy edge node, the cloud when every edge queue is full.
 - ``p2c`` (power of two choices on queue length, as Ray Serve routes), ``round_robin``,
@@ -158,12 +158,8 @@ def predict_ms(target: TargetState, request: RouteRequest, defaults: ServiceDefa
 
 
 class ResidualTracker:
-    """Per-target safety margin, learnt from the target's own prediction errors.
+    """Per-target safety margin: the p95 of (actual - predicted) over a sliding window, ms.
 
-    A residual is kept relative to its prediction, ``(actual - predicted) / predicted``, and the
-    margin is the p95 of a sliding window of them times the new prediction. Relative, because one
-    target serves requests of very different sizes: an absolute p95 learnt on 90-token answers
-    (hundreds of ms) would make every 6-token request on that target look infeasible.
     Until ``min_samples`` are seen the margin is ``initial_fraction`` of the prediction.
     """
 
@@ -176,16 +172,14 @@ class ResidualTracker:
         self._residuals: dict[str, deque[float]] = {}
 
     def observe(self, target_id: str, predicted_ms: float, actual_ms: float) -> None:
-        relative = (actual_ms - predicted_ms) / max(predicted_ms, 1.0)
-        self._residuals.setdefault(target_id, deque(maxlen=self.window)).append(relative)
+        self._residuals.setdefault(target_id, deque(maxlen=self.window)).append(actual_ms - predicted_ms)
 
     def margin(self, target_id: str, predicted_ms: float) -> float:
         seen = self._residuals.get(target_id)
         if not seen or len(seen) < self.min_samples:
             return self.initial_fraction * predicted_ms
         ordered = sorted(seen)
-        p = ordered[min(len(ordered) - 1, math.ceil(self.quantile * len(ordered)) - 1)]
-        return max(0.0, p) * predicted_ms
+        return max(0.0, ordered[min(len(ordered) - 1, math.ceil(self.quantile * len(ordered)) - 1)])
 
     def state_dict(self) -> dict[str, list[float]]:
         return {k: list(v) for k, v in self._residuals.items()}

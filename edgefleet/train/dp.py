@@ -258,7 +258,7 @@ def _epoch(model: Any, optimizer: Any, loader: Any, hp: LocalHyper, private: boo
                     loss += part.detach()
                 optimizer.step()
             seen += len(ids)
-            losses.append(float(loss))
+            losses.append(float(loss.detach()) if hasattr(loss, "detach") else float(loss))
             if stepped:
                 done += 1
                 if done >= steps:
