@@ -37,19 +37,23 @@ class JobResult:
     workers: int
     ran_on: str  # the Ray node id the workers ran on
     ranks_in_sync: bool  # with several workers: every rank ended with the same adapter
+    worker_pid: int  # rank 0's process: the same across a session's rounds
 
 
 def _train_loop(config: dict[str, Any]) -> None:
-    """Runs on each Train worker, on the client's node."""
+    """Runs on each Train worker, on the client's node: one update, or one per task until told to stop.
+
+    With ``tasks`` / ``results`` queues in the config the run serves many rounds (a session): the
+    model and the data are loaded once and the accountant carries on in memory and in every
+    round's checkpoint.
+    """
     import ray.train
     import torch
     import torch.distributed as dist
-    from ray.train import Checkpoint
 
     from edgefleet.config import ModelSpec
     from edgefleet.platform.models import load_trainable
     from edgefleet.train.data import chunk_for_causal_lm, read_texts
-    from edgefleet.train.dp import local_update
 
     torch.set_num_threads(config["threads"])
     spec = ModelSpec.model_validate(config["model"])
@@ -62,7 +66,39 @@ def _train_loop(config: dict[str, Any]) -> None:
             accountant_state = torch.load(Path(d) / UPDATE_FILE, weights_only=False)["update"]["accountant_state"]
     privacy = PrivacyConfig.model_validate(config["privacy"]) if config["privacy"] else None
     distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-    update = local_update(base, config["adapter"], blocks, privacy, LocalHyper(**config["hp"]),
+    rank = ray.train.get_context().get_world_rank()
+    tasks, results = config.get("tasks"), config.get("results")
+    task: dict[str, Any] | None = {"adapter": config["adapter"], "hp": config["hp"]}
+    while True:
+        if tasks is not None:
+            task = tasks.get(block=True) if rank == 0 else None
+            if distributed:  # every rank trains on the same task
+                box = [task]
+                dist.broadcast_object_list(box, src=0)
+                task = box[0]
+            if task is None:
+                return
+        saved = _one_round(base, blocks, task, privacy, accountant_state, distributed, rank)
+        accountant_state = saved["update"]["accountant_state"]
+        if tasks is None:
+            return
+        if rank == 0:
+            results.put(saved)
+
+
+def _one_round(base: Any, blocks: Any, task: dict[str, Any], privacy: PrivacyConfig | None,
+               accountant_state: dict[str, Any] | None, distributed: bool, rank: int) -> dict[str, Any]:  # fmt: skip
+    """One update, reported with its checkpoint; returns what was saved (on every rank)."""
+    import os
+
+    import ray.train
+    import torch
+    import torch.distributed as dist
+    from ray.train import Checkpoint
+
+    from edgefleet.train.dp import local_update
+
+    update = local_update(base, task["adapter"], blocks, privacy, LocalHyper(**task["hp"]),
                           accountant_state=accountant_state, distributed=distributed)  # fmt: skip
     metrics = {"loss": update.loss, "epsilon": update.epsilon, "epsilon_total": update.epsilon_total,
                "steps": update.steps, "samples_per_s": update.samples_per_s, "train_s": update.seconds}  # fmt: skip
@@ -72,25 +108,18 @@ def _train_loop(config: dict[str, Any]) -> None:
         ranks = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
         dist.all_gather(ranks, mine)
         in_sync = all(torch.allclose(r, ranks[0]) for r in ranks)
-    rank = ray.train.get_context().get_world_rank()
+    saved = {"update": asdict(update), "ran_on": ray.get_runtime_context().get_node_id(),
+             "ranks_in_sync": in_sync, "worker_pid": os.getpid()}  # fmt: skip
     with tempfile.TemporaryDirectory() as d:
         if rank == 0:
-            torch.save({"update": asdict(update), "ran_on": ray.get_runtime_context().get_node_id(),
-                        "ranks_in_sync": in_sync}, Path(d) / UPDATE_FILE)  # fmt: skip
+            torch.save(saved, Path(d) / UPDATE_FILE)
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d) if rank == 0 else None)
+    return saved
 
 
-def run_local_update(cfg: EdgefleetConfig, node_id: str, *, adapter: dict[str, Any] | None = None,
-                     hp: LocalHyper = DEFAULT_HYPER, private: bool = True, workers: int = 1,
-                     accountant_state: dict[str, Any] | None = None, block_size: int = 128,
-                     cpus_per_worker: float = 0.5, threads: int = 1) -> JobResult:  # fmt: skip
-    """One private local update on ``node_id``'s own data, as a Ray Train job on that node.
-
-    Raises:
-        ValueError: ``node_id`` is not an edge node of ``cfg``.
-        FileNotFoundError: the node's data directory holds no text (``edgefleet train data`` writes it).
-    """
-    import torch
+def _trainer(cfg: EdgefleetConfig, node_id: str, extra: dict[str, Any], *, adapter: dict[str, Any] | None,
+             hp: LocalHyper, private: bool, workers: int, accountant_state: dict[str, Any] | None,
+             block_size: int, cpus_per_worker: float, threads: int) -> Any:  # fmt: skip
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -106,14 +135,37 @@ def run_local_update(cfg: EdgefleetConfig, node_id: str, *, adapter: dict[str, A
     config = {"model": node.model.model_dump(mode="json"), "cache_dir": str(cfg.cache_dir),
               "data_dir": str(data_dir), "block_size": block_size, "adapter": adapter, "hp": asdict(hp),
               "privacy": cfg.privacy.model_dump(mode="json") if private else None,
-              "accountant_state": accountant_state, "threads": threads}  # fmt: skip
-    trainer = TorchTrainer(
+              "accountant_state": accountant_state, "threads": threads, **extra}  # fmt: skip
+    return TorchTrainer(
         _train_loop, train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=False, resources_per_worker={"CPU": cpus_per_worker},
                                      label_selector=node_selector(node_id)),
         run_config=RunConfig(name=f"local-{node_id}-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6}",
                              storage_path=str(cfg.cache_dir / "train")),
     )  # fmt: skip
+
+
+def _job_result(saved: dict[str, Any], wall: float, node_id: str, workers: int) -> JobResult:
+    update = LocalUpdate(**saved["update"])
+    return JobResult(update, wall, update.seconds, node_id, workers, saved["ran_on"], saved["ranks_in_sync"],
+                     saved["worker_pid"])  # fmt: skip
+
+
+def run_local_update(cfg: EdgefleetConfig, node_id: str, *, adapter: dict[str, Any] | None = None,
+                     hp: LocalHyper = DEFAULT_HYPER, private: bool = True, workers: int = 1,
+                     accountant_state: dict[str, Any] | None = None, block_size: int = 128,
+                     cpus_per_worker: float = 0.5, threads: int = 1) -> JobResult:  # fmt: skip
+    """One private local update on ``node_id``'s own data, as a Ray Train job on that node.
+
+    Raises:
+        ValueError: ``node_id`` is not an edge node of ``cfg``.
+        FileNotFoundError: the node's data directory holds no text (``edgefleet train data`` writes it).
+    """
+    import torch
+
+    trainer = _trainer(cfg, node_id, {}, adapter=adapter, hp=hp, private=private, workers=workers,
+                       accountant_state=accountant_state, block_size=block_size, cpus_per_worker=cpus_per_worker,
+                       threads=threads)  # fmt: skip
     started = time.perf_counter()
     result = trainer.fit()
     wall = time.perf_counter() - started
@@ -121,5 +173,69 @@ def run_local_update(cfg: EdgefleetConfig, node_id: str, *, adapter: dict[str, A
         raise RuntimeError(f"the local update on {node_id} reported no checkpoint: {result.error}")
     with result.checkpoint.as_directory() as d:
         saved = torch.load(Path(d) / UPDATE_FILE, weights_only=False)
-    update = LocalUpdate(**saved["update"])
-    return JobResult(update, wall, update.seconds, node_id, workers, saved["ran_on"], saved["ranks_in_sync"])
+    return _job_result(saved, wall, node_id, workers)
+
+
+class LocalTrainingSession:
+    """One long-lived Train run on a client's node that serves many rounds.
+
+    A ``TorchTrainer.fit()`` costs ~12 s here before any training; a federation round must not pay
+    that per client. The session starts the run once (in a background thread: ``fit()`` blocks),
+    then each :meth:`update` hands it the current global adapter through a Ray queue and gets the
+    update back the same way. Base model, data and privacy accountant stay loaded in the worker.
+
+    Example (on a fleet)::
+
+        with LocalTrainingSession(cfg, "edge-1") as client:
+            first = client.update(None, hp)
+            second = client.update(first.update.adapter, hp)  # same worker, ε keeps adding up
+    """
+
+    def __init__(self, cfg: EdgefleetConfig, node_id: str, *, private: bool = True, workers: int = 1,
+                 accountant_state: dict[str, Any] | None = None, block_size: int = 128,
+                 cpus_per_worker: float = 0.5, threads: int = 1) -> None:  # fmt: skip
+        import threading
+
+        from ray.util.queue import Queue
+
+        self.node_id, self.workers = node_id, workers
+        self._tasks, self._results = Queue(actor_options={"num_cpus": 0}), Queue(actor_options={"num_cpus": 0})
+        self._trainer = _trainer(cfg, node_id, {"tasks": self._tasks, "results": self._results}, adapter=None,
+                                 hp=DEFAULT_HYPER, private=private, workers=workers, accountant_state=accountant_state,
+                                 block_size=block_size, cpus_per_worker=cpus_per_worker, threads=threads)  # fmt: skip
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._fit, name=f"train-session-{node_id}", daemon=True)
+        self._thread.start()
+
+    def _fit(self) -> None:
+        try:
+            result = self._trainer.fit()
+            if result.error:
+                self.error = result.error
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on an update
+            self.error = exc
+        finally:
+            self._results.put({"stopped": True})
+
+    def update(self, adapter: dict[str, Any] | None, hp: LocalHyper = DEFAULT_HYPER,
+               timeout_s: float = 900) -> JobResult:  # fmt: skip
+        """One round: train from ``adapter`` on the node's data; the result as a :class:`JobResult`."""
+        if not self._thread.is_alive():
+            raise RuntimeError(f"the training session on {self.node_id} has stopped: {self.error}")
+        started = time.perf_counter()
+        self._tasks.put({"adapter": adapter, "hp": asdict(hp)})
+        saved = self._results.get(block=True, timeout=timeout_s)
+        if saved.get("stopped"):
+            raise RuntimeError(f"the training session on {self.node_id} stopped: {self.error}")
+        return _job_result(saved, time.perf_counter() - started, self.node_id, self.workers)
+
+    def close(self, timeout_s: float = 60) -> None:
+        if self._thread.is_alive():
+            self._tasks.put(None)
+            self._thread.join(timeout_s)
+
+    def __enter__(self) -> LocalTrainingSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -52,3 +52,25 @@ def test_two_workers_on_one_node_train_together_with_dpddp(train_config):
 def test_an_unknown_node_is_named(train_config):
     with pytest.raises(ValueError, match="unknown edge node 'edge-9'"):
         run_local_update(train_config, "edge-9")
+
+
+def test_a_session_serves_several_rounds_from_one_train_run_for_clients_side_by_side(train_config):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from edgefleet.train.jobs import LocalTrainingSession
+
+    sessions = [
+        LocalTrainingSession(train_config, n, block_size=64, cpus_per_worker=0.25) for n in ("edge-1", "edge-3")
+    ]
+    try:
+        with ThreadPoolExecutor(2) as pool:  # both clients train at the same time
+            first = list(pool.map(lambda s: s.update(None, HP), sessions))
+            second = list(pool.map(lambda s, f: s.update(f.update.adapter, HP), sessions, first))
+    finally:
+        for s in sessions:
+            s.close()
+
+    for a, b, node in zip(first, second, ("edge-1", "edge-3"), strict=True):
+        assert labels_of(a.ran_on)[NODE_LABEL] == node
+        assert a.worker_pid == b.worker_pid  # the same Train worker served both rounds: no new job
+        assert b.update.epsilon_total > a.update.epsilon_total  # the accountant carried on in the worker
