@@ -149,8 +149,10 @@ def local_update(base: Any, adapter: dict[str, Any] | None, blocks: Any, privacy
     if len(blocks) == 0:
         raise ValueError("the client has no training blocks")
     if hp.grad_sample_mode not in ("hooks", "functorch"):
-        raise ValueError(f"grad_sample_mode={hp.grad_sample_mode!r}: ghost clipping needs a per-sample loss "
-                         "criterion, this update uses the model's token-level loss; use hooks or functorch")
+        raise ValueError(
+            f"grad_sample_mode={hp.grad_sample_mode!r}: ghost clipping needs a per-sample loss "
+            "criterion, this update uses the model's token-level loss; use hooks or functorch"
+        )
     with torch.random.fork_rng():  # the fresh LoRA init: the same on every client with the same seed
         torch.manual_seed(hp.seed)
         model = lora_model(base, hp)
