@@ -1,0 +1,102 @@
+"""The privacy ledger: every client's composed (ε, δ), durable, and a budget nobody exceeds. No Ray.
+
+Per client it stores each round's DP-SGD release, (noise multiplier, sample rate, steps), and
+composes the whole history with Opacus' accountant (RDP or PRV), never by adding per-round ε's.
+A client whose next round would take its composed ε past its budget is not eligible. Rows are
+keyed by (client, round), so a coordinator that restarts and records a round again counts it once.
+The store is SQLite in the run directory.
+
+Example:
+    >>> ledger = PrivacyLedger(":memory:", budget_epsilon=10.0, delta=1e-5)
+    >>> release = Release(noise_multiplier=1.0, sample_rate=0.01, steps=100)
+    >>> ledger.can_take_part("edge-1", release)
+    True
+    >>> ledger.record("edge-1", 1, release); ledger.record("edge-1", 1, release)  # counted once
+    >>> 0 < ledger.epsilon("edge-1") < 10
+    True
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """CREATE TABLE IF NOT EXISTS releases (
+    client TEXT NOT NULL, round INTEGER NOT NULL,
+    noise_multiplier REAL NOT NULL, sample_rate REAL NOT NULL, steps INTEGER NOT NULL,
+    PRIMARY KEY (client, round))"""
+
+
+@dataclass(frozen=True)
+class Release:
+    """One round's DP-SGD on one client: what the accountant composes."""
+
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+
+    def __post_init__(self) -> None:
+        if self.noise_multiplier < 0 or not 0 < self.sample_rate <= 1 or self.steps < 0:
+            raise ValueError(f"invalid release {self}")
+
+
+def composed_epsilon(releases: list[Release], delta: float, accountant: str = "rdp") -> float:
+    """ε at ``delta`` after all ``releases``, composed by Opacus' accountant (∞ without noise)."""
+    from opacus.accountants import create_accountant
+
+    history = [(r.noise_multiplier, r.sample_rate, r.steps) for r in releases if r.steps > 0]
+    if not history:
+        return 0.0
+    if any(sigma == 0 for sigma, _, _ in history):
+        return float("inf")
+    acc = create_accountant(accountant)
+    acc.history = history
+    return float(acc.get_epsilon(delta))
+
+
+class PrivacyLedger:
+    def __init__(self, path: str | Path, *, budget_epsilon: float, delta: float, accountant: str = "rdp") -> None:
+        if budget_epsilon <= 0 or not 0 < delta < 1:
+            raise ValueError("budget_epsilon must be > 0 and delta in (0, 1)")
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(str(path), isolation_level=None)  # autocommit: every record is durable
+        self.db.execute(SCHEMA)
+        self.budget, self.delta, self.accountant = budget_epsilon, delta, accountant
+
+    def releases(self, client: str) -> list[Release]:
+        rows = self.db.execute("SELECT noise_multiplier, sample_rate, steps FROM releases WHERE client = ? "
+                               "ORDER BY round", (client,)).fetchall()  # fmt: skip
+        return [Release(*row) for row in rows]
+
+    def epsilon(self, client: str) -> float:
+        return composed_epsilon(self.releases(client), self.delta, self.accountant)
+
+    def epsilon_if(self, client: str, release: Release) -> float:
+        return composed_epsilon([*self.releases(client), release], self.delta, self.accountant)
+
+    def can_take_part(self, client: str, release: Release) -> bool:
+        """Whether ``client`` stays within its budget after one more ``release``."""
+        return self.epsilon_if(client, release) <= self.budget
+
+    def eligible(self, clients: list[str], release: Release) -> list[str]:
+        return [c for c in clients if self.can_take_part(c, release)]
+
+    def record(self, client: str, round_id: int, release: Release) -> None:
+        """Record a round's release; recording the same (client, round) again changes nothing.
+
+        Raises:
+            ValueError: the release would take the client past its budget (it should not have run).
+        """
+        existing = self.db.execute("SELECT 1 FROM releases WHERE client = ? AND round = ?",
+                                   (client, round_id)).fetchone()  # fmt: skip
+        if existing:
+            return
+        if not self.can_take_part(client, release):
+            raise ValueError(f"{client}: round {round_id} would exceed the privacy budget ε={self.budget}")
+        self.db.execute("INSERT INTO releases VALUES (?, ?, ?, ?, ?)",
+                        (client, round_id, release.noise_multiplier, release.sample_rate, release.steps))  # fmt: skip
+
+    def close(self) -> None:
+        self.db.close()
