@@ -256,15 +256,14 @@ def main() -> None:
         Path(os.environ["BENCH_ROUTING_RAW"]).write_text(json.dumps(
             {"path_ms": path_ms, "rows": rows, "traces": {f"{a}:{lo}": [r.__dict__ for r in t]
                                                           for (a, lo), t in traces.items()}}))  # fmt: skip
+    feasible_count = {key: sum(feasible(r, FLEET, path_ms) for r in trace) for key, trace in traces.items()}
     summaries = []
     for row in rows:
-        trace = traces[row["arrivals"], row["load"]]
-        n_feasible = sum(feasible(r, FLEET, path_ms) for r in trace)
+        n_feasible = feasible_count[row["arrivals"], row["load"]]
         summaries.append({k: v for k, v in row.items() if k != "_results"} | summarise(row["_results"], n_feasible))
     for (arrivals, load), trace in traces.items():
-        n_feasible = sum(feasible(r, FLEET, path_ms) for r in trace)
         summaries.append({"policy": "oracle", "arrivals": arrivals, "load": load}
-                         | oracle_summary(trace, path_ms, n_feasible))  # fmt: skip
+                         | oracle_summary(trace, path_ms, feasible_count[arrivals, load]))  # fmt: skip
     report(summaries, capacity, path_ms)
 
 

@@ -26,7 +26,6 @@ class FleetTracker:
         self.cloud_id = cfg.fleet.cloud.id
         self.stats: dict[str, dict[str, Any]] = {}
         self.healthy: dict[str, bool] = {}
-        self.dispatched: dict[str, int] = {}
         self.failures: dict[str, int] = {}
         # Unfinished dispatches per target: job id → (monotonic s at dispatch, prompt tokens, new tokens).
         self.jobs: dict[str, dict[int, tuple[float, int, int]]] = {}
@@ -46,7 +45,6 @@ class FleetTracker:
     def dispatch(self, target_id: str, prompt_tokens: int = 0, max_new_tokens: int = 0,
                  now: float | None = None) -> int:  # fmt: skip
         """Count a request sent to ``target_id``; returns the job id :meth:`finish` takes."""
-        self.dispatched[target_id] = self.dispatched.get(target_id, 0) + 1
         job = next(self._ids)
         at = time.monotonic() if now is None else now
         self.jobs.setdefault(target_id, {})[job] = (at, prompt_tokens, max_new_tokens)
@@ -54,7 +52,6 @@ class FleetTracker:
 
     def finish(self, target_id: str, *, failed: bool, job: int | None = None) -> None:
         """The request left ``target_id`` (``job`` None: its oldest one)."""
-        self.dispatched[target_id] = self.dispatched.get(target_id, 1) - 1
         mine = self.jobs.get(target_id, {})
         mine.pop(job if job is not None else next(iter(mine), -1), None)
         self.failures[target_id] = self.failures.get(target_id, 0) + 1 if failed else 0
@@ -77,7 +74,7 @@ class FleetTracker:
         jobs = tuple(Job((now - at) * 1000, prompt, new) for at, prompt, new in self.jobs.get(target_id, {}).values())
         return TargetState(
             target_id, tier, site=site, queue_depth=s.get("queue_depth", 0),
-            in_flight=self.dispatched.get(target_id, 0), healthy=self.healthy.get(target_id, True),
+            in_flight=len(jobs), healthy=self.healthy.get(target_id, True),
             draining=s.get("draining", False), circuit_open=self.circuit_open(target_id),
             max_queue=max_queue, max_batch=max_batch, rtt_ms=self.rtt_ms.get(target_id, 0.0),
             prefill_ms_per_token=s.get("prefill_ms_per_token"),

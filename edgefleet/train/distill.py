@@ -10,7 +10,6 @@ candidate (a state dict in the job's checkpoint) with the KL curve that produced
 from __future__ import annotations
 
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,11 +108,11 @@ def run_distillation(cfg: EdgefleetConfig, *, teacher: ModelSpec | None = None, 
                      temperature: float = 2.0, workers: int = 2, cpus_per_worker: float = 0.25,
                      seed: int = 0) -> DistillResult:  # fmt: skip
     """Distil ``teacher`` (default: the cloud's model) into ``student`` (default: edge-1's) on the cloud node."""
-    import torch
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from edgefleet.platform.topology import role_selector
+    from edgefleet.train.jobs import fit_and_load, run_name
 
     teacher = teacher or cfg.fleet.cloud.model
     student = student or cfg.fleet.edge_nodes[0].model
@@ -124,14 +123,8 @@ def run_distillation(cfg: EdgefleetConfig, *, teacher: ModelSpec | None = None, 
         _distill_loop, train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=False, resources_per_worker={"CPU": cpus_per_worker},
                                      label_selector=role_selector("cloud")),
-        run_config=RunConfig(name=f"distill-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6}",
+        run_config=RunConfig(name=run_name("distill"),
                              storage_path=str(cfg.cache_dir / "train")),
     )  # fmt: skip
-    started = time.perf_counter()
-    result = trainer.fit()
-    wall = time.perf_counter() - started
-    if result.checkpoint is None:
-        raise RuntimeError(f"the distillation job reported no checkpoint: {result.error}")
-    with result.checkpoint.as_directory() as d:
-        saved = torch.load(Path(d) / STUDENT_FILE, weights_only=False)
+    saved, wall = fit_and_load(trainer, STUDENT_FILE, "the distillation job")
     return DistillResult(saved["kl"], saved["student"], wall, saved["ran_on"])

@@ -140,9 +140,27 @@ def _trainer(cfg: EdgefleetConfig, node_id: str, extra: dict[str, Any], *, adapt
         _train_loop, train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=False, resources_per_worker={"CPU": cpus_per_worker},
                                      label_selector=node_selector(node_id)),
-        run_config=RunConfig(name=f"local-{node_id}-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6}",
+        run_config=RunConfig(name=run_name(f"local-{node_id}"),
                              storage_path=str(cfg.cache_dir / "train")),
     )  # fmt: skip
+
+
+def run_name(prefix: str) -> str:
+    """A Train run name that never collides, even for jobs started in the same second."""
+    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6}"
+
+
+def fit_and_load(trainer: Any, filename: str, what: str) -> tuple[dict[str, Any], float]:
+    """Run ``trainer`` to the end; (what rank 0 saved as ``filename`` in its checkpoint, wall s)."""
+    import torch
+
+    started = time.perf_counter()
+    result = trainer.fit()
+    wall = time.perf_counter() - started
+    if result.checkpoint is None:
+        raise RuntimeError(f"{what} reported no checkpoint: {result.error}")
+    with result.checkpoint.as_directory() as d:
+        return torch.load(Path(d) / filename, weights_only=False), wall
 
 
 def _job_result(saved: dict[str, Any], wall: float, node_id: str, workers: int) -> JobResult:
@@ -161,18 +179,10 @@ def run_local_update(cfg: EdgefleetConfig, node_id: str, *, adapter: dict[str, A
         ValueError: ``node_id`` is not an edge node of ``cfg``.
         FileNotFoundError: the node's data directory holds no text (``edgefleet train data`` writes it).
     """
-    import torch
-
     trainer = _trainer(cfg, node_id, {}, adapter=adapter, hp=hp, private=private, workers=workers,
                        accountant_state=accountant_state, block_size=block_size, cpus_per_worker=cpus_per_worker,
                        threads=threads)  # fmt: skip
-    started = time.perf_counter()
-    result = trainer.fit()
-    wall = time.perf_counter() - started
-    if result.checkpoint is None:
-        raise RuntimeError(f"the local update on {node_id} reported no checkpoint: {result.error}")
-    with result.checkpoint.as_directory() as d:
-        saved = torch.load(Path(d) / UPDATE_FILE, weights_only=False)
+    saved, wall = fit_and_load(trainer, UPDATE_FILE, f"the local update on {node_id}")
     return _job_result(saved, wall, node_id, workers)
 
 
