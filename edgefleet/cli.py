@@ -1,4 +1,4 @@
-"""The ``edgefleet`` command: up, demo, generate, status, train, bench calibrate, models fetch.
+"""The ``edgefleet`` command: up, demo, generate, status, train, federate, bench calibrate, models fetch.
 
 Every expected failure (bad config, unreachable cluster, failed fetch) prints one line and exits 2;
 a traceback means a bug.
@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from edgefleet import cli_train, demo_deadlines
+from edgefleet import cli_federate, cli_train, demo_deadlines
 from edgefleet.config import EdgefleetConfig, load_config
 from edgefleet.errors import EdgefleetError, FleetError
 
@@ -372,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     cal.set_defaults(func=cmd_bench_calibrate)
 
     cli_train.add_parser(sub, _fetch_model, _start_fleet, _state_file)
+    cli_federate.add_parser(sub, _fetch_model, _start_fleet, _state_file)
 
     models = sub.add_parser("models", help="model cache").add_subparsers(dest="models_command", required=True)
     fetch = models.add_parser("fetch", help="download and convert SmolLM2 into the cache")

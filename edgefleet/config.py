@@ -178,18 +178,41 @@ class PrivacyConfig(_Strict):
         return self
 
 
+class UserDPConfig(_Strict):
+    """User-level DP (DP-FedAvg): each client's whole update is clipped and the sum is noised."""
+
+    clip_norm: float = Field(default=0.05, gt=0, description="L2 bound C of one client's adapter update")
+    noise_multiplier: float = Field(default=1.0, gt=0, description="σ: noise std on the sum is σ·C")
+
+
 class FederationConfig(_Strict):
     rounds: int = Field(default=3, ge=1)
     clients_per_round: int = Field(default=3, ge=1)
-    min_clients: int = Field(default=2, ge=1)
-    strategy: Literal["fedavg", "fedprox", "fedmedian", "trimmed_mean", "krum"] = "fedavg"
-    round_timeout_s: float = Field(default=600.0, gt=0)
+    min_clients: int = Field(default=2, ge=1, description="a round needs at least this many finished clients")
+    min_fraction: float = Field(default=0.6, gt=0, le=1, description="… and this fraction of those sampled")
+    strategy: Literal["fedavg", "fedprox", "fedadam", "fedyogi", "fedmedian", "trimmed_mean"] = "fedavg"
+    prox_mu: float = Field(default=0.1, ge=0, description="FedProx μ, used with strategy fedprox")
+    server_lr: float = Field(default=1e-2, gt=0, description="server learning rate of fedadam / fedyogi")
+    trim: float = Field(default=0.2, ge=0, lt=0.5, description="fraction cut at each end by trimmed_mean")
+    round_timeout_s: float = Field(default=600.0, gt=0, description="clients not done by then are stragglers")
     secure_aggregation: bool = True
+    user_dp: UserDPConfig | None = Field(default=None, description="add user-level DP on top of DP-SGD")
+    local_steps: int = Field(default=6, ge=1, description="optimizer steps of each client's local update")
+    batch_size: int = Field(default=16, ge=1, description="expected logical batch of the local update")
+    block_size: int = Field(default=64, ge=8, le=4096, description="tokens per training sample")
+    lr: float = Field(default=5e-3, gt=0, description="local learning rate")
+    held_out_blocks: int = Field(default=32, ge=1, description="held-out samples the global model is scored on")
+    seed: int = 0
 
     @model_validator(mode="after")
-    def _min_le_sampled(self) -> FederationConfig:
+    def _consistent(self) -> FederationConfig:
         if self.min_clients > self.clients_per_round:
             raise ValueError(f"min_clients={self.min_clients} exceeds clients_per_round={self.clients_per_round}")
+        if self.secure_aggregation and self.strategy in ("fedmedian", "trimmed_mean"):
+            raise ValueError(f"strategy {self.strategy} needs each client's update in the clear; "
+                             "it cannot run with secure_aggregation: true")  # fmt: skip
+        if self.secure_aggregation and self.clients_per_round < 2:
+            raise ValueError("secure_aggregation needs clients_per_round >= 2 (one client's sum is its update)")
         return self
 
 

@@ -6,7 +6,17 @@ An update is a dict of tensors (adapter name → delta) with the client's sample
 - ``fedadam`` / ``fedyogi``: the mean delta is a pseudo-gradient for a server optimiser with
   momentum and an adaptive second moment (Reddi et al., "Adaptive Federated Optimization").
 - ``median`` / ``trimmed_mean``: coordinate-wise, so a minority of bad or malicious clients (one
-  sending a 1e6-scaled update, say) cannot drag the result.
+  sending a 1e6-scaled update, say) cannot drag the result. They need every update in the clear, so
+  they cannot run under secure aggregation (the coordinator only sees the sum there).
+- ``fedprox``: FedAvg on the server; its proximal term μ lives in the client's local update.
+- DP-FedAvg (McMahan et al., "Learning Differentially Private Recurrent Language Models", ICLR 2018):
+  each client clips its update to norm C (:func:`clip_to_norm`, on the client, before masking); the
+  server adds Gaussian noise σC to the unweighted sum and divides by the number sampled
+  (:func:`dp_fedavg_from_sum`).
+
+Under secure aggregation the coordinator never holds a client's update, only sums: flat vectors
+(:func:`flatten` / :func:`unflatten`) of ``[n·Δ, n]`` for FedAvg, whose mean comes from
+:func:`fedavg_from_sum`.
 
 LoRA: averaging A and B separately is not the average of the products BA. Exactness needs the
 A matrices frozen (FFA-LoRA): then ΔW = B·A with one shared A, and averaging B is exact and
@@ -24,6 +34,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedmedian", "trimmed_mean")
+NEEDS_EACH_UPDATE = ("fedmedian", "trimmed_mean")  # cannot run on a secure-aggregated sum
 
 
 @dataclass(frozen=True)
@@ -91,9 +104,12 @@ class ServerOptimizer:
 
     def step(self, updates: Sequence[ClientUpdate]) -> dict[str, Any]:
         """The global model's change this round: lr · m / (sqrt(v) + τ)."""
+        return self.apply(fedavg(updates))
+
+    def apply(self, delta: dict[str, Any]) -> dict[str, Any]:
+        """The same step from an already averaged pseudo-gradient (what secure aggregation yields)."""
         import torch
 
-        delta = fedavg(updates)
         out = {}
         for n, d in delta.items():
             m = self.m.get(n, torch.zeros_like(d))
@@ -107,6 +123,62 @@ class ServerOptimizer:
             out[n] = self.lr * m / (v.sqrt() + self.tau)
         return out
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"m": dict(self.m), "v": dict(self.v)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.m, self.v = dict(state["m"]), dict(state["v"])
+
+
+def flatten(delta: dict[str, Any], names: Sequence[str]) -> Any:
+    """Tensors ``names`` of ``delta`` as one float64 numpy vector, in that order."""
+    import numpy as np
+
+    return np.concatenate([delta[n].detach().double().reshape(-1).cpu().numpy() for n in names])
+
+
+def unflatten(vector: Any, like: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    """The inverse of :func:`flatten`: shapes and dtypes come from ``like``."""
+    import torch
+
+    out, i = {}, 0
+    for n in names:
+        size = like[n].numel()
+        out[n] = torch.as_tensor(vector[i : i + size]).reshape(like[n].shape).to(like[n].dtype)
+        i += size
+    if i != len(vector):
+        raise ValueError(f"vector of length {len(vector)} does not fit tensors of total size {i}")
+    return out
+
+
+def clip_to_norm(vector: Any, clip: float) -> tuple[Any, float]:
+    """``vector`` scaled down to L2 norm ``clip`` if longer; (clipped, norm before)."""
+    import numpy as np
+
+    if clip <= 0:
+        raise ValueError(f"clip norm must be > 0, got {clip}")
+    norm = float(np.linalg.norm(vector))
+    return (vector * (clip / norm) if norm > clip else vector), norm
+
+
+def fedavg_from_sum(weighted_sum: Any, total_weight: float) -> Any:
+    """Σ nᵢΔᵢ / Σ nᵢ: sample-weighted FedAvg from the two sums secure aggregation reveals."""
+    if total_weight <= 0:
+        raise ValueError("the clients' total sample count must be > 0")
+    return weighted_sum / total_weight
+
+
+def dp_fedavg_from_sum(clipped_sum: Any, sampled: int, clip: float, noise_multiplier: float, rng: Any) -> Any:
+    """(Σ clipped Δᵢ + N(0, (σC)²)) / K: user-level DP-FedAvg with a fixed denominator.
+
+    The denominator is the number *sampled*, not the number that finished, so one client's presence
+    changes the result by at most C/K whatever the others do.
+    """
+    if sampled <= 0:
+        raise ValueError("sampled must be > 0")
+    noise = rng.normal(0.0, noise_multiplier * clip, size=clipped_sum.shape)
+    return (clipped_sum + noise) / sampled
+
 
 def lora_a_moved(delta: dict[str, Any], atol: float = 0.0) -> list[str]:
     """Names of LoRA A tensors a client changed: if any, averaging B alone is not exact."""
@@ -116,7 +188,7 @@ def lora_a_moved(delta: dict[str, Any], atol: float = 0.0) -> list[str]:
 def aggregate(name: str, updates: Sequence[ClientUpdate], *, server: ServerOptimizer | None = None,
               trim: float = 0.2) -> dict[str, Any]:  # fmt: skip
     """The global delta under strategy ``name`` (the config's ``federation.strategy``)."""
-    if name == "fedavg":
+    if name in ("fedavg", "fedprox"):
         return fedavg(updates)
     if name in ("fedadam", "fedyogi"):
         if server is None:
@@ -126,4 +198,4 @@ def aggregate(name: str, updates: Sequence[ClientUpdate], *, server: ServerOptim
         return coordinate_median(updates)
     if name == "trimmed_mean":
         return trimmed_mean(updates, trim)
-    raise ValueError(f"unknown strategy {name!r}; known: fedavg, fedadam, fedyogi, fedmedian, trimmed_mean")
+    raise ValueError(f"unknown strategy {name!r}; known: {', '.join(STRATEGIES)}")

@@ -50,6 +50,14 @@ class LocalHyper:
     grad_sample_mode: GradSampleMode = "hooks"
     # Off only to compare with non-private training batch for batch; the DP guarantee assumes it on.
     poisson_sampling: bool = True
+    # FFA-LoRA (Sun et al., ICLR 2024): A stays at its seeded init on every client, only B trains.
+    # Then ΔW = ΔB·A with one shared A, so averaging B across clients is exactly averaging ΔW, and
+    # a client sends half the adapter. With A trainable, averaging A and B apart is not the average of BA.
+    freeze_a: bool = True
+    # FedProx (Li et al., MLSys 2020): μ pulls the adapter towards the round's global one. Applied as a
+    # decoupled step after each optimizer step (the proximal gradient μ(w − w_global) is data-free,
+    # so it costs no privacy and never goes through Opacus' per-sample clipping).
+    prox_mu: float = 0.0
 
 
 DEFAULT_HYPER = LocalHyper()
@@ -70,6 +78,7 @@ class LocalUpdate:
     delta_privacy: float
     noise_multiplier: float
     accountant_state: dict[str, Any] = field(default_factory=dict)
+    sample_rate: float = 0.0  # Poisson sampling rate q of this update's batches (for the ledger)
     seconds: float = 0.0
     samples_per_s: float = 0.0
     private: bool = True
@@ -84,7 +93,17 @@ def lora_model(base: Any, hp: LocalHyper) -> Any:
         p.requires_grad_(False)
     config = LoraConfig(r=hp.lora_r, lora_alpha=hp.lora_alpha, target_modules=list(hp.target_modules),
                         lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")  # fmt: skip
-    return get_peft_model(model, config)
+    model = get_peft_model(model, config)
+    if hp.freeze_a:
+        for name, p in model.named_parameters():
+            if "lora_A" in name:
+                p.requires_grad_(False)
+    return model
+
+
+def trainable_adapter_names(hp: LocalHyper, adapter: dict[str, Any]) -> list[str]:
+    """The adapter tensors an update can change (and a client needs to send): B only under FFA-LoRA."""
+    return sorted(k for k in adapter if not (hp.freeze_a and "lora_A" in k))
 
 
 def adapter_state(model: Any) -> dict[str, Any]:
@@ -109,6 +128,14 @@ def _loader(blocks: Any, batch_size: int, seed: int) -> Any:
 
     gen = torch.Generator().manual_seed(seed)
     return DataLoader(TensorDataset(blocks), batch_size=batch_size, shuffle=True, generator=gen)
+
+
+def planned_steps(num_blocks: int, hp: LocalHyper) -> tuple[float, int]:
+    """(sample rate q, optimizer steps) an update on ``num_blocks`` samples will take: known before it
+    runs, so the privacy ledger can refuse a client the update would take past its budget."""
+    per_epoch = math.ceil(num_blocks / min(hp.batch_size, num_blocks))  # the DataLoader's length
+    steps = max(1, math.ceil(hp.epochs * per_epoch))
+    return 1 / per_epoch, min(steps, hp.max_steps) if hp.max_steps else steps
 
 
 def noise_for(privacy: PrivacyConfig, sample_rate: float, steps: int) -> float:
@@ -171,6 +198,7 @@ def local_update(base: Any, adapter: dict[str, Any] | None, blocks: Any, privacy
 
             net = DistributedDataParallel(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    anchor = [p.detach().clone() for p in trainable] if hp.prox_mu > 0 else None
     optimizer = torch.optim.AdamW(trainable, lr=hp.lr, weight_decay=0.0)
     batch = min(hp.batch_size, len(blocks))
     # The seed fixes the LoRA init (the same on every client) and non-private runs. A private run
@@ -180,10 +208,7 @@ def local_update(base: Any, adapter: dict[str, Any] | None, blocks: Any, privacy
     loader = _loader(blocks, batch, int.from_bytes(os.urandom(8), "little") if secret else hp.seed)
     if secret:
         torch.seed()
-    steps_per_epoch = len(loader)
-    steps = max(1, math.ceil(hp.epochs * steps_per_epoch))
-    if hp.max_steps:
-        steps = min(steps, hp.max_steps)
+    sample_rate, steps = planned_steps(len(blocks), hp)
 
     engine = hooks = None
     noise = 0.0
@@ -193,7 +218,7 @@ def local_update(base: Any, adapter: dict[str, Any] | None, blocks: Any, privacy
         engine = PrivacyEngine(accountant=privacy.accountant)
         if accountant_state:
             engine.accountant.load_state_dict(accountant_state)
-        noise = noise_for(privacy, 1 / steps_per_epoch, steps)
+        noise = noise_for(privacy, sample_rate, steps)
         hooks, optimizer, loader = engine.make_private(
             module=net, optimizer=optimizer, data_loader=loader, noise_multiplier=noise,
             max_grad_norm=privacy.max_grad_norm, poisson_sampling=hp.poisson_sampling,
@@ -208,7 +233,8 @@ def local_update(base: Any, adapter: dict[str, Any] | None, blocks: Any, privacy
     try:
         while done < steps:
             done, seen = _epoch(hooks if distributed and hooks is not None else net, optimizer, loader, hp,
-                                privacy is not None, steps, done, seen, losses)  # fmt: skip
+                                privacy is not None, steps, done, seen, losses,
+                                _proximal(trainable, anchor, hp))  # fmt: skip
     finally:
         if hooks is not None and hasattr(hooks, "cleanup"):
             hooks.cleanup()
@@ -220,19 +246,34 @@ def local_update(base: Any, adapter: dict[str, Any] | None, blocks: Any, privacy
     state: dict[str, Any] = {}
     if engine is not None:
         state = dict(engine.accountant.state_dict())
-        delta_eps = epsilon_of(privacy, [(noise, 1 / steps_per_epoch, done)])  # this update alone
+        delta_eps = epsilon_of(privacy, [(noise, sample_rate, done)])  # this update alone
         eps_total = float(engine.accountant.get_epsilon(privacy.delta))
     return LocalUpdate(
         delta={k: after[k] - before[k] for k in after}, adapter=after, num_samples=len(blocks),
         loss=sum(losses) / len(losses) if losses else math.nan, last_loss=losses[-1] if losses else math.nan,
         steps=done, epsilon=delta_eps, epsilon_total=eps_total,
         delta_privacy=privacy.delta if privacy else 0.0, noise_multiplier=noise, accountant_state=state,
-        seconds=seconds, samples_per_s=seen / seconds if seconds else 0.0, private=privacy is not None,
+        sample_rate=sample_rate, seconds=seconds, samples_per_s=seen / seconds if seconds else 0.0,
+        private=privacy is not None,
     )  # fmt: skip
 
 
+def _proximal(trainable: list[Any], anchor: list[Any] | None, hp: LocalHyper) -> Any:
+    """FedProx's pull towards the global adapter, as a step after each optimizer step (or None)."""
+    if anchor is None:
+        return None
+    import torch
+
+    def step() -> None:
+        with torch.no_grad():
+            for p, p0 in zip(trainable, anchor, strict=True):
+                p.sub_(hp.lr * hp.prox_mu * (p - p0))
+
+    return step
+
+
 def _epoch(model: Any, optimizer: Any, loader: Any, hp: LocalHyper, private: bool, steps: int, done: int,
-           seen: int, losses: list[float]) -> tuple[int, int]:  # fmt: skip
+           seen: int, losses: list[float], after_step: Any = None) -> tuple[int, int]:  # fmt: skip
     """One pass over the loader, stopping at ``steps`` optimizer steps. Returns (steps done, samples seen)."""
     from contextlib import nullcontext
 
@@ -265,6 +306,8 @@ def _epoch(model: Any, optimizer: Any, loader: Any, hp: LocalHyper, private: boo
             seen += len(ids)
             losses.append(float(loss.detach()) if hasattr(loss, "detach") else float(loss))
             if stepped:
+                if after_step is not None:
+                    after_step()
                 done += 1
                 if done >= steps:
                     break

@@ -68,6 +68,8 @@ def _train_loop(config: dict[str, Any]) -> None:
     distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     rank = ray.train.get_context().get_world_rank()
     tasks, results = config.get("tasks"), config.get("results")
+    handler = config.get("handler")
+    memory: dict[str, Any] = {}  # the handler's state between a session's tasks (e.g. a round's secrets)
     task: dict[str, Any] | None = {"adapter": config["adapter"], "hp": config["hp"]}
     while True:
         if tasks is not None:
@@ -78,12 +80,19 @@ def _train_loop(config: dict[str, Any]) -> None:
                 task = box[0]
             if task is None:
                 return
-        saved = _one_round(base, blocks, task, privacy, accountant_state, distributed, rank)
-        accountant_state = saved["update"]["accountant_state"]
+        if task.get("op"):  # a step of a protocol the session's owner defines (federation)
+            context = {"node_id": config["node_id"], "privacy": privacy, "memory": memory, "rank": rank}
+            try:
+                saved = handler(base, blocks, task, context)
+            except Exception as exc:  # noqa: BLE001 - one failed step must not end the session
+                saved = {"error": f"{type(exc).__name__}: {exc}"}
+        else:
+            saved = _one_round(base, blocks, task, privacy, accountant_state, distributed, rank)
+            accountant_state = saved["update"]["accountant_state"]
         if tasks is None:
             return
         if rank == 0:
-            results.put(saved)
+            results.put({**saved, "seq": task.get("seq")})
 
 
 def _one_round(base: Any, blocks: Any, task: dict[str, Any], privacy: PrivacyConfig | None,
@@ -135,7 +144,7 @@ def _trainer(cfg: EdgefleetConfig, node_id: str, extra: dict[str, Any], *, adapt
     config = {"model": node.model.model_dump(mode="json"), "cache_dir": str(cfg.cache_dir),
               "data_dir": str(data_dir), "block_size": block_size, "adapter": adapter, "hp": asdict(hp),
               "privacy": cfg.privacy.model_dump(mode="json") if private else None,
-              "accountant_state": accountant_state, "threads": threads, **extra}  # fmt: skip
+              "accountant_state": accountant_state, "threads": threads, "node_id": node_id, **extra}  # fmt: skip
     return TorchTrainer(
         _train_loop, train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=False, resources_per_worker={"CPU": cpus_per_worker},
@@ -203,14 +212,19 @@ class LocalTrainingSession:
 
     def __init__(self, cfg: EdgefleetConfig, node_id: str, *, private: bool = True, workers: int = 1,
                  accountant_state: dict[str, Any] | None = None, block_size: int = 128,
-                 cpus_per_worker: float = 0.5, threads: int = 1) -> None:  # fmt: skip
+                 cpus_per_worker: float = 0.5, threads: int = 1, handler: Any = None) -> None:  # fmt: skip
+        """``handler(base, blocks, task, context) -> dict`` serves tasks that carry an ``"op"``
+        (:meth:`call`); it runs on the node, in the worker, and must be importable there."""
+        import itertools
         import threading
 
         from ray.util.queue import Queue
 
         self.node_id, self.workers = node_id, workers
+        self._seq = itertools.count(1)
         self._tasks, self._results = Queue(actor_options={"num_cpus": 0}), Queue(actor_options={"num_cpus": 0})
-        self._trainer = _trainer(cfg, node_id, {"tasks": self._tasks, "results": self._results}, adapter=None,
+        extra = {"tasks": self._tasks, "results": self._results, "handler": handler}
+        self._trainer = _trainer(cfg, node_id, extra, adapter=None,
                                  hp=DEFAULT_HYPER, private=private, workers=workers, accountant_state=accountant_state,
                                  block_size=block_size, cpus_per_worker=cpus_per_worker, threads=threads)  # fmt: skip
         self.error: BaseException | None = None
@@ -230,14 +244,34 @@ class LocalTrainingSession:
     def update(self, adapter: dict[str, Any] | None, hp: LocalHyper = DEFAULT_HYPER,
                timeout_s: float = 900) -> JobResult:  # fmt: skip
         """One round: train from ``adapter`` on the node's data; the result as a :class:`JobResult`."""
+        started = time.perf_counter()
+        saved = self.call({"adapter": adapter, "hp": asdict(hp)}, timeout_s)
+        return _job_result(saved, time.perf_counter() - started, self.node_id, self.workers)
+
+    def call(self, task: dict[str, Any], timeout_s: float = 900) -> dict[str, Any]:
+        """Hand the session one task and wait for its own answer; an answer to an older task that
+        outlived its caller's timeout (a straggler's) is skipped, never mistaken for this one.
+
+        Raises:
+            TimeoutError: no answer within ``timeout_s``.
+            RuntimeError: the session has stopped.
+        """
+        from ray.util.queue import Empty
+
         if not self._thread.is_alive():
             raise RuntimeError(f"the training session on {self.node_id} has stopped: {self.error}")
-        started = time.perf_counter()
-        self._tasks.put({"adapter": adapter, "hp": asdict(hp)})
-        saved = self._results.get(block=True, timeout=timeout_s)
-        if saved.get("stopped"):
-            raise RuntimeError(f"the training session on {self.node_id} stopped: {self.error}")
-        return _job_result(saved, time.perf_counter() - started, self.node_id, self.workers)
+        seq = next(self._seq)
+        deadline = time.monotonic() + timeout_s
+        self._tasks.put({**task, "seq": seq})
+        while True:
+            try:
+                saved = self._results.get(block=True, timeout=max(0.01, deadline - time.monotonic()))
+            except Empty:
+                raise TimeoutError(f"{self.node_id} did not answer within {timeout_s:g} s") from None
+            if saved.get("stopped"):
+                raise RuntimeError(f"the training session on {self.node_id} stopped: {self.error}")
+            if saved.get("seq") == seq:
+                return saved
 
     def close(self, timeout_s: float = 60) -> None:
         if self._thread.is_alive():

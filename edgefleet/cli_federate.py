@@ -1,0 +1,121 @@
+"""``edgefleet federate``: federated rounds on the fleet, one table row per round.
+
+It joins the fleet ``edgefleet up`` started, ``--address`` of any cluster (or ``$RAY_ADDRESS``, as
+under ``ray job submit -- edgefleet federate …``), or starts the embedded one for the run. Each
+client trains in a long-lived Ray Train session on its own node. The run directory
+(``<cache>/federation/<run>``) holds everything; ``--run NAME`` of an interrupted run resumes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from edgefleet.config import EdgefleetConfig, load_config
+from edgefleet.errors import ConfigError
+
+console = Console(highlight=False)
+CRASH_ENV = "EDGEFLEET_CRASH_AFTER"  # "<round>:<step>": fault injection for the resume tests
+
+
+def add_parser(sub: Any, fetch_model: Any, start_fleet: Any, state_file: Any) -> None:
+    fed = sub.add_parser("federate", help="federated DP rounds across the edge nodes (secure aggregation, ledger)")
+    fed.add_argument("--rounds", type=int, default=None, help="rounds to complete (default: federation.rounds)")
+    fed.add_argument("--run", help="run name under <cache>/federation/; an existing run is resumed")
+    fed.add_argument("--address", help="Ray cluster address (default: the running fleet, else the embedded one)")
+    fed.set_defaults(func=lambda a: cmd_federate(a, fetch_model, start_fleet, state_file))
+
+
+def cmd_federate(args: argparse.Namespace, fetch_model: Any, start_fleet: Any, state_file: Any) -> int:
+    from edgefleet.cli_train import _join_or_start
+
+    cfg = load_config(args.config)
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        cfg = cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"address": address})})
+    rounds = args.rounds if args.rounds is not None else cfg.federation.rounds
+    if rounds < 1:
+        raise ConfigError("--rounds must be >= 1")
+    crash = _crash_point(os.environ.get(CRASH_ENV))
+    run_dir = cfg.cache_dir / "federation" / (args.run or time.strftime("run-%Y%m%d-%H%M%S"))
+    prepare(cfg, fetch_model)
+    fleet, owned = _join_or_start(cfg, start_fleet, state_file)
+    try:
+        run_rounds(cfg, run_dir, rounds, crash_after=crash)
+    finally:
+        if owned:
+            fleet.shutdown()
+    return 0
+
+
+def prepare(cfg: EdgefleetConfig, fetch_model: Any) -> None:
+    """The clients' data directories and the base model, before any round."""
+    from edgefleet.train.data import write_demo_shards
+
+    write_demo_shards(cfg)  # a node with its own data_dir keeps its data
+    for source in {n.model.source for n in cfg.fleet.edge_nodes}:
+        fetch_model(cfg, source)
+
+
+def run_rounds(cfg: EdgefleetConfig, run_dir: Path, rounds: int, *, crash_after: tuple[int, str] | None = None,
+               out: Console = console) -> list[Any]:  # fmt: skip
+    """Run (or resume) ``rounds`` rounds in ``run_dir``, printing a row as each one commits."""
+    from edgefleet.federation.coordinator import Coordinator
+
+    fed, priv = cfg.federation, cfg.privacy
+    dp = f"DP-SGD ε={priv.target_epsilon:g}/round" if priv.target_epsilon else f"DP-SGD σ={priv.noise_multiplier:g}"
+    if fed.user_dp:
+        dp += f" + user-level DP (C={fed.user_dp.clip_norm:g}, σ={fed.user_dp.noise_multiplier:g})"
+    out.print(f"federated run {run_dir.name}: {fed.strategy}, {fed.clients_per_round} of "
+              f"{len(cfg.fleet.edge_nodes)} clients per round, {dp}, δ={priv.delta:g}, "
+              f"secure aggregation {'on' if fed.secure_aggregation else 'off'}, budget ε={priv.client_budget_epsilon:g}"
+              f" per client\n  state: {run_dir}")  # fmt: skip
+    status = out.status("starting")
+    coordinator = Coordinator(cfg, run_dir, crash_after=crash_after, on_step=status.update,
+                              on_round=lambda r, _path: out.print(_round_line(r)))  # fmt: skip
+    done = len(coordinator.completed)
+    if done:
+        out.print(f"resuming after round {done}" + (f" (round {done + 1} was in progress)"
+                                                     if coordinator.state["current"] else ""))  # fmt: skip
+    with status:
+        results = coordinator.run(rounds)
+    out.print(rounds_table(results, coordinator.state["initial_loss"], cfg))
+    return results
+
+
+def _round_line(r: Any) -> str:
+    late = f", stragglers: {', '.join(f'{c} ({why})' for c, why in r.stragglers.items())}" if r.stragglers else ""
+    return (f"round {r.round}: {len(r.finished)}/{len(r.sampled)} clients, train loss {r.train_loss:.3f}, "
+            f"held-out perplexity {r.perplexity:.2f}, {r.wall_s:.1f} s{late}")  # fmt: skip
+
+
+def rounds_table(results: list[Any], initial_loss: float, cfg: EdgefleetConfig) -> Table:
+    import math
+
+    nodes = [n.id for n in cfg.fleet.edge_nodes]
+    table = Table(title=f"federated rounds (held-out perplexity before round 1: {math.exp(initial_loss):.2f})")
+    for col in ("round", "clients", "train loss", "held-out ppl", *(f"ε {n}" for n in nodes), "user-level ε",
+                "wall s"):  # fmt: skip
+        table.add_column(col, justify="right")
+    for r in results:
+        clients = ", ".join(r.finished) + (f" [yellow](dropped {', '.join(r.stragglers)})" if r.stragglers else "")
+        eps = [f"{r.epsilon[n]:.2f}" + ("" if n in r.finished else " [dim](sat out)") for n in nodes]
+        user = f"{r.user_epsilon:.2f}" if r.user_epsilon is not None else "-"
+        table.add_row(str(r.round), clients, f"{r.train_loss:.3f}", f"{r.perplexity:.2f}", *eps, user,
+                      f"{r.wall_s:.1f}")  # fmt: skip
+    return table
+
+
+def _crash_point(value: str | None) -> tuple[int, str] | None:
+    if not value:
+        return None
+    round_id, _, step = value.partition(":")
+    if not round_id.isdigit() or not step:
+        raise ConfigError(f"{CRASH_ENV}={value!r}: expected <round>:<step>, e.g. 2:aggregated")
+    return int(round_id), step

@@ -1,0 +1,459 @@
+"""The round coordinator: private local updates in, a better global adapter out, round after round.
+
+Each round (every step persisted before the next, see :mod:`run_store`):
+
+1. **sample**: ask every client for the release its next update would make; the privacy ledger
+   keeps out anyone it would take past their budget; K of the rest are drawn (seeded per round).
+2. **key** (secure aggregation): fresh keys and encrypted Shamir shares, relayed client to client.
+3. **train**: every sampled client runs its DP-SGD update on its own node, in its long-lived
+   training session (no Ray Train start-up per round), and sends the masked result. The round
+   waits until ``round_timeout_s``; clients not done by then are stragglers, dropped and recorded.
+   Fewer than the quorum (``min_clients``, ``min_fraction``, the secure-aggregation threshold)
+   fails the attempt: nothing was unmasked, nobody is charged, and the round is tried again.
+4. **reveal**: the survivors' shares let the coordinator strip the masks of the *sum*; the
+   masked vectors and the shares are persisted, then every survivor's release is charged to the
+   ledger (idempotent per client and round).
+5. **aggregate** by the strategy (user-level DP noise here, if on), **evaluate** on held-out
+   data, and **commit**: the round's row and adapter go to the run directory and to ``on_round``
+   (the MLflow registry's hook, next).
+
+A coordinator killed at any point and started again on the same run directory picks up where the
+persisted state says: after step 4 it finishes the round from disk, without the clients and without
+charging anyone again; before it, the round's attempt starts over with fresh keys (the abandoned
+masked vectors can never be unmasked, so they cost no privacy).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import signal
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgefleet.config import EdgefleetConfig
+from edgefleet.errors import EdgefleetError
+from edgefleet.federation import strategies as S
+from edgefleet.federation.ledger import PrivacyLedger, Release, composed_epsilon
+from edgefleet.federation.run_store import RunStore
+from edgefleet.federation.secagg import AdvertisedKeys, RevealedShare, SecAggServer
+
+MAX_ATTEMPTS = 3  # per round, before the run gives up
+PLAN_TIMEOUT_S = 20.0  # a client that cannot say what it would spend in this long is unavailable
+
+
+class RoundFailed(EdgefleetError):
+    """A round could not reach its quorum in any attempt; the message says who was missing and why."""
+
+
+class _AttemptFailed(Exception):
+    def __init__(self, reason: str, exclude: dict[str, str] | None = None) -> None:
+        super().__init__(reason)
+        self.exclude = exclude or {}
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    round: int
+    attempt: int
+    sampled: list[str]
+    finished: list[str]
+    stragglers: dict[str, str]  # client → why it was dropped
+    train_loss: float  # mean over the finished clients' local updates
+    held_out_loss: float  # of the new global model
+    perplexity: float
+    epsilon: dict[str, float]  # every client's composed ε so far (sample-level, DP-SGD)
+    user_epsilon: float | None  # the user-level guarantee so far (DP-FedAvg), when on
+    wall_s: float
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per step
+    client_train_s: dict[str, float] = field(default_factory=dict)  # pure compute per client
+
+
+@dataclass
+class Evaluator:
+    """The base model and the held-out blocks, in the coordinator's process: scores global adapters."""
+
+    base: Any
+    blocks: Any
+    hp: Any
+
+    def initial_adapter(self) -> dict[str, Any]:
+        import torch
+
+        from edgefleet.train.dp import adapter_state, lora_model
+
+        with torch.random.fork_rng():  # the same init every client builds from the same seed
+            torch.manual_seed(self.hp.seed)
+            return adapter_state(lora_model(self.base, self.hp))
+
+    def loss(self, adapter: dict[str, Any]) -> float:
+        from edgefleet.train.dp import held_out_loss
+
+        return held_out_loss(self.base, adapter, self.blocks, self.hp)
+
+
+def load_evaluator(cfg: EdgefleetConfig, hp: Any) -> Evaluator:
+    from edgefleet.platform.models import load_trainable
+    from edgefleet.train.data import chunk_for_causal_lm, held_out_dir, read_texts
+
+    sources = {n.model.source for n in cfg.fleet.edge_nodes}
+    if len(sources) != 1:
+        raise EdgefleetError(f"federation needs one base model on every edge node, found {sorted(sources)}")
+    base, tok = load_trainable(cfg.fleet.edge_nodes[0].model, cfg.cache_dir)
+    fed = cfg.federation
+    blocks = chunk_for_causal_lm(read_texts(held_out_dir(cfg)), tok, fed.block_size)[: fed.held_out_blocks]
+    return Evaluator(base, blocks, hp)
+
+
+def local_hyper(cfg: EdgefleetConfig) -> Any:
+    from edgefleet.train.dp import LocalHyper
+
+    fed = cfg.federation
+    return LocalHyper(lr=fed.lr, batch_size=fed.batch_size, physical_batch=min(8, fed.batch_size),
+                      max_steps=fed.local_steps, epochs=1000.0, seed=fed.seed,
+                      prox_mu=fed.prox_mu if fed.strategy == "fedprox" else 0.0)  # fmt: skip
+
+
+def ray_sessions(cfg: EdgefleetConfig, cpus_per_client: float = 0.25) -> Callable[[str], Any]:
+    """Client factory: a long-lived Ray Train session on the client's own node, serving its steps."""
+
+    def start(node_id: str) -> Any:
+        from edgefleet.federation.client import handle
+        from edgefleet.train.jobs import LocalTrainingSession
+
+        return LocalTrainingSession(cfg, node_id, block_size=cfg.federation.block_size,
+                                    cpus_per_worker=cpus_per_client, threads=1, handler=handle)  # fmt: skip
+
+    return start
+
+
+class Coordinator:
+    """Runs federated rounds over ``cfg``'s edge nodes, durably, in ``run_dir``.
+
+    Args:
+        cfg: the platform config; ``federation`` and ``privacy`` drive the rounds.
+        run_dir: where state lives; an existing run there is resumed.
+        clients: node id → a client session with ``call(task, timeout_s) -> dict`` (default: Ray Train).
+        evaluator: scores global adapters on held-out data (default: loaded from the config).
+        client_delays: seconds a client waits before training (a simulated slow site, like the WAN).
+        crash_after: ``(round, step)`` at which this process SIGKILLs itself once that step is
+            persisted: fault injection for the resume tests.
+        on_round: called with each committed round's result and its adapter file.
+    """
+
+    def __init__(self, cfg: EdgefleetConfig, run_dir: str | Path, *, clients: Callable[[str], Any] | None = None,
+                 evaluator: Evaluator | None = None, client_delays: dict[str, float] | None = None,
+                 crash_after: tuple[int, str] | None = None,
+                 on_round: Callable[[RoundResult, Path], None] | None = None,
+                 on_step: Callable[[str], None] | None = None) -> None:  # fmt: skip
+        self.cfg, self.fed, self.privacy = cfg, cfg.federation, cfg.privacy
+        self.hp = local_hyper(cfg)
+        self.store = RunStore(run_dir)
+        self.ledger = PrivacyLedger(self.store.dir / "ledger.sqlite", budget_epsilon=self.privacy.client_budget_epsilon,
+                                    delta=self.privacy.delta, accountant=self.privacy.accountant)  # fmt: skip
+        self.nodes = [n.id for n in cfg.fleet.edge_nodes]
+        self._start_client = clients or ray_sessions(cfg)
+        self._sessions: dict[str, Any] = {}
+        self.evaluator = evaluator
+        self.client_delays = client_delays or {}
+        self.crash_after = crash_after
+        self.on_round, self.on_step = on_round, on_step or (lambda _: None)
+        self._plan_timeout = self.fed.round_timeout_s  # the first plan also waits for sessions to start
+        self.state = self.store.load() or self._fresh_state()
+        settings = self._settings()
+        if self.state["settings"] != settings:
+            changed = sorted(k for k in settings if self.state["settings"].get(k) != settings[k])
+            raise EdgefleetError(f"{self.store.dir} holds a run with other settings ({', '.join(changed)}); "
+                                 "resume it with the same config or start a new run directory")  # fmt: skip
+        self._server_opt = None
+        if self.fed.strategy in ("fedadam", "fedyogi"):
+            self._server_opt = S.ServerOptimizer(self.fed.strategy.removeprefix("fed"), lr=self.fed.server_lr)
+            opt_path = self.store.dir / "server_opt.pt"
+            if opt_path.is_file():
+                import torch
+
+                self._server_opt.load_state_dict(torch.load(opt_path, weights_only=False))
+
+    # ------------------------------------------------------------ run state
+
+    def _settings(self) -> dict[str, Any]:
+        return {"strategy": self.fed.strategy, "secure_aggregation": self.fed.secure_aggregation,
+                "user_dp": self.fed.user_dp.model_dump() if self.fed.user_dp else None,
+                "nodes": self.nodes, "hp": asdict(self.hp) | {"target_modules": list(self.hp.target_modules)},
+                "privacy": self.privacy.model_dump(mode="json")}  # fmt: skip
+
+    def _fresh_state(self) -> dict[str, Any]:
+        run_id = self.store.dir.name
+        return {"run_id": run_id, "settings": self._settings(), "completed": [], "current": None,
+                "initial_loss": None, "user_dp_history": []}  # fmt: skip
+
+    def _persist(self, step: str | None = None) -> None:
+        cur = self.state["current"]
+        if step is not None:
+            cur["status"] = step
+        self.store.save(self.state)
+        if cur and self.crash_after == (cur["round"], cur["status"]):
+            os.kill(os.getpid(), signal.SIGKILL)  # fault injection: die exactly here, nothing flushed after
+
+    @property
+    def completed(self) -> list[RoundResult]:
+        return [RoundResult(**r) for r in self.state["completed"]]
+
+    # ------------------------------------------------------------ the run
+
+    def run(self, rounds: int) -> list[RoundResult]:
+        """Run until ``rounds`` rounds are complete in this run directory (resuming if some are)."""
+        if self.evaluator is None:
+            self.on_step("loading the base model and held-out data")
+            self.evaluator = load_evaluator(self.cfg, self.hp)
+        if not self.store.adapter_path(0).is_file():
+            self.store.save_adapter(0, self.evaluator.initial_adapter())
+        if self.state["initial_loss"] is None:
+            self.state["initial_loss"] = self.evaluator.loss(self.store.load_adapter(0))
+            self.store.save(self.state)
+        try:
+            while len(self.state["completed"]) < rounds:
+                self._round()
+        finally:
+            self.close()
+        return self.completed
+
+    def close(self) -> None:
+        for s in self._sessions.values():
+            s.close(timeout_s=5)
+        self._sessions.clear()
+
+    def _session(self, node: str) -> Any:
+        if node not in self._sessions:
+            self._sessions[node] = self._start_client(node)
+        return self._sessions[node]
+
+    def _round(self) -> None:
+        cur = self.state["current"]
+        if cur is None or cur["status"] in ("sampled", "keyed", "training"):
+            self._attempts(cur)
+            cur = self.state["current"]
+        if cur["status"] == "revealed":
+            self._charge(cur)
+            self._aggregate(cur)
+        if cur["status"] == "aggregated":
+            self._evaluate(cur)
+        if cur["status"] == "evaluated":
+            self._commit(cur)
+
+    def _attempts(self, previous: dict[str, Any] | None) -> None:
+        round_id = len(self.state["completed"]) + 1
+        attempt = previous["attempt"] + 1 if previous and previous["round"] == round_id else 1
+        excluded: dict[str, str] = dict(previous.get("excluded", {})) if previous else {}
+        failures = list(previous.get("failures", [])) if previous else []
+        while True:
+            if attempt > MAX_ATTEMPTS:
+                raise RoundFailed(f"round {round_id} failed {MAX_ATTEMPTS} attempts: {'; '.join(failures)}")
+            try:
+                self._attempt(round_id, attempt, excluded, failures)
+                return
+            except _AttemptFailed as exc:
+                failures.append(f"attempt {attempt}: {exc}")
+                excluded.update(exc.exclude)
+                attempt += 1
+
+    def _ask(self, clients: list[str], task: Callable[[str], dict[str, Any]], timeout_s: float
+             ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:  # fmt: skip
+        """Send each client its task at once; (answers, client → why no answer) by ``timeout_s``."""
+
+        def one(c: str) -> dict[str, Any]:
+            return self._session(c).call(task(c), timeout_s=timeout_s)
+
+        answers, failed = {}, {}
+        with ThreadPoolExecutor(max(1, len(clients))) as pool:
+            futures = {c: pool.submit(one, c) for c in clients}
+            for c, fut in futures.items():
+                try:
+                    out = fut.result()
+                except TimeoutError:
+                    failed[c] = f"no answer within {timeout_s:.0f} s"
+                    continue
+                except Exception as exc:  # noqa: BLE001 - a lost client is recorded, not fatal
+                    failed[c] = f"{type(exc).__name__}: {exc}"
+                    continue
+                if "error" in out:
+                    failed[c] = out["error"]
+                else:
+                    answers[c] = out
+        return answers, failed
+
+    def quorum(self, k: int) -> int:
+        """Finished clients a round of ``k`` sampled needs."""
+        need = max(self.fed.min_clients, math.ceil(self.fed.min_fraction * k - 1e-9))
+        return min(k, max(need, self.threshold(k))) if self.fed.secure_aggregation else min(k, need)
+
+    @staticmethod
+    def threshold(k: int) -> int:
+        """Shamir threshold t: a majority of the sampled clients, at least 2."""
+        return max(2, k // 2 + 1)
+
+    def _attempt(self, round_id: int, attempt: int, excluded: dict[str, str], failures: list[str]) -> None:
+        phases: dict[str, float] = {}
+        started = time.perf_counter()
+        hp = asdict(self.hp)
+        # 1. sample among the available clients the ledger lets take part
+        self.on_step(f"round {round_id}: sampling clients")
+        candidates = [n for n in self.nodes if n not in excluded]
+        plans, unavailable = self._ask(candidates, lambda c: {"op": "plan", "hp": hp}, self._plan_timeout)
+        self._plan_timeout = min(PLAN_TIMEOUT_S, self.fed.round_timeout_s)
+        over_budget = sorted(c for c, p in plans.items() if not self.ledger.can_take_part(c, Release(**p["release"])))
+        eligible = sorted(c for c in plans if c not in over_budget)
+        k = min(self.fed.clients_per_round, len(eligible))
+        if k == 0 or k < self.quorum(self.fed.clients_per_round) or (self.fed.secure_aggregation and k < 2):
+            raise RoundFailed(f"round {round_id}: {len(eligible)} clients available within budget (over budget: "
+                              f"{over_budget or 'none'}; unavailable: {unavailable or 'none'})")  # fmt: skip
+        sampled = sorted(random.Random(f"{self.fed.seed}/{round_id}/{attempt}").sample(eligible, k))
+        phases["sample"] = time.perf_counter() - started
+        tag = f"{self.state['run_id']}/round-{round_id}/attempt-{attempt}"
+        self.state["current"] = cur = {
+            "round": round_id, "attempt": attempt, "status": "sampled", "sampled": sampled, "tag": tag,
+            "excluded": excluded, "failures": failures, "unavailable": unavailable, "over_budget": over_budget,
+            "phases": phases, "wall_started": time.time(),
+        }  # fmt: skip
+        self._persist()
+        # 2. secure aggregation's keys and shares
+        t = self.threshold(k)
+        roster: list[dict[str, Any]] = []
+        inboxes: dict[str, dict[str, bytes]] = {}
+        if self.fed.secure_aggregation:
+            mark = time.perf_counter()
+            self.on_step(f"round {round_id}: key agreement")
+            keys, lost = self._ask(sampled, lambda c: {"op": "keys", "tag": tag}, PLAN_TIMEOUT_S)
+            if lost:
+                raise _AttemptFailed(f"no keys from {sorted(lost)}", lost)
+            roster = [keys[c]["keys"] for c in sampled]
+            outboxes, lost = self._ask(sampled, lambda c: {"op": "shares", "tag": tag, "roster": roster,
+                                                           "threshold": t}, PLAN_TIMEOUT_S)  # fmt: skip
+            if lost:
+                raise _AttemptFailed(f"no shares from {sorted(lost)}", lost)
+            inboxes = SecAggServer.route({c: o["outbox"] for c, o in outboxes.items()})
+            cur["roster"] = [{k: v.hex() if isinstance(v, bytes) else v for k, v in r.items()} for r in roster]
+            phases["keys"] = time.perf_counter() - mark
+            self._persist("keyed")
+        # 3. local training, masked results, under the round deadline
+        mark = time.perf_counter()
+        self._persist("training")
+        self.on_step(f"round {round_id}: {k} clients train on their own data")
+        adapter = self.store.load_adapter(round_id - 1)
+        clip = self.fed.user_dp.clip_norm if self.fed.user_dp else None
+        results, stragglers = self._ask(sampled, lambda c: {
+            "op": "train", "tag": tag, "adapter": adapter, "hp": hp, "secure": self.fed.secure_aggregation,
+            "user_clip": clip, "delay_s": self.client_delays.get(c, 0.0)}, self.fed.round_timeout_s)  # fmt: skip
+        phases["train"] = time.perf_counter() - mark
+        finished = sorted(results)
+        if len(finished) < self.quorum(k):
+            raise _AttemptFailed(f"{len(finished)} of {k} clients finished, the quorum is {self.quorum(k)} "
+                                 f"(stragglers: {stragglers})")  # fmt: skip
+        # 4. reveal: only now can the sum be unmasked
+        mark = time.perf_counter()
+        revealed: dict[str, list[dict[str, Any]]] = {}
+        if self.fed.secure_aggregation:
+            self.on_step(f"round {round_id}: unmasking the sum")
+            dropped = [c for c in sampled if c not in results]
+            answers, lost = self._ask(finished, lambda c: {"op": "reveal", "tag": tag, "inbox": inboxes.get(c, {}),
+                                                           "survivors": finished, "dropped": dropped},
+                                      PLAN_TIMEOUT_S)  # fmt: skip
+            if len(answers) < t:
+                raise _AttemptFailed(f"only {len(answers)} clients revealed shares, the threshold is {t} ({lost})")
+            revealed = {c: a["shares"] for c, a in answers.items()}
+        phases["reveal"] = time.perf_counter() - mark
+        self.store.save_vectors(round_id, {c: results[c]["vector"] for c in finished})
+        cur.update(finished=finished, stragglers=stragglers, revealed=revealed, threshold=t,
+                   names=results[finished[0]]["names"],
+                   clients={c: {k: v for k, v in results[c].items() if k not in ("vector", "names")}
+                            for c in finished})  # fmt: skip
+        self._persist("revealed")
+
+    def _charge(self, cur: dict[str, Any]) -> None:
+        """Record every survivor's release: it has been (or is about to be) revealed in the sum."""
+        for c in cur["finished"]:
+            self.ledger.record(c, cur["round"], Release(**cur["clients"][c]["release"]))
+
+    def _aggregate(self, cur: dict[str, Any]) -> None:
+        self.on_step(f"round {cur['round']}: aggregating ({self.fed.strategy})")
+        mark = time.perf_counter()
+        vectors = self.store.load_vectors(cur["round"])
+        adapter = self.store.load_adapter(cur["round"] - 1)
+        names = cur["names"]
+        if self.fed.secure_aggregation:
+            roster = [AdvertisedKeys(**{k: bytes.fromhex(v) if k != "client" else v for k, v in r.items()})
+                      for r in cur["roster"]]  # fmt: skip
+            server = SecAggServer(roster, threshold=cur["threshold"], round_tag=cur["tag"].encode(),
+                                  length=len(next(iter(vectors.values()))))  # fmt: skip
+            for c in cur["finished"]:
+                server.add_masked(c, vectors[c])
+            total = server.unmask({c: [RevealedShare(**s) for s in shares] for c, shares in cur["revealed"].items()})
+            cur["tampered"] = server.tampered
+        else:
+            total = sum(vectors[c] for c in cur["finished"])
+        if self.fed.user_dp:  # DP-FedAvg: clipped, unweighted sum; noise σC from OS entropy, never seeded
+            udp = self.fed.user_dp
+            mean = S.dp_fedavg_from_sum(total[:-1], len(cur["sampled"]), udp.clip_norm, udp.noise_multiplier,
+                                        np.random.default_rng())  # fmt: skip
+            if not cur.get("user_dp_recorded"):
+                q = len(cur["sampled"]) / len(self.nodes)
+                self.state["user_dp_history"].append([udp.noise_multiplier, q, 1])
+                cur["user_dp_recorded"] = True
+        elif self.fed.strategy in S.NEEDS_EACH_UPDATE:
+            updates = [S.ClientUpdate({"v": _t(vectors[c][:-1] / vectors[c][-1])}, int(vectors[c][-1]))
+                       for c in cur["finished"]]  # fmt: skip
+            mean = S.aggregate(self.fed.strategy, updates, trim=self.fed.trim)["v"].numpy()
+        else:
+            mean = S.fedavg_from_sum(total[:-1], float(total[-1]))
+        delta = S.unflatten(mean, adapter, names)
+        if self._server_opt is not None:
+            import torch
+
+            delta = self._server_opt.apply({k: v.float() for k, v in delta.items()})
+            torch.save(self._server_opt.state_dict(), self.store.dir / "server_opt.pt")
+        new = {k: (v + delta[k].to(v.dtype)) if k in delta else v for k, v in adapter.items()}
+        self.store.save_adapter(cur["round"], new)
+        cur["phases"]["aggregate"] = time.perf_counter() - mark
+        self._persist("aggregated")
+
+    def _evaluate(self, cur: dict[str, Any]) -> None:
+        self.on_step(f"round {cur['round']}: held-out evaluation")
+        mark = time.perf_counter()
+        cur["held_out_loss"] = self.evaluator.loss(self.store.load_adapter(cur["round"]))
+        cur["phases"]["evaluate"] = time.perf_counter() - mark
+        self._persist("evaluated")
+
+    def _commit(self, cur: dict[str, Any]) -> None:
+        history = [Release(*h) for h in self.state["user_dp_history"]]
+        user_eps = composed_epsilon(history, self.privacy.delta, self.privacy.accountant) if history else None
+        clients = cur["clients"]
+        result = RoundResult(
+            round=cur["round"], attempt=cur["attempt"], sampled=cur["sampled"], finished=cur["finished"],
+            stragglers=cur["stragglers"], train_loss=float(np.mean([clients[c]["loss"] for c in cur["finished"]])),
+            held_out_loss=cur["held_out_loss"], perplexity=math.exp(cur["held_out_loss"]),
+            epsilon={c: self.ledger.epsilon(c) for c in self.nodes}, user_epsilon=user_eps,
+            wall_s=time.time() - cur["wall_started"], phases=cur["phases"],
+            client_train_s={c: clients[c]["train_s"] for c in cur["finished"]},
+        )  # fmt: skip
+        self.state["completed"].append(asdict(result))
+        self.state["current"] = None
+        self.store.append_round(asdict(result))
+        self.store.save(self.state)
+        if self.on_round is not None:
+            self.on_round(result, self.store.adapter_path(result.round))
+
+
+def _t(x: np.ndarray) -> Any:
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(x))
+
+
+__all__ = ["Coordinator", "Evaluator", "RoundFailed", "RoundResult", "load_evaluator", "local_hyper"]

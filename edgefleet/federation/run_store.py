@@ -1,0 +1,82 @@
+"""A federated run's durable state: one directory, written so that a kill at any instant loses nothing.
+
+    <run_dir>/state.json              the run: completed rounds, the round in progress and its step
+    <run_dir>/ledger.sqlite           the privacy ledger (federation/ledger.py)
+    <run_dir>/global/round-<r>.safetensors   the global adapter after round r (round 0: the start)
+    <run_dir>/rounds/<r>/             what unmasking needs: masked vectors, roster, revealed shares
+    <run_dir>/rounds.jsonl            one line per completed round (what the registry receives)
+
+``state.json`` is replaced atomically (write, fsync, rename), so a reader sees the old or the new
+state, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+class RunStore:
+    def __init__(self, run_dir: str | Path) -> None:
+        self.dir = Path(run_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.state_path = self.dir / "state.json"
+
+    def load(self) -> dict[str, Any] | None:
+        return json.loads(self.state_path.read_text()) if self.state_path.is_file() else None
+
+    def save(self, state: dict[str, Any]) -> None:
+        _atomic_write(self.state_path, json.dumps(state, indent=1, sort_keys=True).encode())
+
+    def adapter_path(self, round_id: int) -> Path:
+        return self.dir / "global" / f"round-{round_id}.safetensors"
+
+    def save_adapter(self, round_id: int, adapter: dict[str, Any]) -> Path:
+        from safetensors.torch import save
+
+        path = self.adapter_path(round_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path, save({k: v.contiguous() for k, v in adapter.items()}))
+        return path
+
+    def load_adapter(self, round_id: int) -> dict[str, Any]:
+        from safetensors.torch import load_file
+
+        return load_file(str(self.adapter_path(round_id)))
+
+    def round_dir(self, round_id: int) -> Path:
+        path = self.dir / "rounds" / str(round_id)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def save_vectors(self, round_id: int, vectors: dict[str, Any]) -> None:
+        import io
+
+        import numpy as np
+
+        buf = io.BytesIO()
+        np.savez(buf, **vectors)
+        _atomic_write(self.round_dir(round_id) / "vectors.npz", buf.getvalue())
+
+    def load_vectors(self, round_id: int) -> dict[str, Any]:
+        import numpy as np
+
+        with np.load(self.round_dir(round_id) / "vectors.npz") as data:
+            return {k: data[k] for k in data.files}
+
+    def append_round(self, row: dict[str, Any]) -> None:
+        with open(self.dir / "rounds.jsonl", "a") as f:
+            f.write(json.dumps(row, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

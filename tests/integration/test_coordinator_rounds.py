@@ -1,0 +1,115 @@
+"""The coordinator's rounds on real Opacus updates of the tiny model, with the clients in this process.
+
+The transport here is a direct call of the client's handler (what runs on the node inside its Ray
+Train session); the Ray path, stragglers and a real kill/resume are in tests/integration and tests/e2e.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from edgefleet.config import parse_config
+from edgefleet.federation.client import handle
+from edgefleet.federation.coordinator import Coordinator, RoundFailed, load_evaluator, local_hyper
+from edgefleet.federation.ledger import composed_epsilon
+from edgefleet.federation.secagg import decode
+from edgefleet.platform.models import load_trainable
+from edgefleet.train.data import chunk_for_causal_lm, node_data_dir, read_texts, write_demo_shards
+from tests.conftest import make_test_config_dict
+
+pytestmark = pytest.mark.slow
+
+
+class InProcessClient:
+    """A client whose node is this process: the same handler a Train session runs, called directly."""
+
+    def __init__(self, cfg, node_id, base, tok):
+        data = read_texts(node_data_dir(cfg, cfg.fleet.edge(node_id)))
+        self.base, self.blocks = base, chunk_for_causal_lm(data, tok, cfg.federation.block_size)
+        self.context = {"node_id": node_id, "privacy": cfg.privacy, "memory": {}, "rank": 0}
+
+    def call(self, task, timeout_s):
+        try:
+            return handle(self.base, self.blocks, task, self.context)
+        except Exception as exc:  # what the session's loop does with a failed step
+            return {"error": f"{type(exc).__name__}: {exc}"}
+
+    def close(self, timeout_s=0):
+        pass
+
+
+def federation_config(tmp_path, **federation):
+    data = make_test_config_dict() | {"cache_dir": str(tmp_path / "cache")}
+    data["federation"] = {"clients_per_round": 3, "min_clients": 2, "local_steps": 8, "batch_size": 32,
+                          "block_size": 64, "lr": 0.02, "held_out_blocks": 64, **federation}  # fmt: skip
+    cfg = parse_config(data)
+    write_demo_shards(cfg)
+    return cfg
+
+
+def coordinator(cfg, run_dir, **kw):
+    base, tok = load_trainable(cfg.fleet.edge_nodes[0].model, cfg.cache_dir)
+    return Coordinator(cfg, run_dir, clients=lambda n: InProcessClient(cfg, n, base, tok),
+                       evaluator=load_evaluator(cfg, local_hyper(cfg)), **kw)  # fmt: skip
+
+
+def test_secure_dp_rounds_lower_the_held_out_loss_and_the_coordinator_holds_only_masked_vectors(tmp_path):
+    cfg = federation_config(tmp_path)
+    coord = coordinator(cfg, tmp_path / "run")
+
+    results = coord.run(3)
+
+    initial = coord.state["initial_loss"]
+    print([f"{r.held_out_loss:.3f}" for r in results], f"from {initial:.3f}", results[-1].epsilon)
+    assert results[-1].held_out_loss < initial - 0.05
+    assert [r.round for r in results] == [1, 2, 3] and all(r.finished == r.sampled for r in results)
+    for r in results:  # each round's vectors on disk are masked: uniform over Z_2^64, nothing like an update
+        for vector in coord.store.load_vectors(r.round).values():
+            assert vector.dtype == np.uint64 and np.median(np.abs(decode(vector))) > 1e6
+    # the ledger composed three releases per client; far less than three times one round's ε
+    one_round = results[0].epsilon["edge-1"]
+    assert 0 < one_round <= cfg.privacy.target_epsilon + 0.05
+    assert one_round < results[-1].epsilon["edge-1"] < 3 * one_round
+    assert len(coord.ledger.releases("edge-1")) == 3
+    assert results[-1].user_epsilon is None
+
+
+def test_user_level_dp_reports_its_own_guarantee_from_the_client_sampling_rate(tmp_path):
+    cfg = federation_config(tmp_path, clients_per_round=2, min_clients=2,
+                            user_dp={"clip_norm": 0.05, "noise_multiplier": 1.0})  # fmt: skip
+    coord = coordinator(cfg, tmp_path / "run")
+
+    results = coord.run(2)
+
+    from edgefleet.federation.ledger import Release
+
+    expected = composed_epsilon([Release(1.0, 2 / 3, 1)] * 2, cfg.privacy.delta)
+    assert results[-1].user_epsilon == pytest.approx(expected)
+    assert results[0].user_epsilon < results[1].user_epsilon  # it grows with every round
+    assert all(math.isfinite(r.held_out_loss) for r in results)
+
+
+def test_a_client_whose_next_round_would_exceed_its_budget_is_not_sampled(tmp_path):
+    # Budget for one round of ε=8 and a bit: round 2 must find nobody it may sample.
+    cfg = federation_config(tmp_path, clients_per_round=2, min_clients=2)
+    cfg = cfg.model_copy(update={"privacy": cfg.privacy.model_copy(update={"client_budget_epsilon": 8.5})})
+    coord = coordinator(cfg, tmp_path / "run")
+
+    with pytest.raises(RoundFailed, match="over budget"):
+        coord.run(2)
+
+    assert len(coord.completed) == 1
+    for node in ("edge-1", "edge-2", "edge-3"):
+        assert coord.ledger.epsilon(node) <= 8.5
+
+
+def test_a_robust_rule_in_the_clear_and_fedadam_under_secure_aggregation_both_train(tmp_path):
+    for name, settings in (("median", {"strategy": "fedmedian", "secure_aggregation": False}),
+                           ("adam", {"strategy": "fedadam", "server_lr": 0.01})):  # fmt: skip
+        cfg = federation_config(tmp_path / name, **settings)
+        coord = coordinator(cfg, tmp_path / name / "run")
+        results = coord.run(2)
+        assert results[-1].held_out_loss < coord.state["initial_loss"], name
