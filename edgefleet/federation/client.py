@@ -84,8 +84,20 @@ def _train(base: Any, blocks: Any, task: dict[str, Any], context: dict[str, Any]
     if task.get("secure"):
         payload = _secagg(context["memory"], task).mask(payload)
     return {
-        "vector": payload, "names": names, "loss": update.loss, "steps": update.steps,
+        "vector": payload, "names": names, "ran_on": _node_label(), "loss": update.loss, "steps": update.steps,
         "epsilon": update.epsilon, "num_samples": update.num_samples, "train_s": update.seconds, "norm": norm,
         "release": {"noise_multiplier": update.noise_multiplier, "sample_rate": update.sample_rate,
                     "steps": update.steps},
     }  # fmt: skip
+
+
+def _node_label() -> str | None:
+    """The ``edgefleet.io/node`` label of the node this runs on (None outside Ray): where the data was read."""
+    try:
+        import ray
+
+        from edgefleet.platform.topology import NODE_LABEL
+
+        return ray.get_runtime_context().get_node_labels().get(NODE_LABEL) if ray.is_initialized() else None
+    except Exception:  # noqa: BLE001 - provenance is informative only
+        return None

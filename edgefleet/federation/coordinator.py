@@ -47,6 +47,7 @@ from edgefleet.federation.secagg import AdvertisedKeys, RevealedShare, SecAggSer
 
 MAX_ATTEMPTS = 3  # per round, before the run gives up
 PLAN_TIMEOUT_S = 20.0  # a client that cannot say what it would spend in this long is unavailable
+SESSION_START_S = 600.0  # the first plan also waits for the clients' Train sessions to start (~20 s here)
 
 
 class RoundFailed(EdgefleetError):
@@ -74,6 +75,7 @@ class RoundResult:
     wall_s: float
     phases: dict[str, float] = field(default_factory=dict)  # seconds per step
     client_train_s: dict[str, float] = field(default_factory=dict)  # pure compute per client
+    ran_on: dict[str, str | None] = field(default_factory=dict)  # client → the node label its update ran on
 
 
 @dataclass
@@ -165,7 +167,7 @@ class Coordinator:
         self.client_delays = client_delays or {}
         self.crash_after = crash_after
         self.on_round, self.on_step = on_round, on_step or (lambda _: None)
-        self._plan_timeout = self.fed.round_timeout_s  # the first plan also waits for sessions to start
+        self._plan_timeout = SESSION_START_S  # the first plan also waits for the sessions to start
         self.state = self.store.load() or self._fresh_state()
         settings = self._settings()
         if self.state["settings"] != settings:
@@ -441,6 +443,7 @@ class Coordinator:
             epsilon={c: self.ledger.epsilon(c) for c in self.nodes}, user_epsilon=user_eps,
             wall_s=time.time() - cur["wall_started"], phases=cur["phases"],
             client_train_s={c: clients[c]["train_s"] for c in cur["finished"]},
+            ran_on={c: clients[c].get("ran_on") for c in cur["finished"]},
         )  # fmt: skip
         self.state["completed"].append(asdict(result))
         self.state["current"] = None

@@ -239,7 +239,10 @@ class LocalTrainingSession:
         except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on an update
             self.error = exc
         finally:
-            self._results.put({"stopped": True})
+            import ray
+
+            if ray.is_initialized():  # after the driver disconnected, a put would silently re-connect it
+                self._results.put({"stopped": True})
 
     def update(self, adapter: dict[str, Any] | None, hp: LocalHyper = DEFAULT_HYPER,
                timeout_s: float = 900) -> JobResult:  # fmt: skip
