@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import sys
 
-from bench import dp, models, overhead, report, routing
+from bench import dp, federation, models, overhead, report, routing
 
-BENCHMARKS = {"models": models.main, "overhead": overhead.main, "routing": routing.main, "dp": dp.main}
+BENCHMARKS = {"models": models.main, "overhead": overhead.main, "routing": routing.main, "dp": dp.main,
+              "federation": federation.main}
 
 if __name__ == "__main__":
     names = sys.argv[1:] or list(BENCHMARKS)

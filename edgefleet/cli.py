@@ -75,14 +75,14 @@ def nodes_table(nodes: list) -> Table:
     return table
 
 
-def _start_fleet(cfg: EdgefleetConfig):
+def _start_fleet(cfg: EdgefleetConfig, log_to_driver: bool = True):
     from edgefleet.platform.cluster import connect, start_local_fleet
 
     if cfg.ray.address:
         console.print(f"joining Ray cluster at {cfg.ray.address}")
-        return connect(cfg.ray.address)
+        return connect(cfg.ray.address, log_to_driver=log_to_driver)
     with steps("embedded fleet", total=len(cfg.fleet.edge_nodes) + 3) as on_step:
-        return start_local_fleet(cfg, on_step=on_step)
+        return start_local_fleet(cfg, on_step=on_step, log_to_driver=log_to_driver)
 
 
 def _fetch_model(cfg: EdgefleetConfig, source: str = "smollm2") -> Path | None:
@@ -131,7 +131,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     for source in {n.model.source for n in cfg.fleet.edge_nodes} | {cfg.fleet.cloud.model.source}:
         _fetch_model(cfg, source)
-    fleet = _start_fleet(cfg)
+    fleet = _start_fleet(cfg, log_to_driver=False)  # a clean tour: workers' logs stay in the dashboard
     try:
         console.print(nodes_table(fleet.nodes()))
         served = _deploy(cfg, log_level="WARNING")
@@ -155,10 +155,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
             console.print(table)
             _rush_hour(client)
         demo_deadlines.run(cfg, token, console)
+        _federation_scene(cfg)
     finally:
         fleet.shutdown()
     console.print("fleet stopped")
     return 0
+
+
+def _federation_scene(cfg: EdgefleetConfig) -> None:
+    """Federated DP rounds across the edge nodes, on the documentation topics each one holds."""
+    console.rule("federated learning: the edge nodes improve the model on text that never leaves them")
+    cli_federate.prepare(cfg, _fetch_model)
+    run_dir = cfg.cache_dir / "federation" / time.strftime("demo-%Y%m%d-%H%M%S")
+    cli_federate.run_rounds(cfg, run_dir, cfg.federation.rounds)
 
 
 def _rush_hour(client) -> None:

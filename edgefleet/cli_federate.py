@@ -45,7 +45,7 @@ def cmd_federate(args: argparse.Namespace, fetch_model: Any, start_fleet: Any, s
     crash = _crash_point(os.environ.get(CRASH_ENV))
     run_dir = cfg.cache_dir / "federation" / (args.run or time.strftime("run-%Y%m%d-%H%M%S"))
     prepare(cfg, fetch_model)
-    fleet, owned = _join_or_start(cfg, start_fleet, state_file)
+    fleet, owned = _join_or_start(cfg, start_fleet, state_file, log_to_driver=False)
     try:
         run_rounds(cfg, run_dir, rounds, crash_after=crash)
     finally:

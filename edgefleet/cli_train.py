@@ -54,8 +54,13 @@ def cmd_train_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _join_or_start(cfg: EdgefleetConfig, start_fleet: Any, state_file: Any) -> tuple[Any, bool]:
-    """The running fleet if there is one (joined, not owned), else an embedded one for this run."""
+def _join_or_start(cfg: EdgefleetConfig, start_fleet: Any, state_file: Any, *, log_to_driver: bool = True
+                   ) -> tuple[Any, bool]:  # fmt: skip
+    """The running fleet if there is one (joined, not owned), else an embedded one for this run.
+
+    ``log_to_driver=False`` keeps the workers' logs (Ray Train's are chatty) out of this terminal;
+    they stay in the Ray dashboard and the session's log files.
+    """
     from edgefleet.platform.cluster import connect
 
     address = cfg.ray.address
@@ -63,10 +68,10 @@ def _join_or_start(cfg: EdgefleetConfig, start_fleet: Any, state_file: Any) -> t
         address = json.loads(state_file(cfg).read_text())["address"]
     if address:
         try:
-            return connect(address), False
+            return connect(address, log_to_driver=log_to_driver), False
         except Exception:  # noqa: BLE001 - a stale state file: start our own
             console.print(f"[yellow]no fleet answers at {address}; starting the embedded one")
-    return start_fleet(cfg), True
+    return start_fleet(cfg, log_to_driver=log_to_driver), True
 
 
 def cmd_train_local(args: argparse.Namespace, fetch_model: Any, start_fleet: Any, state_file: Any) -> int:

@@ -71,7 +71,7 @@ def _quiet_ray_env() -> None:
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
 
-def start_local_fleet(config: EdgefleetConfig, *, on_step: Step | None = None) -> Fleet:
+def start_local_fleet(config: EdgefleetConfig, *, on_step: Step | None = None, log_to_driver: bool = True) -> Fleet:
     """Start the embedded fleet described by ``config.fleet`` and connect this process to it.
 
     Raises:
@@ -102,7 +102,7 @@ def start_local_fleet(config: EdgefleetConfig, *, on_step: Step | None = None) -
         cluster.add_node(num_cpus=cloud.num_cpus, object_store_memory=store, labels=cloud_labels(cloud.id), wait=False)
         step("wait for all raylets to register")
         cluster.wait_for_nodes(timeout=120)
-        ray.init(address=cluster.address, log_to_driver=True, logging_level="WARNING")
+        ray.init(address=cluster.address, log_to_driver=log_to_driver, logging_level="WARNING")
     except Exception as exc:
         try:
             cluster.shutdown()  # never leave half a fleet running
@@ -113,7 +113,7 @@ def start_local_fleet(config: EdgefleetConfig, *, on_step: Step | None = None) -
     return Fleet(address=cluster.address, dashboard_url=dashboard, embedded=True, _cluster=cluster)
 
 
-def connect(address: str) -> Fleet:
+def connect(address: str, *, log_to_driver: bool = True) -> Fleet:
     """Join an existing Ray cluster (KubeRay, or hosts started with ``ray start --labels``).
 
     Raises:
@@ -123,7 +123,7 @@ def connect(address: str) -> Fleet:
 
     _quiet_ray_env()
     try:
-        ctx = ray.init(address=address, logging_level="WARNING")
+        ctx = ray.init(address=address, log_to_driver=log_to_driver, logging_level="WARNING")
     except Exception as exc:
         raise FleetError(f"cannot connect to Ray at {address!r}: {exc}") from exc
     nodes = describe_nodes(ray.nodes())
