@@ -6,8 +6,13 @@ import sys
 
 from bench import dp, federation, models, overhead, report, routing
 
-BENCHMARKS = {"models": models.main, "overhead": overhead.main, "routing": routing.main, "dp": dp.main,
-              "federation": federation.main}
+BENCHMARKS = {
+    "models": models.main,
+    "overhead": overhead.main,
+    "routing": routing.main,
+    "dp": dp.main,
+    "federation": federation.main,
+}
 
 if __name__ == "__main__":
     names = sys.argv[1:] or list(BENCHMARKS)

@@ -89,7 +89,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     parts = [("slowest_client_s", "slowest client's update"), ("aggregate_s", "unmask + aggregate"),
              ("train_wait_s", "dispatch / queues / masking"), ("keys_s", "key agreement"),
-             ("reveal_s", "share reveal"), ("sample_s", "sampling (plan)"), ("other_s", "persistence, other")]  # fmt: skip
+             ("reveal_s", "share reveal"), ("sample_s", "sampling (plan)"),
+             ("other_s", "persistence, other")]  # fmt: skip
     fig, axes = plt.subplots(1, len(MODELS), figsize=(11, 4))
     for ax, model in zip(axes, MODELS, strict=True):
         mine = [r for r in rows if r["model"] == model]
