@@ -132,11 +132,36 @@ job (scheduling, worker start, imports, model load).
 """
 
 
+def federation_section(r: dict) -> str:
+    rows = "\n".join(
+        f"| {x['model']} | {x['clients']} | {x['round_s']:.1f} | {x['slowest_client_s']:.1f} | {x['aggregate_s']:.2f} | "
+        f"**{x['ratio']:.2f}×** | {x['train_wait_s']:.2f} | {x['keys_s']:.2f} | {x['reveal_s']:.2f} | {x['sample_s']:.2f} | "
+        f"{x['other_s']:.2f} | {x['evaluate_s']:.1f} | {x['warmup_round_s']:.0f} |"
+        for x in r["rows"]
+    )
+    models = ", ".join(
+        f"{m}: {v['steps']} steps of batch {v['batch']} × {v['block']} tokens" for m, v in r["models"].items()
+    )
+    return f"""**Federated rounds** (`bench/federation.py`, {r["machine"]["date"]}; secure aggregation + DP-SGD, one edge raylet
+per client, all on 2 cores; {models}; median of {r["rounds"]} rounds after a warm-up round; target ≤ {r["target_ratio"]}×)
+
+| model | clients | round s | slowest client s | aggregate s | round / (slowest + aggregate) | dispatch, queues, masking s | keys s | reveal s | sample s | other s | eval s (apart) | warm-up round s |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|
+{rows}
+
+The warm-up round pays for the clients' Ray Train sessions to start, once per run; every later
+round reuses them.
+
+![where a round's time goes](bench/results/{r["plot"]})
+"""
+
+
 def main() -> None:
     parts = [s for s in (_load("models") and models_section(_load("models")),
                          _load("overhead") and overhead_section(_load("overhead")),
                          _load("routing") and routing_section(_load("routing")),
-                         _load("dp") and dp_section(_load("dp"))) if s]  # fmt: skip
+                         _load("dp") and dp_section(_load("dp")),
+                         _load("federation") and federation_section(_load("federation"))) if s]  # fmt: skip
     text = README.read_text()
     block = "<!-- perf:start -->\n" + "\n".join(parts) + "<!-- perf:end -->"
     text, n = re.subn(r"<!-- perf:start -->.*?<!-- perf:end -->", lambda _m: block, text, flags=re.S)

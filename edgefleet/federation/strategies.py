@@ -141,13 +141,14 @@ def unflatten(vector: Any, like: dict[str, Any], names: Sequence[str]) -> dict[s
     """The inverse of :func:`flatten`: shapes and dtypes come from ``like``."""
     import torch
 
+    total = sum(like[n].numel() for n in names)
+    if total != len(vector):
+        raise ValueError(f"vector of length {len(vector)} does not fit tensors of total size {total}")
     out, i = {}, 0
     for n in names:
         size = like[n].numel()
         out[n] = torch.as_tensor(vector[i : i + size]).reshape(like[n].shape).to(like[n].dtype)
         i += size
-    if i != len(vector):
-        raise ValueError(f"vector of length {len(vector)} does not fit tensors of total size {i}")
     return out
 
 

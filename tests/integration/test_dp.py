@@ -96,3 +96,29 @@ def test_the_base_model_is_never_modified(tiny, client_blocks):
     local_update(model, None, train, PrivacyConfig(), dataclasses.replace(HP, max_steps=2))
 
     assert all(torch.equal(v, snapshot[k]) for k, v in model.state_dict().items())
+
+
+def test_fedprox_mu_keeps_the_update_closer_to_the_global_adapter(tiny, client_blocks):
+    model, _ = tiny
+    train, _ = client_blocks
+    hp = dataclasses.replace(HP, max_steps=6, poisson_sampling=False)
+
+    free = local_update(model, None, train, None, hp)
+    held = local_update(model, None, train, None, dataclasses.replace(hp, prox_mu=10.0))
+
+    def norm(u):
+        return float(sum(v.norm() ** 2 for v in u.delta.values()) ** 0.5)
+
+    assert 0 < norm(held) < 0.9 * norm(free)
+
+
+def test_ffa_lora_trains_b_only_so_a_stays_at_its_shared_init(tiny, client_blocks):
+    model, _ = tiny
+    train, _ = client_blocks
+
+    update = local_update(model, None, train, PrivacyConfig(), dataclasses.replace(HP, max_steps=3))
+
+    a = [k for k in update.delta if "lora_A" in k]
+    b = [k for k in update.delta if "lora_B" in k]
+    assert a and b and all(update.delta[k].abs().max() == 0 for k in a)
+    assert any(update.delta[k].abs().max() > 0 for k in b)

@@ -75,3 +75,52 @@ def test_lora_a_moved_names_the_tensors_that_break_exact_averaging():
     assert lora_a_moved(delta) == []
     delta["layer.lora_A.weight"][0, 0] = 1e-3
     assert lora_a_moved(delta) == ["layer.lora_A.weight"]
+
+
+def test_flatten_and_unflatten_round_trip_in_the_order_given():
+    from edgefleet.federation.strategies import flatten, unflatten
+
+    delta = {"b": torch.arange(6.0).reshape(2, 3), "a": torch.tensor([7.0])}
+
+    vec = flatten(delta, ["a", "b"])
+
+    assert vec.tolist() == [7.0, 0, 1, 2, 3, 4, 5]
+    back = unflatten(vec, delta, ["a", "b"])
+    assert all(torch.equal(back[k], delta[k]) for k in delta)
+    with pytest.raises(ValueError, match="does not fit"):
+        unflatten(vec[:-1], delta, ["a", "b"])
+
+
+def test_fedavg_from_the_secure_sums_equals_fedavg_of_the_updates():
+    import numpy as np
+
+    from edgefleet.federation.strategies import fedavg_from_sum, flatten
+
+    ups = [up([1.0, 0.0], 1), up([3.0, 4.0], 3)]
+    weighted = sum(flatten(u.delta, ["w"]) * u.num_samples for u in ups)
+
+    np.testing.assert_allclose(fedavg_from_sum(weighted, 4), fedavg(ups)["w"].numpy())
+
+
+def test_user_level_clipping_bounds_the_norm_and_the_noise_has_std_sigma_c_over_k():
+    import numpy as np
+
+    from edgefleet.federation.strategies import clip_to_norm, dp_fedavg_from_sum
+
+    clipped, norm = clip_to_norm(np.array([3.0, 4.0]), 1.0)
+    assert norm == 5.0 and np.linalg.norm(clipped) == pytest.approx(1.0)
+    assert clip_to_norm(np.array([0.3, 0.4]), 1.0)[0].tolist() == [0.3, 0.4]  # short vectors stay
+
+    out = dp_fedavg_from_sum(np.zeros(200_000), 4, clip=0.5, noise_multiplier=2.0, rng=np.random.default_rng(0))
+
+    assert out.std() == pytest.approx(2.0 * 0.5 / 4, rel=0.01) and abs(out.mean()) < 1e-2
+
+
+def test_server_optimizer_from_a_mean_equals_from_the_updates():
+    a, b = ServerOptimizer("adam", lr=0.1), ServerOptimizer("adam", lr=0.1)
+    ups = [up([0.5, -1.0], 2), up([1.5, 1.0], 2)]
+
+    for _ in range(3):
+        stepped, applied = a.step(ups), b.apply(fedavg(ups))
+
+    assert torch.allclose(stepped["w"], applied["w"])
