@@ -7,8 +7,10 @@
   ledger can refuse a client before it spends budget it does not have;
 - ``keys`` / ``shares``: secure aggregation's steps 1 and 2 (fresh keys each round);
 - ``train``: the private local update; the adapter change is flattened (B only under FFA-LoRA),
-  weighted by the client's sample count (or clipped to C for user-level DP), and sent *masked*.
-  The unmasked update never leaves the node;
+  weighted by the client's sample count (or clipped to C for user-level DP), and sent *masked*
+  with its weight and weighted loss. The unmasked update, the sample count and the loss never
+  leave the node: only their sums come out. What does leave in the clear is the DP release
+  (σ, q, steps) the ledger needs, the time the update took and the node it ran on;
 - ``reveal``: secure aggregation's step 4, the shares that let the coordinator unmask only the sum.
 
 Messages are plain dicts of str, numbers, bytes and numpy arrays, so they cross Ray queues as is.
@@ -41,8 +43,9 @@ def handle(base: Any, blocks: Any, task: dict[str, Any], context: dict[str, Any]
     if op == "train":
         return _train(base, blocks, task, context)
     if op == "reveal":
-        shares = _secagg(memory, task).reveal(task["inbox"], task["survivors"], task["dropped"])
-        return {"shares": [asdict(s) for s in shares]}
+        client = _secagg(memory, task)
+        shares = client.reveal(task["inbox"], task["survivors"], task["dropped"])
+        return {"shares": [asdict(s) for s in shares], "rejected": client.rejected}
     raise ValueError(f"unknown op {op!r}")
 
 
@@ -60,8 +63,7 @@ def _plan(blocks: Any, task: dict[str, Any], context: dict[str, Any]) -> dict[st
     sample_rate, steps = planned_steps(len(blocks), hp)
     privacy = context["privacy"]
     noise = noise_for(privacy, sample_rate, steps) if privacy is not None else 0.0
-    return {"release": {"noise_multiplier": noise, "sample_rate": sample_rate, "steps": steps},
-            "num_samples": len(blocks)}  # fmt: skip
+    return {"release": {"noise_multiplier": noise, "sample_rate": sample_rate, "steps": steps}}
 
 
 def _train(base: Any, blocks: Any, task: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
@@ -73,19 +75,18 @@ def _train(base: Any, blocks: Any, task: dict[str, Any], context: dict[str, Any]
     update = local_update(base, task["adapter"], blocks, context["privacy"], hp)
     names = trainable_adapter_names(hp, update.delta)
     vector = flatten(update.delta, names)
-    norm = float(np.linalg.norm(vector))
     if task.get("user_clip"):  # user-level DP: every client counts the same, its whole update bounded by C
-        vector, norm = clip_to_norm(vector, task["user_clip"])
-        weight = 1.0
+        vector, _ = clip_to_norm(vector, task["user_clip"])
+        weight, loss = 1.0, 0.0  # no loss: its un-noised sum would sit outside the user-level guarantee
     else:  # FedAvg weighted by samples: send n·Δ and n, the sums give the weighted mean
-        weight = float(update.num_samples)
+        weight, loss = float(update.num_samples), update.loss
         vector = vector * weight
-    payload = np.append(vector, weight)
+    # [n·Δ…, n, n·loss]: under secure aggregation only the sums of these ever leave the mask
+    payload = np.concatenate([vector, [weight, weight * loss]])
     if task.get("secure"):
         payload = _secagg(context["memory"], task).mask(payload)
     return {
-        "vector": payload, "names": names, "ran_on": _node_label(), "loss": update.loss, "steps": update.steps,
-        "epsilon": update.epsilon, "num_samples": update.num_samples, "train_s": update.seconds, "norm": norm,
+        "vector": payload, "names": names, "ran_on": _node_label(), "train_s": update.seconds,
         "release": {"noise_multiplier": update.noise_multiplier, "sample_rate": update.sample_rate,
                     "steps": update.steps},
     }  # fmt: skip

@@ -43,7 +43,7 @@ from edgefleet.errors import EdgefleetError
 from edgefleet.federation import strategies as S
 from edgefleet.federation.ledger import PrivacyLedger, Release, composed_epsilon
 from edgefleet.federation.run_store import RunStore
-from edgefleet.federation.secagg import AdvertisedKeys, RevealedShare, SecAggServer
+from edgefleet.federation.secagg import AdvertisedKeys, RevealedShare, SecAggError, SecAggServer
 
 MAX_ATTEMPTS = 3  # per round, before the run gives up
 PLAN_TIMEOUT_S = 20.0  # a client that cannot say what it would spend in this long is unavailable
@@ -177,11 +177,6 @@ class Coordinator:
         self._server_opt = None
         if self.fed.strategy in ("fedadam", "fedyogi"):
             self._server_opt = S.ServerOptimizer(self.fed.strategy.removeprefix("fed"), lr=self.fed.server_lr)
-            opt_path = self.store.dir / "server_opt.pt"
-            if opt_path.is_file():
-                import torch
-
-                self._server_opt.load_state_dict(torch.load(opt_path, weights_only=False))
 
     # ------------------------------------------------------------ run state
 
@@ -239,15 +234,24 @@ class Coordinator:
 
     def _round(self) -> None:
         cur = self.state["current"]
-        if cur is None or cur["status"] in ("sampled", "keyed", "training"):
-            self._attempts(cur)
-            cur = self.state["current"]
-        if cur["status"] == "revealed":
-            self._charge(cur)
-            self._aggregate(cur)
+        while True:
+            if cur is None or cur["status"] in ("sampled", "keyed", "training", "failed"):
+                self._attempts(cur)
+                cur = self.state["current"]
+            if cur["status"] == "revealed":
+                self._charge(cur)  # before anything is unmasked; idempotent on resume
+                try:
+                    self._aggregate(cur)
+                except SecAggError as exc:  # shares that rebuild nothing: charged, never unmasked; retry
+                    cur["failures"] = [*cur["failures"], f"attempt {cur['attempt']}: unmasking failed: {exc}"]
+                    self._persist("failed")
+                    continue
+            break
         if cur["status"] == "aggregated":
             self._evaluate(cur)
         if cur["status"] == "evaluated":
+            self._prepare_commit(cur)
+        if cur["status"] == "committed":
             self._commit(cur)
 
     def _attempts(self, previous: dict[str, Any] | None) -> None:
@@ -255,8 +259,10 @@ class Coordinator:
         attempt = previous["attempt"] + 1 if previous and previous["round"] == round_id else 1
         excluded: dict[str, str] = dict(previous.get("excluded", {})) if previous else {}
         failures = list(previous.get("failures", [])) if previous else []
+        if previous and previous["status"] != "failed":  # a restart, not a failure: it does not count
+            failures.append(f"attempt {previous['attempt']}: coordinator restarted during {previous['status']}")
         while True:
-            if attempt > MAX_ATTEMPTS:
+            if sum("restarted" not in f for f in failures) >= MAX_ATTEMPTS:
                 raise RoundFailed(f"round {round_id} failed {MAX_ATTEMPTS} attempts: {'; '.join(failures)}")
             try:
                 self._attempt(round_id, attempt, excluded, failures)
@@ -314,8 +320,11 @@ class Coordinator:
         eligible = sorted(c for c in plans if c not in over_budget)
         k = min(self.fed.clients_per_round, len(eligible))
         if k == 0 or k < self.quorum(self.fed.clients_per_round) or (self.fed.secure_aggregation and k < 2):
-            raise RoundFailed(f"round {round_id}: {len(eligible)} clients available within budget (over budget: "
-                              f"{over_budget or 'none'}; unavailable: {unavailable or 'none'})")  # fmt: skip
+            why = (f"round {round_id}: {len(eligible)} clients available within budget (over budget: "
+                   f"{over_budget or 'none'}; unavailable: {unavailable or 'none'})")  # fmt: skip
+            if len(self.nodes) - len(over_budget) < self.quorum(self.fed.clients_per_round):
+                raise RoundFailed(why)  # the budget rules it out for good: no retry can help
+            raise _AttemptFailed(why)  # busy or lost clients may be back for the next attempt
         sampled = sorted(random.Random(f"{self.fed.seed}/{round_id}/{attempt}").sample(eligible, k))
         phases["sample"] = time.perf_counter() - started
         tag = f"{self.state['run_id']}/round-{round_id}/attempt-{attempt}"
@@ -354,6 +363,16 @@ class Coordinator:
             "op": "train", "tag": tag, "adapter": adapter, "hp": hp, "secure": self.fed.secure_aggregation,
             "user_clip": clip, "delay_s": self.client_delays.get(c, 0.0)}, self.fed.round_timeout_s)  # fmt: skip
         phases["train"] = time.perf_counter() - mark
+        if not self.fed.secure_aggregation:  # updates in the clear: seen on arrival, even a straggler's later
+            for c in sampled:
+                if c in results:
+                    self.ledger.record(c, round_id, Release(**results[c]["release"]), attempt, force=True)
+                else:  # its update may still come in: charged as planned, never under-counted
+                    self.ledger.record(c, round_id, Release(**plans[c]["release"]), attempt, force=True)
+        for c in [c for c in results if not self.ledger.can_take_part(c, Release(**results[c]["release"]))]:
+            if self.fed.secure_aggregation:  # it spent more than planned: leave its update masked forever
+                stragglers[c] = "its release would exceed its privacy budget"
+                del results[c]
         finished = sorted(results)
         if len(finished) < self.quorum(k):
             raise _AttemptFailed(f"{len(finished)} of {k} clients finished, the quorum is {self.quorum(k)} "
@@ -373,15 +392,16 @@ class Coordinator:
         phases["reveal"] = time.perf_counter() - mark
         self.store.save_vectors(round_id, {c: results[c]["vector"] for c in finished})
         cur.update(finished=finished, stragglers=stragglers, revealed=revealed, threshold=t,
-                   names=results[finished[0]]["names"],
-                   clients={c: {k: v for k, v in results[c].items() if k not in ("vector", "names")}
+                   names=results[finished[0]]["names"], noise_seed=int.from_bytes(os.urandom(8), "little"),
+                   rejected={c: a.get("rejected", []) for c, a in answers.items()} if revealed else {},
+                   clients={c: {k: results[c][k] for k in ("release", "train_s", "ran_on")}
                             for c in finished})  # fmt: skip
         self._persist("revealed")
 
     def _charge(self, cur: dict[str, Any]) -> None:
-        """Record every survivor's release: it has been (or is about to be) revealed in the sum."""
+        """Record every survivor's release: it is revealed in the sum (idempotent per client, round, attempt)."""
         for c in cur["finished"]:
-            self.ledger.record(c, cur["round"], Release(**cur["clients"][c]["release"]))
+            self.ledger.record(c, cur["round"], Release(**cur["clients"][c]["release"]), cur["attempt"], force=True)
 
     def _aggregate(self, cur: dict[str, Any]) -> None:
         self.on_step(f"round {cur['round']}: aggregating ({self.fed.strategy})")
@@ -400,26 +420,26 @@ class Coordinator:
             cur["tampered"] = server.tampered
         else:
             total = sum(vectors[c] for c in cur["finished"])
-        if self.fed.user_dp:  # DP-FedAvg: clipped, unweighted sum; noise σC from OS entropy, never seeded
+        # every payload is [update…, weight, weight·loss]: the sums give the weighted mean train loss
+        # (under user-level DP clients send no loss: an un-noised sum would sit outside its guarantee)
+        cur["train_loss"] = float(total[-1] / total[-2]) if total[-2] > 0 and not self.fed.user_dp else math.nan
+        if self.fed.user_dp:  # DP-FedAvg: clipped, unweighted sum + N(0, (σC)²)
             udp = self.fed.user_dp
-            mean = S.dp_fedavg_from_sum(total[:-1], len(cur["sampled"]), udp.clip_norm, udp.noise_multiplier,
-                                        np.random.default_rng())  # fmt: skip
-            if not cur.get("user_dp_recorded"):
-                q = len(cur["sampled"]) / len(self.nodes)
-                self.state["user_dp_history"].append([udp.noise_multiplier, q, 1])
-                cur["user_dp_recorded"] = True
+            # The seed was drawn from OS entropy at reveal and is deleted at commit; persisting it
+            # makes a re-aggregation after a crash draw the *same* noise, never a second sample.
+            mean = S.dp_fedavg_from_sum(total[:-2], len(cur["sampled"]), udp.clip_norm, udp.noise_multiplier,
+                                        np.random.default_rng(cur["noise_seed"]))  # fmt: skip
         elif self.fed.strategy in S.NEEDS_EACH_UPDATE:
-            updates = [S.ClientUpdate({"v": _t(vectors[c][:-1] / vectors[c][-1])}, int(vectors[c][-1]))
+            updates = [S.ClientUpdate({"v": _t(vectors[c][:-2] / vectors[c][-2])}, int(vectors[c][-2]))
                        for c in cur["finished"]]  # fmt: skip
             mean = S.aggregate(self.fed.strategy, updates, trim=self.fed.trim)["v"].numpy()
         else:
-            mean = S.fedavg_from_sum(total[:-1], float(total[-1]))
+            mean = S.fedavg_from_sum(total[:-2], float(total[-2]))
         delta = S.unflatten(mean, adapter, names)
-        if self._server_opt is not None:
-            import torch
-
+        if self._server_opt is not None:  # its state after round r−1 in, after round r out: replayable
+            self._server_opt.load_state_dict(self.store.load_server_state(cur["round"] - 1))
             delta = self._server_opt.apply({k: v.float() for k, v in delta.items()})
-            torch.save(self._server_opt.state_dict(), self.store.dir / "server_opt.pt")
+            self.store.save_server_state(cur["round"], self._server_opt.state_dict())
         new = {k: (v + delta[k].to(v.dtype)) if k in delta else v for k, v in adapter.items()}
         self.store.save_adapter(cur["round"], new)
         cur["phases"]["aggregate"] = time.perf_counter() - mark
@@ -432,25 +452,37 @@ class Coordinator:
         cur["phases"]["evaluate"] = time.perf_counter() - mark
         self._persist("evaluated")
 
-    def _commit(self, cur: dict[str, Any]) -> None:
+    def _prepare_commit(self, cur: dict[str, Any]) -> None:
+        """Freeze the round's result, and drop what could rebuild the noise-free sum."""
+        if self.fed.user_dp:
+            # q = 1: who took part is published (round results, registry lineage), so no amplification
+            # by subsampling is claimed for the user-level guarantee.
+            self.state["user_dp_history"].append([self.fed.user_dp.noise_multiplier, 1.0, 1])
         history = [Release(*h) for h in self.state["user_dp_history"]]
         user_eps = composed_epsilon(history, self.privacy.delta, self.privacy.accountant) if history else None
         clients = cur["clients"]
         result = RoundResult(
             round=cur["round"], attempt=cur["attempt"], sampled=cur["sampled"], finished=cur["finished"],
-            stragglers=cur["stragglers"], train_loss=float(np.mean([clients[c]["loss"] for c in cur["finished"]])),
+            stragglers=cur["stragglers"], train_loss=cur["train_loss"],
             held_out_loss=cur["held_out_loss"], perplexity=math.exp(cur["held_out_loss"]),
             epsilon={c: self.ledger.epsilon(c) for c in self.nodes}, user_epsilon=user_eps,
             wall_s=time.time() - cur["wall_started"], phases=cur["phases"],
             client_train_s={c: clients[c]["train_s"] for c in cur["finished"]},
             ran_on={c: clients[c].get("ran_on") for c in cur["finished"]},
         )  # fmt: skip
-        self.state["completed"].append(asdict(result))
-        self.state["current"] = None
-        self.store.append_round(asdict(result))
-        self.store.save(self.state)
-        if self.on_round is not None:
+        self.state["current"] = {"round": cur["round"], "attempt": cur["attempt"], "result": asdict(result)}
+        self._persist("committed")
+        self.store.drop_round_secrets(cur["round"])
+
+    def _commit(self, cur: dict[str, Any]) -> None:
+        """Publish a frozen result once: to the run's history, the rounds file and ``on_round``."""
+        result = RoundResult(**cur["result"])
+        self.store.append_round(asdict(result))  # idempotent: a round already in the file is not added
+        if self.on_round is not None:  # at least once; the registry hook recognises a round it has
             self.on_round(result, self.store.adapter_path(result.round))
+        self.state["completed"].append(cur["result"])
+        self.state["current"] = None
+        self.store.save(self.state)
 
 
 def _t(x: np.ndarray) -> Any:

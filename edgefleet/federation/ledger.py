@@ -3,7 +3,8 @@
 Per client it stores each round's DP-SGD release, (noise multiplier, sample rate, steps), and
 composes the whole history with Opacus' accountant (RDP or PRV), never by adding per-round ε's.
 A client whose next round would take its composed ε past its budget is not eligible. Rows are
-keyed by (client, round), so a coordinator that restarts and records a round again counts it once.
+keyed by (client, round, attempt), so a coordinator that restarts and records a release again counts
+it once, while a round that had to be retried after its first attempt's updates were seen counts both.
 The store is SQLite in the run directory.
 
 Example:
@@ -23,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SCHEMA = """CREATE TABLE IF NOT EXISTS releases (
-    client TEXT NOT NULL, round INTEGER NOT NULL,
+    client TEXT NOT NULL, round INTEGER NOT NULL, attempt INTEGER NOT NULL DEFAULT 1,
     noise_multiplier REAL NOT NULL, sample_rate REAL NOT NULL, steps INTEGER NOT NULL,
-    PRIMARY KEY (client, round))"""
+    PRIMARY KEY (client, round, attempt))"""
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ class PrivacyLedger:
 
     def releases(self, client: str) -> list[Release]:
         rows = self.db.execute("SELECT noise_multiplier, sample_rate, steps FROM releases WHERE client = ? "
-                               "ORDER BY round", (client,)).fetchall()  # fmt: skip
+                               "ORDER BY round, attempt", (client,)).fetchall()  # fmt: skip
         return [Release(*row) for row in rows]
 
     def epsilon(self, client: str) -> float:
@@ -83,20 +84,25 @@ class PrivacyLedger:
     def eligible(self, clients: list[str], release: Release) -> list[str]:
         return [c for c in clients if self.can_take_part(c, release)]
 
-    def record(self, client: str, round_id: int, release: Release) -> None:
-        """Record a round's release; recording the same (client, round) again changes nothing.
+    def recorded(self, client: str, round_id: int, attempt: int = 1) -> bool:
+        return self.db.execute("SELECT 1 FROM releases WHERE client = ? AND round = ? AND attempt = ?",
+                               (client, round_id, attempt)).fetchone() is not None  # fmt: skip
+
+    def record(self, client: str, round_id: int, release: Release, attempt: int = 1, *, force: bool = False) -> None:
+        """Record a release; recording the same (client, round, attempt) again changes nothing.
+
+        ``force`` records a release that already happened even past the budget: the ledger must
+        never under-count. Without it such a release is refused.
 
         Raises:
             ValueError: the release would take the client past its budget (it should not have run).
         """
-        existing = self.db.execute("SELECT 1 FROM releases WHERE client = ? AND round = ?",
-                                   (client, round_id)).fetchone()  # fmt: skip
-        if existing:
+        if self.recorded(client, round_id, attempt):
             return
-        if not self.can_take_part(client, release):
+        if not force and not self.can_take_part(client, release):
             raise ValueError(f"{client}: round {round_id} would exceed the privacy budget ε={self.budget}")
-        self.db.execute("INSERT INTO releases VALUES (?, ?, ?, ?, ?)",
-                        (client, round_id, release.noise_multiplier, release.sample_rate, release.steps))  # fmt: skip
+        self.db.execute("INSERT INTO releases VALUES (?, ?, ?, ?, ?, ?)", (client, round_id, attempt,
+                        release.noise_multiplier, release.sample_rate, release.steps))  # fmt: skip
 
     def close(self) -> None:
         self.db.close()

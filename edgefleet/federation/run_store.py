@@ -3,7 +3,8 @@
     <run_dir>/state.json              the run: completed rounds, the round in progress and its step
     <run_dir>/ledger.sqlite           the privacy ledger (federation/ledger.py)
     <run_dir>/global/round-<r>.safetensors   the global adapter after round r (round 0: the start)
-    <run_dir>/rounds/<r>/             what unmasking needs: masked vectors, roster, revealed shares
+    <run_dir>/rounds/<r>/vectors.npz  the round's masked vectors, until the round commits
+    <run_dir>/server_opt/round-<r>.pt FedAdam/FedYogi state after round r
     <run_dir>/rounds.jsonl            one line per completed round (what the registry receives)
 
 ``state.json`` is replaced atomically (write, fsync, rename), so a reader sees the old or the new
@@ -66,7 +67,36 @@ class RunStore:
         with np.load(self.round_dir(round_id) / "vectors.npz") as data:
             return {k: data[k] for k in data.files}
 
+    def save_server_state(self, round_id: int, state: dict[str, Any]) -> None:
+        import io
+
+        import torch
+
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        path = self.dir / "server_opt" / f"round-{round_id}.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path, buf.getvalue())
+
+    def load_server_state(self, round_id: int) -> dict[str, Any]:
+        """The server optimiser's state after ``round_id`` (empty before the first round)."""
+        import torch
+
+        path = self.dir / "server_opt" / f"round-{round_id}.pt"
+        return torch.load(path, weights_only=False) if path.is_file() else {"m": {}, "v": {}}
+
+    def drop_round_secrets(self, round_id: int) -> None:
+        """Delete the masked vectors: with the revealed shares they would rebuild the noise-free sum."""
+        (self.round_dir(round_id) / "vectors.npz").unlink(missing_ok=True)
+
+    def rounds(self) -> list[dict[str, Any]]:
+        path = self.dir / "rounds.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
     def append_round(self, row: dict[str, Any]) -> None:
+        """Append a committed round's row, unless that round is already there."""
+        if any(r["round"] == row["round"] for r in self.rounds()):
+            return
         with open(self.dir / "rounds.jsonl", "a") as f:
             f.write(json.dumps(row, sort_keys=True) + "\n")
             f.flush()

@@ -18,7 +18,8 @@ Per round and client ``u`` (clients ordered by id; Shamir x-coordinate = positio
    shares, checks it against what was published (``b``'s commitment, ``s``'s public key), strips the
    self masks and the dropped clients' left-over pairwise masks, and decodes the sum.
 
-A tampered share is detected in two places: AES-GCM refuses an altered ciphertext, and a rebuilt
+A tampered share is detected in two places: AES-GCM refuses an altered ciphertext (its recipient
+skips it and names the sender), and a rebuilt
 secret that does not match its commitment or public key marks the shares that disagree. With more
 than t honest shares the secret is still recovered from a consistent subset; otherwise
 :class:`TamperedShare` is raised. Nothing wrong is ever silently summed.
@@ -56,7 +57,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 SCALE_BITS = 24  # fixed point: 2^-24 ≈ 6e-8 resolution
-MAX_ABS = 2.0**31  # per coordinate; 2^31 · 2^24 · 256 clients stays below 2^63: the sum never wraps
+MAX_ABS = 2.0**31  # per coordinate; with fewer than 256 clients, 2^31 · 2^24 · n < 2^63: the sum never wraps
+MAX_CLIENTS = 255
 PRIME = 2**521 - 1  # Mersenne prime field for Shamir: larger than any 256-bit secret
 MAX_SUBSETS = 2_000  # bound on the search for a consistent subset of shares
 
@@ -188,6 +190,8 @@ def _check_roster(roster: Sequence[AdvertisedKeys], threshold: int) -> list[Adve
     ids = [k.client for k in roster]
     if len(set(ids)) != len(ids):
         raise SecAggError(f"client ids repeat in the roster: {ids}")
+    if len(ids) * MAX_ABS * 2.0**SCALE_BITS >= 2.0**63:
+        raise SecAggError(f"{len(ids)} clients could overflow the fixed-point sum; at most {MAX_CLIENTS}")
     if not 2 <= threshold <= len(ids):
         raise SecAggError(f"threshold {threshold} must be in [2, {len(ids)}] for {len(ids)} clients")
     return sorted(roster, key=lambda k: k.client)
@@ -202,6 +206,9 @@ class SecAggClient:
         self._b = os.urandom(32)
         self._roster: list[AdvertisedKeys] = []
         self._threshold = 0
+        self._masked = False
+        self._split: tuple[frozenset[str], frozenset[str]] | None = None
+        self.rejected: list[str] = []  # senders whose share ciphertext failed authentication
 
     def advertise(self) -> AdvertisedKeys:
         return AdvertisedKeys(self.client_id, _raw(self._c.public_key()), _raw(self._s.public_key()),
@@ -236,9 +243,13 @@ class SecAggClient:
         return f"{sender}>{recipient}|".encode() + self.round_tag
 
     def mask(self, vector: np.ndarray) -> np.ndarray:
-        """Step 3: the masked, fixed-point vector to send (uint64)."""
+        """Step 3: the masked, fixed-point vector to send (uint64). Once per round: two vectors under
+        the same masks would give away their difference."""
         if not self._roster:
             raise SecAggError("share_keys must run before mask")
+        if self._masked:
+            raise SecAggError(f"{self.client_id} already masked a vector in this round")
+        self._masked = True
         y = encode(vector)
         y = y + prg(_kdf(self._b, "self", self.round_tag), len(y))
         sk = _raw(self._s)
@@ -251,30 +262,45 @@ class SecAggClient:
 
     def reveal(self, inbox: Mapping[str, bytes], survivors: Sequence[str], dropped: Sequence[str]
                ) -> list[RevealedShare]:  # fmt: skip
-        """Step 4: shares of ``b`` for survivors, of ``s`` for dropped clients; never both for one client.
+        """Step 4: shares of ``b`` for survivors, of ``s`` for dropped clients.
+
+        The client answers one split of the roster per round (the same question again gets the same
+        answer): a coordinator that asked twice with a client moved between the lists would learn
+        both of its secrets and unmask its update. A ciphertext in ``inbox`` that fails
+        authentication is skipped and its sender listed in :attr:`rejected`; the other survivors'
+        shares of that sender's secrets still count.
 
         Raises:
-            TamperedShare: a ciphertext in ``inbox`` fails authentication or is addressed wrongly.
-            SecAggError: the survivors are fewer than the threshold, or a client is in both lists.
+            SecAggError: the split is not this round's roster, leaves this client out of the
+                survivors, has fewer survivors than the threshold, or differs from an earlier one.
         """
-        both = set(survivors) & set(dropped)
-        if both:
-            raise SecAggError(f"refusing to reveal both secrets of {sorted(both)}: that would unmask them")
+        split = (frozenset(survivors), frozenset(dropped))
+        if self._split is not None and self._split != split:
+            raise SecAggError(f"{self.client_id} already revealed for another split of the roster; refusing")
+        if split[0] & split[1]:
+            raise SecAggError(
+                f"refusing to reveal both secrets of {sorted(split[0] & split[1])}: that would unmask them"
+            )
         known = {k.client for k in self._roster}
-        if (set(survivors) | set(dropped)) - known:
-            raise SecAggError("survivors and dropped must be clients of this round's roster")
+        if split[0] | split[1] != known or len(survivors) + len(dropped) != len(known):
+            raise SecAggError("survivors and dropped must split this round's roster exactly")
+        if self.client_id not in split[0]:
+            raise SecAggError(f"{self.client_id} is listed as dropped: it has nothing to reveal")
         if len(survivors) < self._threshold:
             raise SecAggError(f"{len(survivors)} survivors, fewer than the threshold {self._threshold}")
+        self._split = split
         c_pks = {k.client: k.c_pk for k in self._roster}
         opened = {self.client_id: self._own}
+        self.rejected = []
         for sender, blob in inbox.items():
-            if sender not in c_pks:
-                raise TamperedShare(f"share from {sender!r}, who is not in the roster")
             try:
+                if sender not in c_pks or sender == self.client_id:
+                    raise InvalidTag
                 body = AESGCM(self._share_key(c_pks[sender])).decrypt(blob[:12], blob[12:],
                                                                       self._aad(sender, self.client_id))  # fmt: skip
             except InvalidTag:
-                raise TamperedShare(f"the share from {sender} to {self.client_id} failed authentication") from None
+                self.rejected.append(sender)  # altered in transit, or not from whom it claims
+                continue
             msg = json.loads(body)
             opened[sender] = {"x": msg["x"], "s": int(msg["s"], 16), "b": int(msg["b"], 16)}
         out = []

@@ -50,10 +50,18 @@ def federation_config(tmp_path, **federation):
     return cfg
 
 
+class WatchedCoordinator(Coordinator):
+    """Keeps a copy of what the coordinator holds on disk at the moment it charges the ledger."""
+
+    def _charge(self, cur):
+        self.seen_vectors = getattr(self, "seen_vectors", []) + [self.store.load_vectors(cur["round"])]
+        super()._charge(cur)
+
+
 def coordinator(cfg, run_dir, **kw):
     base, tok = load_trainable(cfg.fleet.edge_nodes[0].model, cfg.cache_dir)
-    return Coordinator(cfg, run_dir, clients=lambda n: InProcessClient(cfg, n, base, tok),
-                       evaluator=load_evaluator(cfg, local_hyper(cfg)), **kw)  # fmt: skip
+    return WatchedCoordinator(cfg, run_dir, clients=lambda n: InProcessClient(cfg, n, base, tok),
+                              evaluator=load_evaluator(cfg, local_hyper(cfg)), **kw)  # fmt: skip
 
 
 def test_secure_dp_rounds_lower_the_held_out_loss_and_the_coordinator_holds_only_masked_vectors(tmp_path):
@@ -66,9 +74,11 @@ def test_secure_dp_rounds_lower_the_held_out_loss_and_the_coordinator_holds_only
     print([f"{r.held_out_loss:.3f}" for r in results], f"from {initial:.3f}", results[-1].epsilon)
     assert results[-1].held_out_loss < initial - 0.05
     assert [r.round for r in results] == [1, 2, 3] and all(r.finished == r.sampled for r in results)
-    for r in results:  # each round's vectors on disk are masked: uniform over Z_2^64, nothing like an update
-        for vector in coord.store.load_vectors(r.round).values():
+    assert len(coord.seen_vectors) == 3
+    for vectors in coord.seen_vectors:  # what it held: masked, uniform over Z_2^64, nothing like an update
+        for vector in vectors.values():
             assert vector.dtype == np.uint64 and np.median(np.abs(decode(vector))) > 1e6
+    assert not list(coord.store.dir.glob("rounds/*/vectors.npz"))  # dropped at commit
     # the ledger composed three releases per client; far less than three times one round's ε
     one_round = results[0].epsilon["edge-1"]
     assert 0 < one_round <= cfg.privacy.target_epsilon + 0.05
@@ -77,7 +87,7 @@ def test_secure_dp_rounds_lower_the_held_out_loss_and_the_coordinator_holds_only
     assert results[-1].user_epsilon is None
 
 
-def test_user_level_dp_reports_its_own_guarantee_from_the_client_sampling_rate(tmp_path):
+def test_user_level_dp_reports_its_own_guarantee_apart_and_releases_no_loss(tmp_path):
     cfg = federation_config(tmp_path, clients_per_round=2, min_clients=2,
                             user_dp={"clip_norm": 0.05, "noise_multiplier": 1.0})  # fmt: skip
     coord = coordinator(cfg, tmp_path / "run")
@@ -86,10 +96,10 @@ def test_user_level_dp_reports_its_own_guarantee_from_the_client_sampling_rate(t
 
     from edgefleet.federation.ledger import Release
 
-    expected = composed_epsilon([Release(1.0, 2 / 3, 1)] * 2, cfg.privacy.delta)
+    expected = composed_epsilon([Release(1.0, 1.0, 1)] * 2, cfg.privacy.delta)  # q = 1: participants are public
     assert results[-1].user_epsilon == pytest.approx(expected)
     assert results[0].user_epsilon < results[1].user_epsilon  # it grows with every round
-    assert all(math.isfinite(r.held_out_loss) for r in results)
+    assert all(math.isfinite(r.held_out_loss) and math.isnan(r.train_loss) for r in results)  # no loss leaves
 
 
 def test_a_client_whose_next_round_would_exceed_its_budget_is_not_sampled(tmp_path):

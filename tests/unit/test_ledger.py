@@ -57,3 +57,21 @@ def test_no_sequence_of_rounds_takes_any_client_past_its_budget(budget, rounds):
             ledger.record(client, round_id, release)
 
     assert all(ledger.epsilon(c) <= budget for c in ("a", "b", "c"))
+
+
+def test_a_retried_round_whose_first_attempt_was_seen_is_charged_for_both_attempts():
+    ledger = PrivacyLedger(":memory:", budget_epsilon=50, delta=1e-5)
+    ledger.record("edge-1", 1, R, attempt=1)
+    ledger.record("edge-1", 1, R, attempt=2)
+    ledger.record("edge-1", 1, R, attempt=2)  # a restart records attempt 2 again: counted once
+
+    assert ledger.releases("edge-1") == [R, R]
+
+
+def test_a_release_that_already_happened_is_recorded_even_past_the_budget():
+    ledger = PrivacyLedger(":memory:", budget_epsilon=composed_epsilon([R], 1e-5) + 1e-9, delta=1e-5)
+    ledger.record("edge-1", 1, R)
+
+    ledger.record("edge-1", 2, R, force=True)  # never under-count what was released
+
+    assert len(ledger.releases("edge-1")) == 2 and ledger.epsilon("edge-1") > ledger.budget

@@ -83,7 +83,7 @@ def test_with_one_of_five_clients_dropping_after_masking_the_survivors_sum_is_re
         server.add_masked("edge-5", masked[4])  # its late vector must not be summed
 
 
-def test_a_tampered_ciphertext_is_refused_by_its_recipient():
+def test_a_tampered_ciphertext_is_refused_by_its_recipient_and_the_sum_still_comes_out():
     clients, server, inbox = setup_round(3, 4, threshold=2)
     for c in clients:
         server.add_masked(c.client_id, c.mask(np.ones(4)))
@@ -91,8 +91,24 @@ def test_a_tampered_ciphertext_is_refused_by_its_recipient():
     blob[-1] ^= 1  # the coordinator (or the network) flips one bit in transit
     inbox["edge-2"]["edge-1"] = bytes(blob)
 
-    with pytest.raises(TamperedShare, match="edge-1 to edge-2 failed authentication"):
-        clients[1].reveal(inbox["edge-2"], server.survivors(), server.dropped())
+    revealed = reveal_all(clients, server, inbox)
+
+    assert clients[1].rejected == ["edge-1"]  # detected and named, not silently used
+    assert not any(s.owner == "edge-1" for s in revealed["edge-2"])
+    np.testing.assert_allclose(server.unmask(revealed), np.full(4, 3.0))  # edge-1 and edge-3 hold t=2 shares
+
+
+def test_a_client_answers_one_split_of_the_roster_so_no_client_can_be_fully_unmasked():
+    clients, server, inbox = setup_round(4, 3, threshold=3)
+    a = clients[0]
+    a.mask(np.array([1.0, 2.0, 3.0]))
+    first = a.reveal(inbox["edge-1"], ["edge-1", "edge-2", "edge-3"], ["edge-4"])
+
+    assert a.reveal(inbox["edge-1"], ["edge-1", "edge-2", "edge-3"], ["edge-4"]) == first  # a retry is fine
+    with pytest.raises(SecAggError, match="another split"):  # edge-2 moved to dropped: its s would be revealed too
+        a.reveal(inbox["edge-1"], ["edge-1", "edge-3", "edge-4"], ["edge-2"])
+    with pytest.raises(SecAggError, match="already masked"):
+        a.mask(np.zeros(3))  # a second vector under the same masks would leak the difference
 
 
 def test_a_tampered_revealed_share_is_detected_and_outvoted_or_refused():
@@ -118,7 +134,11 @@ def test_a_tampered_revealed_share_is_detected_and_outvoted_or_refused():
 def test_the_client_never_reveals_both_secrets_of_one_client_nor_unmasks_below_threshold():
     clients, server, inbox = setup_round(3, 4, threshold=3)
     with pytest.raises(SecAggError, match="both secrets"):
-        clients[0].reveal(inbox["edge-1"], ["edge-1", "edge-2"], ["edge-2"])
+        clients[0].reveal(inbox["edge-1"], ["edge-1", "edge-2"], ["edge-2", "edge-3"])
+    with pytest.raises(SecAggError, match="split this round's roster"):
+        clients[0].reveal(inbox["edge-1"], ["edge-1", "edge-2"], [])
+    with pytest.raises(SecAggError, match="listed as dropped"):
+        clients[0].reveal(inbox["edge-1"], ["edge-2", "edge-3"], ["edge-1"])
     with pytest.raises(SecAggError, match="fewer than the threshold"):
         clients[0].reveal(inbox["edge-1"], ["edge-1", "edge-2"], ["edge-3"])
 
