@@ -135,7 +135,8 @@ job (scheduling, worker start, imports, model load).
 def federation_section(r: dict) -> str:
     rows = "\n".join(
         f"| {x['model']} | {x['clients']} | {x['round_s']:.1f} | {x['slowest_client_s']:.1f} | {x['aggregate_s']:.2f} | "
-        f"**{x['ratio']:.2f}×** | {x['train_wait_s']:.2f} | {x['keys_s']:.2f} | {x['reveal_s']:.2f} | {x['sample_s']:.2f} | "
+        f"**{x['ratio']:.2f}×** | {x['client_setup_s']:.2f} | {x['train_wait_s']:.2f} | {x['keys_s']:.2f} | "
+        f"{x['reveal_s']:.2f} | {x['sample_s']:.2f} | "
         f"{x['other_s']:.2f} | {x['evaluate_s']:.1f} | {x['warmup_round_s']:.0f} |"
         for x in r["rows"]
     )
@@ -145,8 +146,8 @@ def federation_section(r: dict) -> str:
     return f"""**Federated rounds** (`bench/federation.py`, {r["machine"]["date"]}; secure aggregation + DP-SGD, one edge raylet
 per client, all on 2 cores; {models}; median of {r["rounds"]} rounds after a warm-up round; target ≤ {r["target_ratio"]}×)
 
-| model | clients | round s | slowest client s | aggregate s | round / (slowest + aggregate) | dispatch, queues, masking s | keys s | reveal s | sample s | other s | eval s (apart) | warm-up round s |
-|---|---|---|---|---|---|---|---|---|---|---|---|---|
+| model | clients | round s | slowest client s | aggregate s | round / (slowest + aggregate) | client setup + masking s | queues s | keys s | reveal s | sample s | other s | eval s (apart) | warm-up round s |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|---|
 {rows}
 
 The warm-up round pays for the clients' Ray Train sessions to start, once per run; every later

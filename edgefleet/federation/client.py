@@ -71,6 +71,7 @@ def _train(base: Any, blocks: Any, task: dict[str, Any], context: dict[str, Any]
 
     if task.get("delay_s"):  # a simulated slow site (one-machine runs), as the WAN is simulated
         time.sleep(task["delay_s"])
+    started = time.perf_counter()
     hp = LocalHyper(**task["hp"])
     update = local_update(base, task["adapter"], blocks, context["privacy"], hp)
     names = trainable_adapter_names(hp, update.delta)
@@ -87,6 +88,7 @@ def _train(base: Any, blocks: Any, task: dict[str, Any], context: dict[str, Any]
         payload = _secagg(context["memory"], task).mask(payload)
     return {
         "vector": payload, "names": names, "ran_on": _node_label(), "train_s": update.seconds,
+        "step_s": time.perf_counter() - started,  # the whole step on the node: setup, training, masking
         "release": {"noise_multiplier": update.noise_multiplier, "sample_rate": update.sample_rate,
                     "steps": update.steps},
     }  # fmt: skip

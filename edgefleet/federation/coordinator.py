@@ -75,6 +75,7 @@ class RoundResult:
     wall_s: float
     phases: dict[str, float] = field(default_factory=dict)  # seconds per step
     client_train_s: dict[str, float] = field(default_factory=dict)  # pure compute per client
+    client_step_s: dict[str, float] = field(default_factory=dict)  # the whole train step on the node
     ran_on: dict[str, str | None] = field(default_factory=dict)  # client → the node label its update ran on
 
 
@@ -331,7 +332,7 @@ class Coordinator:
         self.state["current"] = cur = {
             "round": round_id, "attempt": attempt, "status": "sampled", "sampled": sampled, "tag": tag,
             "excluded": excluded, "failures": failures, "unavailable": unavailable, "over_budget": over_budget,
-            "phases": phases, "wall_started": time.time(),
+            "phases": phases, "wall_started": time.time() - phases["sample"],
         }  # fmt: skip
         self._persist()
         # 2. secure aggregation's keys and shares
@@ -394,7 +395,7 @@ class Coordinator:
         cur.update(finished=finished, stragglers=stragglers, revealed=revealed, threshold=t,
                    names=results[finished[0]]["names"], noise_seed=int.from_bytes(os.urandom(8), "little"),
                    rejected={c: a.get("rejected", []) for c, a in answers.items()} if revealed else {},
-                   clients={c: {k: results[c][k] for k in ("release", "train_s", "ran_on")}
+                   clients={c: {k: results[c][k] for k in ("release", "train_s", "step_s", "ran_on")}
                             for c in finished})  # fmt: skip
         self._persist("revealed")
 
@@ -468,6 +469,7 @@ class Coordinator:
             epsilon={c: self.ledger.epsilon(c) for c in self.nodes}, user_epsilon=user_eps,
             wall_s=time.time() - cur["wall_started"], phases=cur["phases"],
             client_train_s={c: clients[c]["train_s"] for c in cur["finished"]},
+            client_step_s={c: clients[c]["step_s"] for c in cur["finished"]},
             ran_on={c: clients[c].get("ran_on") for c in cur["finished"]},
         )  # fmt: skip
         self.state["current"] = {"round": cur["round"], "attempt": cur["attempt"], "result": asdict(result)}
