@@ -44,16 +44,9 @@ class Release:
 
 def composed_epsilon(releases: list[Release], delta: float, accountant: str = "rdp") -> float:
     """ε at ``delta`` after all ``releases``, composed by Opacus' accountant (∞ without noise)."""
-    from opacus.accountants import create_accountant
+    from edgefleet.train.dp import composed_epsilon as compose
 
-    history = [(r.noise_multiplier, r.sample_rate, r.steps) for r in releases if r.steps > 0]
-    if not history:
-        return 0.0
-    if any(sigma == 0 for sigma, _, _ in history):
-        return float("inf")
-    acc = create_accountant(accountant)
-    acc.history = history
-    return float(acc.get_epsilon(delta))
+    return compose([(r.noise_multiplier, r.sample_rate, r.steps) for r in releases], delta, accountant)
 
 
 class PrivacyLedger:

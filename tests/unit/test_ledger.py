@@ -75,3 +75,14 @@ def test_a_release_that_already_happened_is_recorded_even_past_the_budget():
     ledger.record("edge-1", 2, R, force=True)  # never under-count what was released
 
     assert len(ledger.releases("edge-1")) == 2 and ledger.epsilon("edge-1") > ledger.budget
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "prv"])
+def test_composition_is_exactly_what_opacus_accountant_reports(accountant):
+    from opacus.accountants import create_accountant
+
+    history = [R, Release(0.8, 0.1, 7), R]
+    acc = create_accountant(accountant)
+    acc.history = [(r.noise_multiplier, r.sample_rate, r.steps) for r in history]
+
+    assert composed_epsilon(history, 1e-5, accountant) == pytest.approx(acc.get_epsilon(1e-5), rel=1e-9)
