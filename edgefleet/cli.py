@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -394,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
     from edgefleet.client.errors import EdgefleetClientError
 
     args = build_parser().parse_args(argv)
+    # transformers' deprecation notices about its own internals say nothing a user can act on
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
     try:
         return args.func(args)
     except (EdgefleetError, EdgefleetClientError) as exc:
