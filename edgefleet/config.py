@@ -211,8 +211,6 @@ class FederationConfig(_Strict):
         if self.secure_aggregation and self.strategy in ("fedmedian", "trimmed_mean"):
             raise ValueError(f"strategy {self.strategy} needs each client's update in the clear; "
                              "it cannot run with secure_aggregation: true")  # fmt: skip
-        if self.secure_aggregation and self.clients_per_round < 2:
-            raise ValueError("secure_aggregation needs clients_per_round >= 2 (one client's sum is its update)")
         return self
 
 

@@ -157,6 +157,10 @@ class Coordinator:
                  on_round: Callable[[RoundResult, Path], None] | None = None,
                  on_step: Callable[[str], None] | None = None) -> None:  # fmt: skip
         self.cfg, self.fed, self.privacy = cfg, cfg.federation, cfg.privacy
+        # Checked here, not in the config: a one-edge fleet is a fine serving config, it just cannot federate.
+        if self.fed.secure_aggregation and self.fed.clients_per_round < 2:
+            raise EdgefleetError("federation.secure_aggregation needs clients_per_round >= 2 (one client's sum is "
+                                 "its update); set secure_aggregation: false or sample more clients")  # fmt: skip
         self.hp = local_hyper(cfg)
         self.store = RunStore(run_dir)
         self.ledger = PrivacyLedger(self.store.dir / "ledger.sqlite", budget_epsilon=self.privacy.client_budget_epsilon,

@@ -123,3 +123,12 @@ def test_a_robust_rule_in_the_clear_and_fedadam_under_secure_aggregation_both_tr
         coord = coordinator(cfg, tmp_path / name / "run")
         results = coord.run(2)
         assert results[-1].held_out_loss < coord.state["initial_loss"], name
+
+
+def test_secure_aggregation_with_one_client_per_round_is_refused_with_the_way_out(tmp_path):
+    from edgefleet.errors import EdgefleetError
+
+    cfg = federation_config(tmp_path, clients_per_round=1, min_clients=1)
+
+    with pytest.raises(EdgefleetError, match="secure_aggregation needs clients_per_round >= 2"):
+        Coordinator(cfg, tmp_path / "run")

@@ -127,3 +127,22 @@ def test_request_validation_rejects_values_that_would_break_a_batch(kwargs, fiel
         validate(**{**base, **kwargs})
 
     assert info.value.param == field
+
+
+def test_a_one_edge_fleet_is_a_valid_config_even_with_secure_aggregation_on():
+    from edgefleet.config import parse_config
+
+    cfg = parse_config({"fleet": {"edge_nodes": [{"id": "edge-1"}]}, "federation": {"clients_per_round": 1,
+                                                                                    "min_clients": 1}})  # fmt: skip
+
+    assert cfg.federation.secure_aggregation and cfg.federation.clients_per_round == 1
+
+
+def test_a_robust_rule_under_secure_aggregation_is_refused_with_the_reason():
+    import pytest
+
+    from edgefleet.config import parse_config
+    from edgefleet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="needs each client's update in the clear"):
+        parse_config({"federation": {"strategy": "fedmedian"}})
