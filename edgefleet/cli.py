@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from edgefleet import cli_federate, cli_train, demo_deadlines
+from edgefleet import cli_federate, cli_models, cli_train, demo_deadlines
 from edgefleet.config import EdgefleetConfig, load_config
 from edgefleet.errors import EdgefleetError, FleetError
 
@@ -169,6 +169,14 @@ def _federation_scene(cfg: EdgefleetConfig) -> None:
     cli_federate.prepare(cfg, _fetch_model)
     run_dir = cfg.cache_dir / "federation" / time.strftime("demo-%Y%m%d-%H%M%S")
     cli_federate.run_rounds(cfg, run_dir, cfg.federation.rounds)
+    from edgefleet.cli_models import _registry, versions_table
+
+    console.print(versions_table(_registry(cfg).versions(), cfg.mlflow.model_name))
+    console.print(
+        f"MLflow UI: `edgefleet up` serves it on http://127.0.0.1:{cfg.ports.mlflow_ui} "
+        f"(store: {cfg.tracking_uri}); load the champion with "
+        f'mlflow.pyfunc.load_model("models:/{cfg.mlflow.model_name}@champion")'
+    )
 
 
 def _rush_hour(client) -> None:
@@ -384,10 +392,13 @@ def build_parser() -> argparse.ArgumentParser:
     cli_train.add_parser(sub, _fetch_model, _start_fleet, _state_file)
     cli_federate.add_parser(sub, _fetch_model, _start_fleet, _state_file)
 
-    models = sub.add_parser("models", help="model cache").add_subparsers(dest="models_command", required=True)
+    models = sub.add_parser("models", help="model cache and the MLflow registry").add_subparsers(
+        dest="models_command", required=True
+    )
     fetch = models.add_parser("fetch", help="download and convert SmolLM2 into the cache")
     fetch.add_argument("--source", default="smollm2", choices=["smollm2"])
     fetch.set_defaults(func=cmd_models_fetch)
+    cli_models.add_commands(models)
     return parser
 
 

@@ -77,8 +77,15 @@ def run_rounds(cfg: EdgefleetConfig, run_dir: Path, rounds: int, *, crash_after:
               f"secure aggregation {'on' if fed.secure_aggregation else 'off'}, budget ε={priv.client_budget_epsilon:g}"
               f" per client\n  state: {run_dir}")  # fmt: skip
     status = out.status("starting")
-    coordinator = Coordinator(cfg, run_dir, crash_after=crash_after, on_step=status.update,
-                              on_round=lambda r, _path: out.print(_round_line(r)))  # fmt: skip
+    publish = registry_hook(cfg, run_dir.name, lambda: coordinator)
+
+    def on_round(result: Any, adapter_path: Path) -> None:
+        status.update(f"round {result.round}: registering the model in MLflow")
+        version = publish(result, adapter_path)
+        where = f"model version {version}" if version else "MLflow unreachable: kept in the outbox"
+        out.print(_round_line(result) + f" → {where}")
+
+    coordinator = Coordinator(cfg, run_dir, crash_after=crash_after, on_step=status.update, on_round=on_round)
     done = len(coordinator.completed)
     if done:
         out.print(f"resuming after round {done}" + (f" (round {done + 1} was in progress)"
@@ -87,6 +94,40 @@ def run_rounds(cfg: EdgefleetConfig, run_dir: Path, rounds: int, *, crash_after:
         results = coordinator.run(rounds)
     out.print(rounds_table(results, coordinator.state["initial_loss"], cfg))
     return results
+
+
+def registry_hook(cfg: EdgefleetConfig, run: str, coordinator: Any) -> Any:
+    """``(RoundResult, adapter file) -> version | None``: each committed round into the MLflow registry."""
+    import tempfile
+
+    from edgefleet.mlflow.registry import ModelRegistry, RoundRecord
+    from edgefleet.train.dp import export_adapter
+
+    registry = ModelRegistry(cfg.tracking_uri, cfg.mlflow.model_name, outbox=cfg.cache_dir / "mlflow" / "outbox",
+                             margin=cfg.mlflow.promotion_margin)  # fmt: skip
+    fed, priv = cfg.federation, cfg.privacy
+    base_model = cfg.fleet.edge_nodes[0].model.model_dump(mode="json", include={"source"})
+    params = {"strategy": fed.strategy, "clients_per_round": fed.clients_per_round, "nodes": len(cfg.fleet.edge_nodes),
+              "secure_aggregation": fed.secure_aggregation, "target_epsilon_per_round": priv.target_epsilon,
+              "noise_multiplier": priv.noise_multiplier, "delta": priv.delta, "max_grad_norm": priv.max_grad_norm,
+              "client_budget_epsilon": priv.client_budget_epsilon, "accountant": priv.accountant,
+              "user_dp": fed.user_dp.model_dump() if fed.user_dp else None, "local_steps": fed.local_steps,
+              "batch_size": fed.batch_size, "lr": fed.lr, "base_model": base_model["source"]}  # fmt: skip
+
+    def publish(result: Any, adapter_path: Path) -> str | None:
+        from safetensors.torch import load_file
+
+        coord = coordinator()
+        record = RoundRecord(run=run, round=result.round, strategy=fed.strategy, clients=list(result.finished),
+                             train_loss=result.train_loss, held_out_loss=result.held_out_loss,
+                             perplexity=result.perplexity, epsilon=dict(result.epsilon), delta=priv.delta,
+                             budget_epsilon=priv.client_budget_epsilon, user_epsilon=result.user_epsilon,
+                             base_model=base_model, params=params)  # fmt: skip
+        with tempfile.TemporaryDirectory() as tmp:
+            peft_dir = export_adapter(coord.evaluator.base, load_file(str(adapter_path)), coord.hp, Path(tmp) / "peft")
+            return registry.publish(record, peft_dir)
+
+    return publish
 
 
 def _round_line(r: Any) -> str:

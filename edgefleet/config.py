@@ -216,7 +216,10 @@ class FederationConfig(_Strict):
 
 class MLflowConfig(_Strict):
     tracking_uri: str = Field(default="", description="empty: a SQLite store under the cache dir")
-    model_name: str = Field(default="edgefleet-llm", min_length=1)
+    model_name: str = Field(default="edgefleet-edge-llm", min_length=1, description="the registered model")
+    promotion_margin: float = Field(
+        default=0.0, ge=0, description="held-out loss a candidate must beat the champion's by to become champion"
+    )
 
 
 class PortsConfig(_Strict):

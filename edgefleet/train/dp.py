@@ -367,6 +367,19 @@ def _check(before: dict[str, Any], after: dict[str, Any], frozen: dict[str, Any]
         raise CorruptUpdate(f"frozen base weights moved: {moved[:3]}")
 
 
+def export_adapter(base: Any, adapter: dict[str, Any], hp: LocalHyper, out_dir: Any) -> Any:
+    """Write ``adapter`` as a peft LoRA directory (adapter_config.json + weights): what serving and
+    ``ModelSpec.adapter`` load, and what the registry versions."""
+    import torch
+
+    with torch.random.fork_rng():
+        torch.manual_seed(hp.seed)
+        model = lora_model(base, hp)
+    load_adapter(model, adapter)
+    model.save_pretrained(str(out_dir))
+    return out_dir
+
+
 def held_out_loss(base: Any, adapter: dict[str, Any] | None, blocks: Any, hp: LocalHyper = DEFAULT_HYPER,
                   batch: int = 32) -> float:  # fmt: skip
     """Mean next-token loss of base + adapter on ``blocks`` (no gradients)."""

@@ -66,3 +66,15 @@ def test_a_killed_coordinator_resumes_and_counts_nobodys_epsilon_twice(fleet, tm
     finished = {n: sum(n in r["finished"] for r in rounds) for n in ("edge-1", "edge-2", "edge-3")}
     assert charged == {n: k for n, k in finished.items() if k}
     assert db.execute("SELECT COUNT(*) FROM releases WHERE round > 3").fetchone() == (0,)
+
+    # every committed round became exactly one registry version, resumes included
+    models = subprocess.run([sys.executable, "-m", "edgefleet.cli", "-c", str(cfg_path), "models", "list", "--json"],
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert models.returncode == 0, models.stderr[-2000:]
+    versions = json.loads(models.stdout)
+    assert sorted(v["tags"]["edgefleet.round"] for v in versions) == ["1", "2", "3"]
+    assert all(v["tags"]["edgefleet.run"] == "resume-me" for v in versions)
+    assert "candidate" in versions[-1]["aliases"]
+    unknown = subprocess.run([sys.executable, "-m", "edgefleet.cli", "-c", str(cfg_path), "models", "show", "99"],
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert unknown.returncode == 2 and "no version 99" in unknown.stderr and len(unknown.stderr.splitlines()) == 1

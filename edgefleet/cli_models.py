@@ -1,0 +1,103 @@
+"""``edgefleet models list | show VERSION | promote VERSION | rollback``: the MLflow registry, for operators.
+
+The same registry the MLflow UI shows (``mlflow.tracking_uri``, default a SQLite store in the
+cache); these commands only move aliases and read tags, as MLflow's own tools would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from edgefleet.config import EdgefleetConfig, load_config
+from edgefleet.errors import EdgefleetError
+
+console = Console(highlight=False)
+
+
+def add_commands(models: Any) -> None:
+    ls = models.add_parser("list", help="registered versions with their aliases, gate decision and lineage")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+    ls.set_defaults(func=cmd_list)
+    show = models.add_parser("show", help="one version's tags")
+    show.add_argument("version")
+    show.set_defaults(func=cmd_show)
+    promote = models.add_parser("promote", help="make VERSION the champion (its predecessor is remembered)")
+    promote.add_argument("version")
+    promote.add_argument("--reason", default="promoted by an operator")
+    promote.set_defaults(func=cmd_promote)
+    rollback = models.add_parser("rollback", help="move champion back to the version it replaced")
+    rollback.add_argument("--reason", default="rolled back by an operator")
+    rollback.set_defaults(func=cmd_rollback)
+
+
+def _registry(cfg: EdgefleetConfig) -> Any:
+    from edgefleet.mlflow.registry import ModelRegistry, TrackingUnavailable
+
+    registry = ModelRegistry(cfg.tracking_uri, cfg.mlflow.model_name, outbox=cfg.cache_dir / "mlflow" / "outbox",
+                             margin=cfg.mlflow.promotion_margin)  # fmt: skip
+    try:
+        registry.flush()  # anything a round left in the outbox while the server was down
+    except TrackingUnavailable as exc:
+        raise EdgefleetError(f"MLflow tracking server unreachable: {exc}") from None
+    return registry
+
+
+def _guard(call: Any) -> Any:
+    try:
+        return call()
+    except KeyError as exc:
+        raise EdgefleetError(str(exc.args[0]) if exc.args else str(exc)) from None
+
+
+def versions_table(versions: list[dict[str, Any]], name: str) -> Table:
+    table = Table(title=f"{name} in the MLflow registry")
+    for col in ("version", "aliases", "run / round", "held-out loss", "ε max", "clients (data lineage)", "gate",
+                "why"):  # fmt: skip
+        table.add_column(col, overflow="fold")
+    for v in versions:
+        t = v["tags"]
+        gate = t.get("edgefleet.gate", "-") + (" [red](rolled back)" if "edgefleet.rolled_back" in t else "")
+        table.add_row(v["version"], ", ".join(v["aliases"]) or "-",
+                      f"{t.get('edgefleet.run', '-')} / {t.get('edgefleet.round', '-')}",
+                      t.get("edgefleet.held_out_loss", "-")[:6], t.get("edgefleet.epsilon_max", "-"),
+                      t.get("edgefleet.data_lineage", "-"), gate,
+                      t.get("edgefleet.rolled_back") or t.get("edgefleet.gate_reason", "-"))  # fmt: skip
+    return table
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    versions = _registry(cfg).versions()
+    if args.json:
+        print(json.dumps(versions, indent=1))
+    else:
+        console.print(versions_table(versions, cfg.mlflow.model_name))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    v = _guard(lambda: _registry(cfg).show(args.version))
+    console.print(f"{cfg.mlflow.model_name} version {v['version']}  aliases: {', '.join(v['aliases']) or '-'}")
+    for key, value in sorted(v["tags"].items()):
+        console.print(f"  {key} = {value}")
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    _guard(lambda: _registry(cfg).promote(args.version, args.reason))
+    console.print(f"{cfg.mlflow.model_name}@champion → version {args.version}")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    previous = _guard(lambda: _registry(cfg).rollback(args.reason))
+    console.print(f"{cfg.mlflow.model_name}@champion rolled back to version {previous} ({args.reason})")
+    return 0

@@ -1,0 +1,286 @@
+"""Every federated round's global model, versioned in the MLflow model registry with its lineage.
+
+- **Tracking.** A federated run is one MLflow run (experiment ``edgefleet-federation``): its params
+  (strategy, clients, DP settings, base model), per-round metrics (train loss, held-out loss and
+  perplexity, ε per client, the largest ε) and per-round artifacts (the adapter in peft format and
+  a model card).
+- **Registry.** Each round's adapter is registered as a new version of ``mlflow.model_name`` as a
+  pyfunc that generates text (:mod:`pyfunc_model`), tagged with its lineage: run, round, strategy,
+  participating clients (the nodes whose data contributed), (ε, δ), the parent version and the base
+  model. It gets the alias ``candidate``. Aliases, never the deprecated stages.
+- **Promotion gate** (:func:`gate`, pure): ``champion`` moves to the candidate only if its held-out
+  loss beats the champion's by ``margin`` and every client is within its privacy budget. The
+  decision and its reason are tags on the version.
+- **Outbox.** If the tracking server does not answer when a round ends, the round goes to a local
+  outbox and is published, in order, the next time the server answers. Nothing is lost.
+
+The embedded default is a SQLite store with a local artifact folder; ``mlflow.tracking_uri`` points
+at a real ``mlflow server`` instead, through the same code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+EXPERIMENT = "edgefleet-federation"
+CANDIDATE, CHAMPION = "candidate", "champion"
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    promote: bool
+    reason: str
+
+
+def gate(candidate_loss: float, champion_loss: float | None, *, margin: float, within_budget: bool) -> GateDecision:
+    """Whether a candidate becomes champion: better held-out loss by ``margin``, and nobody over budget."""
+    if not within_budget:
+        return GateDecision(False, "a client is over its privacy budget")
+    if not math.isfinite(candidate_loss):
+        return GateDecision(False, f"held-out loss is {candidate_loss}")
+    if champion_loss is None:
+        return GateDecision(True, f"first version: held-out loss {candidate_loss:.4f}")
+    if candidate_loss <= champion_loss - margin:
+        return GateDecision(
+            True, f"held-out loss {candidate_loss:.4f} beats champion {champion_loss:.4f} by ≥ {margin:g}"
+        )
+    return GateDecision(False, f"held-out loss {candidate_loss:.4f} does not beat champion {champion_loss:.4f} "
+                               f"by {margin:g}")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """What the registry needs of one committed round (also what the outbox stores)."""
+
+    run: str
+    round: int
+    strategy: str
+    clients: list[str]
+    train_loss: float
+    held_out_loss: float
+    perplexity: float
+    epsilon: dict[str, float]
+    delta: float
+    budget_epsilon: float
+    user_epsilon: float | None
+    base_model: dict[str, Any]  # the ModelSpec the adapter applies to
+    params: dict[str, Any]
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking server did not answer."""
+
+
+class ModelRegistry:
+    def __init__(self, tracking_uri: str, model_name: str, *, outbox: str | Path, margin: float = 0.0) -> None:
+        self.uri, self.name, self.margin = tracking_uri, model_name, margin
+        self.outbox = Path(outbox)
+
+    # ------------------------------------------------------------ plumbing
+
+    def _client(self) -> Any:
+        import mlflow
+        from mlflow import MlflowClient
+
+        if self.uri.startswith(("http://", "https://")):
+            try:
+                urllib.request.urlopen(self.uri.rstrip("/") + "/health", timeout=3).read()
+            except OSError as exc:
+                raise TrackingUnavailable(f"{self.uri}: {exc}") from None
+        mlflow.set_tracking_uri(self.uri)
+        mlflow.set_registry_uri(self.uri)
+        return MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+
+    # ------------------------------------------------------------ publishing rounds
+
+    def publish(self, record: RoundRecord, adapter_dir: Path) -> str | None:
+        """Register ``record``'s model (and anything waiting in the outbox first, in order).
+
+        Returns the new version, or None if the server is unreachable (the round waits in the outbox).
+        """
+        self._enqueue(record, adapter_dir)
+        try:
+            return self.flush()
+        except TrackingUnavailable:
+            return None
+
+    def flush(self) -> str | None:
+        """Publish every round waiting in the outbox, oldest first; the last version published."""
+        last = None
+        for entry in sorted(self.outbox.glob("*/record.json")):
+            record = RoundRecord(**json.loads(entry.read_text()))
+            last = self._publish(record, entry.parent / "adapter")
+            shutil.rmtree(entry.parent)
+        return last
+
+    def pending(self) -> list[str]:
+        return sorted(p.parent.name for p in self.outbox.glob("*/record.json"))
+
+    def _enqueue(self, record: RoundRecord, adapter_dir: Path) -> None:
+        # Names sort in publication order: by time first, so rounds of several runs keep their order.
+        folder = self.outbox / f"{time.time_ns():020d}-{record.run}-round-{record.round:05d}"
+        if any(p.name.endswith(f"-{record.run}-round-{record.round:05d}") for p in self.outbox.glob("*")):
+            return  # already waiting (a coordinator publishing a round again after a restart)
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.copytree(adapter_dir, tmp / "adapter")
+        (tmp / "record.json").write_text(json.dumps(asdict(record), sort_keys=True))
+        tmp.rename(folder)
+
+    def _publish(self, r: RoundRecord, adapter_dir: Path) -> str:
+        import mlflow
+
+        client = self._client()
+        existing = client.search_model_versions(f"name = '{self.name}' and tag.`edgefleet.run` = '{r.run}' "
+                                                f"and tag.`edgefleet.round` = '{r.round}'")  # fmt: skip
+        if existing:  # published before a restart: once is enough
+            return str(existing[0].version)
+        run_id = self._run_id(client, r)
+        step = r.round
+        metrics = {"train_loss": r.train_loss, "held_out_loss": r.held_out_loss, "perplexity": r.perplexity,
+                   "epsilon_max": max(r.epsilon.values(), default=0.0),
+                   **{f"epsilon.{c}": e for c, e in r.epsilon.items()}}  # fmt: skip
+        if r.user_epsilon is not None:
+            metrics["user_epsilon"] = r.user_epsilon
+        for key, value in metrics.items():
+            if value is not None and math.isfinite(value):
+                client.log_metric(run_id, key, value, step=step)
+        with mlflow.start_run(run_id=run_id):
+            card = adapter_dir.parent / "MODEL_CARD.md"
+            card.write_text(model_card(r))
+            mlflow.log_artifacts(str(adapter_dir), artifact_path=f"round-{r.round}/adapter")
+            mlflow.log_artifact(str(card), artifact_path=f"round-{r.round}")
+            spec = adapter_dir.parent / "base_model.json"
+            spec.write_text(json.dumps(r.base_model))
+            info = mlflow.pyfunc.log_model(
+                name=f"round-{r.round}", python_model=_python_model(),
+                artifacts={"adapter": str(adapter_dir), "spec": str(spec)},
+                pip_requirements=["edgefleet", "torch", "transformers", "peft"],
+                registered_model_name=self.name, await_registration_for=60,
+            )  # fmt: skip
+        version = str(info.registered_model_version)
+        parent = self._parent(client, r)
+        tags = {"edgefleet.run": r.run, "edgefleet.round": str(r.round), "edgefleet.strategy": r.strategy,
+                "edgefleet.clients": ",".join(r.clients), "edgefleet.data_lineage": ",".join(r.clients),
+                "edgefleet.epsilon_max": f"{max(r.epsilon.values(), default=0.0):.4f}",
+                "edgefleet.epsilon": json.dumps({c: round(e, 4) for c, e in r.epsilon.items()}),
+                "edgefleet.delta": f"{r.delta:g}", "edgefleet.parent_version": parent or "",
+                "edgefleet.base_model": r.base_model.get("source", ""),
+                "edgefleet.held_out_loss": f"{r.held_out_loss:.6f}", "edgefleet.mlflow_run_id": run_id}  # fmt: skip
+        if r.user_epsilon is not None:
+            tags["edgefleet.user_epsilon"] = f"{r.user_epsilon:.4f}"
+        for key, value in tags.items():
+            client.set_model_version_tag(self.name, version, key, value)
+        client.set_registered_model_alias(self.name, CANDIDATE, version)
+        champion = self._champion(client)
+        champion_loss = float(champion.tags["edgefleet.held_out_loss"]) if champion else None
+        decision = gate(r.held_out_loss, champion_loss, margin=self.margin,
+                        within_budget=all(e <= r.budget_epsilon for e in r.epsilon.values()))  # fmt: skip
+        client.set_model_version_tag(self.name, version, "edgefleet.gate", "promoted" if decision.promote else "held")
+        client.set_model_version_tag(self.name, version, "edgefleet.gate_reason", decision.reason)
+        if decision.promote:
+            if champion is not None:
+                client.set_model_version_tag(self.name, version, "edgefleet.previous_champion", str(champion.version))
+            client.set_registered_model_alias(self.name, CHAMPION, version)
+        return version
+
+    def _run_id(self, client: Any, r: RoundRecord) -> str:
+        experiment = client.get_experiment_by_name(EXPERIMENT)
+        experiment_id = experiment.experiment_id if experiment else client.create_experiment(EXPERIMENT)
+        runs = client.search_runs([experiment_id], f"tags.`edgefleet.run` = '{r.run}'", max_results=1)
+        if runs:
+            return runs[0].info.run_id
+        run = client.create_run(experiment_id, run_name=r.run, tags={"edgefleet.run": r.run})
+        for key, value in r.params.items():
+            client.log_param(run.info.run_id, key, value)
+        return run.info.run_id
+
+    def _parent(self, client: Any, r: RoundRecord) -> str | None:
+        if r.round > 1:
+            prev = client.search_model_versions(f"name = '{self.name}' and tag.`edgefleet.run` = '{r.run}' "
+                                                f"and tag.`edgefleet.round` = '{r.round - 1}'")  # fmt: skip
+            if prev:
+                return prev[0].version
+        champion = self._champion(client)
+        return str(champion.version) if champion else None
+
+    def _champion(self, client: Any) -> Any:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return client.get_model_version_by_alias(self.name, CHAMPION)
+        except MlflowException:
+            return None
+
+    # ------------------------------------------------------------ operators' verbs
+
+    def versions(self) -> list[dict[str, Any]]:
+        from mlflow.exceptions import MlflowException
+
+        client = self._client()
+        try:  # search results leave aliases empty on some stores: read them from the registered model
+            aliases = client.get_registered_model(self.name).aliases or {}
+        except MlflowException:
+            return []
+        out = []
+        for v in client.search_model_versions(f"name = '{self.name}'"):
+            mine = sorted(a for a, ver in aliases.items() if str(ver) == str(v.version))
+            out.append({"version": str(v.version), "aliases": mine, "tags": dict(v.tags),
+                        "created": v.creation_timestamp})  # fmt: skip
+        return sorted(out, key=lambda v: int(v["version"]))
+
+    def show(self, version: str) -> dict[str, Any]:
+        for v in self.versions():
+            if v["version"] == str(version):
+                return v
+        raise KeyError(f"{self.name} has no version {version}")
+
+    def promote(self, version: str, reason: str = "promoted by an operator") -> None:
+        client = self._client()
+        self.show(version)  # raises a clear KeyError for an unknown version
+        champion = self._champion(client)
+        if champion is not None and str(champion.version) != str(version):
+            client.set_model_version_tag(self.name, str(version), "edgefleet.previous_champion", str(champion.version))
+        client.set_registered_model_alias(self.name, CHAMPION, str(version))
+        client.set_model_version_tag(self.name, str(version), "edgefleet.gate_reason", reason)
+
+    def rollback(self, reason: str = "rolled back by an operator") -> str:
+        """Move ``champion`` back to the version it replaced; tag the demoted one with ``reason``."""
+        client = self._client()
+        champion = self._champion(client)
+        if champion is None:
+            raise KeyError(f"{self.name} has no champion to roll back")
+        previous = champion.tags.get("edgefleet.previous_champion")
+        if not previous:
+            raise KeyError(f"{self.name} v{champion.version} replaced no earlier champion: nothing to roll back to")
+        client.set_registered_model_alias(self.name, CHAMPION, previous)
+        client.set_model_version_tag(self.name, str(champion.version), "edgefleet.rolled_back", reason)
+        return previous
+
+
+def _python_model() -> Any:
+    from edgefleet.mlflow.pyfunc_model import EdgefleetLLM
+
+    return EdgefleetLLM()
+
+
+def model_card(r: RoundRecord) -> str:
+    eps = ", ".join(f"{c}: {e:.2f}" for c, e in sorted(r.epsilon.items()))
+    user = f"\n- user-level ε: {r.user_epsilon:.2f}" if r.user_epsilon is not None else ""
+    return f"""# {r.run}, round {r.round}
+
+A LoRA adapter for `{r.base_model.get("source")}`, aggregated by `{r.strategy}` from the private
+updates of {", ".join(r.clients)} (DP-SGD on each node's own data; secure aggregation).
+
+- held-out loss {r.held_out_loss:.4f}, perplexity {r.perplexity:.2f}; mean train loss {r.train_loss:.4f}
+- sample-level (ε, δ) per client, composed over every round so far: {eps} (δ = {r.delta:g}){user}
+- budget per client: ε = {r.budget_epsilon:g}
+
+Load it: `mlflow.pyfunc.load_model("models:/<name>/<version>").predict(["your prompt"])`.
+"""

@@ -1,0 +1,120 @@
+"""The MLflow registry with real MLflow: a SQLite store, and a real `mlflow server` on loopback.
+
+Each round's adapter becomes a version with lineage tags and the alias `candidate`; the gate moves
+`champion`; plain MLflow loads `models:/…@champion` and generates; a stopped server leaves rounds
+in the outbox until it is back, in order, with their tags.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import urllib.request
+
+import mlflow
+import pytest
+import torch
+
+from edgefleet.mlflow.registry import CANDIDATE, CHAMPION, ModelRegistry, RoundRecord
+from edgefleet.platform.models import build_tiny
+from edgefleet.train.dp import DEFAULT_HYPER, adapter_state, export_adapter, lora_model
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.slow
+NAME = "edgefleet-edge-llm"
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tmp_path_factory):
+    base, _ = build_tiny(0)
+    with torch.random.fork_rng():
+        torch.manual_seed(DEFAULT_HYPER.seed)
+        adapter = adapter_state(lora_model(base, DEFAULT_HYPER))
+    adapter = {k: v + 0.01 if "lora_B" in k else v for k, v in adapter.items()}
+    return export_adapter(base, adapter, DEFAULT_HYPER, tmp_path_factory.mktemp("adapter") / "peft")
+
+
+def record(round_id: int, loss: float, run: str = "run-a", eps: float = 2.0) -> RoundRecord:
+    return RoundRecord(run=run, round=round_id, strategy="fedavg", clients=["edge-1", "edge-2"], train_loss=loss + 0.1,
+                       held_out_loss=loss, perplexity=2.718**loss, epsilon={"edge-1": eps, "edge-2": eps * 0.9},
+                       delta=1e-5, budget_epsilon=30.0, user_epsilon=None,
+                       base_model={"source": "tiny", "quantization": "none"},
+                       params={"strategy": "fedavg", "clients_per_round": 2})  # fmt: skip
+
+
+def test_rounds_become_versions_with_lineage_the_gate_moves_champion_and_plain_mlflow_generates(tmp_path, adapter_dir):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    reg = ModelRegistry(uri, NAME, outbox=tmp_path / "outbox", margin=0.05)
+
+    v1 = reg.publish(record(1, 5.0), adapter_dir)
+    v2 = reg.publish(record(2, 4.99), adapter_dir)  # not better by the margin: held
+    v3 = reg.publish(record(3, 4.0), adapter_dir)
+    again = reg.publish(record(3, 4.0), adapter_dir)  # a coordinator publishing again after a restart
+
+    assert (v1, v2, v3, again) == ("1", "2", "3", "3")
+    versions = {v["version"]: v for v in reg.versions()}
+    assert versions["2"]["tags"]["edgefleet.gate"] == "held" and "does not beat" in versions["2"]["tags"][
+        "edgefleet.gate_reason"]  # fmt: skip
+    assert CHAMPION in versions["3"]["aliases"] and CANDIDATE in versions["3"]["aliases"]
+    tags = versions["3"]["tags"]
+    assert tags["edgefleet.round"] == "3" and tags["edgefleet.parent_version"] == "2"
+    assert tags["edgefleet.data_lineage"] == "edge-1,edge-2" and tags["edgefleet.base_model"] == "tiny"
+    assert tags["edgefleet.previous_champion"] == "1" and float(tags["edgefleet.epsilon_max"]) == 2.0
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    history = client.get_metric_history(tags["edgefleet.mlflow_run_id"], "held_out_loss")
+    assert [m.step for m in history] == [1, 2, 3]
+
+    llm = mlflow.pyfunc.load_model(f"models:/{NAME}@{CHAMPION}")
+    out = llm.predict(["What is the capital of France?"], params={"max_new_tokens": 4})
+    assert isinstance(out, list) and len(out) == 1 and isinstance(out[0], str)
+
+    assert reg.rollback("forced regression in a test") == "1"
+    assert CHAMPION in reg.show("1")["aliases"]
+    assert reg.show("3")["tags"]["edgefleet.rolled_back"] == "forced regression in a test"
+
+
+def start_server(port: int, tmp_path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                             "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+                             "--default-artifact-root", str(tmp_path / "artifacts"), "--workers", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read()
+            return proc
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise AssertionError("mlflow server did not answer /health within 90 s")
+
+
+def test_against_a_real_mlflow_server_a_round_that_ends_while_it_is_down_waits_in_the_outbox(tmp_path, adapter_dir):
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    reg = ModelRegistry(uri, NAME, outbox=tmp_path / "outbox")
+    server = start_server(port, tmp_path)
+    try:
+        assert reg.publish(record(1, 5.0, run="run-b"), adapter_dir) == "1"
+        out = mlflow.pyfunc.load_model(f"models:/{NAME}@{CHAMPION}").predict(["hi"], params={"max_new_tokens": 2})
+        assert len(out) == 1
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    assert reg.publish(record(2, 4.5, run="run-b"), adapter_dir) is None  # the server is down: nothing lost
+    assert reg.publish(record(3, 4.0, run="run-b"), adapter_dir) is None
+    assert len(reg.pending()) == 2
+
+    server = start_server(port, tmp_path)
+    try:
+        assert reg.flush() == "3"
+        versions = {v["version"]: v for v in reg.versions()}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert reg.pending() == []
+    assert [versions[v]["tags"]["edgefleet.round"] for v in ("1", "2", "3")] == ["1", "2", "3"]  # in order
+    assert CHAMPION in versions["3"]["aliases"] and versions["3"]["tags"]["edgefleet.parent_version"] == "2"
