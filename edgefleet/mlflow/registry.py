@@ -250,18 +250,29 @@ class ModelRegistry:
         client.set_registered_model_alias(self.name, CHAMPION, str(version))
         client.set_model_version_tag(self.name, str(version), "edgefleet.gate_reason", reason)
 
-    def rollback(self, reason: str = "rolled back by an operator") -> str:
-        """Move ``champion`` back to the version it replaced; tag the demoted one with ``reason``."""
+    def rollback(self, reason: str = "rolled back by an operator", *, version: str | None = None) -> str:
+        """Move ``champion`` back to the version it replaced; tag the demoted one with ``reason``.
+
+        ``version``: roll back only if that version is still the champion (a rollout judging it).
+        """
         client = self._client()
         champion = self._champion(client)
         if champion is None:
             raise KeyError(f"{self.name} has no champion to roll back")
+        if version is not None and str(champion.version) != str(version):
+            raise KeyError(f"{self.name} v{version} is no longer the champion (v{champion.version} is)")
         previous = champion.tags.get("edgefleet.previous_champion")
         if not previous:
             raise KeyError(f"{self.name} v{champion.version} replaced no earlier champion: nothing to roll back to")
         client.set_registered_model_alias(self.name, CHAMPION, previous)
         client.set_model_version_tag(self.name, str(champion.version), "edgefleet.rolled_back", reason)
         return previous
+
+    def previous_champion(self, version: str) -> str | None:
+        return self.show(version)["tags"].get("edgefleet.previous_champion") or None
+
+    def tag(self, version: str, key: str, value: str) -> None:
+        self._client().set_model_version_tag(self.name, str(version), key, value)
 
 
 def _python_model() -> Any:

@@ -279,6 +279,10 @@ class GenerationEngine:
         loaded = await asyncio.get_running_loop().run_in_executor(self._executor, load)
         return self.swap(loaded)
 
+    async def probe_loss(self, texts: list[str], block: int = 64) -> float:
+        """Mean next-token loss of the served model on ``texts`` (a fixed quality probe), on the torch thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, _probe_loss, self.loaded, texts, block)
+
     def swap(self, loaded: LoadedModel) -> str:
         """Serve ``loaded`` from the next batch on; batches already running finish on the old one."""
         self._hook.remove()
@@ -420,3 +424,20 @@ class GenerationEngine:
 
 def _ewma(old: float | None, new: float) -> float:
     return new if old is None else (1 - EWMA_ALPHA) * old + EWMA_ALPHA * new
+
+
+def _probe_loss(loaded: LoadedModel, texts: list[str], block: int) -> float:
+    import torch
+
+    ids = [loaded.tokenizer(t, return_tensors="pt").input_ids[0][:block] for t in texts]
+    total = count = 0.0
+    with torch.inference_mode():
+        for row in ids:
+            if len(row) < 2:
+                continue
+            out = loaded.model(input_ids=row[None, :], labels=row[None, :])
+            total += float(out.loss) * (len(row) - 1)
+            count += len(row) - 1
+    if not count:
+        raise ValueError("the probe texts hold no tokens to score")
+    return total / count

@@ -63,6 +63,26 @@ class ModelServer:
             raise ValueError("a synthetic node swaps only to another synthetic profile, a real one to a real model")
         return await self.engine.swap_with(self._loader(spec))
 
+    async def swap_to_registry(self, base: ModelSpec, model_uri: str, tracking_uri: str) -> str:
+        """Fetch a registered version's adapter (``models:/name/version``) onto this node, then swap to
+        ``base`` + that adapter: the node pulls its model, so the same call works on a real cluster."""
+        import tempfile
+
+        import mlflow
+        import mlflow.artifacts
+
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)  # models:/ URIs resolve through the registry, not the tracking URI
+        folder = Path(tempfile.mkdtemp(prefix="edgefleet-adapter-", dir=self.cache_dir))
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(folder)))
+        adapter = next((p.parent for p in local.rglob("adapter_config.json")), None)
+        if adapter is None:
+            raise ValueError(f"{model_uri} holds no peft adapter (adapter_config.json)")
+        return await self.swap_model(base.model_copy(update={"adapter": adapter}))
+
+    async def probe_loss(self, texts: list[str]) -> float:
+        return await self.engine.probe_loss(texts)
+
     def drain(self, draining: bool = True) -> None:
         """Refuse new requests (UNAVAILABLE) while the running ones finish; ``False`` undoes it."""
         self.engine.draining = draining

@@ -1,0 +1,166 @@
+"""Canary rollout of a registered version to the edge nodes, with automatic rollback on regression.
+
+When ``champion`` moves to a new version, :class:`RolloutController`:
+
+1. hot-swaps the *canary* edge nodes to it (``EdgeNode.swap_to_registry``: the node pulls the
+   adapter from MLflow and loads it beside the old model; requests already running finish on the
+   old one, so nothing in flight is dropped);
+2. for the window, sends the same probe requests to canaries and to the rest, and measures each
+   group's SLA attainment and error rate, plus a fixed quality probe: the served model's loss on a
+   probe set of texts;
+3. judges (:func:`judge`, pure) and either promotes (the rest swap too) or rolls back (the canaries
+   swap back, ``champion`` returns to the previous version, and the reason is tagged).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgefleet.config import EdgefleetConfig
+
+
+@dataclass(frozen=True)
+class GroupHealth:
+    """What a group of nodes showed during the window."""
+
+    requests: int
+    errors: int
+    sla_met: int
+    probe_loss: float
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+    @property
+    def attainment(self) -> float:
+        return self.sla_met / self.requests if self.requests else 1.0
+
+
+@dataclass(frozen=True)
+class RolloutLimits:
+    max_error_rate_increase: float = 0.05  # canary error rate may exceed the rest's by this much
+    max_attainment_drop: float = 0.10  # canary SLA attainment may trail the rest's by this much
+    max_probe_loss_increase: float = 0.05  # nats per token on the probe set
+
+
+@dataclass(frozen=True)
+class Verdict:
+    promote: bool
+    reason: str
+
+
+def judge(canary: GroupHealth, rest: GroupHealth, limits: RolloutLimits = RolloutLimits()) -> Verdict:
+    """Promote unless the canaries did measurably worse than the rest on errors, SLA or quality."""
+    problems = []
+    if canary.error_rate > rest.error_rate + limits.max_error_rate_increase:
+        problems.append(f"error rate {canary.error_rate:.1%} vs {rest.error_rate:.1%}")
+    if canary.attainment < rest.attainment - limits.max_attainment_drop:
+        problems.append(f"SLA attainment {canary.attainment:.1%} vs {rest.attainment:.1%}")
+    if not canary.probe_loss <= rest.probe_loss + limits.max_probe_loss_increase:  # NaN fails too
+        problems.append(f"probe loss {canary.probe_loss:.3f} vs {rest.probe_loss:.3f}")
+    if problems:
+        return Verdict(False, "canary regressed: " + "; ".join(problems))
+    return Verdict(True, f"canary held up: error rate {canary.error_rate:.1%}, SLA {canary.attainment:.1%}, "
+                         f"probe loss {canary.probe_loss:.3f} (rest {rest.probe_loss:.3f})")  # fmt: skip
+
+
+@dataclass
+class RolloutReport:
+    version: str
+    canaries: list[str]
+    verdict: Verdict
+    canary: GroupHealth
+    rest: GroupHealth
+    serving: dict[str, str] = field(default_factory=dict)  # node → model version it serves at the end
+
+
+PROBE_PROMPTS = ["What is the capital of France?", "Name a primary colour.", "What is 2 + 2?"]
+
+
+class RolloutController:
+    def __init__(self, cfg: EdgefleetConfig, registry: Any, *, canaries: list[str] | None = None,
+                 window_s: float = 10.0, probe_texts: list[str], deadline_ms: float = 5000.0,
+                 limits: RolloutLimits = RolloutLimits(), max_new_tokens: int = 8) -> None:  # fmt: skip
+        self.cfg, self.registry = cfg, registry
+        nodes = [n.id for n in cfg.fleet.edge_nodes]
+        self.canaries = canaries or nodes[:1]
+        self.rest = [n for n in nodes if n not in self.canaries]
+        if not self.rest:
+            raise ValueError("a canary rollout needs at least one edge node outside the canary set to compare with")
+        self.window_s, self.probe_texts, self.deadline_ms = window_s, probe_texts, deadline_ms
+        self.limits, self.max_new_tokens = limits, max_new_tokens
+
+    def _actors(self) -> dict[str, Any]:
+        import ray
+
+        from edgefleet.platform.edge_node import ACTOR_NAMESPACE, actor_name
+
+        return {n.id: ray.get_actor(actor_name(n.id, self.cfg.app), namespace=ACTOR_NAMESPACE)
+                for n in self.cfg.fleet.edge_nodes}  # fmt: skip
+
+    def roll_out(self, version: str) -> RolloutReport:
+        """Canary ``version``, judge it, then promote it everywhere or roll it back everywhere."""
+        return asyncio.run(self._roll_out(str(version)))
+
+    async def _roll_out(self, version: str) -> RolloutReport:
+        actors = self._actors()
+        uri = f"models:/{self.registry.name}/{version}"
+        base = {n.id: n.model for n in self.cfg.fleet.edge_nodes}
+        before = {n: (await actors[n].info.remote())["model_version"] for n in actors}
+        await asyncio.gather(*(actors[n].swap_to_registry.remote(base[n], uri, self.registry.uri)
+                               for n in self.canaries))  # fmt: skip
+        canary, rest = await self._observe(actors)
+        verdict = judge(canary, rest, self.limits)
+        if verdict.promote:
+            await asyncio.gather(*(actors[n].swap_to_registry.remote(base[n], uri, self.registry.uri)
+                                   for n in self.rest))  # fmt: skip
+            self.registry.tag(version, "edgefleet.rollout", f"promoted to all edge nodes: {verdict.reason}")
+        else:
+            previous = self.registry.previous_champion(version)
+            if previous:
+                prev_uri = f"models:/{self.registry.name}/{previous}"
+                await asyncio.gather(*(actors[n].swap_to_registry.remote(base[n], prev_uri, self.registry.uri)
+                                       for n in self.canaries))  # fmt: skip
+            else:  # no earlier version: back to the base model the config names
+                await asyncio.gather(*(actors[n].swap_model.remote(base[n]) for n in self.canaries))
+            self.registry.rollback(verdict.reason, version=version)
+        after = {n: (await actors[n].info.remote())["model_version"] for n in actors}
+        return RolloutReport(version, self.canaries, verdict, canary, rest,
+                             serving={n: after[n] for n in actors} | {"(before)": str(before)})  # fmt: skip
+
+    async def _observe(self, actors: dict[str, Any]) -> tuple[GroupHealth, GroupHealth]:
+        """Probe both groups the same way for the window; then their quality probe."""
+        counts = {n: [0, 0, 0] for n in actors}  # requests, errors, sla met
+        deadline = time.monotonic() + self.window_s
+        i = 0
+        while time.monotonic() < deadline:
+            prompt = PROBE_PROMPTS[i % len(PROBE_PROMPTS)]
+            i += 1
+            await asyncio.gather(*(self._probe(actors[n], prompt, counts[n]) for n in actors))
+        losses = dict(zip(actors, await asyncio.gather(*(actors[n].probe_loss.remote(self.probe_texts)
+                                                                for n in actors)), strict=True))  # fmt: skip
+
+        def group(nodes: list[str]) -> GroupHealth:
+            total = [sum(counts[n][i] for n in nodes) for i in range(3)]
+            return GroupHealth(*total, probe_loss=sum(losses[n] for n in nodes) / len(nodes))
+
+        return group(self.canaries), group(self.rest)
+
+    async def _probe(self, actor: Any, prompt: str, count: list[int]) -> None:
+        started = time.perf_counter()
+        count[0] += 1
+        try:
+            out = await actor.complete.remote({"request_id": f"rollout-probe-{time.time_ns()}", "stream": False,
+                                               "messages": [{"role": "user", "content": prompt}],
+                                               "max_new_tokens": self.max_new_tokens, "temperature": 0.0})  # fmt: skip
+        except Exception:  # noqa: BLE001 - a failed probe is exactly what is being counted
+            count[1] += 1
+            return
+        if out.get("type") == "error":
+            count[1] += 1
+        elif (time.perf_counter() - started) * 1000 <= self.deadline_ms:
+            count[2] += 1
