@@ -268,6 +268,10 @@ class ModelRegistry:
         client.set_model_version_tag(self.name, str(champion.version), "edgefleet.rolled_back", reason)
         return previous
 
+    def champion_version(self) -> str | None:
+        champion = self._champion(self._client())
+        return str(champion.version) if champion is not None else None
+
     def previous_champion(self, version: str) -> str | None:
         return self.show(version)["tags"].get("edgefleet.previous_champion") or None
 

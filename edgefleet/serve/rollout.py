@@ -164,3 +164,33 @@ class RolloutController:
             count[1] += 1
         elif (time.perf_counter() - started) * 1000 <= self.deadline_ms:
             count[2] += 1
+
+
+class ChampionWatcher:
+    """Rolls out each new ``champion`` as it appears (what ``edgefleet up`` runs in the background)."""
+
+    def __init__(self, controller: RolloutController, *, on_report: Any = None) -> None:
+        self.controller, self.on_report = controller, on_report
+        self.seen: str | None = None
+
+    def poll_once(self) -> RolloutReport | None:
+        """Roll out the champion if it changed since the last poll (the first poll only records it)."""
+        champion = self.controller.registry.champion_version()
+        first, self.seen = self.seen is None, champion if self.seen is None else self.seen
+        if first or champion is None or champion == self.seen:
+            return None
+        self.seen = champion
+        report = self.controller.roll_out(champion)
+        if not report.verdict.promote:
+            self.seen = self.controller.registry.champion_version()  # the rollback moved it: not a new champion
+        if self.on_report is not None:
+            self.on_report(report)
+        return report
+
+    def run(self, stop: Any, interval_s: float = 10.0) -> None:
+        while not stop.wait(interval_s):
+            try:
+                self.poll_once()
+            except Exception as exc:  # noqa: BLE001 - a registry hiccup must not end the watcher
+                if self.on_report is not None:
+                    self.on_report(exc)

@@ -25,3 +25,54 @@ def test_errors_and_missed_slas_roll_back():
 def test_a_nan_probe_never_passes_and_limits_are_configurable():
     assert not judge(GroupHealth(30, 0, 30, math.nan), REST).promote
     assert judge(GroupHealth(30, 0, 30, 4.3), REST, RolloutLimits(max_probe_loss_increase=0.5)).promote
+
+
+class FakeRegistry:
+    """A registry double holding only the champion alias (the watcher reads nothing else)."""
+
+    def __init__(self):
+        self.champion = "1"
+
+    def champion_version(self):
+        return self.champion
+
+
+class RecordingController:
+    def __init__(self, registry, promote=True):
+        self.registry, self.promote, self.rolled = registry, promote, []
+
+    def roll_out(self, version):
+        from edgefleet.serve.rollout import RolloutReport, Verdict
+
+        self.rolled.append(version)
+        if not self.promote:
+            self.registry.champion = "1"  # what a rollback does to the alias
+        return RolloutReport(version, ["edge-1"], Verdict(self.promote, "test"), REST, REST)
+
+
+def test_the_watcher_rolls_out_each_new_champion_once_and_not_the_one_it_found():
+    from edgefleet.serve.rollout import ChampionWatcher
+
+    registry = FakeRegistry()
+    ctl = RecordingController(registry)
+    watcher = ChampionWatcher(ctl)
+
+    assert watcher.poll_once() is None  # the champion it started with is already serving
+    registry.champion = "2"
+    assert watcher.poll_once().version == "2" and watcher.poll_once() is None
+    assert ctl.rolled == ["2"]
+
+
+def test_after_a_rollback_the_restored_champion_is_not_rolled_out_again():
+    from edgefleet.serve.rollout import ChampionWatcher
+
+    registry = FakeRegistry()
+    ctl = RecordingController(registry, promote=False)
+    watcher = ChampionWatcher(ctl)
+    watcher.poll_once()
+    registry.champion = "2"
+
+    watcher.poll_once()
+    watcher.poll_once()
+
+    assert ctl.rolled == ["2"] and registry.champion == "1"
