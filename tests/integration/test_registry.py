@@ -112,6 +112,8 @@ def test_against_a_real_mlflow_server_a_round_that_ends_while_it_is_down_waits_i
     try:
         assert reg.flush() == "3"
         versions = {v["version"]: v for v in reg.versions()}
+        reg.promote("2", "operator's choice")  # the promote verb through the server too
+        assert CHAMPION in reg.show("2")["aliases"] and reg.show("2")["tags"]["edgefleet.previous_champion"] == "3"
     finally:
         server.terminate()
         server.wait(timeout=30)
