@@ -75,9 +75,11 @@ class ModelServer:
         mlflow.set_registry_uri(tracking_uri)  # models:/ URIs resolve through the registry, not the tracking URI
         folder = Path(tempfile.mkdtemp(prefix="edgefleet-adapter-", dir=self.cache_dir))
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(folder)))
-        adapter = next((p.parent for p in local.rglob("adapter_config.json")), None)
-        if adapter is None:
+        found = next((p.parent for p in local.rglob("adapter_config.json")), None)
+        if found is None:
             raise ValueError(f"{model_uri} holds no peft adapter (adapter_config.json)")
+        # named after the version, so the served model_version says which one it is
+        adapter = found.rename(folder / model_uri.removeprefix("models:/").replace("/", "-v"))
         return await self.swap_model(base.model_copy(update={"adapter": adapter}))
 
     async def probe_loss(self, texts: list[str]) -> float:

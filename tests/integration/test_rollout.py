@@ -56,14 +56,14 @@ def test_a_forced_regression_is_rolled_back_and_a_sound_version_promoted(served,
         assert CHAMPION in reg.show("1")["aliases"]  # champion is back on the previous version
         assert "canary regressed" in reg.show("2")["tags"]["edgefleet.rolled_back"]
         now = serving(fleet_config)
-        assert "+adapter" in now["edge-1"]  # the canary serves version 1 again
+        assert now["edge-1"].endswith(f"+adapter:{NAME}-v1")  # the canary serves version 1 again
         assert "+adapter" not in now["edge-2"] and "+adapter" not in now["edge-3"]  # never touched
 
         assert reg.publish(record(3, 3.0, run="rollout"), good) == "3"
         report = ctl.roll_out("3")
 
         assert report.verdict.promote, report.verdict.reason
-        assert all("+adapter" in v for v in serving(fleet_config).values())  # every edge node serves it
+        assert all(v.endswith(f"+adapter:{NAME}-v3") for v in serving(fleet_config).values())  # on every node
         assert "promoted to all edge nodes" in reg.show("3")["tags"]["edgefleet.rollout"]
     finally:  # the session fleet goes back to its configured models for the tests that follow
         ray.get([actors[n.id].swap_model.remote(n.model) for n in fleet_config.fleet.edge_nodes])
