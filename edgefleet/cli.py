@@ -195,7 +195,13 @@ def _watch_champion(cfg: EdgefleetConfig):
 
     registry = ModelRegistry(cfg.tracking_uri, cfg.mlflow.model_name, outbox=cfg.cache_dir / "mlflow" / "outbox",
                              margin=cfg.mlflow.promotion_margin)  # fmt: skip
-    ctl = RolloutController(cfg, registry, window_s=10.0, probe_texts=list(demo_topics().values())[:4])
+    ctl = RolloutController(
+        cfg,
+        registry,
+        canaries=cfg.mlflow.canary_nodes or None,
+        window_s=cfg.mlflow.rollout_window_s,
+        probe_texts=list(demo_topics().values())[:4],
+    )
 
     def report(r) -> None:
         if isinstance(r, Exception):
@@ -219,8 +225,8 @@ def _rollout_scene(cfg: EdgefleetConfig, registry, version: str) -> None:
     from edgefleet.serve.rollout import RolloutController
     from edgefleet.train.data import held_out_dir, read_texts
 
-    canary = cfg.fleet.edge_nodes[0].id
-    ctl = RolloutController(cfg, registry, canaries=[canary], window_s=5.0,
+    canary = (cfg.mlflow.canary_nodes or [cfg.fleet.edge_nodes[0].id])[0]
+    ctl = RolloutController(cfg, registry, canaries=[canary], window_s=min(5.0, cfg.mlflow.rollout_window_s),
                             probe_texts=read_texts(held_out_dir(cfg))[:4], deadline_ms=10_000)  # fmt: skip
     with console.status(f"rolling out {cfg.mlflow.model_name} v{version}: canary {canary}, then the rest"):
         report = ctl.roll_out(version)

@@ -220,6 +220,10 @@ class MLflowConfig(_Strict):
     promotion_margin: float = Field(
         default=0.0, ge=0, description="held-out loss a candidate must beat the champion's by to become champion"
     )
+    canary_nodes: list[str] = Field(
+        default_factory=list, description="edge nodes that take a new champion first; empty: the first edge node"
+    )
+    rollout_window_s: float = Field(default=30.0, gt=0, le=86_400, description="how long canaries are watched")
 
 
 class PortsConfig(_Strict):
@@ -269,6 +273,16 @@ class EdgefleetConfig(_Strict):
             raise ValueError(
                 f"federation.clients_per_round={self.federation.clients_per_round} exceeds the {n_edge} edge nodes"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _canaries_are_edge_nodes(self) -> EdgefleetConfig:
+        ids = [n.id for n in self.fleet.edge_nodes]
+        unknown = [c for c in self.mlflow.canary_nodes if c not in ids]
+        if unknown:
+            raise ValueError(f"mlflow.canary_nodes {unknown} are not edge nodes; known: {ids}")
+        if self.mlflow.canary_nodes and len(set(self.mlflow.canary_nodes)) == len(ids):
+            raise ValueError("mlflow.canary_nodes must leave at least one edge node to compare the canaries with")
         return self
 
     @property

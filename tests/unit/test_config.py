@@ -146,3 +146,16 @@ def test_a_robust_rule_under_secure_aggregation_is_refused_with_the_reason():
 
     with pytest.raises(ConfigError, match="needs each client's update in the clear"):
         parse_config({"federation": {"strategy": "fedmedian"}})
+
+
+def test_canary_nodes_must_be_edge_nodes_and_leave_some_to_compare_with():
+    import pytest
+
+    from edgefleet.config import parse_config
+    from edgefleet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"canary_nodes \['edge-9'\] are not edge nodes"):
+        parse_config({"mlflow": {"canary_nodes": ["edge-9"]}})
+    with pytest.raises(ConfigError, match="leave at least one edge node"):
+        parse_config({"mlflow": {"canary_nodes": ["edge-1", "edge-2", "edge-3"]}})
+    assert parse_config({"mlflow": {"canary_nodes": ["edge-2"]}}).mlflow.canary_nodes == ["edge-2"]
