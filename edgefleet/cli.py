@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from edgefleet import cli_federate, cli_models, cli_train, demo_deadlines
+from edgefleet import cli_federate, cli_models, cli_train, demo_deadlines, demo_federation
 from edgefleet.config import EdgefleetConfig, load_config
 from edgefleet.errors import EdgefleetError, FleetError
 
@@ -156,90 +156,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
             console.print(table)
             _rush_hour(client)
         demo_deadlines.run(cfg, token, console)
-        _federation_scene(cfg)
+        demo_federation.run(cfg, _fetch_model, console)
     finally:
         fleet.shutdown()
     console.print("fleet stopped")
     return 0
-
-
-def _federation_scene(cfg: EdgefleetConfig) -> None:
-    """Federated DP rounds across the edge nodes, on the documentation topics each one holds."""
-    console.rule("federated learning: the edge nodes improve the model on text that never leaves them")
-    cli_federate.prepare(cfg, _fetch_model)
-    run_dir = cfg.cache_dir / "federation" / time.strftime("demo-%Y%m%d-%H%M%S")
-    cli_federate.run_rounds(cfg, run_dir, cfg.federation.rounds)
-    from edgefleet.cli_models import _registry, versions_table
-
-    registry = _registry(cfg)
-    console.print(versions_table(registry.versions(), cfg.mlflow.model_name))
-    champion = registry.champion_version()
-    if champion is not None:
-        _rollout_scene(cfg, registry, champion)
-    console.print(
-        f"MLflow UI: `edgefleet up` serves it on http://127.0.0.1:{cfg.ports.mlflow_ui} "
-        f"(store: {cfg.tracking_uri}); load the champion with "
-        f'mlflow.pyfunc.load_model("models:/{cfg.mlflow.model_name}@champion")'
-    )
-
-
-def _watch_champion(cfg: EdgefleetConfig):
-    """While the fleet is up, roll out every new champion canary-first (needs 2+ edge nodes to compare)."""
-    import threading
-
-    if len(cfg.fleet.edge_nodes) < 2:
-        return None
-    from edgefleet.mlflow.registry import ModelRegistry
-    from edgefleet.serve.rollout import ChampionWatcher, RolloutController
-    from edgefleet.train.data import demo_topics
-
-    registry = ModelRegistry(cfg.tracking_uri, cfg.mlflow.model_name, outbox=cfg.cache_dir / "mlflow" / "outbox",
-                             margin=cfg.mlflow.promotion_margin)  # fmt: skip
-    ctl = RolloutController(
-        cfg,
-        registry,
-        canaries=cfg.mlflow.canary_nodes or None,
-        window_s=cfg.mlflow.rollout_window_s,
-        probe_texts=list(demo_topics().values())[:4],
-    )
-
-    def report(r) -> None:
-        if isinstance(r, Exception):
-            err_console.print(f"[yellow]rollout watcher: {r}")
-        else:
-            console.print(f"rollout of v{r.version}: {'promoted' if r.verdict.promote else 'rolled back'} "
-                          f"({r.verdict.reason})")  # fmt: skip
-
-    stop = threading.Event()
-    watcher = ChampionWatcher(ctl, on_report=report)
-    threading.Thread(target=watcher.run, args=(stop,), name="champion-watcher", daemon=True).start()
-    console.print(
-        f"watching {cfg.mlflow.model_name}@champion: a new champion goes to "
-        f"{', '.join(ctl.canaries)} first, then everywhere (or is rolled back)"
-    )
-    return stop
-
-
-def _rollout_scene(cfg: EdgefleetConfig, registry, version: str) -> None:
-    """The champion goes to one canary edge node first, is judged against the rest, then everywhere."""
-    from edgefleet.serve.rollout import RolloutController
-    from edgefleet.train.data import held_out_dir, read_texts
-
-    canary = (cfg.mlflow.canary_nodes or [cfg.fleet.edge_nodes[0].id])[0]
-    ctl = RolloutController(cfg, registry, canaries=[canary], window_s=min(5.0, cfg.mlflow.rollout_window_s),
-                            probe_texts=read_texts(held_out_dir(cfg))[:4], deadline_ms=10_000)  # fmt: skip
-    with console.status(f"rolling out {cfg.mlflow.model_name} v{version}: canary {canary}, then the rest"):
-        report = ctl.roll_out(version)
-    table = Table(title=f"canary rollout of v{version}: {'promoted' if report.verdict.promote else 'rolled back'}")
-    for col in ("group", "requests", "errors", "SLA met", "probe loss"):
-        table.add_column(col)
-    for name, g in (("canary " + ", ".join(report.canaries), report.canary), ("the rest", report.rest)):
-        table.add_row(name, str(g.requests), str(g.errors), f"{g.attainment:.0%}", f"{g.probe_loss:.3f}")
-    console.print(table)
-    console.print(f"verdict: {report.verdict.reason}")
-    for node, serving in report.serving.items():
-        if not node.startswith("("):
-            console.print(f"  {node} serves {serving}")
 
 
 def _rush_hour(client) -> None:
@@ -350,7 +271,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         state.write_text(json.dumps({"address": fleet.address, "pid": os.getpid(),
                                      "raylet_pids": fleet.raylet_pids()}))  # fmt: skip
         console.print(f"try:  edgefleet generate 'What is the capital of France?' --target {served.grpc_address}")
-        watcher_stop = _watch_champion(cfg)
+        watcher_stop = cli_models.watch_champion(cfg, console, err_console)
         print("edgefleet is up; Ctrl-C stops it", flush=True)  # plain line: scripts and tests wait on it
         while not stop["now"]:
             time.sleep(0.2)

@@ -103,8 +103,7 @@ def registry_hook(cfg: EdgefleetConfig, run: str, coordinator: Any) -> Any:
     from edgefleet.mlflow.registry import ModelRegistry, RoundRecord
     from edgefleet.train.dp import export_adapter
 
-    registry = ModelRegistry(cfg.tracking_uri, cfg.mlflow.model_name, outbox=cfg.cache_dir / "mlflow" / "outbox",
-                             margin=cfg.mlflow.promotion_margin)  # fmt: skip
+    registry = ModelRegistry.from_config(cfg)
     fed, priv = cfg.federation, cfg.privacy
     base_model = cfg.fleet.edge_nodes[0].model.model_dump(mode="json", include={"source"})
     params = {"strategy": fed.strategy, "clients_per_round": fed.clients_per_round, "nodes": len(cfg.fleet.edge_nodes),

@@ -38,8 +38,7 @@ def add_commands(models: Any) -> None:
 def _registry(cfg: EdgefleetConfig) -> Any:
     from edgefleet.mlflow.registry import ModelRegistry, TrackingUnavailable
 
-    registry = ModelRegistry(cfg.tracking_uri, cfg.mlflow.model_name, outbox=cfg.cache_dir / "mlflow" / "outbox",
-                             margin=cfg.mlflow.promotion_margin)  # fmt: skip
+    registry = ModelRegistry.from_config(cfg)
     try:
         registry.flush()  # anything a round left in the outbox while the server was down
     except TrackingUnavailable as exc:
@@ -101,3 +100,35 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     previous = _guard(lambda: _registry(cfg).rollback(args.reason))
     console.print(f"{cfg.mlflow.model_name}@champion rolled back to version {previous} ({args.reason})")
     return 0
+
+
+def watch_champion(cfg: EdgefleetConfig, out: Console, err: Console) -> Any:
+    """While the fleet is up, roll out every new champion canary-first (needs 2+ edge nodes to compare).
+
+    Returns the ``threading.Event`` that stops the watcher, or None when there is nothing to compare.
+    """
+    import threading
+
+    if len(cfg.fleet.edge_nodes) < 2:
+        return None
+    from edgefleet.mlflow.registry import ModelRegistry
+    from edgefleet.serve.rollout import ChampionWatcher, RolloutController
+    from edgefleet.train.data import demo_topics
+
+    ctl = RolloutController(cfg, ModelRegistry.from_config(cfg), canaries=cfg.mlflow.canary_nodes or None,
+                            window_s=cfg.mlflow.rollout_window_s,
+                            probe_texts=list(demo_topics().values())[:4])  # fmt: skip
+
+    def report(r: Any) -> None:
+        if isinstance(r, Exception):
+            err.print(f"[yellow]rollout watcher: {r}")
+        else:
+            out.print(f"rollout of v{r.version}: {'promoted' if r.verdict.promote else 'rolled back'} "
+                      f"({r.verdict.reason})")  # fmt: skip
+
+    stop = threading.Event()
+    watcher = ChampionWatcher(ctl, on_report=report)
+    threading.Thread(target=watcher.run, args=(stop,), name="champion-watcher", daemon=True).start()
+    out.print(f"watching {cfg.mlflow.model_name}@champion: a new champion goes to {', '.join(ctl.canaries)} first, "
+              "then everywhere (or is rolled back)")  # fmt: skip
+    return stop

@@ -42,6 +42,7 @@ from edgefleet.config import EdgefleetConfig
 from edgefleet.errors import EdgefleetError
 from edgefleet.federation import strategies as S
 from edgefleet.federation.ledger import PrivacyLedger, Release, composed_epsilon
+from edgefleet.federation.run_setup import Evaluator, load_evaluator, local_hyper, ray_sessions
 from edgefleet.federation.run_store import RunStore
 from edgefleet.federation.secagg import AdvertisedKeys, RevealedShare, SecAggError, SecAggServer
 
@@ -77,64 +78,6 @@ class RoundResult:
     client_train_s: dict[str, float] = field(default_factory=dict)  # pure compute per client
     client_step_s: dict[str, float] = field(default_factory=dict)  # the whole train step on the node
     ran_on: dict[str, str | None] = field(default_factory=dict)  # client → the node label its update ran on
-
-
-@dataclass
-class Evaluator:
-    """The base model and the held-out blocks, in the coordinator's process: scores global adapters."""
-
-    base: Any
-    blocks: Any
-    hp: Any
-
-    def initial_adapter(self) -> dict[str, Any]:
-        import torch
-
-        from edgefleet.train.dp import adapter_state, lora_model
-
-        with torch.random.fork_rng():  # the same init every client builds from the same seed
-            torch.manual_seed(self.hp.seed)
-            return adapter_state(lora_model(self.base, self.hp))
-
-    def loss(self, adapter: dict[str, Any]) -> float:
-        from edgefleet.train.dp import held_out_loss
-
-        return held_out_loss(self.base, adapter, self.blocks, self.hp)
-
-
-def load_evaluator(cfg: EdgefleetConfig, hp: Any) -> Evaluator:
-    from edgefleet.platform.models import load_trainable
-    from edgefleet.train.data import chunk_for_causal_lm, held_out_dir, read_texts
-
-    sources = {n.model.source for n in cfg.fleet.edge_nodes}
-    if len(sources) != 1:
-        raise EdgefleetError(f"federation needs one base model on every edge node, found {sorted(sources)}")
-    base, tok = load_trainable(cfg.fleet.edge_nodes[0].model, cfg.cache_dir)
-    fed = cfg.federation
-    blocks = chunk_for_causal_lm(read_texts(held_out_dir(cfg)), tok, fed.block_size)[: fed.held_out_blocks]
-    return Evaluator(base, blocks, hp)
-
-
-def local_hyper(cfg: EdgefleetConfig) -> Any:
-    from edgefleet.train.dp import LocalHyper
-
-    fed = cfg.federation
-    return LocalHyper(lr=fed.lr, batch_size=fed.batch_size, physical_batch=min(8, fed.batch_size),
-                      max_steps=fed.local_steps, epochs=1000.0, seed=fed.seed,
-                      prox_mu=fed.prox_mu if fed.strategy == "fedprox" else 0.0)  # fmt: skip
-
-
-def ray_sessions(cfg: EdgefleetConfig, cpus_per_client: float = 0.25) -> Callable[[str], Any]:
-    """Client factory: a long-lived Ray Train session on the client's own node, serving its steps."""
-
-    def start(node_id: str) -> Any:
-        from edgefleet.federation.client import handle
-        from edgefleet.train.jobs import LocalTrainingSession
-
-        return LocalTrainingSession(cfg, node_id, block_size=cfg.federation.block_size,
-                                    cpus_per_worker=cpus_per_client, threads=1, handler=handle)  # fmt: skip
-
-    return start
 
 
 class Coordinator:
@@ -374,8 +317,8 @@ class Coordinator:
                     self.ledger.record(c, round_id, Release(**results[c]["release"]), attempt, force=True)
                 else:  # its update may still come in: charged as planned, never under-counted
                     self.ledger.record(c, round_id, Release(**plans[c]["release"]), attempt, force=True)
-        for c in [c for c in results if not self.ledger.can_take_part(c, Release(**results[c]["release"]))]:
-            if self.fed.secure_aggregation:  # it spent more than planned: leave its update masked forever
+        else:  # a client that spent more than planned stays masked forever: its share of the sum is never revealed
+            for c in [c for c in results if not self.ledger.can_take_part(c, Release(**results[c]["release"]))]:
                 stragglers[c] = "its release would exceed its privacy budget"
                 del results[c]
         finished = sorted(results)
@@ -497,4 +440,4 @@ def _t(x: np.ndarray) -> Any:
     return torch.from_numpy(np.ascontiguousarray(x))
 
 
-__all__ = ["Coordinator", "Evaluator", "RoundFailed", "RoundResult", "load_evaluator", "local_hyper"]
+__all__ = ["Coordinator", "Evaluator", "RoundFailed", "RoundResult", "load_evaluator", "local_hyper", "ray_sessions"]

@@ -83,6 +83,12 @@ class ModelRegistry:
         self.uri, self.name, self.margin = tracking_uri, model_name, margin
         self.outbox = Path(outbox)
 
+    @classmethod
+    def from_config(cls, cfg: Any) -> ModelRegistry:
+        """The registry ``cfg.mlflow`` names, with the outbox in the cache."""
+        return cls(cfg.tracking_uri, cfg.mlflow.model_name, outbox=cfg.cache_dir / "mlflow" / "outbox",
+                   margin=cfg.mlflow.promotion_margin)  # fmt: skip
+
     # ------------------------------------------------------------ plumbing
 
     def _client(self) -> Any:

@@ -76,6 +76,7 @@ class RolloutReport:
     canary: GroupHealth
     rest: GroupHealth
     serving: dict[str, str] = field(default_factory=dict)  # node → model version it serves at the end
+    before: dict[str, str] = field(default_factory=dict)  # node → model version it served at the start
 
 
 PROBE_PROMPTS = ["What is the capital of France?", "Name a primary colour.", "What is 2 + 2?"]
@@ -129,8 +130,7 @@ class RolloutController:
                 await asyncio.gather(*(actors[n].swap_model.remote(base[n]) for n in self.canaries))
             self.registry.rollback(verdict.reason, version=version)
         after = {n: (await actors[n].info.remote())["model_version"] for n in actors}
-        return RolloutReport(version, self.canaries, verdict, canary, rest,
-                             serving={n: after[n] for n in actors} | {"(before)": str(before)})  # fmt: skip
+        return RolloutReport(version, self.canaries, verdict, canary, rest, serving=after, before=before)
 
     async def _observe(self, actors: dict[str, Any]) -> tuple[GroupHealth, GroupHealth]:
         """Probe both groups the same way for the window; then their quality probe."""
