@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from edgefleet import cli_federate, cli_models, cli_train, demo_deadlines, demo_federation
+from edgefleet import cli_federate, cli_models, cli_status, cli_train, demo_deadlines, demo_federation
 from edgefleet.config import EdgefleetConfig, load_config
 from edgefleet.errors import EdgefleetError, FleetError
 
@@ -60,10 +59,10 @@ def _state_file(cfg: EdgefleetConfig) -> Path:
     return cfg.cache_dir / "run" / "fleet.json"
 
 
-def _is_listening(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.3)
-        return s.connect_ex((host, port)) == 0
+def _node_ip() -> str:
+    import ray
+
+    return ray.util.get_node_ip_address()
 
 
 def nodes_table(nodes: list) -> Table:
@@ -263,7 +262,15 @@ def cmd_up(args: argparse.Namespace) -> int:
         endpoints = Table(title="endpoints", show_header=False)
         endpoints.add_row("gRPC", served.grpc_address, "edgefleet.v1.InferenceService (metadata application=edgefleet)")
         endpoints.add_row("HTTP", served.http_url + "/v1", "OpenAI-compatible: /chat/completions, /completions")
-        endpoints.add_row("Ray dashboard", fleet.dashboard_url or "(disabled in config)", "")
+        endpoints.add_row("Ray dashboard", fleet.dashboard_url or "(disabled in config)",
+                          "Serve app, nodes, actors, jobs")  # fmt: skip
+        endpoints.add_row(
+            "metrics",
+            f"http://{_node_ip()}:{cfg.ports.metrics}/metrics"
+            if fleet.embedded
+            else "each node's --metrics-export-port",
+            "Prometheus: infra/prometheus/prometheus.yml",
+        )
         endpoints.add_row("MLflow UI", mlflow_url, cfg.tracking_uri)
         endpoints.add_row("Ray address", fleet.address, "ray.init(address=...) / edgefleet status")
         console.print(endpoints)
@@ -303,11 +310,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         if not state.is_file():
             raise FleetError("no running fleet found: start one with `edgefleet up`, or pass --address")
         address = json.loads(state.read_text())["address"]
-    fleet = connect(address)
+    connect(address, log_to_driver=False)
     try:
-        console.print(nodes_table(fleet.nodes()))
-        console.print(f"gRPC 127.0.0.1:{cfg.ports.grpc}: "
-                      f"{'listening' if _is_listening(cfg.ports.grpc) else 'not listening'}")  # fmt: skip
+        cli_status.show(cfg, args, console)
     finally:
         import ray
 
@@ -364,8 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--token", help="bearer token (default: $EDGEFLEET_TOKEN)")
     gen.set_defaults(func=cmd_generate)
 
-    status = sub.add_parser("status", help="show the nodes of a running fleet")
-    status.add_argument("--address", help="Ray address (default: the fleet `edgefleet up` started)")
+    status = sub.add_parser("status", help="the live fleet: health, queues, tokens/s, SLA, round, champion, ε")
+    cli_status.add_arguments(status)
     status.set_defaults(func=cmd_status)
 
     bench = sub.add_parser("bench", help="measurements").add_subparsers(dest="bench_command", required=True)

@@ -124,7 +124,12 @@ def registry_hook(cfg: EdgefleetConfig, run: str, coordinator: Any) -> Any:
                              base_model=base_model, params=params)  # fmt: skip
         with tempfile.TemporaryDirectory() as tmp:
             peft_dir = export_adapter(coord.evaluator.base, load_file(str(adapter_path)), coord.hp, Path(tmp) / "peft")
-            return registry.publish(record, peft_dir)
+            version = registry.publish(record, peft_dir)
+        if version is not None:
+            from edgefleet import metrics
+
+            metrics.champion(registry.name, registry.champion_version())
+        return version
 
     return publish
 

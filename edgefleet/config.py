@@ -231,10 +231,11 @@ class PortsConfig(_Strict):
     http: int = Field(default=8000, ge=1, le=65535)
     dashboard: int = Field(default=8265, ge=1, le=65535)
     mlflow_ui: int = Field(default=5000, ge=1, le=65535)
+    metrics: int = Field(default=8080, ge=1, le=65535, description="the head's Prometheus metrics port (Ray's agent)")
 
     @model_validator(mode="after")
     def _distinct(self) -> PortsConfig:
-        ports = [self.grpc, self.http, self.dashboard, self.mlflow_ui]
+        ports = [self.grpc, self.http, self.dashboard, self.mlflow_ui, self.metrics]
         if len(set(ports)) != len(ports):
             raise ValueError(f"ports must be distinct, got {ports}")
         return self

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ def free_port() -> int:
 
 
 def make_test_config_dict(num_edge: int = 3) -> dict:
-    """The embedded fleet with tiny models, no dashboard and free ports: fast and isolated."""
+    """The embedded fleet with tiny models, the dashboard (its job server) and free ports: fast and isolated."""
     tiny = {"source": "tiny", "quantization": "none"}
     return {
         "fleet": {
@@ -31,10 +32,12 @@ def make_test_config_dict(num_edge: int = 3) -> dict:
             ],
             "cloud": {"num_cpus": 1, "replica_cpus": 0.25, "model": tiny},
         },
-        "ray": {"head_cpus": 1, "object_store_mb": 100, "dashboard": False},
+        # The dashboard hosts the job server (`ray job submit` tests).
+        "ray": {"head_cpus": 1, "object_store_mb": 100, "dashboard": True},
         "federation": {"clients_per_round": min(3, num_edge), "min_clients": 1},
         "auth": {"tokens": [TEST_TOKEN]},
-        "ports": {"grpc": free_port(), "http": free_port(), "dashboard": free_port(), "mlflow_ui": free_port()},
+        "ports": {"grpc": free_port(), "http": free_port(), "dashboard": free_port(), "mlflow_ui": free_port(),
+                  "metrics": free_port()},
     }
 
 
@@ -65,6 +68,8 @@ def fleet_config() -> EdgefleetConfig:
 def fleet(fleet_config: EdgefleetConfig) -> Iterator:
     from edgefleet.platform.cluster import start_local_fleet
 
+    # Metrics reach the endpoints every second instead of every 10 s, so the metrics tests wait less.
+    os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")
     f = start_local_fleet(fleet_config)
     yield f
     f.shutdown()

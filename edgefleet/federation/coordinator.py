@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from edgefleet import metrics
 from edgefleet.config import EdgefleetConfig
 from edgefleet.errors import EdgefleetError
 from edgefleet.federation import strategies as S
@@ -427,6 +428,8 @@ class Coordinator:
         """Publish a frozen result once: to the run's history, the rounds file and ``on_round``."""
         result = RoundResult(**cur["result"])
         self.store.append_round(asdict(result))  # idempotent: a round already in the file is not added
+        metrics.round_committed(self.store.dir.name, result.round, result.wall_s, result.epsilon,
+                                self.privacy.client_budget_epsilon)  # fmt: skip
         if self.on_round is not None:  # at least once; the registry hook recognises a round it has
             self.on_round(result, self.store.adapter_path(result.round))
         self.state["completed"].append(cur["result"])

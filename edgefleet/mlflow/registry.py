@@ -274,6 +274,24 @@ class ModelRegistry:
         client.set_model_version_tag(self.name, str(champion.version), "edgefleet.rolled_back", reason)
         return previous
 
+    def latest_run(self) -> dict[str, Any] | None:
+        """The federated run that started last: its name, last registered round, ε per client and budget."""
+        client = self._client()
+        experiment = client.get_experiment_by_name(EXPERIMENT)
+        if experiment is None:
+            return None
+        runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)
+        if not runs:
+            return None
+        run = runs[0]
+        history = client.get_metric_history(run.info.run_id, "held_out_loss")
+        budget = run.data.params.get("client_budget_epsilon")
+        return {"run": run.data.tags.get("edgefleet.run", run.info.run_name),
+                "round": max((m.step for m in history), default=None),
+                "epsilon": {k.removeprefix("epsilon."): v for k, v in sorted(run.data.metrics.items())
+                            if k.startswith("epsilon.")},
+                "budget": float(budget) if budget else None}  # fmt: skip
+
     def champion_version(self) -> str | None:
         champion = self._champion(self._client())
         return str(champion.version) if champion is not None else None

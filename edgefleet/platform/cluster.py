@@ -87,7 +87,10 @@ def start_local_fleet(config: EdgefleetConfig, *, on_step: Step | None = None, l
     store = config.ray.object_store_mb * _MB
     head_args: dict[str, Any] = {"num_cpus": config.ray.head_cpus, "object_store_memory": store,
                                  "include_dashboard": config.ray.dashboard,
-                                 "labels": {ROLE_LABEL: "head"}}  # fmt: skip
+                                 "labels": {ROLE_LABEL: "head"},
+                                 # The head's metrics on a known port; the other raylets pick free ones,
+                                 # found through ray.nodes() (see edgefleet.metrics.endpoints).
+                                 "metrics_export_port": config.ports.metrics}  # fmt: skip
     if config.ray.dashboard:
         head_args |= {"dashboard_host": "127.0.0.1", "dashboard_port": config.ports.dashboard}
     step("start head (GCS" + (" + dashboard)" if config.ray.dashboard else ")"))

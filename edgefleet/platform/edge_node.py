@@ -66,10 +66,12 @@ class EdgeNode(ModelServer):
 
 
 def spawn_edge_node(node: EdgeNodeConfig, *, cache_dir: Path | None = None, max_restarts: int = 3,
-                    name: str | None = None, app: str = "edgefleet") -> Any:  # fmt: skip
+                    name: str | None = None, app: str = "edgefleet", detached: bool = False) -> Any:  # fmt: skip
     """Start the EdgeNode actor for ``node`` on the raylet labelled with its id; returns the handle.
 
     The call returns at once; ``ray.get(handle.info.remote())`` waits until the model is loaded.
+    ``detached``: the actor outlives the process that made it (a Serve config deploys the app with
+    no driver of ours to own it); an existing actor of that name is reused.
     """
     import ray
 
@@ -82,6 +84,7 @@ def spawn_edge_node(node: EdgeNodeConfig, *, cache_dir: Path | None = None, max_
             num_cpus=node.actor_cpus,
             max_restarts=max_restarts,
             max_concurrency=256,  # an async actor: requests wait in the engine's batcher, not in Ray
+            **({"lifetime": "detached", "get_if_exists": True} if detached else {}),
         )
         .remote(node.id, node.model, str(cache_dir) if cache_dir else None, node.batching)
     )

@@ -10,6 +10,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from edgefleet import metrics
 from edgefleet.config import BatchingConfig, ModelSpec
 
 
@@ -22,6 +23,8 @@ class ModelServer:
         from edgefleet.platform.synthetic import SyntheticEngine
 
         self.node_id = node_id
+        self._delay_s = 0.0  # see inject_delay
+        self._reported_model: tuple[str, str] | None = None  # last (model, version) put in the metrics
         self.cache_dir = Path(cache_dir) if cache_dir else None
         b = batching or BatchingConfig()
         engine_cls = SyntheticEngine if _is_synthetic(spec) else GenerationEngine
@@ -44,6 +47,7 @@ class ModelServer:
         """Events of one request (see :mod:`engine`); the start event names this node."""
         from edgefleet.platform.engine import GenRequest
 
+        await self._injected_delay()
         async for event in self.engine.stream(GenRequest(**request)):
             yield self._tag(event) if event["type"] == "start" else event
 
@@ -51,11 +55,19 @@ class ModelServer:
         """One request, one result (no per-token messages): what the Gateway uses for unary calls."""
         from edgefleet.platform.engine import GenRequest
 
+        await self._injected_delay()
         result = await self.engine.complete(GenRequest(**request))
         return self._tag(result) if result["type"] == "end" else result
 
     def stats(self) -> dict[str, Any]:
-        return self._tag(self.engine.stats())
+        """Live state; polled by the Gateway every 100 ms, so it also refreshes this node's gauges."""
+        s = self._tag(self.engine.stats())
+        metrics.node_state(self.tier, self.node_id, s["queue_depth"])
+        serving = (s["model"], s["model_version"])
+        if serving != self._reported_model:
+            metrics.model_serving(self.tier, self.node_id, *serving, previous=self._reported_model)
+            self._reported_model = serving
+        return s
 
     async def swap_model(self, spec: ModelSpec) -> str:
         """Load ``spec`` beside the current model, then switch; running requests finish on the old one."""
@@ -84,6 +96,19 @@ class ModelServer:
 
     async def probe_loss(self, texts: list[str]) -> float:
         return await self.engine.probe_loss(texts)
+
+    def inject_delay(self, seconds: float) -> None:
+        """Fault drill: hold every new request ``seconds`` before it reaches the engine, as a slow or
+        overloaded site would (hedging, failover and the dashboards react); 0 ends the drill."""
+        if not 0 <= seconds <= 600:
+            raise ValueError(f"delay must be within [0, 600] s, got {seconds}")
+        self._delay_s = seconds
+
+    async def _injected_delay(self) -> None:
+        if self._delay_s:
+            import asyncio
+
+            await asyncio.sleep(self._delay_s)
 
     def drain(self, draining: bool = True) -> None:
         """Refuse new requests (UNAVAILABLE) while the running ones finish; ``False`` undoes it."""

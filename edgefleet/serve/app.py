@@ -49,14 +49,8 @@ def start_serve(cfg: EdgefleetConfig, *, log_level: str = "INFO") -> None:
     )
 
 
-def deploy(cfg: EdgefleetConfig, *, timeout_s: float = 600, log_level: str = "INFO") -> Deployment:
-    """Spawn an EdgeNode per edge node, then run the Cloud + Gateway app; returns when all serve.
-
-    ``log_level="WARNING"`` keeps Serve's per-request access log out of a scripted demo's output.
-    """
-    start_serve(cfg, log_level=log_level)
-    actors = {n.id: spawn_edge_node(n, cache_dir=cfg.cache_dir, app=cfg.app) for n in cfg.fleet.edge_nodes}
-    ray.get([a.info.remote() for a in actors.values()], timeout=timeout_s)  # models loaded
+def _gateway_app(cfg: EdgefleetConfig) -> Any:
+    """The Cloud + Gateway application, unbound to any name (``serve.run`` or a Serve config names it)."""
     tokens = [t.get_secret_value() for t in cfg.auth.tokens]
     # The Gateway belongs with the head (or a node labelled like it), never on an edge node whose
     # loss would take every request down with it.
@@ -65,9 +59,37 @@ def deploy(cfg: EdgefleetConfig, *, timeout_s: float = 600, log_level: str = "IN
         gateway_app = Gateway.options(ray_actor_options=head_only)
     else:
         gateway_app = Gateway
-    gateway = gateway_app.bind(
+    return gateway_app.bind(
         cfg.model_dump(mode="python"), tokens, cloud_deployment(cfg.fleet.cloud, cache_dir=cfg.cache_dir)
     )
+
+
+def build_app(args: dict[str, Any]) -> Any:
+    """Serve application builder: what a Serve config's ``import_path: edgefleet.serve.app:build_app``
+    runs (KubeRay's RayService, ``serve deploy``). ``args``: ``{"config": "<fleet YAML>"}``.
+
+    With no driver of ours to own them, the EdgeNode actors are detached; a redeploy reuses them.
+    """
+    from edgefleet.config import load_config
+
+    unknown = set(args) - {"config"}
+    if unknown:
+        raise ValueError(f"build_app takes only a 'config' argument, got {sorted(unknown)}")
+    cfg = load_config(args.get("config"))
+    actors = [spawn_edge_node(n, cache_dir=cfg.cache_dir, app=cfg.app, detached=True) for n in cfg.fleet.edge_nodes]
+    ray.get([a.info.remote() for a in actors])  # the models load before the Gateway takes traffic
+    return _gateway_app(cfg)
+
+
+def deploy(cfg: EdgefleetConfig, *, timeout_s: float = 600, log_level: str = "INFO") -> Deployment:
+    """Spawn an EdgeNode per edge node, then run the Cloud + Gateway app; returns when all serve.
+
+    ``log_level="WARNING"`` keeps Serve's per-request access log out of a scripted demo's output.
+    """
+    start_serve(cfg, log_level=log_level)
+    actors = {n.id: spawn_edge_node(n, cache_dir=cfg.cache_dir, app=cfg.app) for n in cfg.fleet.edge_nodes}
+    ray.get([a.info.remote() for a in actors.values()], timeout=timeout_s)  # models loaded
+    gateway = _gateway_app(cfg)
     prefix = "/" if cfg.app == APP_NAME else f"/{cfg.app}"  # HTTP: the default app owns /v1
     serve.run(gateway, name=cfg.app, route_prefix=prefix, blocking=False, logging_config={"log_level": log_level})
     _wait_running(cfg.app, timeout_s)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections import deque
 from typing import Any
 
 from edgefleet.config import EdgefleetConfig
@@ -81,3 +82,33 @@ class FleetTracker:
             decode_ms_per_step=tuple(sorted((s.get("decode_ms_per_step") or {}).items())),
             model_version=s.get("model_version", ""), jobs=jobs, servers=servers,
         )  # fmt: skip
+
+
+class RecentOutcomes:
+    """Each target's answers over the last ``window_s``: tokens/s and SLA attainment (``edgefleet status``)."""
+
+    def __init__(self, window_s: float = 60.0, now: float | None = None) -> None:
+        self.window_s = window_s
+        self.started = time.monotonic() if now is None else now
+        self.events: dict[str, deque[tuple[float, int, bool | None]]] = {}
+
+    def record(self, target_id: str, tokens: int, sla_met: bool | None, now: float | None = None) -> None:
+        """An answer from ``target_id``; ``sla_met`` None for a request without a deadline."""
+        at = time.monotonic() if now is None else now
+        self.events.setdefault(target_id, deque()).append((at, tokens, sla_met))
+        self._trim(target_id, at)
+
+    def summary(self, target_id: str, now: float | None = None) -> dict[str, Any]:
+        at = time.monotonic() if now is None else now
+        self._trim(target_id, at)
+        events = self.events.get(target_id, ())
+        judged = [met for _, _, met in events if met is not None]
+        span = max(min(self.window_s, at - self.started), 1e-9)  # a young Gateway has seen less than a window
+        return {"requests": len(events), "tokens_per_s": sum(t for _, t, _ in events) / span,
+                "sla_met": sum(judged), "sla_judged": len(judged),
+                "sla_attainment": sum(judged) / len(judged) if judged else None}  # fmt: skip
+
+    def _trim(self, target_id: str, now: float) -> None:
+        events = self.events.get(target_id)
+        while events and events[0][0] < now - self.window_s:
+            events.popleft()

@@ -23,12 +23,13 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 
+from edgefleet import metrics
 from edgefleet._proto import inference_pb2 as pb
 from edgefleet.config import EdgefleetConfig
 from edgefleet.platform.edge_node import ACTOR_NAMESPACE, actor_name
 from edgefleet.platform.network import SimulatedLoss, SimulatedWan
 from edgefleet.serve import openai_http
-from edgefleet.serve.fleet_view import FleetTracker
+from edgefleet.serve.fleet_view import FleetTracker, RecentOutcomes
 from edgefleet.serve.hedge_race import race
 from edgefleet.serve.hedging import HedgeBudget, plan_hedge
 from edgefleet.serve.openai_http import SSE_DONE, ChatBody, CompletionBody, error_response, full_response, sse_chunk
@@ -69,6 +70,28 @@ def _as_request_error(exc: Exception) -> RequestError:
     if isinstance(exc, RequestError):
         return exc
     return RequestError(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+
+
+# Codes that mean "refused" (the request, its caller or the fleet's capacity), not "broke".
+_REJECTED = {grpc.StatusCode.INVALID_ARGUMENT: "invalid_argument", grpc.StatusCode.UNAUTHENTICATED: "unauthenticated",
+             grpc.StatusCode.PERMISSION_DENIED: "permission_denied", grpc.StatusCode.UNAVAILABLE: "no_target",
+             grpc.StatusCode.RESOURCE_EXHAUSTED: "overloaded"}  # fmt: skip
+
+
+def _broken(err: RequestError) -> RequestError:
+    err.broken = True  # the fleet failed an accepted request: an error, not a refusal
+    return err
+
+
+def _counted_failure(exc: Exception) -> RequestError:
+    """The status a failed request leaves with, counted in the request metrics by outcome and reason."""
+    err = _as_request_error(exc)
+    if err.code in _REJECTED and not getattr(err, "broken", False):
+        reason = "deadline_infeasible" if err.param == "deadline_ms" else _REJECTED[err.code]
+        metrics.request_failed("rejected", reason)
+    else:
+        metrics.request_failed("error")
+    return err
 
 
 def _bearer_from_grpc(ctx: Any) -> str | None:
@@ -121,6 +144,7 @@ class Gateway:
         self.fleet = FleetTracker(self.cfg, {t: self.wan.rtt_ms(t) for t in profiles})
         self.handles: dict[str, Any] = {}  # EdgeNode actor handles by node id
         self.hedges = HedgeBudget(share=0.05)  # at most 5% of requests get a hedge
+        self.recent = RecentOutcomes(window_s=60.0)
         self._refresher: asyncio.Task | None = None
 
     # ------------------------------------------------------------------ gRPC
@@ -135,7 +159,7 @@ class Gateway:
                     summary = event
             return _to_response(summary)
         except Exception as exc:  # noqa: BLE001 - every failure leaves with a status, never UNKNOWN
-            _set_status(grpc_context, _as_request_error(exc))  # a unary call can end quietly with the code set
+            _set_status(grpc_context, _counted_failure(exc))  # a unary call can end quietly with the code set
             return pb.GenerateResponse()
 
     async def GenerateStream(self, request: pb.GenerateRequest, grpc_context=None):  # noqa: N802
@@ -151,7 +175,7 @@ class Gateway:
                     yield pb.GenerateChunk(request_id=v.request_id, index=index, final=True,
                                            summary=_to_response(event))  # fmt: skip
         except Exception as exc:  # noqa: BLE001
-            err = _as_request_error(exc)
+            err = _counted_failure(exc)
             _set_status(grpc_context, err)
             raise err from None  # a stream that just ends reports OK; raising makes Serve send the code
 
@@ -186,7 +210,7 @@ class Gateway:
             events = self.run(v, arrived=arrived)
             first = await anext(events)  # fail before the 200 is sent: errors still get their status
         except Exception as exc:  # noqa: BLE001
-            return error_response(_as_request_error(exc))
+            return error_response(_counted_failure(exc))
         return StreamingResponse(self._sse(kind, v.request_id, body.model, first, events),
                                  media_type="text/event-stream")  # fmt: skip
 
@@ -201,7 +225,7 @@ class Gateway:
                     break
                 event = await anext(events)
         except Exception as exc:  # noqa: BLE001 - mid-stream: the status line is gone, report in-band
-            err = _as_request_error(exc)
+            err = _counted_failure(exc)
             yield f"data: {json.dumps({'error': {'message': err.message, 'code': err.code.name.lower()}})}\n\n"
         yield SSE_DONE
 
@@ -212,6 +236,26 @@ class Gateway:
 
     async def run(self, v: Validated, *, arrived: float, stream: bool = True) -> AsyncIterator[dict[str, Any]]:
         """Route, dispatch and time one validated request. Yields delta events, then one end event.
+
+        A request that ends with an answer is counted here; one that fails is counted where its
+        status is set (:func:`_counted_failure`), so validation errors count too.
+        """
+        ended = False
+        try:
+            async for event in self._run(v, arrived=arrived, stream=stream):
+                if event["type"] == "end":
+                    ended = True
+                    metrics.request_served(event, v.deadline_ms)
+                    self.recent.record(event["node_id"], event["completion_tokens"],
+                                       event["sla_met"] if v.deadline_ms else None)  # fmt: skip
+                yield event
+        except (GeneratorExit, asyncio.CancelledError):
+            if not ended:  # the caller left (deadline, disconnect) before the answer was complete
+                metrics.request_failed("cancelled")
+            raise
+
+    async def _run(self, v: Validated, *, arrived: float, stream: bool = True) -> AsyncIterator[dict[str, Any]]:
+        """The request path behind :meth:`run`.
 
         ``stream=False`` asks the target for the whole text at the end instead of per-token deltas.
 
@@ -268,6 +312,8 @@ class Gateway:
                     kind = event["type"]
                     if kind == "note":
                         notes.append(event["text"])
+                        if event.get("hedged"):
+                            metrics.hedged(target)
                         continue
                     if kind == "error":
                         if event["code"] == "UNAVAILABLE" and not started_any:
@@ -309,14 +355,16 @@ class Gateway:
                     self.handles.pop(target, None)
                 elapsed_ms = (time.perf_counter() - arrived) * 1000
                 if started_any and sent_text and not (stream and (v.deadline_ms == 0 or elapsed_ms < v.deadline_ms)):
-                    raise RequestError(grpc.StatusCode.UNAVAILABLE, f"{target} failed mid-stream: {exc}") from None
+                    raise _broken(RequestError(grpc.StatusCode.UNAVAILABLE, f"{target} failed mid-stream: {exc}")) \
+                        from None
+                metrics.failed_over(target)
                 sent_tokens += tokens_here
                 notes.append(f"{target} failed after {tokens_here} tokens; continued on the next target"
                              if tokens_here else f"{target} failed before its first token")  # fmt: skip
                 continue  # fail over to the next candidate
             finally:
                 self.fleet.finish(target, failed=failed, job=job)
-        raise RequestError(grpc.StatusCode.UNAVAILABLE, f"every candidate failed: {', '.join(candidates)}")
+        raise _broken(RequestError(grpc.StatusCode.UNAVAILABLE, f"every candidate failed: {', '.join(candidates)}"))
 
     def _decide(self, v: Validated, view: FleetView) -> tuple[Decision, RouteRequest]:
         mode = self.cfg.routing.mode if v.mode == "default" else v.mode
@@ -389,6 +437,21 @@ class Gateway:
         return self.handles[node_id]
 
     # ------------------------------------------------------------------ fleet view
+
+    async def fleet_status(self) -> dict[str, Any]:
+        """This replica's live view of every target (what ``edgefleet status`` shows per node)."""
+        self._ensure_refresher()
+        if not self.fleet.healthy:  # nothing heard yet: ask every target once instead of guessing
+            await asyncio.gather(*(self._refresh(t) for t in self.fleet.target_ids), return_exceptions=True)
+        view = {t.target_id: t for t in self.fleet.view().targets}
+        out = {}
+        for target_id in self.fleet.target_ids:
+            t, s = view[target_id], self.fleet.stats.get(target_id, {})
+            out[target_id] = {"tier": t.tier, "healthy": t.healthy, "circuit_open": t.circuit_open,
+                              "draining": t.draining, "queue_depth": t.queue_depth, "in_flight": t.in_flight,
+                              "model": s.get("model", ""), "model_version": s.get("model_version", ""),
+                              **self.recent.summary(target_id)}  # fmt: skip
+        return out
 
     def _ensure_refresher(self) -> None:
         if self._refresher is None or self._refresher.done():

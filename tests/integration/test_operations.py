@@ -1,0 +1,300 @@
+"""Operations on the session fleet: edgefleet's metrics on Ray's metrics endpoints, `edgefleet status`,
+and `edgefleet federate` submitted with `ray job submit` to the fleet's job server.
+
+One module-scoped scenario drives everything an operator would see: ordinary traffic with
+deadlines, refused requests, a slow site that gets hedged to the cloud, an edge actor killed
+mid-request (failover), a queue burst, one federated round run as a Ray Job, and a canary rollout
+of the version it registered. A scraper thread reads every node's metrics endpoint all along, as
+Prometheus would, and keeps the largest value it saw of each series.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import yaml
+
+ray = pytest.importorskip("ray")
+
+from edgefleet import metrics  # noqa: E402
+from edgefleet.client import Client, InvalidRequest, Unauthenticated  # noqa: E402
+from edgefleet.platform.edge_node import ACTOR_NAMESPACE, actor_name  # noqa: E402
+from tests.conftest import TEST_TOKEN, call_until_back, make_test_config_dict  # noqa: E402
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+QUESTION = "What is the capital of France?"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _edge(node_id: str):
+    return ray.get_actor(actor_name(node_id), namespace=ACTOR_NAMESPACE)
+
+
+class Scraper:
+    """Scrapes every live node's endpoint every ``period_s``; keeps each (series, labels)'s largest value."""
+
+    def __init__(self, period_s: float = 0.5) -> None:
+        self.period_s, self.seen, self.stop = period_s, {}, threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            self.once()
+            self.stop.wait(self.period_s)
+
+    def once(self) -> None:
+        for name, samples in metrics.scrape(metrics.endpoints(ray.nodes()), timeout_s=2).items():
+            for labels, value in samples:
+                key = (name, tuple(sorted((k, v) for k, v in labels.items() if k in _OURS)))
+                self.seen[key] = max(value, self.seen.get(key, value))
+
+    def max_of(self, series: str, **labels: str) -> float:
+        values = [v for (name, ls), v in self.seen.items() if name == series and labels.items() <= dict(ls).items()]
+        return max(values, default=0.0)
+
+
+_OURS = {t for m in metrics.METRICS for t in m.tags}  # Ray adds WorkerId, SessionName...: not ours
+
+
+def _federate_job_config(tmp_path: Path) -> Path:
+    data = make_test_config_dict(num_edge=3) | {"cache_dir": str(tmp_path / "cache")}
+    data["federation"] = {"clients_per_round": 2, "min_clients": 2, "local_steps": 4, "batch_size": 32,
+                          "block_size": 64, "lr": 0.02, "round_timeout_s": 120}  # fmt: skip
+    path = tmp_path / "fleet.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def operated(served, fleet, fleet_config, tmp_path_factory):
+    """Run the scenario once; yields what the tests check."""
+    tmp = tmp_path_factory.mktemp("operations")
+    cfg_path = _federate_job_config(tmp)
+    scraper = Scraper()
+    scraper.thread.start()
+    out: dict = {"cfg_path": cfg_path, "scraper": scraper}
+    try:
+        with Client(served.grpc_address, token=TEST_TOKEN, default_timeout=120) as client:
+            _traffic(client)
+            _refusals(client, served)
+            out["hedged"] = _slow_site_gets_hedged(client)
+            out["failed_over"] = _edge_killed_mid_request(client)
+            _queue_burst(client)
+        out["job"] = _federate_as_ray_job(fleet_config, cfg_path, tmp)
+        assert out["job"]["returncode"] == 0, out["job"]["output"][-4000:]
+        out["rollout"] = _roll_out_the_new_champion(fleet_config, cfg_path)
+        with Client(served.grpc_address, token=TEST_TOKEN, default_timeout=120) as client:
+            _traffic(client, n=6)  # the last minute's SLA window, on the rolled-out model
+        out["status"] = _status_json(cfg_path, fleet.address)
+        time.sleep(3)  # two more report intervals: the last gauges reach the endpoints
+        scraper.once()
+        yield out
+    finally:
+        scraper.stop.set()
+
+
+def _traffic(client: Client, n: int = 12) -> None:
+    for i in range(n):
+        site = f"edge-{i % 3 + 1}"
+        client.generate(QUESTION, max_new_tokens=8, site=site, timeout=30)
+    client.generate(QUESTION, max_new_tokens=8, route="cloud", timeout=30)
+
+
+def _refusals(client: Client, served) -> None:
+    with pytest.raises(InvalidRequest):
+        client.generate(QUESTION, max_new_tokens=5000)
+    with Client(served.grpc_address, token="wrong-token", default_timeout=30) as stranger:
+        with pytest.raises(Unauthenticated):
+            stranger.generate(QUESTION, max_new_tokens=4)
+
+
+def _slow_site_gets_hedged(client: Client) -> str:
+    """edge-1 answers 3 s late: its first token misses the hedge timer and the cloud copy wins."""
+    for _ in range(40):  # the hedge budget earns 5% of a hedge per request: fill it
+        client.generate(QUESTION, max_new_tokens=2, route="cloud")
+    victim = _edge("edge-1")
+    ray.get(victim.inject_delay.remote(3.0))
+    try:
+        chunks = list(client.stream(QUESTION, max_new_tokens=8, site="edge-1", timeout=30))
+    finally:
+        ray.get(victim.inject_delay.remote(0.0))
+    return chunks[-1].completion.route_reason
+
+
+def _edge_killed_mid_request(client: Client) -> str:
+    """edge-2's actor dies while a request waits on it: the Gateway fails over to another edge."""
+    victim = _edge("edge-2")
+    ray.get(victim.inject_delay.remote(5.0))
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(lambda: client.generate(QUESTION, max_new_tokens=4, site="edge-2", route="edge"))
+        time.sleep(1.5)
+        ray.kill(victim, no_restart=False)  # Ray restarts it (max_restarts); the delay is gone with the old one
+        answer = pending.result(timeout=120)
+    call_until_back(victim.info.remote)
+    return answer.route_reason
+
+
+def _queue_burst(client: Client) -> None:
+    """More concurrent requests than edge-3's batch holds: some wait in its queue."""
+    with ThreadPoolExecutor(24) as pool:
+        list(pool.map(lambda _: client.generate(QUESTION, max_new_tokens=96, site="edge-3", route="edge"),
+                      range(48)))  # fmt: skip
+
+
+def _federate_as_ray_job(fleet_config, cfg_path: Path, tmp: Path) -> dict:
+    ray_cli = Path(sys.executable).parent / "ray"
+    job_id = f"edgefleet-federate-{int(time.time())}"
+    dashboard = f"http://127.0.0.1:{fleet_config.ports.dashboard}"
+    submit = subprocess.run([str(ray_cli), "job", "submit", "--address", dashboard, "--submission-id", job_id, "--",
+                             sys.executable, "-m", "edgefleet.cli", "-c", str(cfg_path), "federate", "--rounds", "1",
+                             "--run", "ray-job"],
+                            capture_output=True, text=True, timeout=600, cwd=tmp)  # fmt: skip
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        status = str(JobSubmissionClient(dashboard).get_job_status(job_id))
+    except RuntimeError as exc:  # the submission itself failed: the CLI's output says why
+        status = f"not found ({exc})"
+    return {"returncode": submit.returncode, "status": status, "output": submit.stdout + submit.stderr}
+
+
+def _roll_out_the_new_champion(fleet_config, cfg_path: Path):
+    from edgefleet.config import load_config
+    from edgefleet.mlflow.registry import ModelRegistry
+    from edgefleet.serve.rollout import RolloutController
+    from edgefleet.train.data import demo_topics
+
+    registry = ModelRegistry.from_config(load_config(cfg_path))
+    versions = registry.versions()
+    assert versions, "the federated round registered no model version"
+    champion = registry.champion_version()
+    if champion is None:  # the gate kept it a candidate (one short round): promote it as an operator would
+        champion = versions[-1]["version"]
+        registry.promote(champion, "operations test")
+    ctl = RolloutController(fleet_config, registry, canaries=["edge-1"], window_s=2.0,
+                            probe_texts=list(demo_topics().values())[:2])  # fmt: skip
+    try:
+        return ctl.roll_out(champion)
+    finally:  # the session fleet goes back to its configured models for the tests that follow
+        edges = {n.id: _edge(n.id) for n in fleet_config.fleet.edge_nodes}
+        ray.get([edges[n.id].swap_model.remote(n.model) for n in fleet_config.fleet.edge_nodes])
+
+
+def _status_json(cfg_path: Path, address: str) -> dict:
+    out = subprocess.run([sys.executable, "-m", "edgefleet.cli", "-c", str(cfg_path), "status", "--json",
+                          "--address", address], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout)
+
+
+# ---------------------------------------------------------------- Ray Jobs
+
+
+def test_federate_runs_as_a_ray_job_on_the_fleets_job_server(operated):
+    job = operated["job"]
+    assert job["returncode"] == 0 and job["status"] == "SUCCEEDED", job["output"][-4000:]
+    assert "round 1:" in job["output"]  # the job's log is the CLI's round line
+    rounds = (operated["cfg_path"].parent / "cache" / "federation" / "ray-job" / "rounds.jsonl").read_text()
+    assert len(rounds.splitlines()) == 1
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def test_the_scenario_hedged_and_failed_over(operated):
+    assert "hedged to cloud" in operated["hedged"], operated["hedged"]
+    assert "edge-2 failed" in operated["failed_over"], operated["failed_over"]
+
+
+@pytest.mark.parametrize("spec", metrics.METRICS, ids=lambda m: m.name)
+def test_every_metric_is_exported_with_a_nonzero_value(operated, spec):
+    scraper = operated["scraper"]
+    series = spec.series[-1] if spec.kind == "histogram" else spec.exported  # a histogram's _count
+    assert scraper.max_of(series) > 0, f"{series} never non-zero; seen: {sorted({n for n, _ in scraper.seen})}"
+
+
+def test_metrics_say_where_requests_ran_and_why_some_were_refused(operated):
+    s = operated["scraper"]
+    for node in ("edge-1", "edge-2", "edge-3", "cloud"):
+        assert s.max_of("ray_edgefleet_requests_total", node=node, outcome="ok") > 0, node
+    assert s.max_of("ray_edgefleet_rejections_total", reason="invalid_argument") >= 1
+    assert s.max_of("ray_edgefleet_rejections_total", reason="unauthenticated") >= 1
+    assert s.max_of("ray_edgefleet_hedges_total", node="edge-1") >= 1
+    assert s.max_of("ray_edgefleet_failovers_total", node="edge-2") >= 1
+    assert s.max_of("ray_edgefleet_sla_total", result="met") > 0
+    assert s.max_of("ray_edgefleet_federation_round", run="ray-job") == 1
+    verdict = "promoted" if operated["rollout"].verdict.promote else "rolled_back"
+    assert s.max_of("ray_edgefleet_rollout_state", state=verdict) == 1
+
+
+# ---------------------------------------------------------------- edgefleet status
+
+
+def test_status_json_shows_every_node_live_with_round_champion_and_epsilon(operated, fleet_config):
+    status = operated["status"]
+    rows = {r["node"]: r for r in status["nodes"] if r["alive"]}
+    assert {"edge-1", "edge-2", "edge-3", "cloud", "head"} <= set(rows)
+    assert status["gateway"] == "ok"
+    for node in ("edge-1", "edge-2", "edge-3", "cloud"):
+        row = rows[node]
+        assert row["health"] == "serving", row
+        assert row["labels"]["edgefleet.io/node"] == node
+        assert row["queue_depth"] >= 0 and row["model_version"]
+    recent = [rows[n] for n in ("edge-1", "edge-2", "edge-3")]
+    assert any(r["tokens_per_s"] > 0 for r in recent)
+    assert all(r["sla_attainment"] is None or 0 <= r["sla_attainment"] <= 1 for r in recent)
+    assert sum(r["sla_judged"] for r in recent) >= 6  # the last traffic, all with deadlines
+    assert status["run"] == "ray-job" and status["round"] == 1
+    assert status["champion_version"] == int(operated["rollout"].version) or status["rollout_state"] == "rolled_back"
+    sampled = [c for c, e in status["epsilon"].items() if e["spent"] > 0]
+    assert len(sampled) == 2  # clients_per_round
+    budget = fleet_config.privacy.client_budget_epsilon
+    assert all(e["budget"] == budget and e["spent"] < budget for e in status["epsilon"].values())
+
+
+def test_status_table_prints_once_for_scripts(operated, fleet):
+    out = subprocess.run([sys.executable, "-m", "edgefleet.cli", "-c", str(operated["cfg_path"]), "status", "--once",
+                          "--address", fleet.address], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "COLUMNS": "200"})  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    for text in ("edgefleet fleet", "edge-1", "cloud", "serving", "round 1 of run ray-job", "champion"):
+        assert text in out.stdout, out.stdout
+
+
+# ---------------------------------------------------------------- the Serve config's app builder
+
+
+def test_the_serve_config_app_builder_serves_with_detached_edge_actors(served, fleet, write_config):
+    """What KubeRay's RayService runs: `edgefleet.serve.app:build_app` with the mounted fleet config."""
+    from ray import serve
+
+    from edgefleet.serve.app import build_app
+
+    data = make_test_config_dict(num_edge=1) | {"app": "builder"}
+    path = write_config(data)
+    app = build_app({"config": str(path)})
+    actor = ray.get_actor(actor_name("edge-1", "builder"), namespace=ACTOR_NAMESPACE)
+    try:
+        serve.run(app, name="builder", route_prefix="/builder", blocking=False)
+        deadline = time.monotonic() + 300
+        while serve.status().applications["builder"].status != "RUNNING":
+            assert time.monotonic() < deadline, serve.status().applications["builder"]
+            time.sleep(0.5)
+        with Client(served.grpc_address, token=TEST_TOKEN, application="builder", default_timeout=60) as client:
+            answer = client.generate(QUESTION, max_new_tokens=4, site="edge-1", route="edge")
+        assert answer.node_id == "edge-1" and answer.completion_tokens > 0
+        assert build_app({"config": str(path)}) is not None  # a redeploy reuses the detached actor
+        assert ray.get_actor(actor_name("edge-1", "builder"), namespace=ACTOR_NAMESPACE)._actor_id == actor._actor_id
+        with pytest.raises(ValueError, match="only a 'config'"):
+            build_app({"config": str(path), "typo": 1})
+    finally:
+        serve.delete("builder")
+        ray.kill(actor)

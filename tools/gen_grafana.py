@@ -1,0 +1,107 @@
+"""Write infra/grafana/edgefleet.json, the Grafana dashboard of edgefleet's own metrics.
+
+The panels (title, PromQL, unit) are chosen here by hand; tests/unit/test_dashboards.py checks
+that every metric in edgefleet/metrics.py is on some panel and that every panel queries a metric
+that exists. Run after changing either:  .venv/bin/python tools/gen_grafana.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parents[1] / "infra" / "grafana" / "edgefleet.json"
+W = "[$__rate_interval]"
+
+# (row, title, panel type, unit, [(PromQL, legend)])
+PANELS = [
+    ("Requests", "Requests/s by tier and outcome", "timeseries", "reqps",
+     [(f"sum by (tier, outcome) (rate(ray_edgefleet_requests_total{W}))", "{{tier}} {{outcome}}")]),
+    ("Requests", "SLA attainment (requests with a deadline)", "timeseries", "percentunit",
+     [(f'sum by (node) (rate(ray_edgefleet_sla_total{{result="met"}}{W})) / '
+       f"sum by (node) (rate(ray_edgefleet_sla_total{W}))", "{{node}}")]),
+    ("Requests", "SLA met and missed /s", "timeseries", "reqps",
+     [(f"sum by (result) (rate(ray_edgefleet_sla_total{W}))", "{{result}}")]),
+    ("Requests", "Time to first token p50 / p95", "timeseries", "ms",
+     [(f"histogram_quantile(0.5, sum by (le, tier) (rate(ray_edgefleet_ttft_ms_bucket{W})))", "p50 {{tier}}"),
+      (f"histogram_quantile(0.95, sum by (le, tier) (rate(ray_edgefleet_ttft_ms_bucket{W})))", "p95 {{tier}}")]),
+    ("Requests", "Latency p50 / p95", "timeseries", "ms",
+     [(f"histogram_quantile(0.5, sum by (le, tier) (rate(ray_edgefleet_latency_ms_bucket{W})))", "p50 {{tier}}"),
+      (f"histogram_quantile(0.95, sum by (le, tier) (rate(ray_edgefleet_latency_ms_bucket{W})))", "p95 {{tier}}")]),
+    ("Requests", "Router prediction error p95 (over = predicted too slow, under = too fast)", "timeseries", "ms",
+     [(f"histogram_quantile(0.95, sum by (le, direction) (rate(ray_edgefleet_prediction_error_ms_bucket{W})))",
+       "p95 {{direction}}"),
+      (f"sum by (direction) (rate(ray_edgefleet_prediction_error_ms_sum{W})) / "
+       f"sum by (direction) (rate(ray_edgefleet_prediction_error_ms_count{W}))", "mean {{direction}}")]),
+    ("Requests", "Hedges and failovers /s", "timeseries", "reqps",
+     [(f"sum by (node) (rate(ray_edgefleet_hedges_total{W}))", "hedged from {{node}}"),
+      (f"sum by (node) (rate(ray_edgefleet_failovers_total{W}))", "failed over from {{node}}")]),
+    ("Requests", "Rejections /s by reason", "timeseries", "reqps",
+     [(f"sum by (reason) (rate(ray_edgefleet_rejections_total{W}))", "{{reason}}")]),
+    ("Nodes", "Tokens/s by node", "timeseries", "short",
+     [(f"sum by (node) (rate(ray_edgefleet_generated_tokens_total{W}))", "{{node}}")]),
+    ("Nodes", "Queue depth", "timeseries", "short",
+     [("max by (node) (ray_edgefleet_queue_depth)", "{{node}}")]),
+    ("Nodes", "Model version per node", "table", "none",
+     [("max by (node, model, version) (ray_edgefleet_model_info) == 1", "")]),
+    ("Federation and models", "Federated round", "stat", "none",
+     [("max by (run) (ray_edgefleet_federation_round)", "{{run}}")]),
+    ("Federation and models", "Round duration (mean over 1 h)", "timeseries", "s",
+     [("sum by (run) (rate(ray_edgefleet_federation_round_seconds_sum[1h])) / "
+       "sum by (run) (rate(ray_edgefleet_federation_round_seconds_count[1h]))", "{{run}}"),
+      ("histogram_quantile(0.95, sum by (le) (rate(ray_edgefleet_federation_round_seconds_bucket[1h])))", "p95")]),
+    ("Federation and models", "Since the last committed round", "stat", "s",
+     [("time() - max(ray_edgefleet_federation_last_commit_timestamp)", "")]),
+    ("Federation and models", "Privacy budget used per client (ε spent / ε budget)", "bargauge", "percentunit",
+     [("max by (client) (ray_edgefleet_epsilon) / max by (client) (ray_edgefleet_epsilon_budget)", "{{client}}")]),
+    ("Federation and models", "Champion version", "stat", "none",
+     [("max by (model) (ray_edgefleet_champion_version)", "{{model}}")]),
+    ("Federation and models", "Rollout state", "state-timeline", "none",
+     [("max by (state) (ray_edgefleet_rollout_state) == 1", "{{state}}")]),
+]
+
+
+def build() -> dict:
+    panels, y, next_id, row_seen = [], 0, 1, None
+    x = 0
+    for row, title, kind, unit, queries in PANELS:
+        if row != row_seen:
+            y += 8 if row_seen is not None and x else 0
+            x = 0
+            panels.append({"id": next_id, "type": "row", "title": row, "collapsed": False,
+                           "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}})  # fmt: skip
+            next_id, y, row_seen = next_id + 1, y + 1, row
+        panels.append({
+            "id": next_id, "type": kind, "title": title,
+            "datasource": {"type": "prometheus", "uid": "${datasource}"},
+            "gridPos": {"h": 8, "w": 8, "x": x, "y": y},
+            "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+            "options": {"legend": {"displayMode": "list", "placement": "bottom"}} if kind == "timeseries" else {},
+            "targets": [{"refId": chr(ord("A") + i), "expr": expr, "legendFormat": legend,
+                         "datasource": {"type": "prometheus", "uid": "${datasource}"}}
+                        for i, (expr, legend) in enumerate(queries)],
+        })  # fmt: skip
+        next_id += 1
+        x += 8
+        if x >= 24:
+            x, y = 0, y + 8
+    return {
+        "title": "edgefleet",
+        "uid": "edgefleet",
+        "description": "edgefleet's own metrics (edgefleet/metrics.py); Ray's Serve dashboards show the replicas.",
+        "tags": ["edgefleet", "ray"],
+        "timezone": "browser",
+        "schemaVersion": 39,
+        "version": 1,
+        "refresh": "10s",
+        "time": {"from": "now-1h", "to": "now"},
+        "templating": {"list": [{"name": "datasource", "type": "datasource", "query": "prometheus",
+                                 "label": "Prometheus"}]},  # fmt: skip
+        "panels": panels,
+    }
+
+
+if __name__ == "__main__":
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(build(), indent=2) + "\n")
+    print(f"wrote {OUT.relative_to(OUT.parents[2])} ({len(PANELS)} panels)")
