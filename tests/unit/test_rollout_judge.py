@@ -28,7 +28,9 @@ def test_a_nan_probe_never_passes_and_limits_are_configurable():
 
 
 class FakeRegistry:
-    """A registry double holding only the champion alias (the watcher reads nothing else)."""
+    """A registry double holding only the champion alias and the model name (the watcher reads nothing else)."""
+
+    name = "edgefleet-edge-llm"
 
     def __init__(self):
         self.champion = "1"
