@@ -128,7 +128,7 @@ def registry_hook(cfg: EdgefleetConfig, run: str, coordinator: Any) -> Any:
         if version is not None:
             from edgefleet import metrics
 
-            metrics.champion(registry.name, registry.champion_version())
+            metrics.champion_of(registry)
         return version
 
     return publish

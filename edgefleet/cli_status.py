@@ -34,7 +34,10 @@ def build_status(nodes: list[Any], gateway: dict[str, Any] | None, samples: dict
     ``Gateway.fleet_status`` (None if it did not answer), ``samples`` from :func:`metrics.scrape`,
     ``registry`` from :func:`registry_view`."""
     rows = []
-    for n in nodes:
+    live = {n.node_id for n in nodes if n.alive}
+    # Ray keeps a dead raylet in its node table; once the site is back on a new raylet, that old
+    # entry is history, not a second node.
+    for n in (n for n in nodes if n.alive or n.node_id not in live):
         g = (gateway or {}).get(n.node_id)
         row = {"node": n.node_id, "role": n.role, "labels": n.labels, "alive": n.alive, "health": _health(n, g)}
         if g is not None:
@@ -152,4 +155,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", help="Ray address (default: the fleet `edgefleet up` started)")
     parser.add_argument("--json", action="store_true", help="print the status once as JSON, for scripts")
     parser.add_argument("--once", action="store_true", help="print the table once instead of refreshing it")
-    parser.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (default 2)")
+    parser.add_argument("--interval", type=_positive, default=2.0, help="seconds between refreshes (default 2)")
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value

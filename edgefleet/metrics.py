@@ -6,6 +6,10 @@ Prometheus scrape job sees both: ``infra/prometheus/prometheus.yml`` scrapes eve
 ``infra/grafana/edgefleet.json`` draws every series below (a test keeps the two in step).
 
 Call sites use the functions at the bottom, which say what happened, not how it is counted.
+
+Ray 2.60 exports a histogram's ``_sum`` from bucket midpoints, not from the observed values (a
+181 s round showed as 210 s), so dashboards use the buckets (quantiles) and, where an exact value
+matters, a gauge beside the histogram (``edgefleet_federation_last_round_seconds``).
 Outside Ray (pure unit tests, the in-process coordinator) every call is a no-op.
 """
 
@@ -99,6 +103,9 @@ METRICS = (
         "edgefleet_federation_last_commit_timestamp", "gauge", "Unix time the run last committed a round.", ("run",)
     ),  # fmt: skip
     MetricSpec(
+        "edgefleet_federation_last_round_seconds", "gauge", "Wall time of the last committed round, exact.", ("run",)
+    ),  # fmt: skip
+    MetricSpec(
         "edgefleet_federation_round_seconds", "histogram", "Wall time of a committed round.", ("run",), ROUND_S
     ),  # fmt: skip
     MetricSpec(
@@ -113,12 +120,12 @@ METRICS = (
     MetricSpec(
         "edgefleet_rollout_state",
         "gauge",
-        "1 for the rollout's current state, 0 for the others (state: idle, canary, promoted, rolled_back).",
+        "1 for the rollout's current state, 0 for the others (state: idle, canary, promoted, rolled_back, failed).",
         ("model", "state"),
     ),  # fmt: skip
 )
 BY_NAME = {m.name: m for m in METRICS}
-ROLLOUT_STATES = ("idle", "canary", "promoted", "rolled_back")
+ROLLOUT_STATES = ("idle", "canary", "promoted", "rolled_back", "failed")
 
 _lock = threading.Lock()
 _made: dict[str, Any] = {}
@@ -218,6 +225,7 @@ def round_committed(run: str, round_id: int, wall_s: float, epsilon: dict[str, f
 
     _set("edgefleet_federation_round", {"run": run}, round_id)
     _set("edgefleet_federation_last_commit_timestamp", {"run": run}, time.time())
+    _set("edgefleet_federation_last_round_seconds", {"run": run}, wall_s)
     _observe("edgefleet_federation_round_seconds", {"run": run}, wall_s)
     for client, eps in epsilon.items():
         _set("edgefleet_epsilon", {"run": run, "client": client}, eps)
@@ -227,6 +235,16 @@ def round_committed(run: str, round_id: int, wall_s: float, epsilon: dict[str, f
 def champion(model: str, version: str | None) -> None:
     if version is not None and str(version).isdigit():
         _set("edgefleet_champion_version", {"model": model}, int(version))
+
+
+def champion_of(registry: Any) -> None:
+    """Report ``registry``'s champion; a registry that cannot answer now is skipped, never raised."""
+    try:
+        version = registry.champion_version()
+    except Exception:  # noqa: BLE001 - the work that came before (a round, a rollout) is already done
+        log.warning("champion version unavailable for the metrics", exc_info=True)
+        return
+    champion(registry.name, version)
 
 
 def rollout_state(model: str, state: str) -> None:
@@ -249,18 +267,23 @@ def scrape(urls: list[str], timeout_s: float = 5.0) -> dict[str, list[tuple[dict
     An endpoint that does not answer is skipped (a node just died): the rest still count.
     """
     import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+    from http.client import HTTPException
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    out: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for url in urls:
+    def fetch(url: str) -> list[tuple[str, dict[str, str], float]]:
         try:
             with urllib.request.urlopen(url, timeout=timeout_s) as r:
-                text = r.read().decode()
-        except OSError:
-            continue
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name.startswith("ray_edgefleet_"):
-                    out.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
+                families = list(text_string_to_metric_families(r.read().decode()))
+        except (OSError, HTTPException, ValueError):  # gone, cut short, or half-written
+            return []
+        return [(s.name, dict(s.labels), s.value) for f in families for s in f.samples
+                if s.name.startswith("ray_edgefleet_")]  # fmt: skip
+
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    with ThreadPoolExecutor(max(1, min(16, len(urls)))) as pool:  # one slow node must not add up
+        for samples in pool.map(fetch, urls):
+            for name, labels, value in samples:
+                out.setdefault(name, []).append((labels, value))
     return out

@@ -13,7 +13,9 @@ from pathlib import Path
 OUT = Path(__file__).resolve().parents[1] / "infra" / "grafana" / "edgefleet.json"
 W = "[$__rate_interval]"
 
-# (row, title, panel type, unit, [(PromQL, legend)])
+# (row, title, panel type, unit, [(PromQL, legend)]). Federation gauges come from the `edgefleet federate`
+# driver and end with it: their panels look back over 7 days (*_over_time), so they stay filled
+# between runs instead of going blank 5 minutes after the last one.
 PANELS = [
     ("Requests", "Requests/s by tier and outcome", "timeseries", "reqps",
      [(f"sum by (tier, outcome) (rate(ray_edgefleet_requests_total{W}))", "{{tier}} {{outcome}}")]),
@@ -31,8 +33,9 @@ PANELS = [
     ("Requests", "Router prediction error p95 (over = predicted too slow, under = too fast)", "timeseries", "ms",
      [(f"histogram_quantile(0.95, sum by (le, direction) (rate(ray_edgefleet_prediction_error_ms_bucket{W})))",
        "p95 {{direction}}"),
-      (f"sum by (direction) (rate(ray_edgefleet_prediction_error_ms_sum{W})) / "
-       f"sum by (direction) (rate(ray_edgefleet_prediction_error_ms_count{W}))", "mean {{direction}}")]),
+      (f"histogram_quantile(0.5, sum by (le, direction) (rate(ray_edgefleet_prediction_error_ms_bucket{W})))",
+       "p50 {{direction}}"),
+      (f"sum by (direction) (rate(ray_edgefleet_prediction_error_ms_count{W}))", "requests/s {{direction}}")]),
     ("Requests", "Hedges and failovers /s", "timeseries", "reqps",
      [(f"sum by (node) (rate(ray_edgefleet_hedges_total{W}))", "hedged from {{node}}"),
       (f"sum by (node) (rate(ray_edgefleet_failovers_total{W}))", "failed over from {{node}}")]),
@@ -45,15 +48,16 @@ PANELS = [
     ("Nodes", "Model version per node", "table", "none",
      [("max by (node, model, version) (ray_edgefleet_model_info) == 1", "")]),
     ("Federation and models", "Federated round", "stat", "none",
-     [("max by (run) (ray_edgefleet_federation_round)", "{{run}}")]),
-    ("Federation and models", "Round duration (mean over 1 h)", "timeseries", "s",
-     [("sum by (run) (rate(ray_edgefleet_federation_round_seconds_sum[1h])) / "
-       "sum by (run) (rate(ray_edgefleet_federation_round_seconds_count[1h]))", "{{run}}"),
-      ("histogram_quantile(0.95, sum by (le) (rate(ray_edgefleet_federation_round_seconds_bucket[1h])))", "p95")]),
+     [("max by (run) (max_over_time(ray_edgefleet_federation_round[7d]))", "{{run}}")]),
+    ("Federation and models", "Round duration", "timeseries", "s",
+     [("max by (run) (last_over_time(ray_edgefleet_federation_last_round_seconds[7d]))", "last round, {{run}}"),
+      ("histogram_quantile(0.95, sum by (le) (increase(ray_edgefleet_federation_round_seconds_bucket[1d])))",
+       "p95 over a day (bucketed)")]),
     ("Federation and models", "Since the last committed round", "stat", "s",
-     [("time() - max(ray_edgefleet_federation_last_commit_timestamp)", "")]),
+     [("time() - max(max_over_time(ray_edgefleet_federation_last_commit_timestamp[7d]))", "")]),
     ("Federation and models", "Privacy budget used per client (ε spent / ε budget)", "bargauge", "percentunit",
-     [("max by (client) (ray_edgefleet_epsilon) / max by (client) (ray_edgefleet_epsilon_budget)", "{{client}}")]),
+     [("max by (client) (last_over_time(ray_edgefleet_epsilon[7d])) / "
+       "max by (client) (last_over_time(ray_edgefleet_epsilon_budget[7d]))", "{{client}}")]),
     ("Federation and models", "Champion version", "stat", "none",
      [("max by (model) (ray_edgefleet_champion_version)", "{{model}}")]),
     ("Federation and models", "Rollout state", "state-timeline", "none",

@@ -62,6 +62,7 @@ class EdgeNode(ModelServer):
             "quantization": loaded.quantization,
             "parameters": loaded.num_parameters,
             "load_seconds": loaded.load_seconds,
+            "spec": self.spec.model_dump(mode="json"),
         }
 
 

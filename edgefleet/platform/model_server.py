@@ -23,6 +23,7 @@ class ModelServer:
         from edgefleet.platform.synthetic import SyntheticEngine
 
         self.node_id = node_id
+        self.spec = spec  # what this node serves now; swap_model replaces it
         self._delay_s = 0.0  # see inject_delay
         self._reported_model: tuple[str, str] | None = None  # last (model, version) put in the metrics
         self.cache_dir = Path(cache_dir) if cache_dir else None
@@ -73,7 +74,9 @@ class ModelServer:
         """Load ``spec`` beside the current model, then switch; running requests finish on the old one."""
         if _is_synthetic(spec) != (self.engine.loaded.name == "synthetic"):
             raise ValueError("a synthetic node swaps only to another synthetic profile, a real one to a real model")
-        return await self.engine.swap_with(self._loader(spec))
+        version = await self.engine.swap_with(self._loader(spec))
+        self.spec = spec
+        return version
 
     async def swap_to_registry(self, base: ModelSpec, model_uri: str, tracking_uri: str) -> str:
         """Fetch a registered version's adapter (``models:/name/version``) onto this node, then swap to

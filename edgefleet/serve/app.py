@@ -16,7 +16,7 @@ from ray import serve
 from ray.serve.config import HTTPOptions, gRPCOptions
 
 from edgefleet.config import EdgefleetConfig
-from edgefleet.platform.edge_node import spawn_edge_node
+from edgefleet.platform.edge_node import ACTOR_NAMESPACE, actor_name, spawn_edge_node
 from edgefleet.platform.topology import ROLE_LABEL, role_selector
 from edgefleet.serve.cloud import cloud_deployment
 from edgefleet.serve.gateway import Gateway
@@ -68,7 +68,8 @@ def build_app(args: dict[str, Any]) -> Any:
     """Serve application builder: what a Serve config's ``import_path: edgefleet.serve.app:build_app``
     runs (KubeRay's RayService, ``serve deploy``). ``args``: ``{"config": "<fleet YAML>"}``.
 
-    With no driver of ours to own them, the EdgeNode actors are detached; a redeploy reuses them.
+    With no driver of ours to own them, the EdgeNode actors are detached; see
+    :func:`reconcile_edge_actors` for what a redeploy does to them.
     """
     from edgefleet.config import load_config
 
@@ -76,9 +77,45 @@ def build_app(args: dict[str, Any]) -> Any:
     if unknown:
         raise ValueError(f"build_app takes only a 'config' argument, got {sorted(unknown)}")
     cfg = load_config(args.get("config"))
-    actors = [spawn_edge_node(n, cache_dir=cfg.cache_dir, app=cfg.app, detached=True) for n in cfg.fleet.edge_nodes]
-    ray.get([a.info.remote() for a in actors])  # the models load before the Gateway takes traffic
+    reconcile_edge_actors(cfg)
     return _gateway_app(cfg)
+
+
+def reconcile_edge_actors(cfg: EdgefleetConfig, *, timeout_s: float = 600) -> dict[str, str]:
+    """Make the detached EdgeNode actors match ``cfg``; returns node id → what happened to it.
+
+    A node new to the config gets an actor; one dropped from it loses its actor; one whose model
+    changed swaps to the new model live (running requests finish on the old one). Batching and CPU
+    share are fixed at actor start: changing them needs ``ray.kill`` of that node's actor first.
+    Nodes not ready within ``timeout_s`` (a site that never joined) are left out, not waited for:
+    the Gateway routes around them until they answer.
+    """
+    import logging
+
+    log = logging.getLogger(__name__)
+    wanted = {n.id: n for n in cfg.fleet.edge_nodes}
+    prefix = actor_name("", cfg.app)
+    outcome: dict[str, str] = {}
+    for entry in ray.util.list_named_actors(all_namespaces=True):
+        node_id = entry["name"].removeprefix(prefix)
+        if entry["namespace"] == ACTOR_NAMESPACE and entry["name"].startswith(prefix) and node_id not in wanted:
+            ray.kill(ray.get_actor(entry["name"], namespace=ACTOR_NAMESPACE))
+            outcome[node_id] = "removed"
+    actors = {i: spawn_edge_node(n, cache_dir=cfg.cache_dir, app=cfg.app, detached=True) for i, n in wanted.items()}
+    refs = {actors[i].info.remote(): i for i in wanted}
+    ready, late = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
+    for ref in late:
+        outcome[refs[ref]] = "not ready"
+        log.warning("edge node %s not ready after %.0f s: deploying without it", refs[ref], timeout_s)
+    swaps = {}
+    for ref in ready:
+        node_id = refs[ref]
+        spec = wanted[node_id].model
+        if ray.get(ref)["spec"] != spec.model_dump(mode="json"):
+            swaps[node_id] = actors[node_id].swap_model.remote(spec)
+        outcome[node_id] = "swapped" if node_id in swaps else "serving"
+    ray.get(list(swaps.values()))
+    return outcome
 
 
 def deploy(cfg: EdgefleetConfig, *, timeout_s: float = 600, log_level: str = "INFO") -> Deployment:

@@ -10,6 +10,7 @@ the first token a failure ends the stream (tokens already sent cannot be taken b
 # still resolve the request-body annotations in the replica, so they stay real objects.
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -87,7 +88,8 @@ def _counted_failure(exc: Exception) -> RequestError:
     """The status a failed request leaves with, counted in the request metrics by outcome and reason."""
     err = _as_request_error(exc)
     if err.code in _REJECTED and not getattr(err, "broken", False):
-        reason = "deadline_infeasible" if err.param == "deadline_ms" else _REJECTED[err.code]
+        infeasible = err.code == grpc.StatusCode.RESOURCE_EXHAUSTED and err.param == "deadline_ms"
+        reason = "deadline_infeasible" if infeasible else _REJECTED[err.code]
         metrics.request_failed("rejected", reason)
     else:
         metrics.request_failed("error")
@@ -242,13 +244,15 @@ class Gateway:
         """
         ended = False
         try:
-            async for event in self._run(v, arrived=arrived, stream=stream):
-                if event["type"] == "end":
-                    ended = True
-                    metrics.request_served(event, v.deadline_ms)
-                    self.recent.record(event["node_id"], event["completion_tokens"],
-                                       event["sla_met"] if v.deadline_ms else None)  # fmt: skip
-                yield event
+            # aclosing: when the caller stops early, _run's cleanup (finish, cancel) runs at once, not at GC
+            async with contextlib.aclosing(self._run(v, arrived=arrived, stream=stream)) as events:
+                async for event in events:
+                    if event["type"] == "end":
+                        ended = True
+                        metrics.request_served(event, v.deadline_ms)
+                        self.recent.record(event["node_id"], event["completion_tokens"],
+                                           event["sla_met"] if v.deadline_ms else None)  # fmt: skip
+                    yield event
         except (GeneratorExit, asyncio.CancelledError):
             if not ended:  # the caller left (deadline, disconnect) before the answer was complete
                 metrics.request_failed("cancelled")
@@ -274,6 +278,7 @@ class Gateway:
         first_token_at = None
         start: dict[str, Any] = {}
         sent_text, sent_tokens = "", 0  # already streamed to the client, by earlier targets
+        answered = False  # the end event went out: a caller closing us now is not a cancellation
         notes: list[str] = []
 
         def summary(end: dict[str, Any], target: str, attempts: int, text: str = "") -> dict[str, Any]:
@@ -338,6 +343,7 @@ class Gateway:
                         # Learn the prediction's error (the original target only, not a winning hedge).
                         if attempt == 0 and decision.base_ms is not None and start.get("node_id") == target:
                             self.margins.observe(target, decision.base_ms, done["total_ms"])
+                        answered = True
                         yield done
                         return
                 sent_tokens += tokens_here  # the stream ended without an end event: count what it sent
@@ -346,7 +352,7 @@ class Gateway:
             except (GeneratorExit, asyncio.CancelledError):
                 # The caller left (client deadline, disconnect). Its time so far is a lower bound
                 # of the actual: still a residual to learn from, or the worst misses never count.
-                if attempt == 0 and decision.base_ms is not None:
+                if attempt == 0 and decision.base_ms is not None and not answered:
                     self.margins.observe(target, decision.base_ms, (time.perf_counter() - arrived) * 1000)
                 failed = False
                 raise
@@ -357,7 +363,8 @@ class Gateway:
                 if started_any and sent_text and not (stream and (v.deadline_ms == 0 or elapsed_ms < v.deadline_ms)):
                     raise _broken(RequestError(grpc.StatusCode.UNAVAILABLE, f"{target} failed mid-stream: {exc}")) \
                         from None
-                metrics.failed_over(target)
+                if attempt + 1 < len(candidates):
+                    metrics.failed_over(target)
                 sent_tokens += tokens_here
                 notes.append(f"{target} failed after {tokens_here} tokens; continued on the next target"
                              if tokens_here else f"{target} failed before its first token")  # fmt: skip

@@ -106,7 +106,11 @@ class RolloutController:
 
     def roll_out(self, version: str) -> RolloutReport:
         """Canary ``version``, judge it, then promote it everywhere or roll it back everywhere."""
-        return asyncio.run(self._roll_out(str(version)))
+        try:
+            return asyncio.run(self._roll_out(str(version)))
+        except BaseException:
+            metrics.rollout_state(self.registry.name, "failed")  # not left showing "canary"
+            raise
 
     async def _roll_out(self, version: str) -> RolloutReport:
         actors = self._actors()
@@ -133,7 +137,7 @@ class RolloutController:
             self.registry.rollback(verdict.reason, version=version)
         after = {n: (await actors[n].info.remote())["model_version"] for n in actors}
         metrics.rollout_state(self.registry.name, "promoted" if verdict.promote else "rolled_back")
-        metrics.champion(self.registry.name, self.registry.champion_version())
+        metrics.champion_of(self.registry)
         return RolloutReport(version, self.canaries, verdict, canary, rest, serving=after, before=before)
 
     async def _observe(self, actors: dict[str, Any]) -> tuple[GroupHealth, GroupHealth]:
@@ -182,6 +186,8 @@ class ChampionWatcher:
         champion = self.controller.registry.champion_version()
         metrics.champion(self.controller.registry.name, champion)
         first, self.seen = self.seen is None, champion if self.seen is None else self.seen
+        if first:
+            metrics.rollout_state(self.controller.registry.name, "idle")
         if first or champion is None or champion == self.seen:
             return None
         self.seen = champion

@@ -83,8 +83,10 @@ def operated(served, fleet, fleet_config, tmp_path_factory):
     out: dict = {"cfg_path": cfg_path, "scraper": scraper}
     try:
         with Client(served.grpc_address, token=TEST_TOKEN, default_timeout=120) as client:
-            _traffic(client)
-            _refusals(client, served)
+            before = _request_counts()
+            _traffic(client)  # 13 answers
+            _refusals(client, served)  # 2 refusals
+            out["counted"] = _settled_delta(before, expected={"ok": 13, "rejected": 2})
             out["hedged"] = _slow_site_gets_hedged(client)
             out["failed_over"] = _edge_killed_mid_request(client)
             _queue_burst(client)
@@ -99,6 +101,29 @@ def operated(served, fleet, fleet_config, tmp_path_factory):
         yield out
     finally:
         scraper.stop.set()
+
+
+def _request_counts() -> dict[str, float]:
+    """Total of ray_edgefleet_requests_total by outcome, over every node's endpoint, now."""
+    samples = metrics.scrape(metrics.endpoints(ray.nodes()), timeout_s=2).get("ray_edgefleet_requests_total", [])
+    out: dict[str, float] = {}
+    for labels, value in samples:
+        out[labels["outcome"]] = out.get(labels["outcome"], 0.0) + value
+    return out
+
+
+def _settled_delta(before: dict[str, float], expected: dict[str, int], timeout_s: float = 30) -> dict[str, float]:
+    """How much each outcome grew since ``before``, once the counters reached ``expected`` and held still
+    for two report intervals (a double count would show as more than expected)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        now = _request_counts()
+        delta = {k: now.get(k, 0.0) - before.get(k, 0.0) for k in set(now) | set(before)}
+        if all(delta.get(k, 0) >= v for k, v in expected.items()) or time.monotonic() > deadline:
+            time.sleep(2.5)
+            now = _request_counts()
+            return {k: v for k in set(now) | set(before) if (v := now.get(k, 0.0) - before.get(k, 0.0))}
+        time.sleep(0.5)
 
 
 def _traffic(client: Client, n: int = 12) -> None:
@@ -221,6 +246,10 @@ def test_every_metric_is_exported_with_a_nonzero_value(operated, spec):
     assert scraper.max_of(series) > 0, f"{series} never non-zero; seen: {sorted({n for n, _ in scraper.seen})}"
 
 
+def test_each_request_is_counted_exactly_once_by_outcome(operated):
+    assert operated["counted"] == {"ok": 13, "rejected": 2}
+
+
 def test_metrics_say_where_requests_ran_and_why_some_were_refused(operated):
     s = operated["scraper"]
     for node in ("edge-1", "edge-2", "edge-3", "cloud"):
@@ -276,7 +305,8 @@ def test_the_serve_config_app_builder_serves_with_detached_edge_actors(served, f
     """What KubeRay's RayService runs: `edgefleet.serve.app:build_app` with the mounted fleet config."""
     from ray import serve
 
-    from edgefleet.serve.app import build_app
+    from edgefleet.config import load_config
+    from edgefleet.serve.app import build_app, reconcile_edge_actors
 
     data = make_test_config_dict(num_edge=1) | {"app": "builder"}
     path = write_config(data)
@@ -291,10 +321,27 @@ def test_the_serve_config_app_builder_serves_with_detached_edge_actors(served, f
         with Client(served.grpc_address, token=TEST_TOKEN, application="builder", default_timeout=60) as client:
             answer = client.generate(QUESTION, max_new_tokens=4, site="edge-1", route="edge")
         assert answer.node_id == "edge-1" and answer.completion_tokens > 0
-        assert build_app({"config": str(path)}) is not None  # a redeploy reuses the detached actor
-        assert ray.get_actor(actor_name("edge-1", "builder"), namespace=ACTOR_NAMESPACE)._actor_id == actor._actor_id
         with pytest.raises(ValueError, match="only a 'config'"):
             build_app({"config": str(path), "typo": 1})
+
+        # A redeploy with the model changed: the same actor swaps to it, live.
+        data["fleet"]["edge_nodes"][0]["model"] = {"source": "tiny:1", "quantization": "none"}
+        cfg = load_config(write_config(data, "changed.yaml"))
+        assert reconcile_edge_actors(cfg) == {"edge-1": "swapped"}
+        info = ray.get(actor.info.remote())
+        assert info["model_version"] == "tiny-seed1" and info["spec"]["source"] == "tiny:1"
+        assert reconcile_edge_actors(cfg) == {"edge-1": "serving"}  # nothing changed: nothing done
+
+        # A redeploy that moves the app to edge-2: edge-1's actor goes, edge-2's comes.
+        data["fleet"]["edge_nodes"][0]["id"] = "edge-2"
+        moved = reconcile_edge_actors(load_config(write_config(data, "moved.yaml")))
+        assert moved == {"edge-1": "removed", "edge-2": "serving"}
+        with pytest.raises(ValueError):
+            ray.get_actor(actor_name("edge-1", "builder"), namespace=ACTOR_NAMESPACE)
     finally:
         serve.delete("builder")
-        ray.kill(actor)
+        for node_id in ("edge-1", "edge-2"):
+            try:
+                ray.kill(ray.get_actor(actor_name(node_id, "builder"), namespace=ACTOR_NAMESPACE))
+            except ValueError:
+                pass

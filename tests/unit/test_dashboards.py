@@ -14,6 +14,7 @@ from edgefleet import metrics
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "infra" / "grafana" / "edgefleet.json"
 PROMETHEUS = ROOT / "infra" / "prometheus" / "prometheus.yml"
+PROMETHEUS_KUBERAY = ROOT / "infra" / "prometheus" / "prometheus-kuberay.yml"
 SERIES = re.compile(r"\bray_edgefleet_\w+")
 
 
@@ -85,10 +86,10 @@ def test_exported_names_follow_rays_prefix_and_counter_suffix():
 def test_prometheus_scrapes_rays_service_discovery_file_and_kuberay_metrics_ports():
     from ray._private.ray_constants import PROMETHEUS_SERVICE_DISCOVERY_FILE
 
-    config = yaml.safe_load(PROMETHEUS.read_text())
-    jobs = {j["job_name"]: j for j in config["scrape_configs"]}
+    jobs = {j["job_name"]: j for j in yaml.safe_load(PROMETHEUS.read_text())["scrape_configs"]}
     files = [f for sd in jobs["ray"]["file_sd_configs"] for f in sd["files"]]
     assert files == [f"/tmp/ray/{PROMETHEUS_SERVICE_DISCOVERY_FILE}"]
+    jobs = {j["job_name"]: j for j in yaml.safe_load(PROMETHEUS_KUBERAY.read_text())["scrape_configs"]}
     keep_port = [r for r in jobs["kuberay"]["relabel_configs"]
                  if r["source_labels"] == ["__meta_kubernetes_pod_container_port_name"]]  # fmt: skip
     assert keep_port and keep_port[0]["regex"] == "metrics"

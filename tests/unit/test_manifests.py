@@ -301,8 +301,8 @@ def test_each_group_exports_metrics_on_the_configured_port():
 
 
 def test_each_group_declares_the_metrics_port_prometheus_discovers():
-    """infra/prometheus/prometheus.yml keeps pod ports named `metrics`: every Ray pod must declare one."""
-    prometheus = yaml.safe_load((ROOT / "infra" / "prometheus" / "prometheus.yml").read_text())
+    """infra/prometheus/prometheus-kuberay.yml keeps pod ports named `metrics`: every Ray pod must declare one."""
+    prometheus = yaml.safe_load((ROOT / "infra" / "prometheus" / "prometheus-kuberay.yml").read_text())
     kuberay = next(j for j in prometheus["scrape_configs"] if j["job_name"] == "kuberay")
     port_name = next(r["regex"] for r in kuberay["relabel_configs"]
                      if r["source_labels"] == ["__meta_kubernetes_pod_container_port_name"])  # fmt: skip

@@ -91,3 +91,25 @@ def test_an_unreadable_registry_is_named_not_fatal():
     console = Console(record=True, width=160)
     console.print(render(status))
     assert "unreadable" in console.export_text()
+
+
+def test_a_site_back_on_a_new_raylet_is_one_row_and_draining_shows():
+    nodes = [node("edge-1", "edge"), node("edge-1", "edge", alive=False), node("edge-2", "edge", alive=False)]
+    draining = gw() | {"draining": True}
+    status = build_status(nodes, {"edge-1": draining}, {}, REGISTRY)
+    rows = [(r["node"], r["health"]) for r in status["nodes"]]
+    assert rows == [("edge-1", "draining"), ("edge-2", "down")]  # a site that is still gone stays visible
+
+
+def test_status_refuses_a_non_positive_interval():
+    import argparse
+
+    import pytest
+
+    from edgefleet.cli_status import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert parser.parse_args(["--interval", "0.5"]).interval == 0.5
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--interval", "0"])
