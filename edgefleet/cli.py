@@ -25,7 +25,7 @@ from rich.table import Table
 
 from edgefleet import cli_federate, cli_models, cli_status, cli_train, demo_deadlines, demo_federation
 from edgefleet.config import EdgefleetConfig, load_config
-from edgefleet.errors import EdgefleetError, FleetError
+from edgefleet.errors import ConfigError, EdgefleetError, FleetError
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -135,7 +135,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         console.print(nodes_table(fleet.nodes()))
         served = _deploy(cfg, log_level="WARNING")
-        token = cfg.auth.tokens[0].get_secret_value() if cfg.auth.tokens else None
+        token = os.environ.get("EDGEFLEET_TOKEN")  # the config holds token hashes only
+        if cfg.auth.tokens and not token:
+            raise ConfigError("this config accepts only bearer tokens: set EDGEFLEET_TOKEN to one of them")
         console.print(f"Gateway up: gRPC {served.grpc_address}, OpenAI HTTP {served.http_url}/v1\n")
         with Client(served.grpc_address, token=token, default_timeout=120) as client:
             console.print(f"[bold]streamed over gRPC:[/] {args.question}")
@@ -320,6 +322,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_auth(args: argparse.Namespace) -> int:
+    from edgefleet.security import hash_token, new_token
+
+    if args.auth_command == "new":
+        token = new_token()
+        print(f"token (give to the caller, store nowhere else): {token}")
+        print(f"hash (put under auth.tokens):                  {hash_token(token)}")
+        return 0
+    token = sys.stdin.readline().strip()  # stdin, not argv: argv shows in `ps` and shell history
+    try:
+        print(hash_token(token))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return 0
+
+
 def cmd_bench_calibrate(args: argparse.Namespace) -> int:
     from edgefleet.config import ModelSpec
     from edgefleet.platform.calibrate import calibrate
@@ -373,6 +391,10 @@ def build_parser() -> argparse.ArgumentParser:
     cli_status.add_arguments(status)
     status.set_defaults(func=cmd_status)
 
+    auth = sub.add_parser("auth", help="bearer tokens: the config stores their hashes only").add_subparsers(
+        dest="auth_command", required=True)  # fmt: skip
+    auth.add_parser("new", help="make a random token and print it with its hash").set_defaults(func=cmd_auth)
+    auth.add_parser("hash", help="read a token on stdin, print the hash for auth.tokens").set_defaults(func=cmd_auth)
     bench = sub.add_parser("bench", help="measurements").add_subparsers(dest="bench_command", required=True)
     cal = bench.add_parser("calibrate", help="measure a model's timing profile for synthetic backends")
     cal.add_argument("--source", default="smollm2")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgefleet.errors import ConfigError
 
@@ -241,10 +241,30 @@ class PortsConfig(_Strict):
         return self
 
 
+class RateLimitConfig(_Strict):
+    requests_per_s: float = Field(gt=0, description="sustained requests per second, per bearer token")
+    burst: int = Field(default=10, ge=1, description="requests a token may send at once")
+
+
 class AuthConfig(_Strict):
-    tokens: list[SecretStr] = Field(default_factory=list, description="accepted bearer tokens; empty = open")
+    tokens: list[str] = Field(
+        default_factory=list,
+        description="hashes ('sha256:<hex>', from `edgefleet auth hash`) of the accepted bearer tokens; empty = open",
+    )
+    rate_limit: RateLimitConfig | None = Field(default=None, description="per-token request rate; None = unlimited")
     tls_cert: Path | None = None
     tls_key: Path | None = None
+
+    @field_validator("tokens")
+    @classmethod
+    def _hashes_only(cls, v: list[str]) -> list[str]:
+        from edgefleet.security import is_token_hash
+
+        for i, entry in enumerate(v):
+            if not is_token_hash(entry):  # never echo the entry: it may be a real token
+                raise ValueError(f"entry {i} is not a token hash ('sha256:<64 hex digits>'); store the output "
+                                 "of `edgefleet auth hash`, never the token itself")  # fmt: skip
+        return v
 
     @model_validator(mode="after")
     def _tls_pair(self) -> AuthConfig:
@@ -296,6 +316,8 @@ def _describe(err: dict[str, Any]) -> str:
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = "unknown field"
+    elif err["loc"][:2] == ("auth", "tokens"):
+        pass  # the value may be a credential: never repeat it
     elif err["type"] not in ("missing",) and "input" in err and not isinstance(err["input"], dict | list):
         msg += f" (got {err['input']!r})"
     return f"{where}: {msg}"

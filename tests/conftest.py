@@ -11,8 +11,9 @@ import pytest
 import yaml
 
 from edgefleet.config import EdgefleetConfig, parse_config
+from edgefleet.security import digest
 
-TEST_TOKEN = "test-token-3f9a"
+TEST_TOKEN = "test-token-3f9a-77c1e0"  # the config holds only its hash (edgefleet.security)
 
 
 def free_port() -> int:
@@ -35,7 +36,7 @@ def make_test_config_dict(num_edge: int = 3) -> dict:
         # The dashboard hosts the job server (`ray job submit` tests).
         "ray": {"head_cpus": 1, "object_store_mb": 100, "dashboard": True},
         "federation": {"clients_per_round": min(3, num_edge), "min_clients": 1},
-        "auth": {"tokens": [TEST_TOKEN]},
+        "auth": {"tokens": [digest(TEST_TOKEN)]},
         "ports": {"grpc": free_port(), "http": free_port(), "dashboard": free_port(), "mlflow_ui": free_port(),
                   "metrics": free_port()},
     }

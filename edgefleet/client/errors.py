@@ -47,7 +47,13 @@ class Overloaded(EdgefleetClientError):
 
     Not retried automatically: piling retries onto an overloaded fleet makes it worse. Back off, lower
     the priority, or relax the deadline.
+
+    Attributes:
+        retry_after_s: For a rate limit, the seconds until the next request would pass (the server's
+            ``retry-after-ms`` trailing metadata); ``None`` otherwise.
     """
+
+    retry_after_s: float | None = None
 
 
 class InvalidRequest(EdgefleetClientError):
@@ -108,4 +114,10 @@ def from_rpc_error(error: grpc.RpcError) -> EdgefleetClientError:
     details_of = getattr(error, "details", None)
     details = (details_of() if callable(details_of) else None) or ""
     message = f"{status.name}: {details}" if details else status.name
-    return _BY_STATUS.get(status, RPCError)(message, status.name, details)
+    err = _BY_STATUS.get(status, RPCError)(message, status.name, details)
+    if isinstance(err, Overloaded):
+        trailing = getattr(error, "trailing_metadata", None)
+        for key, value in (trailing() if callable(trailing) else None) or ():
+            if key == "retry-after-ms" and str(value).isdigit():
+                err.retry_after_s = int(value) / 1000
+    return err

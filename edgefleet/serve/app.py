@@ -22,7 +22,7 @@ from edgefleet.serve.cloud import cloud_deployment
 from edgefleet.serve.gateway import Gateway
 
 APP_NAME = "edgefleet"  # the default app: also the `application` gRPC metadata the SDK sends
-GRPC_SERVICER = "edgefleet._proto.inference_pb2_grpc.add_InferenceServiceServicer_to_server"
+GRPC_SERVICER = "edgefleet.serve.grpc_api.add_inference_servicer"  # tolerant decoding: see grpc_api
 
 
 @dataclass
@@ -51,7 +51,6 @@ def start_serve(cfg: EdgefleetConfig, *, log_level: str = "INFO") -> None:
 
 def _gateway_app(cfg: EdgefleetConfig) -> Any:
     """The Cloud + Gateway application, unbound to any name (``serve.run`` or a Serve config names it)."""
-    tokens = [t.get_secret_value() for t in cfg.auth.tokens]
     # The Gateway belongs with the head (or a node labelled like it), never on an edge node whose
     # loss would take every request down with it.
     if any((n.get("Labels") or {}).get(ROLE_LABEL) == "head" for n in ray.nodes() if n.get("Alive")):
@@ -59,9 +58,8 @@ def _gateway_app(cfg: EdgefleetConfig) -> Any:
         gateway_app = Gateway.options(ray_actor_options=head_only)
     else:
         gateway_app = Gateway
-    return gateway_app.bind(
-        cfg.model_dump(mode="python"), tokens, cloud_deployment(cfg.fleet.cloud, cache_dir=cfg.cache_dir)
-    )
+    # auth.tokens holds digests only, so the config can travel as Serve's deployment arguments.
+    return gateway_app.bind(cfg.model_dump(mode="python"), cloud_deployment(cfg.fleet.cloud, cache_dir=cfg.cache_dir))
 
 
 def build_app(args: dict[str, Any]) -> Any:

@@ -29,12 +29,14 @@ from edgefleet._proto import inference_pb2 as pb
 from edgefleet.config import EdgefleetConfig
 from edgefleet.platform.edge_node import ACTOR_NAMESPACE, actor_name
 from edgefleet.platform.network import SimulatedLoss, SimulatedWan
+from edgefleet.security import digest, matches
 from edgefleet.serve import openai_http
 from edgefleet.serve.fleet_view import FleetTracker, RecentOutcomes
 from edgefleet.serve.hedge_race import race
 from edgefleet.serve.hedging import HedgeBudget, plan_hedge
 from edgefleet.serve.openai_http import SSE_DONE, ChatBody, CompletionBody, error_response, full_response, sse_chunk
-from edgefleet.serve.requests import RequestError, Validated, validate, validate_proto
+from edgefleet.serve.quotas import RateLimiter
+from edgefleet.serve.requests import RETRY_AFTER_MS, RateLimited, RequestError, Validated, validate, validate_proto
 from edgefleet.serve.router import (
     DeadlineInfeasible,
     Decision,
@@ -89,7 +91,8 @@ def _counted_failure(exc: Exception) -> RequestError:
     err = _as_request_error(exc)
     if err.code in _REJECTED and not getattr(err, "broken", False):
         infeasible = err.code == grpc.StatusCode.RESOURCE_EXHAUSTED and err.param == "deadline_ms"
-        reason = "deadline_infeasible" if infeasible else _REJECTED[err.code]
+        reason = "deadline_infeasible" if infeasible else "rate_limited" if isinstance(err, RateLimited) \
+            else _REJECTED[err.code]  # fmt: skip
         metrics.request_failed("rejected", reason)
     else:
         metrics.request_failed("error")
@@ -109,6 +112,8 @@ def _set_status(ctx: Any, err: RequestError) -> None:
     if ctx is not None:
         ctx.set_code(err.code)
         ctx.set_details(err.message)
+        if isinstance(err, RateLimited):  # machine-readable retry hint; the SDK reads it
+            ctx.set_trailing_metadata([(RETRY_AFTER_MS, str(err.retry_after_ms))])
 
 
 _FINISH = {"stop": pb.FINISH_REASON_STOP, "length": pb.FINISH_REASON_LENGTH}
@@ -132,9 +137,11 @@ def _to_response(e: dict[str, Any] | None) -> pb.GenerateResponse:
 @serve.deployment(name="Gateway", ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=256)
 @serve.ingress(app)
 class Gateway:
-    def __init__(self, config: dict[str, Any], tokens: list[str], cloud: Any, router: Router | None = None) -> None:
+    def __init__(self, config: dict[str, Any], cloud: Any, router: Router | None = None) -> None:
         self.cfg = EdgefleetConfig.model_validate(config)
-        self.tokens = set(tokens)
+        self.token_hashes = frozenset(self.cfg.auth.tokens)  # digests only: see edgefleet.security
+        limit = self.cfg.auth.rate_limit
+        self.limiter = RateLimiter(rate=limit.requests_per_s, burst=limit.burst) if limit else None
         self.cloud = cloud
         self.margins = ResidualTracker()
         self.router = router or make_router(self.cfg.routing.policy, cost_order=self.cfg.routing.cost_order,
@@ -479,6 +486,12 @@ class Gateway:
             self.handles.pop(target_id, None)
 
     def _authorize(self, token: str | None) -> None:
-        if self.tokens and token not in self.tokens:
+        """Check the bearer token, then its rate limit (only known callers get a bucket)."""
+        if self.token_hashes and not matches(token, self.token_hashes):
             raise RequestError(grpc.StatusCode.UNAUTHENTICATED,
                                "missing bearer token" if not token else "invalid bearer token")  # fmt: skip
+        if self.limiter is not None:
+            caller = digest(token) if token and self.token_hashes else "anonymous"  # never the token itself
+            retry_after_s = self.limiter.take(caller, time.monotonic())
+            if retry_after_s is not None:
+                raise RateLimited(self.cfg.auth.rate_limit.requests_per_s, retry_after_s)

@@ -59,7 +59,9 @@ class CompletionBody(_Body):
 def error_response(err: RequestError) -> JSONResponse:
     kind = "invalid_request_error" if err.http_status == 400 else "authentication_error" \
         if err.http_status == 401 else "server_error"  # fmt: skip
-    return JSONResponse(status_code=err.http_status,
+    retry_ms = getattr(err, "retry_after_ms", None)  # a rate limit says when to come back
+    headers = {"Retry-After": str(max(1, -(-retry_ms // 1000)))} if retry_ms else None
+    return JSONResponse(status_code=err.http_status, headers=headers,
                         content={"error": {"message": err.message, "type": kind, "param": err.param,
                                            "code": err.code.name.lower()}})  # fmt: skip
 

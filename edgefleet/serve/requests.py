@@ -45,6 +45,28 @@ class RequestError(Exception):
         return HTTP_STATUS.get(self.code, 500)
 
 
+RETRY_AFTER_MS = "retry-after-ms"  # gRPC trailing metadata of a rate-limited call (HTTP: Retry-After)
+
+
+class RateLimited(RequestError):
+    """A caller over its rate limit: RESOURCE_EXHAUSTED / 429, with when to come back."""
+
+    def __init__(self, rate: float, retry_after_s: float) -> None:
+        self.retry_after_ms = max(1, int(retry_after_s * 1000 + 0.999))
+        super().__init__(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                         f"rate limit of {rate:g} requests/s per token exceeded; retry after {self.retry_after_ms} ms")
+
+    def __reduce__(self):
+        return (_rebuild_rate_limited, (self.message, self.retry_after_ms))
+
+
+def _rebuild_rate_limited(message: str, retry_after_ms: int) -> RateLimited:
+    err = RateLimited.__new__(RateLimited)
+    RequestError.__init__(err, grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+    err.retry_after_ms = retry_after_ms
+    return err
+
+
 def invalid(param: str, reason: str) -> RequestError:
     return RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{param}: {reason}", param)
 
@@ -126,6 +148,11 @@ def validate(
 
 
 def validate_proto(req: pb.GenerateRequest, cfg: EdgefleetConfig) -> Validated:
+    from edgefleet.serve.grpc_api import UndecodableRequest
+
+    if isinstance(req, UndecodableRequest):
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"request body is not an edgefleet.v1.GenerateRequest: {req.reason}")  # fmt: skip
     if req.route not in _ROUTES:
         raise invalid("route", f"unknown value {req.route}")
     if req.priority not in _PRIORITIES:
