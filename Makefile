@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: demo test setup model proto bench lint clean
+.PHONY: demo test setup model proto bench soak lint clean
 
 demo: model
 	$(BIN)/edgefleet demo
@@ -37,6 +37,10 @@ proto: setup
 
 bench: model
 	$(BIN)/python -m bench
+
+# 10 minutes of loopback load on the embedded fleet: fails if memory, actors or threads grow.
+soak: setup
+	$(BIN)/python -m bench.soak --minutes $(or $(MINUTES),10)
 
 lint: setup
 	$(BIN)/ruff check edgefleet tests bench

@@ -97,7 +97,13 @@ def under_fault(fleet, served):
     os.kill(pid, signal.SIGKILL)
     _wait_for(results, REJOIN_AFTER, loader)
     fleet._cluster.add_node(num_cpus=1, object_store_memory=100 * 1024**2, labels=edge_labels(VICTIM))
-    call_until_back(victim.info.remote)
+    try:
+        call_until_back(victim.info.remote, attempts=240)
+    except AssertionError:  # say why: Ray's record of the actor and the node table
+        state = ray._private.state.actors(victim._actor_id.hex())
+        nodes = [(n.node_id, n.alive) for n in fleet.nodes()]
+        raise AssertionError(f"{VICTIM} did not come back: {state.get('State')}, {state.get('NumRestarts')} "
+                             f"restarts, {state.get('DeathCause')}; nodes: {nodes}") from None
     events["results_at_back"] = len(results)
     events["back"] = True
     loader.join(timeout=600)
@@ -140,3 +146,62 @@ def test_the_node_rejoins_and_its_site_gets_traffic_back(under_fault):
     after = results[events["results_at_back"] :]
     served_after = Counter(r["final"].node_id for r in after if r["outcome"] == "complete" and r["site"] == VICTIM)
     assert served_after.get(VICTIM, 0) > 0, served_after
+
+
+# ---------------------------------------------------------------- the cloud is unreachable
+
+
+def _cloud_replica_pids() -> list[int]:
+    import psutil
+
+    return [p.pid for p in psutil.process_iter(["name", "cmdline"])
+            if "ServeReplica:edgefleet:Cloud" in " ".join(p.info["cmdline"] or [p.info["name"] or ""])]  # fmt: skip
+
+
+def _timed(call):
+    started = time.monotonic()
+    try:
+        return call(), time.monotonic() - started
+    except EdgefleetClientError as e:
+        return e, time.monotonic() - started
+
+
+def test_with_the_cloud_gone_edges_serve_and_cloud_only_requests_end_clearly(fleet, served, under_fault):
+    """Runs after the edge scenario (it needs the fleet whole again): the cloud's raylet and replica
+    are killed, then the cloud node comes back and serves again."""
+    from ray import serve
+
+    from edgefleet.client import Client, Unavailable
+    from edgefleet.platform.topology import cloud_labels
+
+    raylet = {n.node_id: n.ray_node_id for n in fleet.nodes() if n.alive}["cloud"]
+    node = next(n for n in fleet._cluster.worker_nodes if n.node_id == raylet)
+    fleet._cluster.remove_node(node, allow_graceful=False)
+    for pid in _cloud_replica_pids():
+        os.kill(pid, signal.SIGKILL)
+    try:
+        with Client(served.grpc_address, token=TEST_TOKEN, max_retries=0) as client:
+            time.sleep(1.5)  # the Gateway's heartbeats notice (every 100 ms, 1 s timeout)
+            ask = lambda i: client.generate(f"still {i}?", max_new_tokens=8, site=f"edge-{i % 3 + 1}", timeout=10)  # noqa: E731
+            edge_answers = [_timed(lambda i=i: ask(i)) for i in range(9)]
+            cloud_only, cloud_s = _timed(lambda: client.generate("cloud?", max_new_tokens=8, route="cloud", timeout=10))
+            strict, strict_s = _timed(lambda: client.generate("long", max_new_tokens=200, timeout=0.05, mode="strict"))
+            best, best_s = _timed(lambda: client.generate("long", max_new_tokens=40, timeout=10, mode="best_effort"))
+        for answer, seconds in edge_answers:
+            assert not isinstance(answer, Exception), answer
+            assert answer.node_id.startswith("edge-") and seconds <= 10 + 1
+        assert isinstance(cloud_only, Unavailable) and cloud_s <= 10 + 1, (cloud_only, cloud_s)  # nothing hangs
+        assert getattr(strict, "code", None) in ("RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED") and strict_s <= 1.05
+        assert not isinstance(best, Exception) and best.node_id.startswith("edge-") and best_s <= 11
+    finally:  # the cloud comes back for the tests that follow
+        fleet._cluster.add_node(num_cpus=1, object_store_memory=100 * 1024**2, labels=cloud_labels("cloud"))
+        deadline = time.monotonic() + 180
+        with Client(served.grpc_address, token=TEST_TOKEN) as client:
+            while True:
+                status = serve.status().applications["edgefleet"].deployments["Cloud"].status
+                answer, _ = _timed(lambda: client.generate("back?", max_new_tokens=4, route="cloud", timeout=30))
+                if status == "HEALTHY" and not isinstance(answer, Exception):
+                    break
+                assert time.monotonic() < deadline, (status, answer)
+                time.sleep(1)
+    assert answer.node_id == "cloud"
