@@ -83,7 +83,7 @@ def operated(served, fleet, fleet_config, tmp_path_factory):
     out: dict = {"cfg_path": cfg_path, "scraper": scraper}
     try:
         with Client(served.grpc_address, token=TEST_TOKEN, default_timeout=120) as client:
-            before = _request_counts()
+            before = _settled_counts()  # earlier tests' last requests may still be on their way to the endpoints
             _traffic(client)  # 13 answers
             _refusals(client, served)  # 2 refusals
             out["counted"] = _settled_delta(before, expected={"ok": 13, "rejected": 2})
@@ -110,6 +110,19 @@ def _request_counts() -> dict[str, float]:
     for labels, value in samples:
         out[labels["outcome"]] = out.get(labels["outcome"], 0.0) + value
     return out
+
+
+def _settled_counts(timeout_s: float = 30) -> dict[str, float]:
+    """The counts once two reads 2.5 s apart (more than two report intervals) agree."""
+    deadline = time.monotonic() + timeout_s
+    last = _request_counts()
+    while time.monotonic() < deadline:
+        time.sleep(2.5)
+        now = _request_counts()
+        if now == last:
+            return now
+        last = now
+    return last
 
 
 def _settled_delta(before: dict[str, float], expected: dict[str, int], timeout_s: float = 30) -> dict[str, float]:
