@@ -225,6 +225,20 @@ class MLflowConfig(_Strict):
     )
     rollout_window_s: float = Field(default=30.0, gt=0, le=86_400, description="how long canaries are watched")
 
+    @field_validator("tracking_uri")
+    @classmethod
+    def _no_credentials(cls, v: str) -> str:
+        from urllib.parse import urlsplit
+
+        # Credentials come from the environment only (MLFLOW_TRACKING_USERNAME / _PASSWORD or
+        # MLFLOW_TRACKING_TOKEN, which MLflow reads itself): a URI is logged, shown by `status` and
+        # stored in run tags. The message never repeats the URI, which holds a secret.
+        parts = urlsplit(v)
+        if parts.scheme in ("http", "https") and (parts.username or parts.password):
+            raise ValueError("tracking_uri must not hold credentials; set MLFLOW_TRACKING_USERNAME and "
+                             "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the environment")  # fmt: skip
+        return v
+
 
 class PortsConfig(_Strict):
     grpc: int = Field(default=9000, ge=1, le=65535)
@@ -232,10 +246,12 @@ class PortsConfig(_Strict):
     dashboard: int = Field(default=8265, ge=1, le=65535)
     mlflow_ui: int = Field(default=5000, ge=1, le=65535)
     metrics: int = Field(default=8080, ge=1, le=65535, description="the head's Prometheus metrics port (Ray's agent)")
+    grpc_internal: int = Field(default=9001, ge=1, le=65535,
+                               description="Serve's own gRPC proxy, when the gRPC front (TLS, size limit) holds `grpc`")
 
     @model_validator(mode="after")
     def _distinct(self) -> PortsConfig:
-        ports = [self.grpc, self.http, self.dashboard, self.mlflow_ui, self.metrics]
+        ports = [self.grpc, self.http, self.dashboard, self.mlflow_ui, self.metrics, self.grpc_internal]
         if len(set(ports)) != len(ports):
             raise ValueError(f"ports must be distinct, got {ports}")
         return self
@@ -273,6 +289,23 @@ class AuthConfig(_Strict):
         return self
 
 
+GRPC_DEFAULT_MAX_BYTES = 4 * 1024 * 1024  # grpc's own default receive limit
+
+
+class IngressConfig(_Strict):
+    """The public gRPC listener. Serve's proxy takes plaintext only and messages up to 2 GiB; TLS
+    (``auth.tls_cert``) or a size limit here puts edgefleet's gRPC front before it (serve/grpc_front.py)."""
+
+    host: str = Field(default="127.0.0.1", min_length=1, description="where the front listens (0.0.0.0: all)")
+    gateway_replicas: int = Field(default=1, ge=1, le=64,
+                                  description="with 2 or more, a crashed Gateway replica costs a retry, not an outage")
+    max_request_bytes: int | None = Field(
+        default=None, ge=1024, le=1024**3,
+        description="refuse larger request bodies at the transport (RESOURCE_EXHAUSTED); None: 4 MiB with TLS, "
+                    "else Serve's 2 GiB and no front",
+    )  # fmt: skip
+
+
 class EdgefleetConfig(_Strict):
     fleet: FleetConfig = Field(default_factory=FleetConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
@@ -282,10 +315,20 @@ class EdgefleetConfig(_Strict):
     mlflow: MLflowConfig = Field(default_factory=MLflowConfig)
     ports: PortsConfig = Field(default_factory=PortsConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    ingress: IngressConfig = Field(default_factory=IngressConfig)
     cache_dir: Path = Field(default_factory=default_cache_dir)
     app: str = Field(default="edgefleet", pattern=NODE_ID_PATTERN,
                      description="Serve application: the gRPC `application` metadata, and the name scope of "
                                  "this deployment's actors (two apps can share one cluster)")  # fmt: skip
+
+    @property
+    def grpc_front(self) -> bool:
+        """Whether edgefleet's gRPC front holds the public port (TLS or a size limit asked for)."""
+        return self.auth.tls_cert is not None or self.ingress.max_request_bytes is not None
+
+    @property
+    def max_request_bytes(self) -> int:
+        return self.ingress.max_request_bytes or GRPC_DEFAULT_MAX_BYTES
 
     @model_validator(mode="after")
     def _fits_fleet(self) -> EdgefleetConfig:
@@ -316,7 +359,7 @@ def _describe(err: dict[str, Any]) -> str:
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = "unknown field"
-    elif err["loc"][:2] == ("auth", "tokens"):
+    elif err["loc"][:2] in (("auth", "tokens"), ("mlflow", "tracking_uri")):
         pass  # the value may be a credential: never repeat it
     elif err["type"] not in ("missing",) and "input" in err and not isinstance(err["input"], dict | list):
         msg += f" (got {err['input']!r})"

@@ -16,6 +16,12 @@ from edgefleet.security import digest
 TEST_TOKEN = "test-token-3f9a-77c1e0"  # the config holds only its hash (edgefleet.security)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that kill fleet nodes run last: if a node fails to come back, no other test is left
+    waiting on it (a Train job on a missing node's label would wait for it)."""
+    items.sort(key=lambda item: item.get_closest_marker("fleet_faults") is not None)  # stable: file order kept
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -42,22 +48,26 @@ def make_test_config_dict(num_edge: int = 3) -> dict:
     }
 
 
-def call_until_back(call, attempts: int = 120):
-    """``ray.get(call())``, retried while the actor is restarting.
+def call_until_back(call, within_s: float = 300.0):
+    """``ray.get(call())``, retried while the actor is restarting, for up to ``within_s`` seconds.
 
     Calls in flight while an actor restarts fail with ActorUnavailableError (EdgeNode has no task
     retries: generation is not blindly retried); the caller, in production the Gateway, decides.
+    A call made while the actor waits for its node to come back waits with it: after a raylet is
+    killed, Ray may take over a minute (missed heartbeats) before it restarts the actor.
     """
     import time
 
     import ray
 
-    for _ in range(attempts):
+    deadline = time.monotonic() + within_s
+    while True:
         try:
-            return ray.get(call(), timeout=60)
-        except ray.exceptions.ActorUnavailableError:
+            return ray.get(call(), timeout=max(1.0, min(30.0, deadline - time.monotonic())))
+        except (ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"actor did not come back within {within_s:.0f} s") from None
             time.sleep(0.5)
-    raise AssertionError("actor did not come back")
 
 
 @pytest.fixture(scope="session")

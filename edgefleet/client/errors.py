@@ -68,7 +68,8 @@ class Unauthenticated(EdgefleetClientError):
 
 
 class Unavailable(EdgefleetClientError):
-    """The server could not be reached or dropped the connection (``UNAVAILABLE``).
+    """The server could not be reached or dropped the connection (``UNAVAILABLE``, or ``INTERNAL`` when
+    the replica serving the call died: ``code`` keeps the status the server sent).
 
     Raised after the client's retries are used up, or at once if a stream breaks after text was already
     delivered (resending would duplicate it).
@@ -87,6 +88,17 @@ _BY_STATUS: dict[grpc.StatusCode, type[EdgefleetClientError]] = {
     grpc.StatusCode.PERMISSION_DENIED: Unauthenticated,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
 }
+
+
+# Ray Serve's proxy (2.60) answers INTERNAL, not UNAVAILABLE, when the Gateway replica serving the
+# call dies; its details carry Ray's actor-death text. Nothing of the answer reached the caller
+# then, so it is a dropped connection in all but name, and as safe to retry before the first token.
+_REPLICA_LOST = ("actor died unexpectedly", "The actor is dead", "ActorDiedError", "ActorUnavailableError")
+
+
+def replica_lost(status: grpc.StatusCode, details: str) -> bool:
+    """Whether a failed call is a serving replica that died (an INTERNAL that means UNAVAILABLE)."""
+    return status == grpc.StatusCode.INTERNAL and any(marker in details for marker in _REPLICA_LOST)
 
 
 def from_rpc_error(error: grpc.RpcError) -> EdgefleetClientError:
@@ -114,7 +126,8 @@ def from_rpc_error(error: grpc.RpcError) -> EdgefleetClientError:
     details_of = getattr(error, "details", None)
     details = (details_of() if callable(details_of) else None) or ""
     message = f"{status.name}: {details}" if details else status.name
-    err = _BY_STATUS.get(status, RPCError)(message, status.name, details)
+    kind = Unavailable if replica_lost(status, details) else _BY_STATUS.get(status, RPCError)
+    err = kind(message, status.name, details)
     if isinstance(err, Overloaded):
         trailing = getattr(error, "trailing_metadata", None)
         for key, value in (trailing() if callable(trailing) else None) or ():

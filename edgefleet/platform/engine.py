@@ -229,7 +229,8 @@ class GenerationEngine:
         """Async generator of events for one request (see the module docstring)."""
         checked = self.validate(req)
         if isinstance(checked, str):
-            yield {"type": "error", "code": "INVALID_ARGUMENT", "message": checked}
+            # Every validation message starts with the field it is about ("prompt: ..."): that is the param.
+            yield {"type": "error", "code": "INVALID_ARGUMENT", "message": checked, "param": checked.split(":", 1)[0]}
             return
         if self.draining:
             yield {"type": "error", "code": "UNAVAILABLE", "message": "node is draining"}

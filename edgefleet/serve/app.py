@@ -32,6 +32,7 @@ class Deployment:
     edge_actors: dict[str, Any]
     grpc_address: str
     http_url: str
+    front: Any = None  # the GrpcFront actor, when TLS or a size limit is configured
 
 
 def start_serve(cfg: EdgefleetConfig, *, log_level: str = "INFO") -> None:
@@ -44,7 +45,9 @@ def start_serve(cfg: EdgefleetConfig, *, log_level: str = "INFO") -> None:
     serve.start(
         proxy_location=location,
         http_options=HTTPOptions(host="127.0.0.1", port=cfg.ports.http),
-        grpc_options=gRPCOptions(port=cfg.ports.grpc, grpc_servicer_functions=[GRPC_SERVICER]),
+        # Behind the gRPC front (TLS, size limit), Serve's proxy moves to the internal port.
+        grpc_options=gRPCOptions(port=cfg.ports.grpc_internal if cfg.grpc_front else cfg.ports.grpc,
+                                 grpc_servicer_functions=[GRPC_SERVICER]),
         logging_config={"log_level": log_level},
     )
 
@@ -53,11 +56,12 @@ def _gateway_app(cfg: EdgefleetConfig) -> Any:
     """The Cloud + Gateway application, unbound to any name (``serve.run`` or a Serve config names it)."""
     # The Gateway belongs with the head (or a node labelled like it), never on an edge node whose
     # loss would take every request down with it.
+    replicas = {"num_replicas": cfg.ingress.gateway_replicas}
     if any((n.get("Labels") or {}).get(ROLE_LABEL) == "head" for n in ray.nodes() if n.get("Alive")):
         head_only = {"num_cpus": 0.1, "label_selector": role_selector("head")}
-        gateway_app = Gateway.options(ray_actor_options=head_only)
+        gateway_app = Gateway.options(ray_actor_options=head_only, **replicas)
     else:
-        gateway_app = Gateway
+        gateway_app = Gateway.options(**replicas)
     # auth.tokens holds digests only, so the config can travel as Serve's deployment arguments.
     return gateway_app.bind(cfg.model_dump(mode="python"), cloud_deployment(cfg.fleet.cloud, cache_dir=cfg.cache_dir))
 
@@ -129,7 +133,13 @@ def deploy(cfg: EdgefleetConfig, *, timeout_s: float = 600, log_level: str = "IN
     serve.run(gateway, name=cfg.app, route_prefix=prefix, blocking=False, logging_config={"log_level": log_level})
     _wait_running(cfg.app, timeout_s)
     http = f"http://127.0.0.1:{cfg.ports.http}" + ("" if prefix == "/" else prefix)
-    return Deployment(actors, f"127.0.0.1:{cfg.ports.grpc}", http)
+    front = None
+    if cfg.grpc_front:
+        from edgefleet.serve.grpc_front import spawn_front
+
+        front = spawn_front(cfg)
+    host = "127.0.0.1" if not cfg.grpc_front or cfg.ingress.host in ("0.0.0.0", "[::]") else cfg.ingress.host
+    return Deployment(actors, f"{host}:{cfg.ports.grpc}", http, front)
 
 
 def _wait_running(app: str, timeout_s: float) -> None:

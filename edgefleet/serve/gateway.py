@@ -34,7 +34,15 @@ from edgefleet.serve import openai_http
 from edgefleet.serve.fleet_view import FleetTracker, RecentOutcomes
 from edgefleet.serve.hedge_race import race
 from edgefleet.serve.hedging import HedgeBudget, plan_hedge
-from edgefleet.serve.openai_http import SSE_DONE, ChatBody, CompletionBody, error_response, full_response, sse_chunk
+from edgefleet.serve.openai_http import (
+    ERROR_RESPONSES,
+    SSE_DONE,
+    ChatBody,
+    CompletionBody,
+    error_response,
+    full_response,
+    sse_chunk,
+)
 from edgefleet.serve.quotas import RateLimiter
 from edgefleet.serve.requests import RETRY_AFTER_MS, RateLimited, RequestError, Validated, validate, validate_proto
 from edgefleet.serve.router import (
@@ -190,12 +198,12 @@ class Gateway:
 
     # ------------------------------------------------------------------ OpenAI-compatible HTTP
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses=ERROR_RESPONSES)
     async def chat_completions(self, body: ChatBody, authorization: str | None = Header(default=None)):
         messages = [m.model_dump() for m in body.messages]
         return await self._http("chat", body, None, messages, authorization)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", responses=ERROR_RESPONSES)
     async def completions(self, body: CompletionBody, authorization: str | None = Header(default=None)):
         return await self._http("text", body, body.prompt, None, authorization)
 
@@ -333,7 +341,7 @@ class Gateway:
                         if event["code"] == "INTERNAL" and not tokens_here:  # the target broke, not the request
                             raise _Unavailable(event["message"])
                         failed = False  # the target answered; the request itself was refused
-                        raise RequestError(grpc.StatusCode[event["code"]], event["message"])
+                        raise RequestError(grpc.StatusCode[event["code"]], event["message"], event.get("param"))
                     started_any = True
                     if kind == "start":
                         start = event

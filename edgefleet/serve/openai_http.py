@@ -9,32 +9,37 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
-from edgefleet.serve.requests import RequestError
+from edgefleet.serve.requests import MAX_NEW_TOKENS_LIMIT, MIN_TEMPERATURE, RequestError
 
 
 class _Body(BaseModel):
+    """The schema states every rule it can (schemathesis holds the server to it); the rest, such as a
+    prompt longer than the model's context, are the Gateway's and the engine's, answered with 400 too."""
+
     model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields we do not use (n=1, user, ...)
 
     model: str = "edgefleet"
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    seed: int | None = None
-    stop: str | list[str] | None = None
+    max_tokens: int | None = Field(default=None, ge=0, le=MAX_NEW_TOKENS_LIMIT, description="0 or null: the default")
+    max_completion_tokens: int | None = Field(default=None, ge=0, le=MAX_NEW_TOKENS_LIMIT)
+    temperature: float | None = Field(default=None, ge=0, description=f"0: greedy; else at least {MIN_TEMPERATURE}")
+    top_p: float | None = Field(default=None, ge=0, le=1, description="0 or null: 1")
+    seed: int | None = Field(default=None, ge=0, lt=2**64)
+    stop: Annotated[str, Field(max_length=256)] | list[Annotated[str, Field(max_length=256)]] | None = Field(
+        default=None, max_length=8
+    )
     stream: bool = False
     # edgefleet extensions
-    deadline_ms: int | None = None
-    route: str = "auto"
+    deadline_ms: int | None = Field(default=None, ge=0, description="0 or null: the server's default")
+    route: Literal["auto", "edge", "cloud"] = "auto"
     site: str = ""
-    mode: str = "default"
+    mode: Literal["default", "best_effort", "strict"] = "default"
 
     def stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -44,16 +49,44 @@ class _Body(BaseModel):
 
 
 class ChatMessageIn(BaseModel):
-    role: str
+    role: Literal["system", "user", "assistant"]
     content: str
 
 
 class ChatBody(_Body):
-    messages: list[ChatMessageIn]
+    messages: list[ChatMessageIn] = Field(min_length=1)
 
 
 class CompletionBody(_Body):
-    prompt: str
+    prompt: str = Field(min_length=1, pattern=r"\S", description="must hold a non-blank character")
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str
+
+
+class ErrorBody(BaseModel):
+    """OpenAI's error shape; ``code`` is the gRPC status name in lower case (``invalid_argument``)."""
+
+    error: ErrorDetail
+
+
+# One server-sent event: `data` holds a JSON chunk (ChatCompletionChunk / text_completion), or [DONE].
+_SSE_EVENT = {"type": "object", "required": ["data"], "properties": {"data": {"type": "string"}}}
+# Documented on every generating route, so the OpenAPI schema lists what the API really answers
+# (schemathesis holds the server to it: tests/integration/test_http_schema.py).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "the completion; with `stream: true`, server-sent events ending in `data: [DONE]`",
+          "content": {"text/event-stream": {"schema": _SSE_EVENT}}},
+    400: {"model": ErrorBody, "description": "invalid request: the message and `param` name the field"},
+    401: {"model": ErrorBody, "description": "missing or unknown bearer token"},
+    429: {"model": ErrorBody, "description": "rate limit or capacity exceeded; see Retry-After"},
+    503: {"model": ErrorBody, "description": "no target can serve the request now"},
+    504: {"model": ErrorBody, "description": "the deadline passed before the answer was complete"},
+}
 
 
 def error_response(err: RequestError) -> JSONResponse:

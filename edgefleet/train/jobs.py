@@ -138,6 +138,7 @@ def _trainer(cfg: EdgefleetConfig, node_id: str, extra: dict[str, Any], *, adapt
     node = next((n for n in cfg.fleet.edge_nodes if n.id == node_id), None)
     if node is None:
         raise ValueError(f"unknown edge node {node_id!r}; known: {', '.join(n.id for n in cfg.fleet.edge_nodes)}")
+    _require_alive(node_id)
     data_dir = node_data_dir(cfg, node)
     if not data_dir.is_dir():
         raise FileNotFoundError(f"{data_dir}: node {node_id} has no training data (run `edgefleet train data`)")
@@ -152,6 +153,21 @@ def _trainer(cfg: EdgefleetConfig, node_id: str, extra: dict[str, Any], *, adapt
         run_config=RunConfig(name=run_name(f"local-{node_id}"),
                              storage_path=str(cfg.cache_dir / "train")),
     )  # fmt: skip
+
+
+class NodeUnavailable(RuntimeError):
+    """The client's edge node has no live raylet: a Train job there would wait for it forever."""
+
+
+def _require_alive(node_id: str) -> None:
+    # Ray Train queues a job whose label selector no live node matches, with no timeout; a dead
+    # site must be named at once (the coordinator drops it from the round as a straggler).
+    import ray
+
+    from edgefleet.platform.topology import describe_nodes
+
+    if not any(n.node_id == node_id and n.alive for n in describe_nodes(ray.nodes())):
+        raise NodeUnavailable(f"edge node {node_id!r} has no live raylet in the cluster; is its host up?")
 
 
 def run_name(prefix: str) -> str:
@@ -186,6 +202,7 @@ def run_local_update(cfg: EdgefleetConfig, node_id: str, *, adapter: dict[str, A
 
     Raises:
         ValueError: ``node_id`` is not an edge node of ``cfg``.
+        NodeUnavailable: the node has no live raylet.
         FileNotFoundError: the node's data directory holds no text (``edgefleet train data`` writes it).
     """
     trainer = _trainer(cfg, node_id, {}, adapter=adapter, hp=hp, private=private, workers=workers,

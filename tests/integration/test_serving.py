@@ -297,9 +297,10 @@ def test_best_effort_request_that_cannot_be_met_is_served_and_reports_the_miss(s
     assert done.route_reason.startswith("best effort")
 
 
-# ---------------------------------------------------------------- failover (last: it kills a raylet)
+# ---------------------------------------------------------------- failover (runs last: it kills a raylet)
 
 
+@pytest.mark.fleet_faults
 def test_killing_an_edge_raylet_mid_stream_continues_the_stream_elsewhere(served, fleet, client):
     import os
     import signal

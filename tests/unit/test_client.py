@@ -443,6 +443,20 @@ def test_unavailable_twice_then_success_is_retried_with_the_remaining_budget(fak
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_a_crashed_serve_replica_internal_is_retried_like_unavailable(fake: Served, kind: str):
+    # What Ray Serve's proxy answers when the Gateway replica serving the call dies (Ray 2.60).
+    died = "The actor died unexpectedly before finishing this task.\n\tclass_name: ServeReplica:edgefleet:Gateway"
+    fake.llm.faults = [Fault(grpc.StatusCode.INTERNAL, died)]
+    done = generate(kind, fake.target, FAST, prompt="Hello", timeout=5.0)
+    fake.llm.faults = [Fault(grpc.StatusCode.INTERNAL, "a bug")]
+    with pytest.raises(RPCError):  # any other INTERNAL is not retried
+        generate(kind, fake.target, FAST, prompt="Hello", timeout=5.0)
+
+    assert done.text == "Hello"
+    assert len(fake.llm.requests) == 3
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_a_stream_is_retried_while_nothing_was_received(fake: Served, kind: str):
     fake.llm.faults = [Fault(grpc.StatusCode.UNAVAILABLE, "replica restarting")] * 2
 

@@ -85,3 +85,26 @@ def test_the_sdk_reads_the_retry_hint_of_a_rate_limited_call():
     plain = grpc.aio.AioRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.aio.Metadata(), grpc.aio.Metadata(),
                                  details="queue full")  # fmt: skip
     assert from_rpc_error(plain).retry_after_s is None
+
+
+def test_mlflow_credentials_in_the_tracking_uri_are_refused_without_repeating_them():
+    secret = "hunter2-mlflow-password"
+    with pytest.raises(ConfigError) as info:
+        parse_config({"mlflow": {"tracking_uri": f"https://alice:{secret}@mlflow.example:5000"}})
+
+    message = str(info.value)
+    assert "mlflow.tracking_uri" in message and "MLFLOW_TRACKING_PASSWORD" in message
+    assert secret not in message and "alice" not in message
+    assert parse_config({"mlflow": {"tracking_uri": "https://mlflow.example:5000"}})  # no credentials: fine
+
+
+def test_mlflow_reads_its_credentials_from_the_environment(monkeypatch):
+    """The route the docs give: MLflow itself picks them up for every REST call the registry makes."""
+    from mlflow.utils.credentials import get_default_host_creds
+
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "from-the-environment")
+
+    creds = get_default_host_creds("https://mlflow.example:5000")
+
+    assert (creds.username, creds.password) == ("alice", "from-the-environment")

@@ -1,0 +1,89 @@
+"""A Gateway replica crashes under load: with two replicas, clients retry UNAVAILABLE before the
+first token and every request still succeeds, on the other replica.
+
+A separate Serve app ("replicas", one tiny edge node, ``ingress.gateway_replicas: 2``) keeps the
+session app's Gateway whole for the tests that follow. Serve then replaces the killed replica.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from edgefleet.client import Client, EdgefleetClientError  # noqa: E402
+from edgefleet.platform.edge_node import ACTOR_NAMESPACE, actor_name  # noqa: E402
+from tests.conftest import TEST_TOKEN, make_test_config_dict  # noqa: E402
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+APP = "replicas"
+TOTAL, WORKERS, KILL_AFTER = 120, 6, 30
+
+
+def _gateway_pids() -> list[int]:
+    import psutil
+
+    return sorted(p.pid for p in psutil.process_iter(["cmdline"])
+                  if f"ServeReplica:{APP}:Gateway" in " ".join(p.info["cmdline"] or []))  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def two_gateways(served, tmp_path_factory):
+    import yaml
+    from ray import serve
+
+    from edgefleet.serve.app import build_app
+
+    data = make_test_config_dict(num_edge=1) | {"app": APP}
+    data["ingress"] = {"gateway_replicas": 2}
+    path = tmp_path_factory.mktemp(APP) / "fleet.yaml"
+    path.write_text(yaml.safe_dump(data))
+    serve.run(build_app({"config": str(path)}), name=APP, route_prefix=f"/{APP}", blocking=False)
+    deadline = time.monotonic() + 300
+    while serve.status().applications[APP].status != "RUNNING" or len(_gateway_pids()) < 2:
+        assert time.monotonic() < deadline, serve.status().applications[APP]
+        time.sleep(0.5)
+    yield served
+    serve.delete(APP)
+    ray.kill(ray.get_actor(actor_name("edge-1", APP), namespace=ACTOR_NAMESPACE))
+
+
+def test_a_crashed_gateway_replica_costs_a_retry_not_a_request(two_gateways):
+    from ray import serve
+
+    before = _gateway_pids()
+    assert len(before) == 2, before
+    done: list[str] = []
+    failed: list[str] = []
+    killed = threading.Event()
+
+    def one(client: Client, i: int) -> None:
+        try:
+            client.generate(f"request {i}", max_new_tokens=16, timeout=60)
+            done.append(str(i))
+        except EdgefleetClientError as e:  # recorded, asserted on below: nothing may be lost
+            failed.append(f"{i}: {e.code} {e.details}")
+        if len(done) >= KILL_AFTER and not killed.is_set():
+            killed.set()
+            os.kill(before[0], signal.SIGKILL)  # mid-load: the other workers' calls are in flight
+
+    # Retries come from the SDK (UNAVAILABLE before the first token), with its default policy widened
+    # to ride out the proxy noticing the dead replica.
+    with Client(two_gateways.grpc_address, token=TEST_TOKEN, application=APP, max_retries=8,
+                backoff_max_s=2.0) as client, ThreadPoolExecutor(WORKERS) as pool:  # fmt: skip
+        list(pool.map(lambda i: one(client, i), range(TOTAL)))
+
+    assert killed.is_set()
+    assert not failed, failed[:5]
+    assert len(done) == TOTAL
+    deadline = time.monotonic() + 120  # Serve replaces the dead replica
+    while not (serve.status().applications[APP].status == "RUNNING" and len(_gateway_pids()) == 2
+               and before[0] not in _gateway_pids()):  # fmt: skip
+        assert time.monotonic() < deadline, (serve.status().applications[APP], _gateway_pids())
+        time.sleep(1)
