@@ -1,4 +1,4 @@
-"""The ``edgefleet`` command: up, demo, generate, status, train, federate, bench calibrate, models fetch.
+"""The ``edgefleet`` command: up, demo, generate, status, train, federate, audit, bench calibrate, models fetch.
 
 Every expected failure (bad config, unreachable cluster, failed fetch) prints one line and exits 2;
 a traceback means a bug.
@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from edgefleet import cli_federate, cli_models, cli_status, cli_train, demo_deadlines, demo_federation
+from edgefleet import cli_audit, cli_federate, cli_models, cli_status, cli_train, demo_deadlines, demo_federation
 from edgefleet.config import EdgefleetConfig, load_config
 from edgefleet.errors import ConfigError, EdgefleetError, FleetError
 
@@ -325,6 +325,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_auth(args: argparse.Namespace) -> int:
     from edgefleet.security import hash_token, new_token
 
+    if args.auth_command == "cert":
+        args.host = args.host or ["localhost", "127.0.0.1"]
+        return _write_self_signed(args)
     if args.auth_command == "new":
         token = new_token()
         print(f"token (give to the caller, store nowhere else): {token}")
@@ -335,6 +338,22 @@ def cmd_auth(args: argparse.Namespace) -> int:
         print(hash_token(token))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    return 0
+
+
+def _write_self_signed(args: argparse.Namespace) -> int:
+    from edgefleet.tls import self_signed
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cert, key = self_signed(args.host, days=args.days)
+    (out / "cert.pem").write_bytes(cert)
+    key_path = out / "key.pem"
+    key_path.touch(mode=0o600)  # the key is a secret: owner-only before it holds anything
+    key_path.write_bytes(key)
+    print(f"wrote {out / 'cert.pem'} and {key_path} for {', '.join(args.host)} ({args.days} days)")
+    print(f"config: auth: {{tls_cert: {out / 'cert.pem'}, tls_key: {key_path}}}")
+    print("clients: Client(target, tls=True, root_certificates=open('cert.pem', 'rb').read())")
     return 0
 
 
@@ -395,6 +414,11 @@ def build_parser() -> argparse.ArgumentParser:
         dest="auth_command", required=True)  # fmt: skip
     auth.add_parser("new", help="make a random token and print it with its hash").set_defaults(func=cmd_auth)
     auth.add_parser("hash", help="read a token on stdin, print the hash for auth.tokens").set_defaults(func=cmd_auth)
+    cert = auth.add_parser("cert", help="write a self-signed TLS certificate and key for the gRPC front (testing)")
+    cert.add_argument("--host", action="append", default=None, help="DNS name or IP it is for (repeatable)")
+    cert.add_argument("--out", default="tls", help="folder for cert.pem and key.pem")
+    cert.add_argument("--days", type=int, default=30)
+    cert.set_defaults(func=cmd_auth)
     bench = sub.add_parser("bench", help="measurements").add_subparsers(dest="bench_command", required=True)
     cal = bench.add_parser("calibrate", help="measure a model's timing profile for synthetic backends")
     cal.add_argument("--source", default="smollm2")
@@ -405,6 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_train.add_parser(sub, _fetch_model, _start_fleet, _state_file)
     cli_federate.add_parser(sub, _fetch_model, _start_fleet, _state_file)
+    cli_audit.add_parser(sub)
 
     models = sub.add_parser("models", help="model cache and the MLflow registry").add_subparsers(
         dest="models_command", required=True
