@@ -44,17 +44,41 @@ def sample(started: float, dashboard: str) -> dict[str, float]:
 
     procs = [psutil.Process(), *psutil.Process().children(recursive=True)]
     rss = threads = 0
+    by_process: dict[str, float] = {}  # what each process is (its Ray title) → MB, to find what grows
     for p in procs:
         try:
-            rss += p.memory_info().rss
+            mb = p.memory_info().rss / 2**20
             threads += p.num_threads()
+            name = _role(p.cmdline(), p.name())
         except psutil.NoSuchProcess:
-            pass
+            continue
+        rss += mb * 2**20
+        by_process[name] = by_process.get(name, 0.0) + mb
     # The address explicitly: without it Ray picks "the latest cluster on this machine", maybe another one.
     actors = len(list_actors(address=dashboard, filters=[("state", "=", "ALIVE")], limit=10_000,
                              raise_on_missing_output=False))  # fmt: skip
     return {"t_s": time.monotonic() - started, "rss_mb": rss / 2**20, "threads": threads, "processes": len(procs),
-            "actors": actors}  # fmt: skip
+            "actors": actors, "rss_mb_by_process": by_process}  # fmt: skip
+
+
+def _role(cmdline: list[str], name: str) -> str:
+    """A stable label for a fleet process: Ray's title (``ray::ServeReplica:edgefleet:Gateway``), or the
+    binary (``raylet``, ``gcs_server``); the PID changes on restarts, the role does not."""
+    title = " ".join(cmdline)
+    if title.startswith("ray::"):
+        return title.split()[0]
+    for known in ("raylet", "gcs_server", "dashboard", "log_monitor", "monitor.py", "runtime_env", "bench.soak"):
+        if known in title:
+            return known
+    return name
+
+
+def growers(samples: list[dict], warmup_s: float, top: int = 6) -> list[tuple[str, float, float]]:
+    """(process role, MB after warm-up, MB at the end) of the roles that grew most."""
+    base = next(s for s in samples if s["t_s"] >= warmup_s)["rss_mb_by_process"]
+    end = samples[-1]["rss_mb_by_process"]
+    rows = [(role, base.get(role, 0.0), mb) for role, mb in end.items()]
+    return sorted(rows, key=lambda r: r[2] - r[1], reverse=True)[:top]
 
 
 async def load(target: str, stop: threading.Event, counts: dict[str, int], concurrency: int = 8) -> None:
@@ -150,8 +174,11 @@ def main() -> int:
                  ["live actors", "", samples[-1]["actors"], f"{g['actors_delta']:+.1f}", "0", verdict["actors"]],
                  ["threads", "", samples[-1]["threads"], f"{g['threads_delta']:+.1f}", "≤ 5%",
                   verdict["threads"]]])  # fmt: skip
+    grew = growers(samples, warmup_s)
+    print_table("RSS growth by process role (MB)", ["process", "after warm-up", "end", "growth"],
+                [[role, round(a, 1), round(b, 1), f"{b - a:+.1f}"] for role, a, b in grew])
     write_result("soak", {"minutes": args.minutes, "warmup_s": warmup_s, "answers": counts["ok"], "failed": failed,
-                          "growth": g, "verdict": verdict, "samples": samples})  # fmt: skip
+                          "growth": g, "growers": grew, "verdict": verdict, "samples": samples})  # fmt: skip
     plot(samples, warmup_s, RESULTS / "soak.png")
     return 0 if all(verdict.values()) and not failed else 1
 

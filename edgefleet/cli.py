@@ -194,7 +194,14 @@ def _rush_hour(client) -> None:
 def cmd_generate(args: argparse.Namespace) -> int:
     from edgefleet.client import Client
 
-    with Client(args.target, token=args.token or os.environ.get("EDGEFLEET_TOKEN")) as client:
+    roots = None
+    if args.ca:
+        try:
+            roots = Path(args.ca).read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"--ca {args.ca}: {exc.strerror}") from None
+    with Client(args.target, token=args.token or os.environ.get("EDGEFLEET_TOKEN"), tls=bool(args.tls or roots),
+                root_certificates=roots) as client:  # fmt: skip
         chunks = client.stream(args.prompt, max_new_tokens=args.max_new_tokens, timeout=args.timeout,
                                route=args.route, site=args.site, temperature=args.temperature)  # fmt: skip
         for chunk in chunks:
@@ -262,7 +269,10 @@ def cmd_up(args: argparse.Namespace) -> int:
             mlflow_proc, mlflow_url = _start_mlflow_ui(cfg)
         console.print(nodes_table(fleet.nodes()))
         endpoints = Table(title="endpoints", show_header=False)
-        endpoints.add_row("gRPC", served.grpc_address, "edgefleet.v1.InferenceService (metadata application=edgefleet)")
+        grpc_note = "edgefleet.v1.InferenceService (metadata application=edgefleet)"
+        if cfg.grpc_front:
+            grpc_note += (", TLS" if cfg.auth.tls_cert else "") + f", requests ≤ {cfg.max_request_bytes} bytes"
+        endpoints.add_row("gRPC", served.grpc_address, grpc_note)
         endpoints.add_row("HTTP", served.http_url + "/v1", "OpenAI-compatible: /chat/completions, /completions")
         endpoints.add_row("Ray dashboard", fleet.dashboard_url or "(disabled in config)",
                           "Serve app, nodes, actors, jobs")  # fmt: skip
@@ -404,6 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--route", choices=["auto", "edge", "cloud"], default="auto")
     gen.add_argument("--site", default="", help="your locality hint, e.g. edge-1")
     gen.add_argument("--token", help="bearer token (default: $EDGEFLEET_TOKEN)")
+    gen.add_argument("--tls", action="store_true", help="connect with TLS (system roots, or --ca)")
+    gen.add_argument("--ca", help="PEM certificate(s) to trust, e.g. the gRPC front's self-signed cert.pem")
     gen.set_defaults(func=cmd_generate)
 
     status = sub.add_parser("status", help="the live fleet: health, queues, tokens/s, SLA, round, champion, ε")

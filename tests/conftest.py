@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,34 @@ def call_until_back(call, within_s: float = 300.0):
             if time.monotonic() >= deadline:
                 raise AssertionError(f"actor did not come back within {within_s:.0f} s") from None
             time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def side_app(data: dict, folder: Path, *, ready: Callable[[], bool] = lambda: True) -> Iterator[None]:
+    """A second Serve app (``data["app"]``, one tiny edge node) on the session fleet, built the way a
+    Serve config builds it (``build_app``); removed with its edge actor afterwards."""
+    import time
+
+    import ray
+    from ray import serve
+
+    from edgefleet.platform.edge_node import ACTOR_NAMESPACE, actor_name
+    from edgefleet.serve.app import build_app
+
+    app = data["app"]
+    path = folder / "fleet.yaml"
+    path.write_text(yaml.safe_dump(data))
+    serve.run(build_app({"config": str(path)}), name=app, route_prefix=f"/{app}", blocking=False)
+    deadline = time.monotonic() + 300
+    while serve.status().applications[app].status != "RUNNING" or not ready():
+        assert time.monotonic() < deadline, serve.status().applications[app]
+        time.sleep(0.5)
+    try:
+        yield
+    finally:
+        serve.delete(app)
+        for node in data["fleet"]["edge_nodes"]:
+            ray.kill(ray.get_actor(actor_name(node["id"], app), namespace=ACTOR_NAMESPACE))
 
 
 @pytest.fixture(scope="session")

@@ -116,7 +116,6 @@ class Coordinator:
         self.client_delays = client_delays or {}
         self.crash_after = crash_after
         self.on_round, self.on_step = on_round, on_step or (lambda _: None)
-        self._plan_timeout = SESSION_START_S  # the first plan also waits for the sessions to start
         self.state = self.store.load() or self._fresh_state()
         settings = self._settings()
         if self.state["settings"] != settings:
@@ -177,9 +176,13 @@ class Coordinator:
         self._sessions.clear()
 
     def _session(self, node: str) -> Any:
-        if node not in self._sessions:
+        if not self._session_ready(node):  # new, or its Train run died (worker killed, node lost): start anew
             self._sessions[node] = self._start_client(node)
         return self._sessions[node]
+
+    def _session_ready(self, node: str) -> bool:
+        session = self._sessions.get(node)
+        return session is not None and getattr(session, "alive", True)
 
     def _round(self) -> None:
         cur = self.state["current"]
@@ -263,8 +266,10 @@ class Coordinator:
         # 1. sample among the available clients the ledger lets take part
         self.on_step(f"round {round_id}: sampling clients")
         candidates = [n for n in self.nodes if n not in excluded]
-        plans, unavailable = self._ask(candidates, lambda c: {"op": "plan", "hp": hp}, self._plan_timeout)
-        self._plan_timeout = min(PLAN_TIMEOUT_S, self.fed.round_timeout_s)
+        # A plan that starts a client's session (first round, or after its run died) waits for the start.
+        starting = not all(self._session_ready(c) for c in candidates)
+        plan_timeout = SESSION_START_S if starting else min(PLAN_TIMEOUT_S, self.fed.round_timeout_s)
+        plans, unavailable = self._ask(candidates, lambda c: {"op": "plan", "hp": hp}, plan_timeout)
         over_budget = sorted(c for c, p in plans.items() if not self.ledger.can_take_part(c, Release(**p["release"])))
         eligible = sorted(c for c in plans if c not in over_budget)
         k = min(self.fed.clients_per_round, len(eligible))

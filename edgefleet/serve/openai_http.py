@@ -99,13 +99,23 @@ def error_response(err: RequestError) -> JSONResponse:
                                            "code": err.code.name.lower()}})  # fmt: skip
 
 
+def _field_path(loc: tuple) -> str:
+    """pydantic's ``("body", "messages", 0, "role")`` as the gRPC side names it: ``messages[0].role``."""
+    path = ""
+    for part in loc:
+        if part == "body" and not path:
+            continue
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "body"
+
+
 def install(app: FastAPI) -> None:
     """Answer malformed JSON bodies with 400 naming the field (FastAPI's default is 422)."""
 
     @app.exception_handler(RequestValidationError)
     async def _bad_body(_request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
+        field = _field_path(first["loc"])
         return JSONResponse(status_code=400, content={"error": {"message": f"{field}: {first['msg']}",
                             "type": "invalid_request_error", "param": field, "code": "invalid_argument"}})  # fmt: skip
 

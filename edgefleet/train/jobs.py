@@ -261,6 +261,11 @@ class LocalTrainingSession:
             if ray.is_initialized():  # after the driver disconnected, a put would silently re-connect it
                 self._results.put({"stopped": True})
 
+    @property
+    def alive(self) -> bool:
+        """Whether the Train run still serves tasks (False once its worker died or it was closed)."""
+        return self._thread.is_alive()
+
     def update(self, adapter: dict[str, Any] | None, hp: LocalHyper = DEFAULT_HYPER,
                timeout_s: float = 900) -> JobResult:  # fmt: skip
         """One round: train from ``adapter`` on the node's data; the result as a :class:`JobResult`."""

@@ -18,8 +18,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from edgefleet.client import Client, EdgefleetClientError  # noqa: E402
-from edgefleet.platform.edge_node import ACTOR_NAMESPACE, actor_name  # noqa: E402
-from tests.conftest import TEST_TOKEN, make_test_config_dict  # noqa: E402
+from tests.conftest import TEST_TOKEN, make_test_config_dict, side_app  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 APP = "replicas"
@@ -35,23 +34,9 @@ def _gateway_pids() -> list[int]:
 
 @pytest.fixture(scope="module")
 def two_gateways(served, tmp_path_factory):
-    import yaml
-    from ray import serve
-
-    from edgefleet.serve.app import build_app
-
-    data = make_test_config_dict(num_edge=1) | {"app": APP}
-    data["ingress"] = {"gateway_replicas": 2}
-    path = tmp_path_factory.mktemp(APP) / "fleet.yaml"
-    path.write_text(yaml.safe_dump(data))
-    serve.run(build_app({"config": str(path)}), name=APP, route_prefix=f"/{APP}", blocking=False)
-    deadline = time.monotonic() + 300
-    while serve.status().applications[APP].status != "RUNNING" or len(_gateway_pids()) < 2:
-        assert time.monotonic() < deadline, serve.status().applications[APP]
-        time.sleep(0.5)
-    yield served
-    serve.delete(APP)
-    ray.kill(ray.get_actor(actor_name("edge-1", APP), namespace=ACTOR_NAMESPACE))
+    data = make_test_config_dict(num_edge=1) | {"app": APP, "ingress": {"gateway_replicas": 2}}
+    with side_app(data, tmp_path_factory.mktemp(APP), ready=lambda: len(_gateway_pids()) == 2):
+        yield served
 
 
 def test_a_crashed_gateway_replica_costs_a_retry_not_a_request(two_gateways):

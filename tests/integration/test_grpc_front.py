@@ -78,3 +78,19 @@ def test_an_oversized_request_is_refused_at_the_transport_and_the_front_keeps_se
 
     assert info.value.code == "RESOURCE_EXHAUSTED" and str(LIMIT) in info.value.details
     assert after.completion_tokens > 0
+
+
+def test_the_cli_generates_over_tls_with_the_certificate_as_its_root(front, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    target, cert = front
+    (tmp_path / "cert.pem").write_bytes(cert)
+    done = subprocess.run([sys.executable, "-m", "edgefleet.cli", "generate", "Hello CLI", "--target", target,
+                           "--ca", str(tmp_path / "cert.pem"), "--max-new-tokens", "6", "--timeout", "60"],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "EDGEFLEET_TOKEN": TEST_TOKEN})  # fmt: skip
+
+    assert done.returncode == 0, done.stderr[-500:]
+    assert "SLA" in done.stderr and done.stdout.strip()

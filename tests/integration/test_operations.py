@@ -181,10 +181,11 @@ def _edge_killed_mid_request(client: Client) -> str:
 
 
 def _queue_burst(client: Client) -> None:
-    """More concurrent requests than edge-3's batch holds: some wait in its queue."""
+    """More concurrent requests than edge-3's batch holds: some wait in its queue. Long enough (several
+    seconds) that Ray's 1 s metric export sees the gauge non-zero: a 2-wave burst sometimes drained first."""
     with ThreadPoolExecutor(24) as pool:
-        list(pool.map(lambda _: client.generate(QUESTION, max_new_tokens=96, site="edge-3", route="edge"),
-                      range(48)))  # fmt: skip
+        list(pool.map(lambda _: client.generate(QUESTION, max_new_tokens=128, site="edge-3", route="edge"),
+                      range(120)))  # fmt: skip
 
 
 def _federate_as_ray_job(fleet_config, cfg_path: Path, tmp: Path) -> dict:

@@ -17,8 +17,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from edgefleet.client import Client, Overloaded, Unauthenticated  # noqa: E402
-from edgefleet.platform.edge_node import ACTOR_NAMESPACE, actor_name  # noqa: E402
-from tests.conftest import TEST_TOKEN, make_test_config_dict  # noqa: E402
+from tests.conftest import TEST_TOKEN, make_test_config_dict, side_app  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 APP = "secure"
@@ -27,24 +26,10 @@ WRONG_TOKEN = "not-the-token-but-long-enough-9d2"
 
 @pytest.fixture(scope="module")
 def secure_app(served, tmp_path_factory):
-    from ray import serve
-
-    from edgefleet.serve.app import build_app
-
     data = make_test_config_dict(num_edge=1) | {"app": APP}
     data["auth"]["rate_limit"] = {"requests_per_s": 1.0, "burst": 2}
-    path = tmp_path_factory.mktemp("secure") / "fleet.yaml"
-    import yaml
-
-    path.write_text(yaml.safe_dump(data))
-    serve.run(build_app({"config": str(path)}), name=APP, route_prefix=f"/{APP}", blocking=False)
-    deadline = time.monotonic() + 300
-    while serve.status().applications[APP].status != "RUNNING":
-        assert time.monotonic() < deadline, serve.status().applications[APP]
-        time.sleep(0.5)
-    yield served
-    serve.delete(APP)
-    ray.kill(ray.get_actor(actor_name("edge-1", APP), namespace=ACTOR_NAMESPACE))
+    with side_app(data, tmp_path_factory.mktemp(APP)):
+        yield served
 
 
 def test_a_token_over_its_rate_gets_resource_exhausted_with_a_retry_hint(secure_app):

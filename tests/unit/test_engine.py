@@ -81,5 +81,6 @@ def test_invalid_requests_are_errors_naming_the_field(engine):
     too_long = run(events_of(engine, GenRequest("l", chat("x" * 600), max_new_tokens=8)))
     no_tokens = run(events_of(engine, GenRequest("n", chat("x"), max_new_tokens=0)))
 
-    assert too_long == [{"type": "error", "code": "INVALID_ARGUMENT", "message": too_long[0]["message"]}]
+    assert too_long == [{"type": "error", "code": "INVALID_ARGUMENT", "message": too_long[0]["message"],
+                         "param": "prompt"}]  # fmt: skip
     assert too_long[0]["message"].startswith("prompt:") and no_tokens[0]["message"].startswith("max_new_tokens:")
