@@ -65,8 +65,8 @@ def _role(cmdline: list[str], name: str) -> str:
     """A stable label for a fleet process: Ray's title (``ray::ServeReplica:edgefleet:Gateway``), or the
     binary (``raylet``, ``gcs_server``); the PID changes on restarts, the role does not."""
     title = " ".join(cmdline)
-    if title.startswith("ray::"):
-        return title.split()[0]
+    if title.startswith("ray::"):  # "ray::EdgeNode.generate_stream": the method changes, the actor does not
+        return title.split()[0].split(".")[0]
     for known in ("raylet", "gcs_server", "dashboard", "log_monitor", "monitor.py", "runtime_env", "bench.soak"):
         if known in title:
             return known
