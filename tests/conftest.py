@@ -71,6 +71,29 @@ def call_until_back(call, within_s: float = 300.0):
             time.sleep(0.5)
 
 
+def rejoin(fleet, labels: dict[str, str], *, gone: str, attempts: int = 3):
+    """Bring a killed site back as a supervisor (systemd, KubeRay) would: a new raylet with the same
+    labels, started once the GCS has marked the old one (Ray node id ``gone``) dead, as a real host
+    returns after its loss was noticed; and started again if it dies in its first seconds. CI once
+    saw a raylet added 5 s after the kill (the old one still "alive" in the GCS) die, SIGKILLed with
+    no log line, 2 s after registering; its site then never came back."""
+    import time
+
+    import ray
+
+    deadline = time.monotonic() + 90
+    while any(n["NodeID"] == gone and n["Alive"] for n in ray.nodes()):
+        assert time.monotonic() < deadline, f"the GCS still lists node {gone} alive after 90 s"
+        time.sleep(0.5)
+    for _ in range(attempts):
+        node = fleet._cluster.add_node(num_cpus=1, object_store_memory=100 * 1024**2, labels=labels)
+        time.sleep(5)  # past the first seconds, where that raylet died
+        if not any(kind == "raylet" for kind, _ in node.dead_processes()):
+            return node
+        fleet._cluster.remove_node(node, allow_graceful=False)
+    raise AssertionError(f"a raylet labelled {labels} died right after starting, {attempts} times")
+
+
 @contextlib.contextmanager
 def side_app(data: dict, folder: Path, *, ready: Callable[[], bool] = lambda: True) -> Iterator[None]:
     """A second Serve app (``data["app"]``, one tiny edge node) on the session fleet, built the way a

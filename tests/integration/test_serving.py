@@ -24,7 +24,7 @@ from edgefleet.client import (  # noqa: E402
 )
 from edgefleet.config import ModelSpec  # noqa: E402
 from edgefleet.platform.edge_node import ACTOR_NAMESPACE, actor_name  # noqa: E402
-from tests.conftest import TEST_TOKEN, call_until_back  # noqa: E402
+from tests.conftest import TEST_TOKEN, call_until_back, rejoin  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 QUESTION = "What is the capital of France?"
@@ -326,6 +326,6 @@ def test_killing_an_edge_raylet_mid_stream_continues_the_stream_elsewhere(served
         assert "edge-3 failed after" in done.route_reason and done.node_id in ("edge-1", "edge-2")
         assert done.text == streamed  # the client's stream went on where it stopped: no restart, no duplicates
     finally:  # give the fleet its edge-3 back: Ray restarts the actor (max_restarts) on the new raylet
-        fleet._cluster.add_node(num_cpus=1, object_store_memory=100 * 1024**2, labels=edge_labels("edge-3"))
+        rejoin(fleet, edge_labels("edge-3"), gone=raylet_of["edge-3"])
         back = call_until_back(victim.info.remote)
     assert back["node_labels"]["edgefleet.io/node"] == "edge-3" and back["pid"] != pid

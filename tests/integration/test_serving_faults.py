@@ -28,7 +28,7 @@ from edgefleet import metrics  # noqa: E402
 from edgefleet.client import AsyncClient, EdgefleetClientError  # noqa: E402
 from edgefleet.platform.edge_node import ACTOR_NAMESPACE, actor_name  # noqa: E402
 from edgefleet.platform.topology import edge_labels  # noqa: E402
-from tests.conftest import TEST_TOKEN, call_until_back  # noqa: E402
+from tests.conftest import TEST_TOKEN, call_until_back, rejoin  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.fleet_faults]
 TOTAL, CONCURRENCY, DEADLINE_S = 500, 16, 20.0
@@ -97,8 +97,8 @@ def under_fault(fleet, served):
     fleet._cluster.remove_node(node, allow_graceful=False)
     os.kill(pid, signal.SIGKILL)
     _wait_for(results, REJOIN_AFTER, loader)
-    fleet._cluster.add_node(num_cpus=1, object_store_memory=100 * 1024**2, labels=edge_labels(VICTIM))
     try:
+        rejoin(fleet, edge_labels(VICTIM), gone=raylet)
         call_until_back(victim.info.remote, within_s=300)
     except Exception as exc:  # say why: Ray's record of the actor and the node table
         state = ray._private.state.actors(victim._actor_id.hex())
@@ -197,7 +197,7 @@ def test_with_the_cloud_gone_edges_serve_and_cloud_only_requests_end_clearly(fle
         assert getattr(strict, "code", None) in ("RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED") and strict_s <= 1.05
         assert not isinstance(best, Exception) and best.node_id.startswith("edge-") and best_s <= 11
     finally:  # the cloud comes back for the tests that follow
-        fleet._cluster.add_node(num_cpus=1, object_store_memory=100 * 1024**2, labels=cloud_labels("cloud"))
+        rejoin(fleet, cloud_labels("cloud"), gone=raylet)
         deadline = time.monotonic() + 180
         with Client(served.grpc_address, token=TEST_TOKEN) as client:
             while True:
