@@ -33,6 +33,15 @@ def role_selector(role: Role) -> dict[str, str]:
     return {ROLE_LABEL: role}
 
 
+def head_placement(ray_nodes: list[dict[str, Any]]) -> dict[str, Any]:
+    """Actor options that keep a front-door component (Gateway, gRPC front) on the head, or a node
+    labelled like it, so the loss of an edge node never takes every request down; ``{}`` when no
+    live node is labelled head (a cluster started without edgefleet labels on its head)."""
+    if any((n.get("Labels") or {}).get(ROLE_LABEL) == "head" for n in ray_nodes if n.get("Alive")):
+        return {"label_selector": role_selector("head")}
+    return {}
+
+
 @dataclass(frozen=True)
 class FleetNode:
     """One Ray node as edgefleet sees it."""

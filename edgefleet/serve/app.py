@@ -17,7 +17,7 @@ from ray.serve.config import HTTPOptions, gRPCOptions
 
 from edgefleet.config import EdgefleetConfig
 from edgefleet.platform.edge_node import ACTOR_NAMESPACE, actor_name, spawn_edge_node
-from edgefleet.platform.topology import ROLE_LABEL, role_selector
+from edgefleet.platform.topology import head_placement
 from edgefleet.serve.cloud import cloud_deployment
 from edgefleet.serve.gateway import Gateway
 
@@ -56,12 +56,9 @@ def _gateway_app(cfg: EdgefleetConfig) -> Any:
     """The Cloud + Gateway application, unbound to any name (``serve.run`` or a Serve config names it)."""
     # The Gateway belongs with the head (or a node labelled like it), never on an edge node whose
     # loss would take every request down with it.
-    replicas = {"num_replicas": cfg.ingress.gateway_replicas}
-    if any((n.get("Labels") or {}).get(ROLE_LABEL) == "head" for n in ray.nodes() if n.get("Alive")):
-        head_only = {"num_cpus": 0.1, "label_selector": role_selector("head")}
-        gateway_app = Gateway.options(ray_actor_options=head_only, **replicas)
-    else:
-        gateway_app = Gateway.options(**replicas)
+    placement = head_placement(ray.nodes())
+    actor_options = {"ray_actor_options": {"num_cpus": 0.1, **placement}} if placement else {}
+    gateway_app = Gateway.options(num_replicas=cfg.ingress.gateway_replicas, **actor_options)
     # auth.tokens holds digests only, so the config can travel as Serve's deployment arguments.
     return gateway_app.bind(cfg.model_dump(mode="python"), cloud_deployment(cfg.fleet.cloud, cache_dir=cfg.cache_dir))
 

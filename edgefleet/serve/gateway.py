@@ -35,7 +35,7 @@ from edgefleet.serve.fleet_view import FleetTracker, RecentOutcomes
 from edgefleet.serve.hedge_race import race
 from edgefleet.serve.hedging import HedgeBudget, plan_hedge
 from edgefleet.serve.openai_http import (
-    ERROR_RESPONSES,
+    DOCUMENTED_RESPONSES,
     SSE_DONE,
     ChatBody,
     CompletionBody,
@@ -198,12 +198,12 @@ class Gateway:
 
     # ------------------------------------------------------------------ OpenAI-compatible HTTP
 
-    @app.post("/v1/chat/completions", responses=ERROR_RESPONSES)
+    @app.post("/v1/chat/completions", responses=DOCUMENTED_RESPONSES)
     async def chat_completions(self, body: ChatBody, authorization: str | None = Header(default=None)):
         messages = [m.model_dump() for m in body.messages]
         return await self._http("chat", body, None, messages, authorization)
 
-    @app.post("/v1/completions", responses=ERROR_RESPONSES)
+    @app.post("/v1/completions", responses=DOCUMENTED_RESPONSES)
     async def completions(self, body: CompletionBody, authorization: str | None = Header(default=None)):
         return await self._http("text", body, body.prompt, None, authorization)
 

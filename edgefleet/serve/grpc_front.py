@@ -135,10 +135,9 @@ def spawn_front(cfg: Any) -> Any:
     """Start the front for ``cfg`` on the head node; returns the actor once it listens."""
     import ray
 
-    from edgefleet.platform.topology import role_selector
+    from edgefleet.platform.topology import head_placement
 
-    on_head = any((n.get("Labels") or {}).get("edgefleet.io/role") == "head" for n in ray.nodes() if n.get("Alive"))
-    placement = {"label_selector": role_selector("head")} if on_head else {}
+    placement = head_placement(ray.nodes())
     tls = [str(cfg.auth.tls_cert), str(cfg.auth.tls_key)] if cfg.auth.tls_cert else [None, None]
     actor = (
         ray.remote(GrpcFront)

@@ -78,7 +78,7 @@ class ErrorBody(BaseModel):
 _SSE_EVENT = {"type": "object", "required": ["data"], "properties": {"data": {"type": "string"}}}
 # Documented on every generating route, so the OpenAPI schema lists what the API really answers
 # (schemathesis holds the server to it: tests/integration/test_http_schema.py).
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+DOCUMENTED_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "the completion; with `stream: true`, server-sent events ending in `data: [DONE]`",
           "content": {"text/event-stream": {"schema": _SSE_EVENT}}},
     400: {"model": ErrorBody, "description": "invalid request: the message and `param` name the field"},
