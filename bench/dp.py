@@ -47,17 +47,39 @@ def dp_overhead() -> list[dict[str, Any]]:
     privacy = PrivacyConfig(target_epsilon=8.0)
     rows = []
     for mode in MODES:
-        hp = LocalHyper(lr=1e-3, batch_size=BATCH, physical_batch=BATCH, max_steps=STEPS, epochs=100.0,
-                        grad_sample_mode="hooks" if mode == "none" else mode)  # type: ignore[arg-type]  # fmt: skip
+        hp = LocalHyper(
+            lr=1e-3,
+            batch_size=BATCH,
+            physical_batch=BATCH,
+            max_steps=STEPS,
+            epochs=100.0,
+            grad_sample_mode="hooks" if mode == "none" else mode,
+        )  # type: ignore[arg-type]
         try:
             local_update(base, None, blocks, None if mode == "none" else privacy, dataclasses.replace(hp, max_steps=1))
-            rates = [local_update(base, None, blocks, None if mode == "none" else privacy, hp).samples_per_s
-                     for _ in range(REPEATS)]  # fmt: skip
-            rows.append({"mode": mode, "private": mode != "none", "samples_per_s": statistics.median(rates),
-                         "runs": rates, "error": ""})  # fmt: skip
+            rates = [
+                local_update(base, None, blocks, None if mode == "none" else privacy, hp).samples_per_s
+                for _ in range(REPEATS)
+            ]
+            rows.append(
+                {
+                    "mode": mode,
+                    "private": mode != "none",
+                    "samples_per_s": statistics.median(rates),
+                    "runs": rates,
+                    "error": "",
+                }
+            )
         except Exception as exc:  # noqa: BLE001 - a mode that does not work here is a result too
-            rows.append({"mode": mode, "private": True, "samples_per_s": None, "runs": [],
-                         "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"})  # fmt: skip
+            rows.append(
+                {
+                    "mode": mode,
+                    "private": True,
+                    "samples_per_s": None,
+                    "runs": [],
+                    "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}",
+                }
+            )
     plain = next(r["samples_per_s"] for r in rows if r["mode"] == "none")
     for r in rows:
         r["slowdown"] = plain / r["samples_per_s"] if r["samples_per_s"] else None
@@ -72,13 +94,25 @@ def job_overhead() -> dict[str, Any]:
     from edgefleet.train.jobs import run_local_update
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = parse_config({
-            "fleet": {"edge_nodes": [{"id": "edge-1", "num_cpus": 2, "actor_cpus": 0.1, "data_dir": f"{tmp}/edge-1",
-                                      "model": {"source": "smollm2", "quantization": "none"}}],
-                      "cloud": {"num_cpus": 1, "model": {"source": "tiny", "quantization": "none"}}},
-            "ray": {"dashboard": False}, "federation": {"clients_per_round": 1, "min_clients": 1},
-            "ports": {"grpc": free_port(), "http": free_port(), "dashboard": free_port(), "mlflow_ui": free_port()},
-        })  # fmt: skip
+        cfg = parse_config(
+            {
+                "fleet": {
+                    "edge_nodes": [
+                        {
+                            "id": "edge-1",
+                            "num_cpus": 2,
+                            "actor_cpus": 0.1,
+                            "data_dir": f"{tmp}/edge-1",
+                            "model": {"source": "smollm2", "quantization": "none"},
+                        }
+                    ],
+                    "cloud": {"num_cpus": 1, "model": {"source": "tiny", "quantization": "none"}},
+                },
+                "ray": {"dashboard": False},
+                "federation": {"clients_per_round": 1, "min_clients": 1},
+                "ports": {"grpc": free_port(), "http": free_port(), "dashboard": free_port(), "mlflow_ui": free_port()},
+            }
+        )
         write_demo_shards(cfg)
         fleet = start_local_fleet(cfg)
         try:
@@ -88,23 +122,42 @@ def job_overhead() -> dict[str, Any]:
             wall = time.perf_counter() - started
         finally:
             fleet.shutdown()
-    return {"wall_s": wall, "train_s": result.train_s, "overhead_s": wall - result.train_s,
-            "epsilon": result.update.epsilon, "steps": result.update.steps}  # fmt: skip
+    return {
+        "wall_s": wall,
+        "train_s": result.train_s,
+        "overhead_s": wall - result.train_s,
+        "epsilon": result.update.epsilon,
+        "steps": result.update.steps,
+    }
 
 
 def main() -> None:
     rows = dp_overhead()
-    print_table(f"DP local update, SmolLM2 + LoRA, block {BLOCK}, batch {BATCH}, {THREADS} threads, "
-                f"median of {REPEATS}×{STEPS} steps",
-                ["mode", "private", "samples/s", "× slower than non-private", "error"],
-                [[r["mode"], r["private"], r["samples_per_s"] or "-", r["slowdown"] or "-", r["error"]]
-                 for r in rows])  # fmt: skip
+    print_table(
+        f"DP local update, SmolLM2 + LoRA, block {BLOCK}, batch {BATCH}, {THREADS} threads, "
+        f"median of {REPEATS}×{STEPS} steps",
+        ["mode", "private", "samples/s", "× slower than non-private", "error"],
+        [[r["mode"], r["private"], r["samples_per_s"] or "-", r["slowdown"] or "-", r["error"]] for r in rows],
+    )
     job = job_overhead()
-    print_table("Ray Train job on an edge node (same private update)",
-                ["job wall s", "inside the update s", "overhead s"],
-                [[job["wall_s"], job["train_s"], job["overhead_s"]]])  # fmt: skip
-    write_result("dp", {"block": BLOCK, "batch": BATCH, "steps": STEPS, "repeats": REPEATS, "threads": THREADS,
-                        "modes": rows, "job": job, "target_slowdown": 1.1})  # fmt: skip
+    print_table(
+        "Ray Train job on an edge node (same private update)",
+        ["job wall s", "inside the update s", "overhead s"],
+        [[job["wall_s"], job["train_s"], job["overhead_s"]]],
+    )
+    write_result(
+        "dp",
+        {
+            "block": BLOCK,
+            "batch": BATCH,
+            "steps": STEPS,
+            "repeats": REPEATS,
+            "threads": THREADS,
+            "modes": rows,
+            "job": job,
+            "target_slowdown": 1.1,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -41,15 +41,35 @@ def fleet_config(n: int, model: str, tmp: Path) -> Any:
 
     steps, batch, block, _ = MODELS[model]
     spec = {"source": model, "quantization": "none"}
-    return parse_config({
-        "fleet": {"edge_nodes": [{"id": f"edge-{i}", "num_cpus": 1, "actor_cpus": 0.1, "model": spec,
-                                  "data_dir": str(tmp / f"edge-{i}")} for i in range(1, n + 1)],
-                  "cloud": {"num_cpus": 1, "replica_cpus": 0.1, "model": {"source": "tiny", "quantization": "none"}}},
-        "ray": {"head_cpus": 1, "dashboard": False, "object_store_mb": 100},
-        "federation": {"clients_per_round": n, "min_clients": n, "local_steps": steps, "batch_size": batch,
-                       "block_size": block, "lr": 0.005, "held_out_blocks": 8, "round_timeout_s": 900},
-        "ports": {"grpc": free_port(), "http": free_port(), "dashboard": free_port(), "mlflow_ui": free_port()},
-    })  # fmt: skip
+    return parse_config(
+        {
+            "fleet": {
+                "edge_nodes": [
+                    {
+                        "id": f"edge-{i}",
+                        "num_cpus": 1,
+                        "actor_cpus": 0.1,
+                        "model": spec,
+                        "data_dir": str(tmp / f"edge-{i}"),
+                    }
+                    for i in range(1, n + 1)
+                ],
+                "cloud": {"num_cpus": 1, "replica_cpus": 0.1, "model": {"source": "tiny", "quantization": "none"}},
+            },
+            "ray": {"head_cpus": 1, "dashboard": False, "object_store_mb": 100},
+            "federation": {
+                "clients_per_round": n,
+                "min_clients": n,
+                "local_steps": steps,
+                "batch_size": batch,
+                "block_size": block,
+                "lr": 0.005,
+                "held_out_blocks": 8,
+                "round_timeout_s": 900,
+            },
+            "ports": {"grpc": free_port(), "http": free_port(), "dashboard": free_port(), "mlflow_ui": free_port()},
+        }
+    )
 
 
 def measure(n: int, model: str) -> dict[str, Any]:
@@ -67,8 +87,14 @@ def measure(n: int, model: str) -> dict[str, Any]:
             fleet.shutdown()
     rounds = [_breakdown(r) for r in results[1:]]
     med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
-    return {"model": model, "clients": n, "warmup_round_s": results[0].wall_s, "rounds": rounds, **med,
-            "ratio": med["round_s"] / med["ideal_s"]}  # fmt: skip
+    return {
+        "model": model,
+        "clients": n,
+        "warmup_round_s": results[0].wall_s,
+        "rounds": rounds,
+        **med,
+        "ratio": med["round_s"] / med["ideal_s"],
+    }
 
 
 def _breakdown(r: Any) -> dict[str, float]:
@@ -77,13 +103,22 @@ def _breakdown(r: Any) -> dict[str, float]:
     step = max(r.client_step_s.values())  # the slowest client's whole step on its node
     aggregate = p.get("aggregate", 0.0)
     round_s = r.wall_s - p.get("evaluate", 0.0)
-    steps = {"sample_s": p.get("sample", 0.0), "keys_s": p.get("keys", 0.0),
-             "client_setup_s": step - slowest,  # on the node: LoRA copy, Opacus wrapping, flatten and mask
-             "train_wait_s": p.get("train", 0.0) - step,  # Ray queues, task and answer transfer
-             "reveal_s": p.get("reveal", 0.0)}  # fmt: skip
-    return {"round_s": round_s, "ideal_s": slowest + aggregate, "slowest_client_s": slowest, "aggregate_s": aggregate,
-            "evaluate_s": p.get("evaluate", 0.0), **steps,
-            "other_s": round_s - slowest - aggregate - sum(steps.values())}  # persistence, bookkeeping  # fmt: skip
+    steps = {
+        "sample_s": p.get("sample", 0.0),
+        "keys_s": p.get("keys", 0.0),
+        "client_setup_s": step - slowest,  # on the node: LoRA copy, Opacus wrapping, flatten and mask
+        "train_wait_s": p.get("train", 0.0) - step,  # Ray queues, task and answer transfer
+        "reveal_s": p.get("reveal", 0.0),
+    }
+    return {
+        "round_s": round_s,
+        "ideal_s": slowest + aggregate,
+        "slowest_client_s": slowest,
+        "aggregate_s": aggregate,
+        "evaluate_s": p.get("evaluate", 0.0),
+        **steps,
+        "other_s": round_s - slowest - aggregate - sum(steps.values()),
+    }  # persistence, bookkeeping
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -92,11 +127,16 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    parts = [("slowest_client_s", "slowest client's update"), ("aggregate_s", "unmask + aggregate"),
-             ("client_setup_s", "client setup + masking"), ("train_wait_s", "queues / transfer"),
-             ("keys_s", "key agreement"),
-             ("reveal_s", "share reveal"), ("sample_s", "sampling (plan)"),
-             ("other_s", "persistence, other")]  # fmt: skip
+    parts = [
+        ("slowest_client_s", "slowest client's update"),
+        ("aggregate_s", "unmask + aggregate"),
+        ("client_setup_s", "client setup + masking"),
+        ("train_wait_s", "queues / transfer"),
+        ("keys_s", "key agreement"),
+        ("reveal_s", "share reveal"),
+        ("sample_s", "sampling (plan)"),
+        ("other_s", "persistence, other"),
+    ]
     fig, axes = plt.subplots(1, len(MODELS), figsize=(11, 4))
     for ax, model in zip(axes, MODELS, strict=True):
         mine = [r for r in rows if r["model"] == model]
@@ -123,21 +163,53 @@ def main() -> None:
     for model, n in track(cells, description="federation bench (model, clients)"):
         rows.append(measure(n, model))
         _write(rows)  # a later cell that fails must not lose the earlier ones
-    print_table(f"Federated round overhead (secure aggregation, DP-SGD; median of {ROUNDS} rounds after a warm-up; "
-                f"target ≤ {TARGET}×)",
-                ["model", "clients", "round s", "slowest client s", "aggregate s", "overhead ×", "client setup s",
-                 "queues s", "keys s", "reveal s", "sample s", "eval s (apart)", "warm-up round s"],
-                [[r["model"], r["clients"], r["round_s"], r["slowest_client_s"], r["aggregate_s"], r["ratio"],
-                  r["client_setup_s"], r["train_wait_s"], r["keys_s"], r["reveal_s"], r["sample_s"], r["evaluate_s"],
-                  r["warmup_round_s"]] for r in rows])  # fmt: skip
+    print_table(
+        f"Federated round overhead (secure aggregation, DP-SGD; median of {ROUNDS} rounds after a warm-up; "
+        f"target ≤ {TARGET}×)",
+        [
+            "model",
+            "clients",
+            "round s",
+            "slowest client s",
+            "aggregate s",
+            "overhead ×",
+            "client setup s",
+            "queues s",
+            "keys s",
+            "reveal s",
+            "sample s",
+            "eval s (apart)",
+            "warm-up round s",
+        ],
+        [
+            [
+                r["model"],
+                r["clients"],
+                r["round_s"],
+                r["slowest_client_s"],
+                r["aggregate_s"],
+                r["ratio"],
+                r["client_setup_s"],
+                r["train_wait_s"],
+                r["keys_s"],
+                r["reveal_s"],
+                r["sample_s"],
+                r["evaluate_s"],
+                r["warmup_round_s"],
+            ]
+            for r in rows
+        ],
+    )
     plot(rows, RESULTS / "federation_overhead.png")
     _write(rows)
 
 
 def _write(rows: list[dict[str, Any]]) -> None:
     models = {m: dict(zip(("steps", "batch", "block", "clients"), v, strict=True)) for m, v in MODELS.items()}
-    write_result("federation", {"rounds": ROUNDS, "models": models, "target_ratio": TARGET, "rows": rows,
-                                "plot": "federation_overhead.png"})  # fmt: skip
+    write_result(
+        "federation",
+        {"rounds": ROUNDS, "models": models, "target_ratio": TARGET, "rows": rows, "plot": "federation_overhead.png"},
+    )
 
 
 if __name__ == "__main__":

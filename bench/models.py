@@ -21,10 +21,15 @@ from bench.common import RESULTS, print_table, write_result
 
 NEW_TOKENS = 64
 QUESTIONS = [
-    "What is the capital of France?", "Name three primary colours.", "What does a CPU do?",
-    "Give me a synonym for happy.", "How many legs does a spider have?", "What is 12 times 12?",
-    "Why is the sky blue?", "Translate 'good morning' into Spanish.",
-]  # fmt: skip
+    "What is the capital of France?",
+    "Name three primary colours.",
+    "What does a CPU do?",
+    "Give me a synonym for happy.",
+    "How many legs does a spider have?",
+    "What is 12 times 12?",
+    "Why is the sky blue?",
+    "Translate 'good morning' into Spanish.",
+]
 COLD_LOAD = (
     "import time; t=time.perf_counter();"
     "from edgefleet.config import ModelSpec; from edgefleet.platform.models import load_model;"
@@ -33,8 +38,9 @@ COLD_LOAD = (
 
 
 def cold_process_load(quantization: str) -> float:
-    out = subprocess.run([sys.executable, "-c", COLD_LOAD.format(q=quantization)],
-                         capture_output=True, text=True, check=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", COLD_LOAD.format(q=quantization)], capture_output=True, text=True, check=True
+    )
     return float(out.stdout.strip().splitlines()[-1])
 
 
@@ -48,8 +54,9 @@ def decode_rate(loaded, batch: int) -> float:
     with torch.inference_mode():
         loaded.model.generate(**enc, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)  # warm-up
         started = time.perf_counter()
-        out = loaded.model.generate(**enc, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
-                                    pad_token_id=tok.pad_token_id)  # fmt: skip
+        out = loaded.model.generate(
+            **enc, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=tok.pad_token_id
+        )
         seconds = time.perf_counter() - started
     new = (out.shape[1] - enc["input_ids"].shape[1]) * batch  # (B, T_prompt + T_new) → tokens made
     return new / seconds
@@ -101,8 +108,9 @@ def main() -> None:
     loads = []
     for q in ("none", "int8"):
         cold = statistics.median(cold_process_load(q) for _ in range(3))
-        warm = statistics.median(load_model(ModelSpec(source="smollm2", quantization=q, threads=2)).load_seconds
-                                 for _ in range(3))  # fmt: skip
+        warm = statistics.median(
+            load_model(ModelSpec(source="smollm2", quantization=q, threads=2)).load_seconds for _ in range(3)
+        )
         loads.append({"format": "fp32" if q == "none" else q, "cold_process_s": cold, "in_process_s": warm})
     actor_s = edge_node_cold_start()
     decode = []
@@ -111,15 +119,28 @@ def main() -> None:
         for batch in (1, 8):
             decode.append({"format": label, "batch": batch, "tok_per_s": decode_rate(loaded, batch)})
 
-    print_table("SmolLM2 cached load (median of 3), s", ["format", "fresh process", "in process"],
-                [[d["format"], d["cold_process_s"], d["in_process_s"]] for d in loads])  # fmt: skip
+    print_table(
+        "SmolLM2 cached load (median of 3), s",
+        ["format", "fresh process", "in process"],
+        [[d["format"], d["cold_process_s"], d["in_process_s"]] for d in loads],
+    )
     print(f"EdgeNode actor cold start on edge-1 (spawn → ready, int8): {actor_s:.2f} s")
-    print_table(f"greedy decode, {NEW_TOKENS} new tokens, 2 threads", ["format", "batch", "tok/s"],
-                [[d["format"], d["batch"], d["tok_per_s"]] for d in decode])  # fmt: skip
+    print_table(
+        f"greedy decode, {NEW_TOKENS} new tokens, 2 threads",
+        ["format", "batch", "tok/s"],
+        [[d["format"], d["batch"], d["tok_per_s"]] for d in decode],
+    )
     png = RESULTS / "models_decode.png"
     RESULTS.mkdir(parents=True, exist_ok=True)
     plot(decode, png)
-    path = write_result("models", {"new_tokens": NEW_TOKENS, "cached_load": loads,
-                                   "edge_node_cold_start_s": actor_s, "decode": decode,
-                                   "plot": png.name})  # fmt: skip
+    path = write_result(
+        "models",
+        {
+            "new_tokens": NEW_TOKENS,
+            "cached_load": loads,
+            "edge_node_cold_start_s": actor_s,
+            "decode": decode,
+            "plot": png.name,
+        },
+    )
     print(f"wrote {path} and {png}")

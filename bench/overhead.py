@@ -27,11 +27,41 @@ from typing import Any
 
 from bench.common import RESULTS, free_port, print_table, write_result
 
-PROMPTS = [f"In one short sentence, what is {topic}?" for topic in (
-    "a CPU", "the moon", "a river", "gravity", "a violin", "bread", "a volcano", "an atom", "a forest", "rain",
-    "a bridge", "the internet", "a glacier", "a comet", "music", "a library", "a desert", "electricity",
-    "a whale", "a compass", "chess", "a battery", "a lighthouse", "the ocean", "a telescope", "coffee",
-    "a map", "a tornado", "a piano", "a rainbow")]  # fmt: skip
+PROMPTS = [
+    f"In one short sentence, what is {topic}?"
+    for topic in (
+        "a CPU",
+        "the moon",
+        "a river",
+        "gravity",
+        "a violin",
+        "bread",
+        "a volcano",
+        "an atom",
+        "a forest",
+        "rain",
+        "a bridge",
+        "the internet",
+        "a glacier",
+        "a comet",
+        "music",
+        "a library",
+        "a desert",
+        "electricity",
+        "a whale",
+        "a compass",
+        "chess",
+        "a battery",
+        "a lighthouse",
+        "the ocean",
+        "a telescope",
+        "coffee",
+        "a map",
+        "a tornado",
+        "a piano",
+        "a rainbow",
+    )
+]
 LATENCY_TOKENS = 16
 THROUGHPUT_TOKENS = 64
 REPEATS = 3  # throughput is the median of 3 runs: single runs on this VM varied by ±20%
@@ -52,12 +82,17 @@ def bench_config() -> Any:
     from edgefleet.config import parse_config
 
     model = {"source": "smollm2", "quantization": "int8", "threads": THREADS}
-    return parse_config({
-        "fleet": {"edge_nodes": [{"id": "edge-1", "num_cpus": 2, "actor_cpus": 1, "model": model}],
-                  "cloud": {"num_cpus": 1, "replica_cpus": 0.25, "model": {"source": "tiny", "quantization": "none"}}},
-        "ray": {"dashboard": False}, "federation": {"clients_per_round": 1, "min_clients": 1},
-        "ports": {"grpc": free_port(), "http": free_port(), "dashboard": free_port(), "mlflow_ui": free_port()},
-    })  # fmt: skip
+    return parse_config(
+        {
+            "fleet": {
+                "edge_nodes": [{"id": "edge-1", "num_cpus": 2, "actor_cpus": 1, "model": model}],
+                "cloud": {"num_cpus": 1, "replica_cpus": 0.25, "model": {"source": "tiny", "quantization": "none"}},
+            },
+            "ray": {"dashboard": False},
+            "federation": {"clients_per_round": 1, "min_clients": 1},
+            "ports": {"grpc": free_port(), "http": free_port(), "dashboard": free_port(), "mlflow_ui": free_port()},
+        }
+    )
 
 
 # ---------------------------------------------------------------- in-process side
@@ -94,8 +129,9 @@ def in_process(quantization: str) -> tuple[list[float], dict[int, float]]:
             runs = []
             for _ in range(REPEATS):
                 t = time.perf_counter()
-                made = await asyncio.gather(*(_engine_request(engine, PROMPTS[i], THROUGHPUT_TOKENS, f"t{i}")
-                                              for i in range(b)))  # fmt: skip
+                made = await asyncio.gather(
+                    *(_engine_request(engine, PROMPTS[i], THROUGHPUT_TOKENS, f"t{i}") for i in range(b))
+                )
                 runs.append(sum(made) / (time.perf_counter() - t))
             rates[b] = statistics.median(runs)
         return latencies, rates
@@ -133,8 +169,9 @@ def served(cfg: Any, target: str, quantization: str) -> tuple[list[float], dict[
                 runs = []
                 for _ in range(REPEATS):
                     t = time.perf_counter()
-                    done = await asyncio.gather(*(ac.generate(PROMPTS[i], max_new_tokens=THROUGHPUT_TOKENS,
-                                                              route="edge") for i in range(b)))  # fmt: skip
+                    done = await asyncio.gather(
+                        *(ac.generate(PROMPTS[i], max_new_tokens=THROUGHPUT_TOKENS, route="edge") for i in range(b))
+                    )
                     runs.append(sum(d.completion_tokens for d in done) / (time.perf_counter() - t))
                 out[b] = statistics.median(runs)
                 out[f"batches_{b}"] = (ray.get(edge.stats.remote())["batches"] - batches_before) / REPEATS
@@ -222,23 +259,45 @@ def main() -> None:
     base, path_ = local["int8"][0], remote["int8"][0]
     latency = {f"p{q}": compare(base, path_, q) for q in (50, 99)}
     latency["median_of_paired_differences_ms"] = statistics.median(s - b for s, b in zip(path_, base, strict=True))
-    rows = [{"format": "int8" if q == "int8" else "fp32", "batch": b, "in_process_tok_s": local[q][1][b],
-             "served_tok_s": remote[q][1][b], "served_fraction": remote[q][1][b] / local[q][1][b],
-             "served_batches": remote[q][1][f"batches_{b}"]}
-            for q in ("int8", "none") for b in (1, 8)]  # fmt: skip
+    rows = [
+        {
+            "format": "int8" if q == "int8" else "fp32",
+            "batch": b,
+            "in_process_tok_s": local[q][1][b],
+            "served_tok_s": remote[q][1][b],
+            "served_fraction": remote[q][1][b] / local[q][1][b],
+            "served_batches": remote[q][1][f"batches_{b}"],
+        }
+        for q in ("int8", "none")
+        for b in (1, 8)
+    ]
 
-    print_table(f"path overhead: {PATH_REQUESTS} one-token requests, tiny model, ms",
-                ["percentile", "in-process", "served", "added"],
-                [[k, v["in_process_ms"], v["served_ms"], v["added_ms"]] for k, v in path.items()])  # fmt: skip
-    print_table(f"SmolLM2 end to end: {len(PROMPTS)} prompts × {LATENCY_TOKENS} new tokens, int8, ms",
-                ["percentile", "in-process", "served", "added"],
-                [[k, v["in_process_ms"], v["served_ms"], v["added_ms"]] for k, v in latency.items()
-                 if isinstance(v, dict)])  # fmt: skip
+    print_table(
+        f"path overhead: {PATH_REQUESTS} one-token requests, tiny model, ms",
+        ["percentile", "in-process", "served", "added"],
+        [[k, v["in_process_ms"], v["served_ms"], v["added_ms"]] for k, v in path.items()],
+    )
+    print_table(
+        f"SmolLM2 end to end: {len(PROMPTS)} prompts × {LATENCY_TOKENS} new tokens, int8, ms",
+        ["percentile", "in-process", "served", "added"],
+        [[k, v["in_process_ms"], v["served_ms"], v["added_ms"]] for k, v in latency.items() if isinstance(v, dict)],
+    )
     print(f"median of paired differences: {latency['median_of_paired_differences_ms']:.2f} ms (target ≤ 5 ms at p50)")
-    print_table(f"decode throughput, {THROUGHPUT_TOKENS} new tokens per request, tok/s",
-                ["format", "batch", "in-process", "served", "served / in-process", "served batches"],
-                [[r["format"], r["batch"], r["in_process_tok_s"], r["served_tok_s"], f"{r['served_fraction']:.0%}",
-                  r["served_batches"]] for r in rows])  # fmt: skip
+    print_table(
+        f"decode throughput, {THROUGHPUT_TOKENS} new tokens per request, tok/s",
+        ["format", "batch", "in-process", "served", "served / in-process", "served batches"],
+        [
+            [
+                r["format"],
+                r["batch"],
+                r["in_process_tok_s"],
+                r["served_tok_s"],
+                f"{r['served_fraction']:.0%}",
+                r["served_batches"],
+            ]
+            for r in rows
+        ],
+    )
     RESULTS.mkdir(parents=True, exist_ok=True)
     png = RESULTS / "overhead_throughput.png"
     plot(rows, png)

@@ -76,8 +76,10 @@ def routing_section(r: dict) -> str:
     loads = sorted({x["load"] for x in rows})
     tables = []
     for arrivals in ("poisson", "bursty"):
-        lines = [f"| {arrivals}, load | feasible | " + " | ".join(policies) + " | sla cloud share | sla rejected |",
-                 "|---" * (len(policies) + 4) + "|"]  # fmt: skip
+        lines = [
+            f"| {arrivals}, load | feasible | " + " | ".join(policies) + " | sla cloud share | sla rejected |",
+            "|---" * (len(policies) + 4) + "|",
+        ]
         for load in loads:
             o, sla = at.get(("oracle", arrivals, load)), at.get(("sla", arrivals, load))
             if not o:
@@ -158,11 +160,17 @@ round reuses them.
 
 
 def main() -> None:
-    parts = [s for s in (_load("models") and models_section(_load("models")),
-                         _load("overhead") and overhead_section(_load("overhead")),
-                         _load("routing") and routing_section(_load("routing")),
-                         _load("dp") and dp_section(_load("dp")),
-                         _load("federation") and federation_section(_load("federation"))) if s]  # fmt: skip
+    parts = [
+        s
+        for s in (
+            _load("models") and models_section(_load("models")),
+            _load("overhead") and overhead_section(_load("overhead")),
+            _load("routing") and routing_section(_load("routing")),
+            _load("dp") and dp_section(_load("dp")),
+            _load("federation") and federation_section(_load("federation")),
+        )
+        if s
+    ]
     text = README.read_text()
     block = "<!-- perf:start -->\n" + "\n".join(parts) + "<!-- perf:end -->"
     text, n = re.subn(r"<!-- perf:start -->.*?<!-- perf:end -->", lambda _m: block, text, flags=re.S)

@@ -66,20 +66,38 @@ REFERENCE = FLEET[2]  # deadlines are set against a middle-speed edge node
 def fleet_config(ports: dict[str, int] | None = None) -> Any:
     from edgefleet.config import parse_config
 
-    edges = [{"id": t.target_id, "num_cpus": 1, "actor_cpus": 0.1, "model": {"source": t.source},
-              "network": {"rtt_ms": t.rtt_ms, "jitter_ms": 0.0},
-              "batching": {"max_batch": t.max_batch}} for t in FLEET if t.tier == "edge"]  # fmt: skip
+    edges = [
+        {
+            "id": t.target_id,
+            "num_cpus": 1,
+            "actor_cpus": 0.1,
+            "model": {"source": t.source},
+            "network": {"rtt_ms": t.rtt_ms, "jitter_ms": 0.0},
+            "batching": {"max_batch": t.max_batch},
+        }
+        for t in FLEET
+        if t.tier == "edge"
+    ]
     cloud = FLEET[-1]
-    return parse_config({
-        "fleet": {"edge_nodes": edges,
-                  "cloud": {"num_cpus": 1, "replica_cpus": 0.1, "model": {"source": cloud.source},
-                            "network": {"rtt_ms": cloud.rtt_ms, "jitter_ms": 0.0},
-                            "batching": {"max_batch": cloud.max_batch}, "max_queued_requests": 256}},
-        "ray": {"head_cpus": 1, "object_store_mb": 100, "dashboard": False},
-        "federation": {"clients_per_round": 1, "min_clients": 1},
-        "ports": ports or {"grpc": free_port(), "http": free_port(), "dashboard": free_port(),
-                           "mlflow_ui": free_port()},
-    })  # fmt: skip
+    return parse_config(
+        {
+            "fleet": {
+                "edge_nodes": edges,
+                "cloud": {
+                    "num_cpus": 1,
+                    "replica_cpus": 0.1,
+                    "model": {"source": cloud.source},
+                    "network": {"rtt_ms": cloud.rtt_ms, "jitter_ms": 0.0},
+                    "batching": {"max_batch": cloud.max_batch},
+                    "max_queued_requests": 256,
+                },
+            },
+            "ray": {"head_cpus": 1, "object_store_mb": 100, "dashboard": False},
+            "federation": {"clients_per_round": 1, "min_clients": 1},
+            "ports": ports
+            or {"grpc": free_port(), "http": free_port(), "dashboard": free_port(), "mlflow_ui": free_port()},
+        }
+    )
 
 
 def policy_config(base: Any, policy: str) -> Any:
@@ -101,14 +119,21 @@ async def _one(client: Any, r: TraceRequest, t0: float) -> dict[str, Any]:
     out: dict[str, Any] = {"index": r.index, "kind": r.kind, "lag_ms": lag_ms}
     try:
         done = None
-        async for chunk in client.stream(r.prompt, max_new_tokens=r.new_tokens, timeout=r.deadline_ms / 1000,
-                                         mode=r.mode):  # fmt: skip
+        async for chunk in client.stream(
+            r.prompt, max_new_tokens=r.new_tokens, timeout=r.deadline_ms / 1000, mode=r.mode
+        ):
             if chunk.final:
                 done = chunk.completion
         ms = (time.perf_counter() - sent) * 1000
-        return out | {"outcome": "met" if ms <= r.deadline_ms else "late", "ms": ms, "tier": done.tier,
-                      "node": done.node_id, "hedged": "hedged to" in done.route_reason,
-                      "predicted_ms": done.predicted_ms, "reason": done.route_reason}  # fmt: skip
+        return out | {
+            "outcome": "met" if ms <= r.deadline_ms else "late",
+            "ms": ms,
+            "tier": done.tier,
+            "node": done.node_id,
+            "hedged": "hedged to" in done.route_reason,
+            "predicted_ms": done.predicted_ms,
+            "reason": done.route_reason,
+        }
     except Overloaded as exc:
         return out | {"outcome": "rejected", "reason": str(exc)}
     except DeadlineExceeded:
@@ -142,8 +167,7 @@ async def warm_up(target: str, app: str) -> list[tuple[str, float, float]]:
                 except EdgefleetClientError:  # e.g. route=cloud under edge_only
                     continue
                 if done.node_id == t.target_id and rep:
-                    seen.append((t.target_id, (time.perf_counter() - start) * 1000,
-                                 finish_times(t, [probe])[0]))  # fmt: skip
+                    seen.append((t.target_id, (time.perf_counter() - start) * 1000, finish_times(t, [probe])[0]))
     await asyncio.sleep(0.3)  # two stats heartbeats
     return seen
 
@@ -157,27 +181,45 @@ def summarise(results: list[dict[str, Any]], n_feasible: int) -> dict[str, Any]:
     completed = by["met"] + by["late"]
     latencies = [r["ms"] for r in completed]
     return {
-        "requests": n, "feasible": n_feasible, "met": len(by["met"]),
+        "requests": n,
+        "feasible": n_feasible,
+        "met": len(by["met"]),
         "attainment": len(by["met"]) / n if n else 0.0,
         "attainment_of_feasible": len(by["met"]) / n_feasible if n_feasible else 0.0,
         "goodput_rps": len(by["met"]) / SECONDS,
-        "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99),
+        "p50_ms": percentile(latencies, 50),
+        "p99_ms": percentile(latencies, 99),
         "cloud_share": sum(r["tier"] == "cloud" for r in completed) / len(completed) if completed else 0.0,
-        "rejected": len(by["rejected"]), "missed": len(by["missed"]), "late": len(by["late"]),
-        "errors": len(by["error"]), "error_examples": sorted({r["error"] for r in by["error"]})[:3],
+        "rejected": len(by["rejected"]),
+        "missed": len(by["missed"]),
+        "late": len(by["late"]),
+        "errors": len(by["error"]),
+        "error_examples": sorted({r["error"] for r in by["error"]})[:3],
         "hedge_rate": sum(r["hedged"] for r in completed) / n if n else 0.0,
         "max_send_lag_ms": max((r["lag_ms"] for r in results), default=0.0),
-    }  # fmt: skip
+    }
 
 
 def oracle_summary(trace: list[TraceRequest], path_ms: float, n_feasible: int) -> dict[str, Any]:
     o = oracle(trace, FLEET, path_ms)
     n = len(trace)
-    return {"requests": n, "feasible": n_feasible, "met": o.met, "attainment": o.met / n if n else 0.0,
-            "attainment_of_feasible": o.met / n_feasible if n_feasible else 0.0, "goodput_rps": o.met / SECONDS,
-            "p50_ms": percentile(o.latencies_ms, 50), "p99_ms": percentile(o.latencies_ms, 99),
-            "cloud_share": o.cloud / o.met if o.met else 0.0, "rejected": n - o.met, "missed": 0, "late": 0,
-            "errors": 0, "hedge_rate": 0.0, "order": o.order}  # fmt: skip
+    return {
+        "requests": n,
+        "feasible": n_feasible,
+        "met": o.met,
+        "attainment": o.met / n if n else 0.0,
+        "attainment_of_feasible": o.met / n_feasible if n_feasible else 0.0,
+        "goodput_rps": o.met / SECONDS,
+        "p50_ms": percentile(o.latencies_ms, 50),
+        "p99_ms": percentile(o.latencies_ms, 99),
+        "cloud_share": o.cloud / o.met if o.met else 0.0,
+        "rejected": n - o.met,
+        "missed": 0,
+        "late": 0,
+        "errors": 0,
+        "hedge_rate": 0.0,
+        "order": o.order,
+    }
 
 
 def plot(rows: list[dict[str, Any]], path: Any) -> None:
@@ -189,12 +231,16 @@ def plot(rows: list[dict[str, Any]], path: Any) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for ax, arrivals in zip(axes, ARRIVALS, strict=True):
         for policy in ("oracle", *POLICIES):
-            pts = sorted((r["load"], r["attainment"]) for r in rows if r["arrivals"] == arrivals
-                         and r["policy"] == policy)  # fmt: skip
+            pts = sorted(
+                (r["load"], r["attainment"]) for r in rows if r["arrivals"] == arrivals and r["policy"] == policy
+            )
             style = {"color": "black", "linestyle": "--"} if policy == "oracle" else {"marker": "o"}
             ax.plot([p[0] for p in pts], [p[1] * 100 for p in pts], label=policy, **style)
-        feas = sorted((r["load"], r["feasible"] / r["requests"]) for r in rows
-                      if r["arrivals"] == arrivals and r["policy"] == "oracle")  # fmt: skip
+        feas = sorted(
+            (r["load"], r["feasible"] / r["requests"])
+            for r in rows
+            if r["arrivals"] == arrivals and r["policy"] == "oracle"
+        )
         ax.plot([p[0] for p in feas], [p[1] * 100 for p in feas], color="grey", linestyle=":", label="feasible")
         ax.set_title(f"{arrivals} arrivals")
         ax.set_xlabel("offered load (× aggregate edge capacity)")
@@ -221,8 +267,11 @@ def main() -> None:
     sample = make_trace("poisson", 50.0, 20.0, REFERENCE, seed=SEED)
     capacity = edge_capacity_per_s(edges, sample)
     print(f"edge capacity for this request mix: {capacity:.2f} requests/s (full batches of {EDGE_MAX_BATCH})")
-    traces = {(a, load): make_trace(a, load * capacity, SECONDS, REFERENCE, seed=SEED + i)
-              for a in ARRIVALS for i, load in enumerate(LOADS)}  # fmt: skip
+    traces = {
+        (a, load): make_trace(a, load * capacity, SECONDS, REFERENCE, seed=SEED + i)
+        for a in ARRIVALS
+        for i, load in enumerate(LOADS)
+    }
 
     base = fleet_config()
     fleet = start_local_fleet(base)
@@ -253,17 +302,25 @@ def main() -> None:
 
     path_ms = statistics.median(path_samples) if path_samples else 0.0
     if os.environ.get("BENCH_ROUTING_RAW"):  # every request's outcome, for a closer look
-        Path(os.environ["BENCH_ROUTING_RAW"]).write_text(json.dumps(
-            {"path_ms": path_ms, "rows": rows, "traces": {f"{a}:{lo}": [r.__dict__ for r in t]
-                                                          for (a, lo), t in traces.items()}}))  # fmt: skip
+        Path(os.environ["BENCH_ROUTING_RAW"]).write_text(
+            json.dumps(
+                {
+                    "path_ms": path_ms,
+                    "rows": rows,
+                    "traces": {f"{a}:{lo}": [r.__dict__ for r in t] for (a, lo), t in traces.items()},
+                }
+            )
+        )
     feasible_count = {key: sum(feasible(r, FLEET, path_ms) for r in trace) for key, trace in traces.items()}
     summaries = []
     for row in rows:
         n_feasible = feasible_count[row["arrivals"], row["load"]]
         summaries.append({k: v for k, v in row.items() if k != "_results"} | summarise(row["_results"], n_feasible))
     for (arrivals, load), trace in traces.items():
-        summaries.append({"policy": "oracle", "arrivals": arrivals, "load": load}
-                         | oracle_summary(trace, path_ms, feasible_count[arrivals, load]))  # fmt: skip
+        summaries.append(
+            {"policy": "oracle", "arrivals": arrivals, "load": load}
+            | oracle_summary(trace, path_ms, feasible_count[arrivals, load])
+        )
     report(summaries, capacity, path_ms)
 
 
@@ -271,8 +328,11 @@ def headline(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     """The issue's three targets, as measured (None where this run did not cover them)."""
     at = {(s["policy"], s["arrivals"], s["load"]): s for s in summaries}
     sla_1, oracle_1 = at.get(("sla", "bursty", 1.0)), at.get(("oracle", "bursty", 1.0))
-    ratios = {a: at[("sla", a, 1.2)]["goodput_rps"] / max(at[("p2c", a, 1.2)]["goodput_rps"], 1e-9)
-              for a in ARRIVALS if ("sla", a, 1.2) in at and ("p2c", a, 1.2) in at}  # fmt: skip
+    ratios = {
+        a: at[("sla", a, 1.2)]["goodput_rps"] / max(at[("p2c", a, 1.2)]["goodput_rps"], 1e-9)
+        for a in ARRIVALS
+        if ("sla", a, 1.2) in at and ("p2c", a, 1.2) in at
+    }
     return {
         "sla_attainment_of_feasible_bursty_1.0": sla_1 and sla_1["attainment_of_feasible"],
         "sla_vs_oracle_bursty_1.0": sla_1 and oracle_1 and sla_1["met"] / max(oracle_1["met"], 1),
@@ -284,20 +344,60 @@ def headline(summaries: list[dict[str, Any]]) -> dict[str, Any]:
 def report(summaries: list[dict[str, Any]], capacity: float, path_ms: float) -> None:
     order = {p: i for i, p in enumerate(("oracle", *POLICIES))}
     summaries.sort(key=lambda s: (s["arrivals"], s["load"], order[s["policy"]]))
-    header = ["arrivals", "load", "policy", "reqs", "feasible", "SLA met %", "of feasible %", "goodput/s",
-              "p50 ms", "p99 ms", "cloud %", "rejected", "hedge %", "errors"]  # fmt: skip
-    table = [[s["arrivals"], s["load"], s["policy"], s["requests"], s["feasible"], s["attainment"] * 100,
-              s["attainment_of_feasible"] * 100, s["goodput_rps"], s["p50_ms"], s["p99_ms"], s["cloud_share"] * 100,
-              s["rejected"], s["hedge_rate"] * 100, s["errors"]] for s in summaries]  # fmt: skip
+    header = [
+        "arrivals",
+        "load",
+        "policy",
+        "reqs",
+        "feasible",
+        "SLA met %",
+        "of feasible %",
+        "goodput/s",
+        "p50 ms",
+        "p99 ms",
+        "cloud %",
+        "rejected",
+        "hedge %",
+        "errors",
+    ]
+    table = [
+        [
+            s["arrivals"],
+            s["load"],
+            s["policy"],
+            s["requests"],
+            s["feasible"],
+            s["attainment"] * 100,
+            s["attainment_of_feasible"] * 100,
+            s["goodput_rps"],
+            s["p50_ms"],
+            s["p99_ms"],
+            s["cloud_share"] * 100,
+            s["rejected"],
+            s["hedge_rate"] * 100,
+            s["errors"],
+        ]
+        for s in summaries
+    ]
     print_table(f"Routing, open loop, {SECONDS:.0f} s per trace, edge capacity {capacity:.2f} req/s", header, table)
     head = headline(summaries)
     print(head)
     png = RESULTS / "routing_attainment.png"
     RESULTS.mkdir(parents=True, exist_ok=True)
     plot(summaries, png)
-    write_result("routing", {"seconds_per_trace": SECONDS, "seed": SEED, "edge_capacity_rps": capacity,
-                             "path_ms": path_ms, "fleet": [t.__dict__ for t in FLEET], "headline": head,
-                             "rows": summaries, "plot": png.name})  # fmt: skip
+    write_result(
+        "routing",
+        {
+            "seconds_per_trace": SECONDS,
+            "seed": SEED,
+            "edge_capacity_rps": capacity,
+            "path_ms": path_ms,
+            "fleet": [t.__dict__ for t in FLEET],
+            "headline": head,
+            "rows": summaries,
+            "plot": png.name,
+        },
+    )
 
 
 if __name__ == "__main__":

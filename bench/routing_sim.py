@@ -85,8 +85,9 @@ def _request_shape(rng: random.Random, reference: TargetModel, index: int, at_s:
     return TraceRequest(index, at_s, prompt, tokens, float(deadline), kind)  # type: ignore[arg-type]
 
 
-def make_trace(arrivals: Arrivals, rate_per_s: float, duration_s: float, reference: TargetModel,
-               seed: int = 0) -> list[TraceRequest]:  # fmt: skip
+def make_trace(
+    arrivals: Arrivals, rate_per_s: float, duration_s: float, reference: TargetModel, seed: int = 0
+) -> list[TraceRequest]:
     """Open-loop requests over ``duration_s`` at ``rate_per_s``; the same seed, the same trace.
 
     Deadlines scale with each request's own size on ``reference`` (a typical edge node), so a tight
@@ -122,8 +123,11 @@ def edge_capacity_per_s(edges: Sequence[TargetModel], sample: Sequence[TraceRequ
         for _ in range(400):
             rows = rng.sample(list(sample), k=min(t.max_batch, len(sample)))
             longest = max(r.new_tokens for r in rows)
-            batch_ms.append(QUIET_GAP_MS + t.prefill_ms_per_token * max(r.prompt_tokens for r in rows) * len(rows)
-                            + (longest + 1) * t.step_ms(len(rows)))  # fmt: skip
+            batch_ms.append(
+                QUIET_GAP_MS
+                + t.prefill_ms_per_token * max(r.prompt_tokens for r in rows) * len(rows)
+                + (longest + 1) * t.step_ms(len(rows))
+            )
         total += len(rows) / (sum(batch_ms) / len(batch_ms) / 1000)
     return total
 
@@ -138,8 +142,9 @@ def finish_times(target: TargetModel, requests: Iterable[TraceRequest], path_ms:
     """
     requests = list(requests)
     timing = Timing(target.prefill_ms_per_token, target.step_ms, target.max_batch)
-    done = schedule([(r.at_s * 1000 + target.rtt_ms + path_ms, r.prompt_tokens, r.new_tokens) for r in requests],
-                    timing)  # fmt: skip
+    done = schedule(
+        [(r.at_s * 1000 + target.rtt_ms + path_ms, r.prompt_tokens, r.new_tokens) for r in requests], timing
+    )
     return {r.index: end - r.at_s * 1000 for r, end in zip(requests, done, strict=True)}
 
 
@@ -156,8 +161,9 @@ class OracleResult:
     latencies_ms: tuple[float, ...]  # of the met requests
 
 
-def _greedy(trace: Sequence[TraceRequest], targets: Sequence[TargetModel], path_ms: float,
-            cloud_first: bool) -> OracleResult:  # fmt: skip
+def _greedy(
+    trace: Sequence[TraceRequest], targets: Sequence[TargetModel], path_ms: float, cloud_first: bool
+) -> OracleResult:
     assigned: dict[str, list[TraceRequest]] = {t.target_id: [] for t in targets}
     placed: dict[int, tuple[str, float]] = {}
     for r in sorted(trace, key=lambda r: r.at_s):
@@ -175,8 +181,12 @@ def _greedy(trace: Sequence[TraceRequest], targets: Sequence[TargetModel], path_
             assigned[best[1].target_id].append(r)
             placed[r.index] = (best[1].tier, best[2])
     tiers = [tier for tier, _ in placed.values()]
-    return OracleResult(len(placed), tiers.count("cloud"), "cloud first" if cloud_first else "cheapest first",
-                        tuple(ms for _, ms in placed.values()))  # fmt: skip
+    return OracleResult(
+        len(placed),
+        tiers.count("cloud"),
+        "cloud first" if cloud_first else "cheapest first",
+        tuple(ms for _, ms in placed.values()),
+    )
 
 
 def oracle(trace: Sequence[TraceRequest], targets: Sequence[TargetModel], path_ms: float = 0.0) -> OracleResult:

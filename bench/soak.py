@@ -28,14 +28,25 @@ def soak_config() -> Any:
     from edgefleet.config import parse_config
 
     tiny = {"source": "tiny", "quantization": "none"}
-    return parse_config({
-        "fleet": {"edge_nodes": [{"id": f"edge-{i}", "num_cpus": 1, "actor_cpus": 0.25, "model": tiny}
-                                 for i in (1, 2, 3)],
-                  "cloud": {"num_cpus": 1, "replica_cpus": 0.25, "model": tiny}},
-        "ray": {"head_cpus": 1, "object_store_mb": 100, "dashboard": True},
-        "ports": {"grpc": free_port(), "http": free_port(), "dashboard": free_port(), "mlflow_ui": free_port(),
-                  "metrics": free_port()},
-    }, source="soak")  # fmt: skip
+    return parse_config(
+        {
+            "fleet": {
+                "edge_nodes": [
+                    {"id": f"edge-{i}", "num_cpus": 1, "actor_cpus": 0.25, "model": tiny} for i in (1, 2, 3)
+                ],
+                "cloud": {"num_cpus": 1, "replica_cpus": 0.25, "model": tiny},
+            },
+            "ray": {"head_cpus": 1, "object_store_mb": 100, "dashboard": True},
+            "ports": {
+                "grpc": free_port(),
+                "http": free_port(),
+                "dashboard": free_port(),
+                "mlflow_ui": free_port(),
+                "metrics": free_port(),
+            },
+        },
+        source="soak",
+    )
 
 
 def sample(started: float, dashboard: str) -> dict[str, float]:
@@ -55,10 +66,17 @@ def sample(started: float, dashboard: str) -> dict[str, float]:
         rss += mb * 2**20
         by_process[name] = by_process.get(name, 0.0) + mb
     # The address explicitly: without it Ray picks "the latest cluster on this machine", maybe another one.
-    actors = len(list_actors(address=dashboard, filters=[("state", "=", "ALIVE")], limit=10_000,
-                             raise_on_missing_output=False))  # fmt: skip
-    return {"t_s": time.monotonic() - started, "rss_mb": rss / 2**20, "threads": threads, "processes": len(procs),
-            "actors": actors, "rss_mb_by_process": by_process}  # fmt: skip
+    actors = len(
+        list_actors(address=dashboard, filters=[("state", "=", "ALIVE")], limit=10_000, raise_on_missing_output=False)
+    )
+    return {
+        "t_s": time.monotonic() - started,
+        "rss_mb": rss / 2**20,
+        "threads": threads,
+        "processes": len(procs),
+        "actors": actors,
+        "rss_mb_by_process": by_process,
+    }
 
 
 def _role(cmdline: list[str], name: str) -> str:
@@ -89,8 +107,9 @@ async def load(target: str, stop: threading.Event, counts: dict[str, int], concu
         while not stop.is_set():
             i += 1
             try:
-                async for _ in client.stream(f"worker {w} request {i}", max_new_tokens=16, site=f"edge-{i % 3 + 1}",
-                                             timeout=20):  # fmt: skip
+                async for _ in client.stream(
+                    f"worker {w} request {i}", max_new_tokens=16, site=f"edge-{i % 3 + 1}", timeout=20
+                ):
                     pass
                 counts["ok"] += 1
             except EdgefleetClientError as e:
@@ -106,10 +125,13 @@ def growth(samples: list[dict], warmup_s: float) -> dict[str, float]:
     after = [s for s in samples if s["t_s"] >= warmup_s]
     base, last = after[:3], after[-3:]
     mean = lambda rows, k: sum(r[k] for r in rows) / len(rows)  # noqa: E731
-    return {"rss_growth": mean(last, "rss_mb") / mean(base, "rss_mb") - 1,
-            "threads_delta": mean(last, "threads") - mean(base, "threads"),
-            "actors_delta": mean(last, "actors") - mean(base, "actors"),
-            "rss_mb_after_warmup": mean(base, "rss_mb"), "rss_mb_end": mean(last, "rss_mb")}  # fmt: skip
+    return {
+        "rss_growth": mean(last, "rss_mb") / mean(base, "rss_mb") - 1,
+        "threads_delta": mean(last, "threads") - mean(base, "threads"),
+        "actors_delta": mean(last, "actors") - mean(base, "actors"),
+        "rss_mb_after_warmup": mean(base, "rss_mb"),
+        "rss_mb_end": mean(last, "rss_mb"),
+    }
 
 
 def plot(samples: list[dict], warmup_s: float, path) -> None:
@@ -165,20 +187,46 @@ def main() -> int:
         loader.join(timeout=60)
     g = growth(samples, warmup_s)
     failed = {k: v for k, v in counts.items() if k != "ok"}
-    verdict = {"rss": g["rss_growth"] <= RSS_GROWTH_LIMIT, "actors": g["actors_delta"] <= 0.5,
-               "threads": g["threads_delta"] <= 0.05 * samples[-1]["threads"]}  # fmt: skip
-    print_table(f"soak: {args.minutes:g} min, {counts['ok']} answers, {sum(failed.values())} failed {failed or ''}",
-                ["measure", "after warm-up", "end", "growth", "bound", "met"],
-                [["fleet RSS (MB)", g["rss_mb_after_warmup"], g["rss_mb_end"], f"{g['rss_growth']:+.1%}",
-                  f"≤ {RSS_GROWTH_LIMIT:.0%}", verdict["rss"]],
-                 ["live actors", "", samples[-1]["actors"], f"{g['actors_delta']:+.1f}", "0", verdict["actors"]],
-                 ["threads", "", samples[-1]["threads"], f"{g['threads_delta']:+.1f}", "≤ 5%",
-                  verdict["threads"]]])  # fmt: skip
+    verdict = {
+        "rss": g["rss_growth"] <= RSS_GROWTH_LIMIT,
+        "actors": g["actors_delta"] <= 0.5,
+        "threads": g["threads_delta"] <= 0.05 * samples[-1]["threads"],
+    }
+    print_table(
+        f"soak: {args.minutes:g} min, {counts['ok']} answers, {sum(failed.values())} failed {failed or ''}",
+        ["measure", "after warm-up", "end", "growth", "bound", "met"],
+        [
+            [
+                "fleet RSS (MB)",
+                g["rss_mb_after_warmup"],
+                g["rss_mb_end"],
+                f"{g['rss_growth']:+.1%}",
+                f"≤ {RSS_GROWTH_LIMIT:.0%}",
+                verdict["rss"],
+            ],
+            ["live actors", "", samples[-1]["actors"], f"{g['actors_delta']:+.1f}", "0", verdict["actors"]],
+            ["threads", "", samples[-1]["threads"], f"{g['threads_delta']:+.1f}", "≤ 5%", verdict["threads"]],
+        ],
+    )
     grew = growers(samples, warmup_s)
-    print_table("RSS growth by process role (MB)", ["process", "after warm-up", "end", "growth"],
-                [[role, round(a, 1), round(b, 1), f"{b - a:+.1f}"] for role, a, b in grew])
-    write_result("soak", {"minutes": args.minutes, "warmup_s": warmup_s, "answers": counts["ok"], "failed": failed,
-                          "growth": g, "growers": grew, "verdict": verdict, "samples": samples})  # fmt: skip
+    print_table(
+        "RSS growth by process role (MB)",
+        ["process", "after warm-up", "end", "growth"],
+        [[role, round(a, 1), round(b, 1), f"{b - a:+.1f}"] for role, a, b in grew],
+    )
+    write_result(
+        "soak",
+        {
+            "minutes": args.minutes,
+            "warmup_s": warmup_s,
+            "answers": counts["ok"],
+            "failed": failed,
+            "growth": g,
+            "growers": grew,
+            "verdict": verdict,
+            "samples": samples,
+        },
+    )
     plot(samples, warmup_s, RESULTS / "soak.png")
     return 0 if all(verdict.values()) and not failed else 1
 

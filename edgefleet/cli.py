@@ -38,9 +38,15 @@ DEMO_QUESTION = "What is the capital of France?"
 @contextmanager
 def steps(title: str, total: int) -> Iterator:
     """A progress bar over named steps; yields ``on_step(name)`` that advances it."""
-    progress = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
-                        TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
-                        console=console, transient=False)  # fmt: skip
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
     with progress:
         task = progress.add_task(title, total=total)
         seen: list[str] = []
@@ -145,15 +151,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 console.print(chunk.text, end="", highlight=False, markup=False)
                 if chunk.final:
                     done = chunk.completion
-                    console.print(f"\n  [dim]{done.served_by}, TTFT {done.ttft_ms:.0f} ms, "
-                                  f"total {done.total_ms:.0f} ms[/]\n")  # fmt: skip
+                    console.print(
+                        f"\n  [dim]{done.served_by}, TTFT {done.ttft_ms:.0f} ms, total {done.total_ms:.0f} ms[/]\n"
+                    )
             table = Table(title="questions through the SDK (gRPC → Serve → Gateway → node)")
             for col in ("question", "site hint", "answer", "served_by", "TTFT ms", "total ms", "why there"):
                 table.add_column(col, overflow="fold")
             for question, site, route in DEMO_QUESTIONS:
                 done = client.generate(question, max_new_tokens=40, site=site, route=route, timeout=30)
-                table.add_row(question, site or f"route={route}", done.text.strip(), done.served_by,
-                              f"{done.ttft_ms:.0f}", f"{done.total_ms:.0f}", done.route_reason)  # fmt: skip
+                table.add_row(
+                    question,
+                    site or f"route={route}",
+                    done.text.strip(),
+                    done.served_by,
+                    f"{done.ttft_ms:.0f}",
+                    f"{done.total_ms:.0f}",
+                    done.route_reason,
+                )
             console.print(table)
             _rush_hour(client)
         demo_deadlines.run(cfg, token, console)
@@ -172,8 +186,13 @@ def _rush_hour(client) -> None:
 
     def ask(i: int):
         try:
-            return client.generate(f"Write one sentence about the number {i}.", max_new_tokens=32, site="edge-1",
-                                   timeout=2.5, mode="best_effort")  # fmt: skip
+            return client.generate(
+                f"Write one sentence about the number {i}.",
+                max_new_tokens=32,
+                site="edge-1",
+                timeout=2.5,
+                mode="best_effort",
+            )
         except EdgefleetClientError as exc:  # the client stops waiting at its deadline: show it, go on
             return exc
 
@@ -186,8 +205,14 @@ def _rush_hour(client) -> None:
         if isinstance(d, Exception):
             table.add_row(str(i), "-", "-", "-", "[red]missed", f"client gave up: {d}")
             continue
-        table.add_row(str(i), d.served_by, f"{d.predicted_ms:.0f}", f"{d.total_ms:.0f}",
-                      "met" if d.sla_met else "[red]missed", d.route_reason)  # fmt: skip
+        table.add_row(
+            str(i),
+            d.served_by,
+            f"{d.predicted_ms:.0f}",
+            f"{d.total_ms:.0f}",
+            "met" if d.sla_met else "[red]missed",
+            d.route_reason,
+        )
     console.print(table)
 
 
@@ -200,10 +225,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
             roots = Path(args.ca).read_bytes()
         except OSError as exc:
             raise ConfigError(f"--ca {args.ca}: {exc.strerror}") from None
-    with Client(args.target, token=args.token or os.environ.get("EDGEFLEET_TOKEN"), tls=bool(args.tls or roots),
-                root_certificates=roots) as client:  # fmt: skip
-        chunks = client.stream(args.prompt, max_new_tokens=args.max_new_tokens, timeout=args.timeout,
-                               route=args.route, site=args.site, temperature=args.temperature)  # fmt: skip
+    with Client(
+        args.target,
+        token=args.token or os.environ.get("EDGEFLEET_TOKEN"),
+        tls=bool(args.tls or roots),
+        root_certificates=roots,
+    ) as client:
+        chunks = client.stream(
+            args.prompt,
+            max_new_tokens=args.max_new_tokens,
+            timeout=args.timeout,
+            route=args.route,
+            site=args.site,
+            temperature=args.temperature,
+        )
         for chunk in chunks:
             sys.stdout.write(chunk.text)
             sys.stdout.flush()
@@ -211,8 +246,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 d = chunk.completion
                 sys.stdout.write("\n")
                 sla = "met" if d.sla_met else "missed"
-                err_console.print(f"[dim]{d.served_by} · {d.model_name} {d.model_version} · "
-                                  f"TTFT {d.ttft_ms:.0f} ms · total {d.total_ms:.0f} ms · SLA {sla}[/]")  # fmt: skip
+                err_console.print(
+                    f"[dim]{d.served_by} · {d.model_name} {d.model_version} · "
+                    f"TTFT {d.ttft_ms:.0f} ms · total {d.total_ms:.0f} ms · SLA {sla}[/]"
+                )
     return 0
 
 
@@ -223,8 +260,20 @@ def _start_mlflow_ui(cfg: EdgefleetConfig) -> tuple[subprocess.Popen | None, str
     (cfg.cache_dir / "mlflow").mkdir(parents=True, exist_ok=True)
     port = cfg.ports.mlflow_ui
     artifacts = str(cfg.cache_dir / "mlflow" / "artifacts")
-    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-           "--backend-store-uri", uri, "--default-artifact-root", artifacts]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        uri,
+        "--default-artifact-root",
+        artifacts,
+    ]
     log = (cfg.cache_dir / "mlflow" / "server.log").open("ab")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -274,8 +323,9 @@ def cmd_up(args: argparse.Namespace) -> int:
             grpc_note += (", TLS" if cfg.auth.tls_cert else "") + f", requests ≤ {cfg.max_request_bytes} bytes"
         endpoints.add_row("gRPC", served.grpc_address, grpc_note)
         endpoints.add_row("HTTP", served.http_url + "/v1", "OpenAI-compatible: /chat/completions, /completions")
-        endpoints.add_row("Ray dashboard", fleet.dashboard_url or "(disabled in config)",
-                          "Serve app, nodes, actors, jobs")  # fmt: skip
+        endpoints.add_row(
+            "Ray dashboard", fleet.dashboard_url or "(disabled in config)", "Serve app, nodes, actors, jobs"
+        )
         endpoints.add_row(
             "metrics",
             f"http://{_node_ip()}:{cfg.ports.metrics}/metrics"
@@ -287,8 +337,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         endpoints.add_row("Ray address", fleet.address, "ray.init(address=...) / edgefleet status")
         console.print(endpoints)
         state.parent.mkdir(parents=True, exist_ok=True)
-        state.write_text(json.dumps({"address": fleet.address, "pid": os.getpid(),
-                                     "raylet_pids": fleet.raylet_pids()}))  # fmt: skip
+        state.write_text(json.dumps({"address": fleet.address, "pid": os.getpid(), "raylet_pids": fleet.raylet_pids()}))
         console.print(f"try:  edgefleet generate 'What is the capital of France?' --target {served.grpc_address}")
         watcher_stop = cli_models.watch_champion(cfg, console, err_console)
         print("edgefleet is up; Ctrl-C stops it", flush=True)  # plain line: scripts and tests wait on it
@@ -423,7 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
 
     auth = sub.add_parser("auth", help="bearer tokens: the config stores their hashes only").add_subparsers(
-        dest="auth_command", required=True)  # fmt: skip
+        dest="auth_command", required=True
+    )
     auth.add_parser("new", help="make a random token and print it with its hash").set_defaults(func=cmd_auth)
     auth.add_parser("hash", help="read a token on stdin, print the hash for auth.tokens").set_defaults(func=cmd_auth)
     cert = auth.add_parser("cert", help="write a self-signed TLS certificate and key for the gRPC front (testing)")

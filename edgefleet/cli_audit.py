@@ -33,11 +33,18 @@ def add_parser(sub: Any) -> None:
     audit = sub.add_parser("audit", help="privacy audit: canaries, a membership attack, the empirical ε vs the claim")
     audit.add_argument("--out", help="directory for audit.json and roc.png (default: <cache>/audit)")
     audit.add_argument("--repeats", type=int, default=d.repeats, help="independent trainings (default: %(default)s)")
-    audit.add_argument("--canaries", type=int, default=d.canaries,
-                       help="canaries inserted per repeat; as many are held out (default: %(default)s)")  # fmt: skip
-    audit.add_argument("--epsilon", type=float, default=d.epsilon,
-                       help="target ε of the DP settings; the claim is what the accountant then reports "
-                            "(default: %(default)s)")  # fmt: skip
+    audit.add_argument(
+        "--canaries",
+        type=int,
+        default=d.canaries,
+        help="canaries inserted per repeat; as many are held out (default: %(default)s)",
+    )
+    audit.add_argument(
+        "--epsilon",
+        type=float,
+        default=d.epsilon,
+        help="target ε of the DP settings; the claim is what the accountant then reports (default: %(default)s)",
+    )
     audit.add_argument("--seed", type=int, default=d.seed, help="canary and LoRA-init seed (default: %(default)s)")
     audit.set_defaults(func=cmd_audit)
 
@@ -49,17 +56,22 @@ def cmd_audit(args: argparse.Namespace) -> int:
         raise ConfigError("--repeats and --canaries must be >= 1, --epsilon > 0")
     out = Path(args.out) if args.out else load_config(args.config).cache_dir / "audit"
     cfg = AuditConfig(epsilon=args.epsilon, canaries=args.canaries, repeats=args.repeats, seed=args.seed)
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                        TextColumn("{task.completed}/{task.total} steps"), TimeElapsedColumn(),
-                        console=console)  # fmt: skip
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TimeElapsedColumn(),
+        console=console,
+    )
     with progress, warnings.catch_warnings():
         # Known and harmless here: Opacus' note on its non-cryptographic RNG (the audit needs no
         # secure noise) and torch's on backward hooks over a frozen base.
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
         task = progress.add_task("training", total=planned_total(cfg))
-        report = run_audit(cfg, on_progress=lambda n, s: progress.update(
-            task, advance=n, description=f"training: {SETTING_LABELS[s]}"))  # fmt: skip
+        report = run_audit(
+            cfg, on_progress=lambda n, s: progress.update(task, advance=n, description=f"training: {SETTING_LABELS[s]}")
+        )
     console.print(results_table(report))
     out.mkdir(parents=True, exist_ok=True)
     (out / "audit.json").write_text(json.dumps(to_json(report), indent=2, allow_nan=False) + "\n")
@@ -77,8 +89,10 @@ def results_table(report: Any) -> Table:
     r0 = report.results[0]
     ceiling = max_provable_epsilon(r0.members, r0.non_members, r0.delta)
     cfg = report.config
-    table = Table(title=f"privacy audit: {cfg.canaries} canaries in / {cfg.canaries} out × {cfg.repeats} repeats, "
-                        f"δ = {cfg.delta:g} (no attack of this size can prove ε > {ceiling:.2f})")  # fmt: skip
+    table = Table(
+        title=f"privacy audit: {cfg.canaries} canaries in / {cfg.canaries} out × {cfg.repeats} repeats, "
+        f"δ = {cfg.delta:g} (no attack of this size can prove ε > {ceiling:.2f})"
+    )
     for col in ("setting", "ε claimed", "attack AUC", "ε lower bound (95 %)", "bound check", "result"):
         table.add_column(col)
     private = [r for r in report.results if r.private]
@@ -90,9 +104,14 @@ def results_table(report: Any) -> Table:
             ok = bool(private) and leaks_clearly(r, private, auc_margin=cfg.auc_margin)
             claim = max((x.epsilon_claimed for x in private), default=math.nan)
             check = f"must leak: {r.epsilon_lower:.2f} {'>' if r.epsilon_lower > claim else '≤'} {claim:.2f}"
-        table.add_row(SETTING_LABELS[r.name], f"{r.epsilon_claimed:.2f}" if r.private else "∞ (no DP)",
-                      f"{r.auc:.3f}", f"{r.epsilon_lower:.2f}", check,
-                      "[green]pass" if ok else "[red]FAIL")  # fmt: skip
+        table.add_row(
+            SETTING_LABELS[r.name],
+            f"{r.epsilon_claimed:.2f}" if r.private else "∞ (no DP)",
+            f"{r.auc:.3f}",
+            f"{r.epsilon_lower:.2f}",
+            check,
+            "[green]pass" if ok else "[red]FAIL",
+        )
     return table
 
 
@@ -109,15 +128,26 @@ def to_json(report: Any) -> dict[str, Any]:
         return x
 
     r0 = report.results[0]
-    return finite({
-        "passed": report.passed, "reasons": list(report.verdict.reasons), "seconds": report.seconds,
-        "config": asdict(report.config), "faults": report.faults,
-        "max_provable_epsilon": max_provable_epsilon(r0.members, r0.non_members, r0.delta),
-        "settings": [{**asdict(r), "epsilon_lower": r.epsilon_lower, "within_bound": r.within_bound,
-                      "details": report.details[r.name],
-                      "scores": {"members": report.scores[r.name][0], "non_members": report.scores[r.name][1]}}
-                     for r in report.results],
-    })  # fmt: skip
+    return finite(
+        {
+            "passed": report.passed,
+            "reasons": list(report.verdict.reasons),
+            "seconds": report.seconds,
+            "config": asdict(report.config),
+            "faults": report.faults,
+            "max_provable_epsilon": max_provable_epsilon(r0.members, r0.non_members, r0.delta),
+            "settings": [
+                {
+                    **asdict(r),
+                    "epsilon_lower": r.epsilon_lower,
+                    "within_bound": r.within_bound,
+                    "details": report.details[r.name],
+                    "scores": {"members": report.scores[r.name][0], "non_members": report.scores[r.name][1]},
+                }
+                for r in report.results
+            ],
+        }
+    )
 
 
 def plot_roc(report: Any, path: Path) -> None:
@@ -135,8 +165,12 @@ def plot_roc(report: Any, path: Path) -> None:
     for ax, log in zip(axes, (False, True), strict=True):
         for r in report.results:
             fpr, tpr = roc_curve(*report.scores[r.name])
-            ax.plot(fpr, tpr, drawstyle="steps-post", label=f"{SETTING_LABELS[r.name]}: AUC {r.auc:.3f}, "
-                                                            f"ε ≥ {r.epsilon_lower:.2f}")  # fmt: skip
+            ax.plot(
+                fpr,
+                tpr,
+                drawstyle="steps-post",
+                label=f"{SETTING_LABELS[r.name]}: AUC {r.auc:.3f}, ε ≥ {r.epsilon_lower:.2f}",
+            )
         grid = [10 ** (-3 + 3 * i / 200) for i in range(201)] if log else [i / 200 for i in range(201)]
         ax.plot(grid, grid, color="grey", lw=0.8, ls=":", label="chance")
         if claims:
@@ -156,8 +190,10 @@ def plot_roc(report: Any, path: Path) -> None:
             ax.set_title("linear")
     axes[0].legend(loc="lower right", fontsize=8)
     cfg = report.config
-    fig.suptitle(f"membership attack on canaries ({cfg.canaries} in / {cfg.canaries} out × {cfg.repeats} repeats): "
-                 f"audit {'passed' if report.passed else 'FAILED'}")  # fmt: skip
+    fig.suptitle(
+        f"membership attack on canaries ({cfg.canaries} in / {cfg.canaries} out × {cfg.repeats} repeats): "
+        f"audit {'passed' if report.passed else 'FAILED'}"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

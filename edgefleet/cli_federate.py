@@ -63,8 +63,14 @@ def prepare(cfg: EdgefleetConfig, fetch_model: Any) -> None:
         fetch_model(cfg, source)
 
 
-def run_rounds(cfg: EdgefleetConfig, run_dir: Path, rounds: int, *, crash_after: tuple[int, str] | None = None,
-               out: Console = console) -> list[Any]:  # fmt: skip
+def run_rounds(
+    cfg: EdgefleetConfig,
+    run_dir: Path,
+    rounds: int,
+    *,
+    crash_after: tuple[int, str] | None = None,
+    out: Console = console,
+) -> list[Any]:
     """Run (or resume) ``rounds`` rounds in ``run_dir``, printing a row as each one commits."""
     from edgefleet.federation.coordinator import Coordinator
 
@@ -72,10 +78,12 @@ def run_rounds(cfg: EdgefleetConfig, run_dir: Path, rounds: int, *, crash_after:
     dp = f"DP-SGD ε={priv.target_epsilon:g}/round" if priv.target_epsilon else f"DP-SGD σ={priv.noise_multiplier:g}"
     if fed.user_dp:
         dp += f" + user-level DP (C={fed.user_dp.clip_norm:g}, σ={fed.user_dp.noise_multiplier:g})"
-    out.print(f"federated run {run_dir.name}: {fed.strategy}, {fed.clients_per_round} of "
-              f"{len(cfg.fleet.edge_nodes)} clients per round, {dp}, δ={priv.delta:g}, "
-              f"secure aggregation {'on' if fed.secure_aggregation else 'off'}, budget ε={priv.client_budget_epsilon:g}"
-              f" per client\n  state: {run_dir}")  # fmt: skip
+    out.print(
+        f"federated run {run_dir.name}: {fed.strategy}, {fed.clients_per_round} of "
+        f"{len(cfg.fleet.edge_nodes)} clients per round, {dp}, δ={priv.delta:g}, "
+        f"secure aggregation {'on' if fed.secure_aggregation else 'off'}, budget ε={priv.client_budget_epsilon:g}"
+        f" per client\n  state: {run_dir}"
+    )
     status = out.status("starting")
     publish = registry_hook(cfg, run_dir.name, lambda: coordinator)
 
@@ -88,8 +96,10 @@ def run_rounds(cfg: EdgefleetConfig, run_dir: Path, rounds: int, *, crash_after:
     coordinator = Coordinator(cfg, run_dir, crash_after=crash_after, on_step=status.update, on_round=on_round)
     done = len(coordinator.completed)
     if done:
-        out.print(f"resuming after round {done}" + (f" (round {done + 1} was in progress)"
-                                                     if coordinator.state["current"] else ""))  # fmt: skip
+        out.print(
+            f"resuming after round {done}"
+            + (f" (round {done + 1} was in progress)" if coordinator.state["current"] else "")
+        )
     with status:
         results = coordinator.run(rounds)
     out.print(rounds_table(results, coordinator.state["initial_loss"], cfg))
@@ -106,22 +116,43 @@ def registry_hook(cfg: EdgefleetConfig, run: str, coordinator: Any) -> Any:
     registry = ModelRegistry.from_config(cfg)
     fed, priv = cfg.federation, cfg.privacy
     base_model = cfg.fleet.edge_nodes[0].model.model_dump(mode="json", include={"source"})
-    params = {"strategy": fed.strategy, "clients_per_round": fed.clients_per_round, "nodes": len(cfg.fleet.edge_nodes),
-              "secure_aggregation": fed.secure_aggregation, "target_epsilon_per_round": priv.target_epsilon,
-              "noise_multiplier": priv.noise_multiplier, "delta": priv.delta, "max_grad_norm": priv.max_grad_norm,
-              "client_budget_epsilon": priv.client_budget_epsilon, "accountant": priv.accountant,
-              "user_dp": fed.user_dp.model_dump() if fed.user_dp else None, "local_steps": fed.local_steps,
-              "batch_size": fed.batch_size, "lr": fed.lr, "base_model": base_model["source"]}  # fmt: skip
+    params = {
+        "strategy": fed.strategy,
+        "clients_per_round": fed.clients_per_round,
+        "nodes": len(cfg.fleet.edge_nodes),
+        "secure_aggregation": fed.secure_aggregation,
+        "target_epsilon_per_round": priv.target_epsilon,
+        "noise_multiplier": priv.noise_multiplier,
+        "delta": priv.delta,
+        "max_grad_norm": priv.max_grad_norm,
+        "client_budget_epsilon": priv.client_budget_epsilon,
+        "accountant": priv.accountant,
+        "user_dp": fed.user_dp.model_dump() if fed.user_dp else None,
+        "local_steps": fed.local_steps,
+        "batch_size": fed.batch_size,
+        "lr": fed.lr,
+        "base_model": base_model["source"],
+    }
 
     def publish(result: Any, adapter_path: Path) -> str | None:
         from safetensors.torch import load_file
 
         coord = coordinator()
-        record = RoundRecord(run=run, round=result.round, strategy=fed.strategy, clients=list(result.finished),
-                             train_loss=result.train_loss, held_out_loss=result.held_out_loss,
-                             perplexity=result.perplexity, epsilon=dict(result.epsilon), delta=priv.delta,
-                             budget_epsilon=priv.client_budget_epsilon, user_epsilon=result.user_epsilon,
-                             base_model=base_model, params=params)  # fmt: skip
+        record = RoundRecord(
+            run=run,
+            round=result.round,
+            strategy=fed.strategy,
+            clients=list(result.finished),
+            train_loss=result.train_loss,
+            held_out_loss=result.held_out_loss,
+            perplexity=result.perplexity,
+            epsilon=dict(result.epsilon),
+            delta=priv.delta,
+            budget_epsilon=priv.client_budget_epsilon,
+            user_epsilon=result.user_epsilon,
+            base_model=base_model,
+            params=params,
+        )
         with tempfile.TemporaryDirectory() as tmp:
             peft_dir = export_adapter(coord.evaluator.base, load_file(str(adapter_path)), coord.hp, Path(tmp) / "peft")
             version = registry.publish(record, peft_dir)
@@ -136,8 +167,10 @@ def registry_hook(cfg: EdgefleetConfig, run: str, coordinator: Any) -> Any:
 
 def _round_line(r: Any) -> str:
     late = f", stragglers: {', '.join(f'{c} ({why})' for c, why in r.stragglers.items())}" if r.stragglers else ""
-    return (f"round {r.round}: {len(r.finished)}/{len(r.sampled)} clients, train loss {r.train_loss:.3f}, "
-            f"held-out perplexity {r.perplexity:.2f}, {r.wall_s:.1f} s{late}")  # fmt: skip
+    return (
+        f"round {r.round}: {len(r.finished)}/{len(r.sampled)} clients, train loss {r.train_loss:.3f}, "
+        f"held-out perplexity {r.perplexity:.2f}, {r.wall_s:.1f} s{late}"
+    )
 
 
 def rounds_table(results: list[Any], initial_loss: float, cfg: EdgefleetConfig) -> Table:
@@ -145,15 +178,15 @@ def rounds_table(results: list[Any], initial_loss: float, cfg: EdgefleetConfig) 
 
     nodes = [n.id for n in cfg.fleet.edge_nodes]
     table = Table(title=f"federated rounds (held-out perplexity before round 1: {math.exp(initial_loss):.2f})")
-    for col in ("round", "clients", "train loss", "held-out ppl", *(f"ε {n}" for n in nodes), "user-level ε",
-                "wall s"):  # fmt: skip
+    for col in ("round", "clients", "train loss", "held-out ppl", *(f"ε {n}" for n in nodes), "user-level ε", "wall s"):
         table.add_column(col, justify="right")
     for r in results:
         clients = ", ".join(r.finished) + (f" [yellow](dropped {', '.join(r.stragglers)})" if r.stragglers else "")
         eps = [f"{r.epsilon[n]:.2f}" + ("" if n in r.finished else " [dim](sat out)") for n in nodes]
         user = f"{r.user_epsilon:.2f}" if r.user_epsilon is not None else "-"
-        table.add_row(str(r.round), clients, f"{r.train_loss:.3f}", f"{r.perplexity:.2f}", *eps, user,
-                      f"{r.wall_s:.1f}")  # fmt: skip
+        table.add_row(
+            str(r.round), clients, f"{r.train_loss:.3f}", f"{r.perplexity:.2f}", *eps, user, f"{r.wall_s:.1f}"
+        )
     return table
 
 

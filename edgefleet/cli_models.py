@@ -55,17 +55,21 @@ def _guard(call: Any) -> Any:
 
 def versions_table(versions: list[dict[str, Any]], name: str) -> Table:
     table = Table(title=f"{name} in the MLflow registry")
-    for col in ("version", "aliases", "run / round", "held-out loss", "ε max", "clients (data lineage)", "gate",
-                "why"):  # fmt: skip
+    for col in ("version", "aliases", "run / round", "held-out loss", "ε max", "clients (data lineage)", "gate", "why"):
         table.add_column(col, overflow="fold")
     for v in versions:
         t = v["tags"]
         gate = t.get("edgefleet.gate", "-") + (" [red](rolled back)" if "edgefleet.rolled_back" in t else "")
-        table.add_row(v["version"], ", ".join(v["aliases"]) or "-",
-                      f"{t.get('edgefleet.run', '-')} / {t.get('edgefleet.round', '-')}",
-                      t.get("edgefleet.held_out_loss", "-")[:6], t.get("edgefleet.epsilon_max", "-"),
-                      t.get("edgefleet.data_lineage", "-"), gate,
-                      t.get("edgefleet.rolled_back") or t.get("edgefleet.gate_reason", "-"))  # fmt: skip
+        table.add_row(
+            v["version"],
+            ", ".join(v["aliases"]) or "-",
+            f"{t.get('edgefleet.run', '-')} / {t.get('edgefleet.round', '-')}",
+            t.get("edgefleet.held_out_loss", "-")[:6],
+            t.get("edgefleet.epsilon_max", "-"),
+            t.get("edgefleet.data_lineage", "-"),
+            gate,
+            t.get("edgefleet.rolled_back") or t.get("edgefleet.gate_reason", "-"),
+        )
     return table
 
 
@@ -115,20 +119,27 @@ def watch_champion(cfg: EdgefleetConfig, out: Console, err: Console) -> Any:
     from edgefleet.serve.rollout import ChampionWatcher, RolloutController
     from edgefleet.train.data import demo_topics
 
-    ctl = RolloutController(cfg, ModelRegistry.from_config(cfg), canaries=cfg.mlflow.canary_nodes or None,
-                            window_s=cfg.mlflow.rollout_window_s,
-                            probe_texts=list(demo_topics().values())[:4])  # fmt: skip
+    ctl = RolloutController(
+        cfg,
+        ModelRegistry.from_config(cfg),
+        canaries=cfg.mlflow.canary_nodes or None,
+        window_s=cfg.mlflow.rollout_window_s,
+        probe_texts=list(demo_topics().values())[:4],
+    )
 
     def report(r: Any) -> None:
         if isinstance(r, Exception):
             err.print(f"[yellow]rollout watcher: {r}")
         else:
-            out.print(f"rollout of v{r.version}: {'promoted' if r.verdict.promote else 'rolled back'} "
-                      f"({r.verdict.reason})")  # fmt: skip
+            out.print(
+                f"rollout of v{r.version}: {'promoted' if r.verdict.promote else 'rolled back'} ({r.verdict.reason})"
+            )
 
     stop = threading.Event()
     watcher = ChampionWatcher(ctl, on_report=report)
     threading.Thread(target=watcher.run, args=(stop,), name="champion-watcher", daemon=True).start()
-    out.print(f"watching {cfg.mlflow.model_name}@champion: a new champion goes to {', '.join(ctl.canaries)} first, "
-              "then everywhere (or is rolled back)")  # fmt: skip
+    out.print(
+        f"watching {cfg.mlflow.model_name}@champion: a new champion goes to {', '.join(ctl.canaries)} first, "
+        "then everywhere (or is rolled back)"
+    )
     return stop

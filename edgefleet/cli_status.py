@@ -28,8 +28,14 @@ GATEWAY_TIMEOUT_S = 5.0
 REGISTRY_EVERY_S = 15.0
 
 
-def build_status(nodes: list[Any], gateway: dict[str, Any] | None, samples: dict[str, list],
-                 registry: dict[str, Any], *, gateway_error: str = "") -> dict[str, Any]:  # fmt: skip
+def build_status(
+    nodes: list[Any],
+    gateway: dict[str, Any] | None,
+    samples: dict[str, list],
+    registry: dict[str, Any],
+    *,
+    gateway_error: str = "",
+) -> dict[str, Any]:
     """The status document (pure): ``nodes`` from topology.describe_nodes, ``gateway`` from
     ``Gateway.fleet_status`` (None if it did not answer), ``samples`` from :func:`metrics.scrape`,
     ``registry`` from :func:`registry_view`."""
@@ -41,15 +47,34 @@ def build_status(nodes: list[Any], gateway: dict[str, Any] | None, samples: dict
         g = (gateway or {}).get(n.node_id)
         row = {"node": n.node_id, "role": n.role, "labels": n.labels, "alive": n.alive, "health": _health(n, g)}
         if g is not None:
-            row |= {k: g[k] for k in ("queue_depth", "in_flight", "tokens_per_s", "model", "model_version",
-                                      "requests", "sla_met", "sla_judged", "sla_attainment")}  # fmt: skip
+            row |= {
+                k: g[k]
+                for k in (
+                    "queue_depth",
+                    "in_flight",
+                    "tokens_per_s",
+                    "model",
+                    "model_version",
+                    "requests",
+                    "sla_met",
+                    "sla_judged",
+                    "sla_attainment",
+                )
+            }
         rows.append(row)
     run = registry.get("run") or {}
     budget = run.get("budget")
-    return {"time": time.time(), "nodes": rows, "gateway": "ok" if gateway is not None else gateway_error,
-            "registry": registry.get("error", "ok"), "run": run.get("run"), "round": run.get("round"),
-            "epsilon": {c: {"spent": e, "budget": budget} for c, e in run.get("epsilon", {}).items()},
-            "champion_version": registry.get("champion"), "rollout_state": _rollout_state(samples)}  # fmt: skip
+    return {
+        "time": time.time(),
+        "nodes": rows,
+        "gateway": "ok" if gateway is not None else gateway_error,
+        "registry": registry.get("error", "ok"),
+        "run": run.get("run"),
+        "round": run.get("round"),
+        "epsilon": {c: {"spent": e, "budget": budget} for c, e in run.get("epsilon", {}).items()},
+        "champion_version": registry.get("champion"),
+        "rollout_state": _rollout_state(samples),
+    }
 
 
 def _health(node: Any, g: dict[str, Any] | None) -> str:
@@ -126,8 +151,13 @@ def collect(cfg: EdgefleetConfig, registry: dict[str, Any] | None = None) -> dic
     except Exception as exc:  # noqa: BLE001 - no Serve app, or it is down: show the rest
         error = f"not answering ({type(exc).__name__})"
     samples = metrics.scrape(metrics.endpoints(raw))
-    return build_status(describe_nodes(raw), gateway, samples, registry if registry is not None else
-                        registry_view(cfg), gateway_error=error)  # fmt: skip
+    return build_status(
+        describe_nodes(raw),
+        gateway,
+        samples,
+        registry if registry is not None else registry_view(cfg),
+        gateway_error=error,
+    )
 
 
 def show(cfg: EdgefleetConfig, args: argparse.Namespace, console: Console) -> None:

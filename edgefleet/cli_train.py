@@ -34,8 +34,10 @@ def add_parser(sub: Any, fetch_model: Any, start_fleet: Any, state_file: Any) ->
     local.add_argument("--workers", type=int, default=1, choices=[1, 2], help="Train workers on the node (2: DPDDP)")
     local.add_argument("--no-dp", action="store_true", help="train without differential privacy (comparison only)")
     local.set_defaults(func=lambda a: cmd_train_local(a, fetch_model, start_fleet, state_file))
-    distill = train.add_parser("distill", help="distil the cloud model into the edge model on the cloud node "
-                                               "(DeepSpeed ZeRO-2, public text only)")  # fmt: skip
+    distill = train.add_parser(
+        "distill",
+        help="distil the cloud model into the edge model on the cloud node (DeepSpeed ZeRO-2, public text only)",
+    )
     distill.add_argument("--steps", type=int, default=10, help="optimizer steps (default: %(default)s)")
     distill.add_argument(
         "--workers", type=int, default=2, help="Train workers on the cloud node (default: %(default)s)"
@@ -54,8 +56,9 @@ def cmd_train_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _join_or_start(cfg: EdgefleetConfig, start_fleet: Any, state_file: Any, *, log_to_driver: bool = True
-                   ) -> tuple[Any, bool]:  # fmt: skip
+def _join_or_start(
+    cfg: EdgefleetConfig, start_fleet: Any, state_file: Any, *, log_to_driver: bool = True
+) -> tuple[Any, bool]:
     """The running fleet if there is one (joined, not owned), else an embedded one for this run.
 
     ``log_to_driver=False`` keeps the workers' logs (Ray Train's are chatty) out of this terminal;
@@ -82,14 +85,20 @@ def cmd_train_local(args: argparse.Namespace, fetch_model: Any, start_fleet: Any
     cfg = load_config(args.config)
     node = next((n for n in cfg.fleet.edge_nodes if n.id == args.node), None)
     if node is None:
-        raise ConfigError(f"--node {args.node!r} is not an edge node; known: "
-                          f"{', '.join(n.id for n in cfg.fleet.edge_nodes)}")  # fmt: skip
+        raise ConfigError(
+            f"--node {args.node!r} is not an edge node; known: {', '.join(n.id for n in cfg.fleet.edge_nodes)}"
+        )
     if args.steps < 1 or args.batch_size < 1 or args.block_size < 8:
         raise ConfigError("--steps and --batch-size must be >= 1, --block-size >= 8")
     write_demo_shards(cfg)  # a node with its own data_dir keeps its data
     fetch_model(cfg, node.model.source)
-    hp = LocalHyper(lr=args.lr, batch_size=args.batch_size, physical_batch=min(8, args.batch_size),
-                    max_steps=args.steps, epochs=100.0)  # fmt: skip
+    hp = LocalHyper(
+        lr=args.lr,
+        batch_size=args.batch_size,
+        physical_batch=min(8, args.batch_size),
+        max_steps=args.steps,
+        epochs=100.0,
+    )
     fleet, owned = _join_or_start(cfg, start_fleet, state_file)
     try:
         with console.status(f"held-out loss of the current model ({node.model.source})"):
@@ -97,11 +106,20 @@ def cmd_train_local(args: argparse.Namespace, fetch_model: Any, start_fleet: Any
             from edgefleet.train.dp import held_out_loss
 
             before = held_out_loss(base, None, held, hp)
-        with console.status(f"Ray Train job on {node.id}: {args.steps} {'non-private' if args.no_dp else 'DP-SGD'} "
-                            f"steps on its own data"):  # fmt: skip
-            result = run_local_update(cfg, node.id, hp=hp, private=not args.no_dp, workers=args.workers,
-                                      block_size=args.block_size, cpus_per_worker=1.0 / args.workers,
-                                      threads=max(1, 2 // args.workers))  # fmt: skip
+        with console.status(
+            f"Ray Train job on {node.id}: {args.steps} {'non-private' if args.no_dp else 'DP-SGD'} "
+            f"steps on its own data"
+        ):
+            result = run_local_update(
+                cfg,
+                node.id,
+                hp=hp,
+                private=not args.no_dp,
+                workers=args.workers,
+                block_size=args.block_size,
+                cpus_per_worker=1.0 / args.workers,
+                threads=max(1, 2 // args.workers),
+            )
         after = held_out_loss(base, result.update.adapter, held, hp)
     finally:
         if owned:
@@ -109,13 +127,30 @@ def cmd_train_local(args: argparse.Namespace, fetch_model: Any, start_fleet: Any
     u = result.update
     how = f"DP-SGD, {cfg.privacy.accountant.upper()} accountant" if u.private else "no DP"
     table = Table(title=f"local update on {node.id} ({how})")
-    for col in ("samples", "steps", "train loss", "held-out loss before → after", "ε (δ)", "noise σ",
-                "samples/s", "train s", "job wall s"):  # fmt: skip
+    for col in (
+        "samples",
+        "steps",
+        "train loss",
+        "held-out loss before → after",
+        "ε (δ)",
+        "noise σ",
+        "samples/s",
+        "train s",
+        "job wall s",
+    ):
         table.add_column(col)
     eps = f"{u.epsilon:.2f} ({u.delta_privacy:g})" if u.private else "∞ (no DP)"
-    table.add_row(str(u.num_samples), str(u.steps), f"{u.loss:.3f}", f"{before:.3f} → {after:.3f}", eps,
-                  f"{u.noise_multiplier:.2f}", f"{u.samples_per_s:.1f}", f"{result.train_s:.1f}",
-                  f"{result.wall_s:.1f}")  # fmt: skip
+    table.add_row(
+        str(u.num_samples),
+        str(u.steps),
+        f"{u.loss:.3f}",
+        f"{before:.3f} → {after:.3f}",
+        eps,
+        f"{u.noise_multiplier:.2f}",
+        f"{u.samples_per_s:.1f}",
+        f"{result.train_s:.1f}",
+        f"{result.wall_s:.1f}",
+    )
     console.print(table)
     return 0
 
@@ -139,8 +174,10 @@ def cmd_train_distill(args: argparse.Namespace, fetch_model: Any, start_fleet: A
     for spec in (teacher, student):
         fetch_model(cfg, spec.source)
     if teacher.source == student.source:
-        console.print(f"[yellow]teacher and student are both {teacher.source}: the KL starts near 0 "
-                      "(set a larger cloud model to distil from)")  # fmt: skip
+        console.print(
+            f"[yellow]teacher and student are both {teacher.source}: the KL starts near 0 "
+            "(set a larger cloud model to distil from)"
+        )
     fleet, owned = _join_or_start(cfg, start_fleet, state_file)
     try:
         with console.status(f"DeepSpeed ZeRO-2 on the cloud node: {args.steps} steps, {args.workers} workers"):

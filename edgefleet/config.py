@@ -209,8 +209,10 @@ class FederationConfig(_Strict):
         if self.min_clients > self.clients_per_round:
             raise ValueError(f"min_clients={self.min_clients} exceeds clients_per_round={self.clients_per_round}")
         if self.secure_aggregation and self.strategy in ("fedmedian", "trimmed_mean"):
-            raise ValueError(f"strategy {self.strategy} needs each client's update in the clear; "
-                             "it cannot run with secure_aggregation: true")  # fmt: skip
+            raise ValueError(
+                f"strategy {self.strategy} needs each client's update in the clear; "
+                "it cannot run with secure_aggregation: true"
+            )
         return self
 
 
@@ -235,8 +237,10 @@ class MLflowConfig(_Strict):
         # stored in run tags. The message never repeats the URI, which holds a secret.
         parts = urlsplit(v)
         if parts.scheme in ("http", "https") and (parts.username or parts.password):
-            raise ValueError("tracking_uri must not hold credentials; set MLFLOW_TRACKING_USERNAME and "
-                             "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the environment")  # fmt: skip
+            raise ValueError(
+                "tracking_uri must not hold credentials; set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the environment"
+            )
         return v
 
 
@@ -246,8 +250,12 @@ class PortsConfig(_Strict):
     dashboard: int = Field(default=8265, ge=1, le=65535)
     mlflow_ui: int = Field(default=5000, ge=1, le=65535)
     metrics: int = Field(default=8080, ge=1, le=65535, description="the head's Prometheus metrics port (Ray's agent)")
-    grpc_internal: int = Field(default=9001, ge=1, le=65535,
-                               description="Serve's own gRPC proxy, when the gRPC front (TLS, size limit) holds `grpc`")
+    grpc_internal: int = Field(
+        default=9001,
+        ge=1,
+        le=65535,
+        description="Serve's own gRPC proxy, when the gRPC front (TLS, size limit) holds `grpc`",
+    )
 
     @model_validator(mode="after")
     def _distinct(self) -> PortsConfig:
@@ -278,8 +286,10 @@ class AuthConfig(_Strict):
 
         for i, entry in enumerate(v):
             if not is_token_hash(entry):  # never echo the entry: it may be a real token
-                raise ValueError(f"entry {i} is not a token hash ('sha256:<64 hex digits>'); store the output "
-                                 "of `edgefleet auth hash`, never the token itself")  # fmt: skip
+                raise ValueError(
+                    f"entry {i} is not a token hash ('sha256:<64 hex digits>'); store the output "
+                    "of `edgefleet auth hash`, never the token itself"
+                )
         return v
 
     @model_validator(mode="after")
@@ -297,13 +307,16 @@ class IngressConfig(_Strict):
     (``auth.tls_cert``) or a size limit here puts edgefleet's gRPC front before it (serve/grpc_front.py)."""
 
     host: str = Field(default="127.0.0.1", min_length=1, description="where the front listens (0.0.0.0: all)")
-    gateway_replicas: int = Field(default=1, ge=1, le=64,
-                                  description="with 2 or more, a crashed Gateway replica costs a retry, not an outage")
+    gateway_replicas: int = Field(
+        default=1, ge=1, le=64, description="with 2 or more, a crashed Gateway replica costs a retry, not an outage"
+    )
     max_request_bytes: int | None = Field(
-        default=None, ge=1024, le=1024**3,
+        default=None,
+        ge=1024,
+        le=1024**3,
         description="refuse larger request bodies at the transport (RESOURCE_EXHAUSTED); None: 4 MiB with TLS, "
-                    "else Serve's 2 GiB and no front",
-    )  # fmt: skip
+        "else Serve's 2 GiB and no front",
+    )
 
 
 class EdgefleetConfig(_Strict):
@@ -317,9 +330,12 @@ class EdgefleetConfig(_Strict):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     ingress: IngressConfig = Field(default_factory=IngressConfig)
     cache_dir: Path = Field(default_factory=default_cache_dir)
-    app: str = Field(default="edgefleet", pattern=NODE_ID_PATTERN,
-                     description="Serve application: the gRPC `application` metadata, and the name scope of "
-                                 "this deployment's actors (two apps can share one cluster)")  # fmt: skip
+    app: str = Field(
+        default="edgefleet",
+        pattern=NODE_ID_PATTERN,
+        description="Serve application: the gRPC `application` metadata, and the name scope of "
+        "this deployment's actors (two apps can share one cluster)",
+    )
 
     @property
     def grpc_front(self) -> bool:

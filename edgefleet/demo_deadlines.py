@@ -24,10 +24,13 @@ SCENE = (("a tight deadline", 8, 0.6), ("a long answer", 200, 2.5))
 
 
 def scene_config(cfg: EdgefleetConfig) -> EdgefleetConfig:
-    edges = [n.model_copy(update={"model": n.model.model_copy(update={"source": EDGE_PROFILE})})
-             for n in cfg.fleet.edge_nodes]  # fmt: skip
-    cloud = cfg.fleet.cloud.model_copy(update={"model": cfg.fleet.cloud.model.model_copy(
-        update={"source": CLOUD_PROFILE})})  # fmt: skip
+    edges = [
+        n.model_copy(update={"model": n.model.model_copy(update={"source": EDGE_PROFILE})})
+        for n in cfg.fleet.edge_nodes
+    ]
+    cloud = cfg.fleet.cloud.model_copy(
+        update={"model": cfg.fleet.cloud.model.model_copy(update={"source": CLOUD_PROFILE})}
+    )
     fleet = cfg.fleet.model_copy(update={"edge_nodes": edges, "cloud": cloud})
     routing = cfg.routing.model_copy(update={"policy": "sla"})
     return cfg.model_copy(update={"app": APP, "fleet": fleet, "routing": routing})
@@ -44,8 +47,10 @@ def run(cfg: EdgefleetConfig, token: str | None, console: Console) -> list[Any]:
     with console.status("deadline routing: starting synthetic edge nodes and a GPU-class cloud"):
         deployment = deploy(scene, log_level="WARNING")
     site = cfg.fleet.edge_nodes[0].site or cfg.fleet.edge_nodes[0].id
-    table = Table(title=f"deadline routing (synthetic timing: edge = SmolLM2 int8 here, cloud = GPU-class, "
-                        f"{cfg.fleet.cloud.network.rtt_ms:.0f} ms away)")  # fmt: skip
+    table = Table(
+        title=f"deadline routing (synthetic timing: edge = SmolLM2 int8 here, cloud = GPU-class, "
+        f"{cfg.fleet.cloud.network.rtt_ms:.0f} ms away)"
+    )
     for col in ("request", "tokens", "deadline ms", "served_by", "predicted ms", "total ms", "SLA", "why there"):
         table.add_column(col, overflow="fold")
     done = []
@@ -57,8 +62,16 @@ def run(cfg: EdgefleetConfig, token: str | None, console: Console) -> list[Any]:
             for what, tokens, deadline_s in SCENE:
                 d = client.generate(f"Please write {what}.", max_new_tokens=tokens, site=site, timeout=deadline_s)
                 done.append(d)
-                table.add_row(what, str(tokens), f"{deadline_s * 1000:.0f}", d.served_by, f"{d.predicted_ms:.0f}",
-                              f"{d.total_ms:.0f}", "met" if d.sla_met else "[red]missed", d.route_reason)  # fmt: skip
+                table.add_row(
+                    what,
+                    str(tokens),
+                    f"{deadline_s * 1000:.0f}",
+                    d.served_by,
+                    f"{d.predicted_ms:.0f}",
+                    f"{d.total_ms:.0f}",
+                    "met" if d.sla_met else "[red]missed",
+                    d.route_reason,
+                )
         console.print(table)
     finally:
         serve.delete(APP)

@@ -39,8 +39,14 @@ def rollout(cfg: EdgefleetConfig, registry: Any, version: str, console: Console)
     from edgefleet.train.data import held_out_dir, read_texts
 
     canary = (cfg.mlflow.canary_nodes or [cfg.fleet.edge_nodes[0].id])[0]
-    ctl = RolloutController(cfg, registry, canaries=[canary], window_s=min(5.0, cfg.mlflow.rollout_window_s),
-                            probe_texts=read_texts(held_out_dir(cfg))[:4], deadline_ms=10_000)  # fmt: skip
+    ctl = RolloutController(
+        cfg,
+        registry,
+        canaries=[canary],
+        window_s=min(5.0, cfg.mlflow.rollout_window_s),
+        probe_texts=read_texts(held_out_dir(cfg))[:4],
+        deadline_ms=10_000,
+    )
     with console.status(f"rolling out {cfg.mlflow.model_name} v{version}: canary {canary}, then the rest"):
         report = ctl.roll_out(version)
     table = Table(title=f"canary rollout of v{version}: {'promoted' if report.verdict.promote else 'rolled back'}")

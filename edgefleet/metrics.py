@@ -52,13 +52,13 @@ METRICS = (
         "counter",
         "Requests by where they ran and how they ended (outcome: ok, error, rejected, cancelled).",
         ("tier", "node", "outcome"),
-    ),  # fmt: skip
+    ),
     MetricSpec(
         "edgefleet_sla",
         "counter",
         "Requests with a deadline, by whether they finished within it (result: met, missed).",
         ("tier", "node", "result"),
-    ),  # fmt: skip
+    ),
     MetricSpec(
         "edgefleet_prediction_error_ms",
         "histogram",
@@ -66,28 +66,28 @@ METRICS = (
         "as a magnitude; direction=under means the request took longer than predicted.",
         ("node", "direction"),
         LATENCY_MS,
-    ),  # fmt: skip
+    ),
     MetricSpec(
         "edgefleet_ttft_ms",
         "histogram",
         "Time to first token, from arrival at the Gateway.",
         ("tier", "node"),
         LATENCY_MS,
-    ),  # fmt: skip
+    ),
     MetricSpec(
         "edgefleet_latency_ms",
         "histogram",
         "Total request latency, from arrival at the Gateway.",
         ("tier", "node"),
         LATENCY_MS,
-    ),  # fmt: skip
+    ),
     MetricSpec("edgefleet_generated_tokens", "counter", "Completion tokens sent to users.", ("tier", "node")),
     MetricSpec(
         "edgefleet_hedges", "counter", "Hedged requests (a second copy sent to the cloud), by target hedged.", ("node",)
-    ),  # fmt: skip
+    ),
     MetricSpec(
         "edgefleet_failovers", "counter", "A target failed a request and the next candidate took over.", ("node",)
-    ),  # fmt: skip
+    ),
     MetricSpec("edgefleet_rejections", "counter", "Requests refused, by reason.", ("reason",)),
     # ---- the nodes (EdgeNode actors and Cloud replicas report their own state)
     MetricSpec("edgefleet_queue_depth", "gauge", "Requests waiting in a node's batcher.", ("tier", "node")),
@@ -96,24 +96,22 @@ METRICS = (
         "gauge",
         "1 for the model version a node serves now, 0 for earlier ones.",
         ("tier", "node", "model", "version"),
-    ),  # fmt: skip
+    ),
     # ---- federation (the coordinator)
     MetricSpec("edgefleet_federation_round", "gauge", "Last committed federated round.", ("run",)),
     MetricSpec(
         "edgefleet_federation_last_commit_timestamp", "gauge", "Unix time the run last committed a round.", ("run",)
-    ),  # fmt: skip
+    ),
     MetricSpec(
         "edgefleet_federation_last_round_seconds", "gauge", "Wall time of the last committed round, exact.", ("run",)
-    ),  # fmt: skip
-    MetricSpec(
-        "edgefleet_federation_round_seconds", "histogram", "Wall time of a committed round.", ("run",), ROUND_S
-    ),  # fmt: skip
+    ),
+    MetricSpec("edgefleet_federation_round_seconds", "histogram", "Wall time of a committed round.", ("run",), ROUND_S),
     MetricSpec(
         "edgefleet_epsilon",
         "gauge",
         "Privacy spent by a client: composed epsilon at the run's delta.",
         ("run", "client"),
-    ),  # fmt: skip
+    ),
     MetricSpec("edgefleet_epsilon_budget", "gauge", "A client's total privacy budget (epsilon).", ("run", "client")),
     # ---- the model registry and rollout
     MetricSpec("edgefleet_champion_version", "gauge", "Registry version the champion alias points at.", ("model",)),
@@ -122,7 +120,7 @@ METRICS = (
         "gauge",
         "1 for the rollout's current state, 0 for the others (state: idle, canary, promoted, rolled_back, failed).",
         ("model", "state"),
-    ),  # fmt: skip
+    ),
 )
 BY_NAME = {m.name: m for m in METRICS}
 ROLLOUT_STATES = ("idle", "canary", "promoted", "rolled_back", "failed")
@@ -187,8 +185,11 @@ def request_served(end: dict[str, Any], deadline_ms: float) -> None:
         _count("edgefleet_sla", {**where, "result": "met" if end["sla_met"] else "missed"})
     if end.get("predicted_ms"):
         error = end["predicted_ms"] - end["total_ms"]
-        _observe("edgefleet_prediction_error_ms", {"node": where["node"], "direction": "over" if error >= 0
-                                                   else "under"}, max(abs(error), 1e-3))  # fmt: skip
+        _observe(
+            "edgefleet_prediction_error_ms",
+            {"node": where["node"], "direction": "over" if error >= 0 else "under"},
+            max(abs(error), 1e-3),
+        )
     _observe("edgefleet_ttft_ms", where, end["ttft_ms"])
     _observe("edgefleet_latency_ms", where, end["total_ms"])
     _count("edgefleet_generated_tokens", where, end.get("completion_tokens", 0))
@@ -257,8 +258,11 @@ def rollout_state(model: str, state: str) -> None:
 
 def endpoints(ray_nodes: list[dict[str, Any]]) -> list[str]:
     """Every live node's metrics URL (what Prometheus scrapes), from ``ray.nodes()``."""
-    return [f"http://{n['NodeManagerAddress']}:{n['MetricsExportPort']}/metrics"
-            for n in ray_nodes if n.get("Alive") and n.get("MetricsExportPort")]  # fmt: skip
+    return [
+        f"http://{n['NodeManagerAddress']}:{n['MetricsExportPort']}/metrics"
+        for n in ray_nodes
+        if n.get("Alive") and n.get("MetricsExportPort")
+    ]
 
 
 def scrape(urls: list[str], timeout_s: float = 5.0) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -278,8 +282,12 @@ def scrape(urls: list[str], timeout_s: float = 5.0) -> dict[str, list[tuple[dict
                 families = list(text_string_to_metric_families(r.read().decode()))
         except (OSError, HTTPException, ValueError):  # gone, cut short, or half-written
             return []
-        return [(s.name, dict(s.labels), s.value) for f in families for s in f.samples
-                if s.name.startswith("ray_edgefleet_")]  # fmt: skip
+        return [
+            (s.name, dict(s.labels), s.value)
+            for f in families
+            for s in f.samples
+            if s.name.startswith("ray_edgefleet_")
+        ]
 
     out: dict[str, list[tuple[dict[str, str], float]]] = {}
     with ThreadPoolExecutor(max(1, min(16, len(urls)))) as pool:  # one slow node must not add up

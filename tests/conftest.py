@@ -44,8 +44,13 @@ def make_test_config_dict(num_edge: int = 3) -> dict:
         "ray": {"head_cpus": 1, "object_store_mb": 100, "dashboard": True},
         "federation": {"clients_per_round": min(3, num_edge), "min_clients": 1},
         "auth": {"tokens": [digest(TEST_TOKEN)]},
-        "ports": {"grpc": free_port(), "http": free_port(), "dashboard": free_port(), "mlflow_ui": free_port(),
-                  "metrics": free_port()},
+        "ports": {
+            "grpc": free_port(),
+            "http": free_port(),
+            "dashboard": free_port(),
+            "mlflow_ui": free_port(),
+            "metrics": free_port(),
+        },
     }
 
 

@@ -17,51 +17,156 @@ W = "[$__rate_interval]"
 # driver and end with it: their panels look back over 7 days (*_over_time), so they stay filled
 # between runs instead of going blank 5 minutes after the last one.
 PANELS = [
-    ("Requests", "Requests/s by tier and outcome", "timeseries", "reqps",
-     [(f"sum by (tier, outcome) (rate(ray_edgefleet_requests_total{W}))", "{{tier}} {{outcome}}")]),
-    ("Requests", "SLA attainment (requests with a deadline)", "timeseries", "percentunit",
-     [(f'sum by (node) (rate(ray_edgefleet_sla_total{{result="met"}}{W})) / '
-       f"sum by (node) (rate(ray_edgefleet_sla_total{W}))", "{{node}}")]),
-    ("Requests", "SLA met and missed /s", "timeseries", "reqps",
-     [(f"sum by (result) (rate(ray_edgefleet_sla_total{W}))", "{{result}}")]),
-    ("Requests", "Time to first token p50 / p95", "timeseries", "ms",
-     [(f"histogram_quantile(0.5, sum by (le, tier) (rate(ray_edgefleet_ttft_ms_bucket{W})))", "p50 {{tier}}"),
-      (f"histogram_quantile(0.95, sum by (le, tier) (rate(ray_edgefleet_ttft_ms_bucket{W})))", "p95 {{tier}}")]),
-    ("Requests", "Latency p50 / p95", "timeseries", "ms",
-     [(f"histogram_quantile(0.5, sum by (le, tier) (rate(ray_edgefleet_latency_ms_bucket{W})))", "p50 {{tier}}"),
-      (f"histogram_quantile(0.95, sum by (le, tier) (rate(ray_edgefleet_latency_ms_bucket{W})))", "p95 {{tier}}")]),
-    ("Requests", "Router prediction error p95 (over = predicted too slow, under = too fast)", "timeseries", "ms",
-     [(f"histogram_quantile(0.95, sum by (le, direction) (rate(ray_edgefleet_prediction_error_ms_bucket{W})))",
-       "p95 {{direction}}"),
-      (f"histogram_quantile(0.5, sum by (le, direction) (rate(ray_edgefleet_prediction_error_ms_bucket{W})))",
-       "p50 {{direction}}"),
-      (f"sum by (direction) (rate(ray_edgefleet_prediction_error_ms_count{W}))", "requests/s {{direction}}")]),
-    ("Requests", "Hedges and failovers /s", "timeseries", "reqps",
-     [(f"sum by (node) (rate(ray_edgefleet_hedges_total{W}))", "hedged from {{node}}"),
-      (f"sum by (node) (rate(ray_edgefleet_failovers_total{W}))", "failed over from {{node}}")]),
-    ("Requests", "Rejections /s by reason", "timeseries", "reqps",
-     [(f"sum by (reason) (rate(ray_edgefleet_rejections_total{W}))", "{{reason}}")]),
-    ("Nodes", "Tokens/s by node", "timeseries", "short",
-     [(f"sum by (node) (rate(ray_edgefleet_generated_tokens_total{W}))", "{{node}}")]),
-    ("Nodes", "Queue depth", "timeseries", "short",
-     [("max by (node) (ray_edgefleet_queue_depth)", "{{node}}")]),
-    ("Nodes", "Model version per node", "table", "none",
-     [("max by (node, model, version) (ray_edgefleet_model_info) == 1", "")]),
-    ("Federation and models", "Federated round", "stat", "none",
-     [("max by (run) (max_over_time(ray_edgefleet_federation_round[7d]))", "{{run}}")]),
-    ("Federation and models", "Round duration", "timeseries", "s",
-     [("max by (run) (last_over_time(ray_edgefleet_federation_last_round_seconds[7d]))", "last round, {{run}}"),
-      ("histogram_quantile(0.95, sum by (le) (increase(ray_edgefleet_federation_round_seconds_bucket[1d])))",
-       "p95 over a day (bucketed)")]),
-    ("Federation and models", "Since the last committed round", "stat", "s",
-     [("time() - max(max_over_time(ray_edgefleet_federation_last_commit_timestamp[7d]))", "")]),
-    ("Federation and models", "Privacy budget used per client (ε spent / ε budget)", "bargauge", "percentunit",
-     [("max by (client) (last_over_time(ray_edgefleet_epsilon[7d])) / "
-       "max by (client) (last_over_time(ray_edgefleet_epsilon_budget[7d]))", "{{client}}")]),
-    ("Federation and models", "Champion version", "stat", "none",
-     [("max by (model) (ray_edgefleet_champion_version)", "{{model}}")]),
-    ("Federation and models", "Rollout state", "state-timeline", "none",
-     [("max by (state) (ray_edgefleet_rollout_state) == 1", "{{state}}")]),
+    (
+        "Requests",
+        "Requests/s by tier and outcome",
+        "timeseries",
+        "reqps",
+        [(f"sum by (tier, outcome) (rate(ray_edgefleet_requests_total{W}))", "{{tier}} {{outcome}}")],
+    ),
+    (
+        "Requests",
+        "SLA attainment (requests with a deadline)",
+        "timeseries",
+        "percentunit",
+        [
+            (
+                f'sum by (node) (rate(ray_edgefleet_sla_total{{result="met"}}{W})) / '
+                f"sum by (node) (rate(ray_edgefleet_sla_total{W}))",
+                "{{node}}",
+            )
+        ],
+    ),
+    (
+        "Requests",
+        "SLA met and missed /s",
+        "timeseries",
+        "reqps",
+        [(f"sum by (result) (rate(ray_edgefleet_sla_total{W}))", "{{result}}")],
+    ),
+    (
+        "Requests",
+        "Time to first token p50 / p95",
+        "timeseries",
+        "ms",
+        [
+            (f"histogram_quantile(0.5, sum by (le, tier) (rate(ray_edgefleet_ttft_ms_bucket{W})))", "p50 {{tier}}"),
+            (f"histogram_quantile(0.95, sum by (le, tier) (rate(ray_edgefleet_ttft_ms_bucket{W})))", "p95 {{tier}}"),
+        ],
+    ),
+    (
+        "Requests",
+        "Latency p50 / p95",
+        "timeseries",
+        "ms",
+        [
+            (f"histogram_quantile(0.5, sum by (le, tier) (rate(ray_edgefleet_latency_ms_bucket{W})))", "p50 {{tier}}"),
+            (f"histogram_quantile(0.95, sum by (le, tier) (rate(ray_edgefleet_latency_ms_bucket{W})))", "p95 {{tier}}"),
+        ],
+    ),
+    (
+        "Requests",
+        "Router prediction error p95 (over = predicted too slow, under = too fast)",
+        "timeseries",
+        "ms",
+        [
+            (
+                f"histogram_quantile(0.95, sum by (le, direction) (rate(ray_edgefleet_prediction_error_ms_bucket{W})))",
+                "p95 {{direction}}",
+            ),
+            (
+                f"histogram_quantile(0.5, sum by (le, direction) (rate(ray_edgefleet_prediction_error_ms_bucket{W})))",
+                "p50 {{direction}}",
+            ),
+            (f"sum by (direction) (rate(ray_edgefleet_prediction_error_ms_count{W}))", "requests/s {{direction}}"),
+        ],
+    ),
+    (
+        "Requests",
+        "Hedges and failovers /s",
+        "timeseries",
+        "reqps",
+        [
+            (f"sum by (node) (rate(ray_edgefleet_hedges_total{W}))", "hedged from {{node}}"),
+            (f"sum by (node) (rate(ray_edgefleet_failovers_total{W}))", "failed over from {{node}}"),
+        ],
+    ),
+    (
+        "Requests",
+        "Rejections /s by reason",
+        "timeseries",
+        "reqps",
+        [(f"sum by (reason) (rate(ray_edgefleet_rejections_total{W}))", "{{reason}}")],
+    ),
+    (
+        "Nodes",
+        "Tokens/s by node",
+        "timeseries",
+        "short",
+        [(f"sum by (node) (rate(ray_edgefleet_generated_tokens_total{W}))", "{{node}}")],
+    ),
+    ("Nodes", "Queue depth", "timeseries", "short", [("max by (node) (ray_edgefleet_queue_depth)", "{{node}}")]),
+    (
+        "Nodes",
+        "Model version per node",
+        "table",
+        "none",
+        [("max by (node, model, version) (ray_edgefleet_model_info) == 1", "")],
+    ),
+    (
+        "Federation and models",
+        "Federated round",
+        "stat",
+        "none",
+        [("max by (run) (max_over_time(ray_edgefleet_federation_round[7d]))", "{{run}}")],
+    ),
+    (
+        "Federation and models",
+        "Round duration",
+        "timeseries",
+        "s",
+        [
+            ("max by (run) (last_over_time(ray_edgefleet_federation_last_round_seconds[7d]))", "last round, {{run}}"),
+            (
+                "histogram_quantile(0.95, sum by (le) (increase(ray_edgefleet_federation_round_seconds_bucket[1d])))",
+                "p95 over a day (bucketed)",
+            ),
+        ],
+    ),
+    (
+        "Federation and models",
+        "Since the last committed round",
+        "stat",
+        "s",
+        [("time() - max(max_over_time(ray_edgefleet_federation_last_commit_timestamp[7d]))", "")],
+    ),
+    (
+        "Federation and models",
+        "Privacy budget used per client (ε spent / ε budget)",
+        "bargauge",
+        "percentunit",
+        [
+            (
+                "max by (client) (last_over_time(ray_edgefleet_epsilon[7d])) / "
+                "max by (client) (last_over_time(ray_edgefleet_epsilon_budget[7d]))",
+                "{{client}}",
+            )
+        ],
+    ),
+    (
+        "Federation and models",
+        "Champion version",
+        "stat",
+        "none",
+        [("max by (model) (ray_edgefleet_champion_version)", "{{model}}")],
+    ),
+    (
+        "Federation and models",
+        "Rollout state",
+        "state-timeline",
+        "none",
+        [("max by (state) (ray_edgefleet_rollout_state) == 1", "{{state}}")],
+    ),
 ]
 
 
@@ -72,19 +177,36 @@ def build() -> dict:
         if row != row_seen:
             y += 8 if row_seen is not None and x else 0
             x = 0
-            panels.append({"id": next_id, "type": "row", "title": row, "collapsed": False,
-                           "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}})  # fmt: skip
+            panels.append(
+                {
+                    "id": next_id,
+                    "type": "row",
+                    "title": row,
+                    "collapsed": False,
+                    "gridPos": {"h": 1, "w": 24, "x": 0, "y": y},
+                }
+            )
             next_id, y, row_seen = next_id + 1, y + 1, row
-        panels.append({
-            "id": next_id, "type": kind, "title": title,
-            "datasource": {"type": "prometheus", "uid": "${datasource}"},
-            "gridPos": {"h": 8, "w": 8, "x": x, "y": y},
-            "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
-            "options": {"legend": {"displayMode": "list", "placement": "bottom"}} if kind == "timeseries" else {},
-            "targets": [{"refId": chr(ord("A") + i), "expr": expr, "legendFormat": legend,
-                         "datasource": {"type": "prometheus", "uid": "${datasource}"}}
-                        for i, (expr, legend) in enumerate(queries)],
-        })  # fmt: skip
+        panels.append(
+            {
+                "id": next_id,
+                "type": kind,
+                "title": title,
+                "datasource": {"type": "prometheus", "uid": "${datasource}"},
+                "gridPos": {"h": 8, "w": 8, "x": x, "y": y},
+                "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+                "options": {"legend": {"displayMode": "list", "placement": "bottom"}} if kind == "timeseries" else {},
+                "targets": [
+                    {
+                        "refId": chr(ord("A") + i),
+                        "expr": expr,
+                        "legendFormat": legend,
+                        "datasource": {"type": "prometheus", "uid": "${datasource}"},
+                    }
+                    for i, (expr, legend) in enumerate(queries)
+                ],
+            }
+        )
         next_id += 1
         x += 8
         if x >= 24:
@@ -99,8 +221,9 @@ def build() -> dict:
         "version": 1,
         "refresh": "10s",
         "time": {"from": "now-1h", "to": "now"},
-        "templating": {"list": [{"name": "datasource", "type": "datasource", "query": "prometheus",
-                                 "label": "Prometheus"}]},  # fmt: skip
+        "templating": {
+            "list": [{"name": "datasource", "type": "datasource", "query": "prometheus", "label": "Prometheus"}]
+        },
         "panels": panels,
     }
 

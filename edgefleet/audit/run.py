@@ -110,8 +110,13 @@ class AuditReport:
         return self.verdict.passed
 
 
-def run_audit(cfg: AuditConfig = AuditConfig(), *, on_progress: Progress | None = None, noise_scale: float = 1.0,
-              clip_override: float | None = None) -> AuditReport:  # fmt: skip
+def run_audit(
+    cfg: AuditConfig = AuditConfig(),
+    *,
+    on_progress: Progress | None = None,
+    noise_scale: float = 1.0,
+    clip_override: float | None = None,
+) -> AuditReport:
     """Train every setting ``cfg.repeats`` times on fresh canaries, attack, and judge the claims.
 
     Args:
@@ -141,11 +146,13 @@ def run_audit(cfg: AuditConfig = AuditConfig(), *, on_progress: Progress | None 
             train = torch.cat([fillers[0], blocks[: cfg.canaries]])
             for setting in cfg.settings:
                 if setting == "user_dp":
-                    adapter, eps, loss, info = _user_dp(base, [train, *fillers[1:]], hp, cfg, on_progress,
-                                                        noise_scale, clip_override)  # fmt: skip
+                    adapter, eps, loss, info = _user_dp(
+                        base, [train, *fillers[1:]], hp, cfg, on_progress, noise_scale, clip_override
+                    )
                 else:
-                    adapter, eps, loss, info = _one_client(base, train, setting, hp, cfg, on_progress, noise_scale,
-                                                           clip_override)  # fmt: skip
+                    adapter, eps, loss, info = _one_client(
+                        base, train, setting, hp, cfg, on_progress, noise_scale, clip_override
+                    )
                 score = [a - b for a, b in zip(canary_losses(base, adapter, blocks, span, hp), reference, strict=True)]
                 pooled[setting][0].extend(score[: cfg.canaries])
                 pooled[setting][1].extend(score[cfg.canaries :])
@@ -158,8 +165,15 @@ def run_audit(cfg: AuditConfig = AuditConfig(), *, on_progress: Progress | None 
     faults: dict[str, Any] = {"noise_scale": noise_scale} if noise_scale != 1.0 else {}
     if clip_override is not None:
         faults["clip_override"] = clip_override
-    return AuditReport(cfg, results, verdict(results, auc_margin=cfg.auc_margin), pooled, details,
-                       time.perf_counter() - started, faults)  # fmt: skip
+    return AuditReport(
+        cfg,
+        results,
+        verdict(results, auc_margin=cfg.auc_margin),
+        pooled,
+        details,
+        time.perf_counter() - started,
+        faults,
+    )
 
 
 def planned_total(cfg: AuditConfig) -> int:
@@ -198,8 +212,9 @@ def canary_blocks(tokenizer: Any, count: int, *, seed: int | str) -> tuple[Any, 
     return blocks, (start, BLOCK - 1)  # the secret runs to just before the end-of-sequence token
 
 
-def canary_losses(base: Any, adapter: dict[str, Any] | None, blocks: Any, span: tuple[int, int],
-                  hp: LocalHyper) -> list[float]:  # fmt: skip
+def canary_losses(
+    base: Any, adapter: dict[str, Any] | None, blocks: Any, span: tuple[int, int], hp: LocalHyper
+) -> list[float]:
     """Per canary, the mean next-token loss (nats) on its secret tokens ``span``, under base + adapter."""
     import torch
 
@@ -212,8 +227,9 @@ def canary_losses(base: Any, adapter: dict[str, Any] | None, blocks: Any, span: 
     with torch.no_grad():
         logits = model(input_ids=blocks).logits  # (N, T, vocab)
         # the token at position t is predicted from position t − 1
-        nll = torch.nn.functional.cross_entropy(logits[:, start - 1 : end - 1].transpose(1, 2),
-                                                blocks[:, start:end], reduction="none")  # (N, secret)  # fmt: skip
+        nll = torch.nn.functional.cross_entropy(
+            logits[:, start - 1 : end - 1].transpose(1, 2), blocks[:, start:end], reduction="none"
+        )  # (N, secret)
     return nll.mean(dim=1).tolist()
 
 
@@ -248,9 +264,16 @@ def _filler(tokenizer: Any, cfg: AuditConfig) -> list[Any]:
     return out
 
 
-def _one_client(base: Any, train: Any, setting: str, hp: LocalHyper, cfg: AuditConfig, on_progress: Progress | None,
-                noise_scale: float, clip_override: float | None
-                ) -> tuple[dict[str, Any], float, float, dict[str, Any]]:  # fmt: skip
+def _one_client(
+    base: Any,
+    train: Any,
+    setting: str,
+    hp: LocalHyper,
+    cfg: AuditConfig,
+    on_progress: Progress | None,
+    noise_scale: float,
+    clip_override: float | None,
+) -> tuple[dict[str, Any], float, float, dict[str, Any]]:
     """The canary client's local update alone: without DP (the control) or with DP-SGD. Returns
     (adapter, claimed ε, mean train loss, σ and C)."""
     privacy = _record_privacy(cfg) if setting == "record_dp" else None
@@ -259,14 +282,28 @@ def _one_client(base: Any, train: Any, setting: str, hp: LocalHyper, cfg: AuditC
     if on_progress:
         on_progress(update.steps, setting)
     claimed = update.epsilon_total if privacy else math.inf  # the accountant's, over the whole history
-    return update.adapter, claimed, update.loss, {
-        "noise_multiplier": update.noise_multiplier, "sample_rate": update.sample_rate, "steps": update.steps,
-        "max_grad_norm": privacy.max_grad_norm if privacy else None}  # fmt: skip
+    return (
+        update.adapter,
+        claimed,
+        update.loss,
+        {
+            "noise_multiplier": update.noise_multiplier,
+            "sample_rate": update.sample_rate,
+            "steps": update.steps,
+            "max_grad_norm": privacy.max_grad_norm if privacy else None,
+        },
+    )
 
 
-def _user_dp(base: Any, datasets: Sequence[Any], hp: LocalHyper, cfg: AuditConfig, on_progress: Progress | None,
-             noise_scale: float, clip_override: float | None
-             ) -> tuple[dict[str, Any], float, float, dict[str, Any]]:  # fmt: skip
+def _user_dp(
+    base: Any,
+    datasets: Sequence[Any],
+    hp: LocalHyper,
+    cfg: AuditConfig,
+    on_progress: Progress | None,
+    noise_scale: float,
+    clip_override: float | None,
+) -> tuple[dict[str, Any], float, float, dict[str, Any]]:
     """DP-FedAvg rounds over ``datasets`` (the canary client first): the coordinator's user-level
     arithmetic, in-process. Returns (final adapter, claimed ε, mean train loss, σ and C)."""
     import numpy as np
@@ -298,8 +335,12 @@ def _user_dp(base: Any, datasets: Sequence[Any], hp: LocalHyper, cfg: AuditConfi
         delta = S.unflatten(mean, adapter, names)
         adapter = {k: v + delta[k].to(v.dtype) if k in delta else v for k, v in adapter.items()}
     claimed = composed_epsilon([Release(sigma / 2, 1.0, cfg.rounds)], cfg.delta)
-    return adapter, claimed, sum(losses) / len(losses), {"noise_multiplier": sigma, "clip": cfg.user_clip,
-                                                          "rounds": cfg.rounds, "clients": len(datasets)}  # fmt: skip
+    return (
+        adapter,
+        claimed,
+        sum(losses) / len(losses),
+        {"noise_multiplier": sigma, "clip": cfg.user_clip, "rounds": cfg.rounds, "clients": len(datasets)},
+    )
 
 
 @contextlib.contextmanager
@@ -332,14 +373,22 @@ def _opacus_fault(noise_scale: float, clip_override: float | None) -> Iterator[N
         finally:
             self.max_grad_norm = nominal
 
-    with mock.patch.object(DPOptimizer, "add_noise", scaled_noise), \
-            mock.patch.object(DPOptimizer, "clip_and_accumulate", other_clip):  # fmt: skip
+    with (
+        mock.patch.object(DPOptimizer, "add_noise", scaled_noise),
+        mock.patch.object(DPOptimizer, "clip_and_accumulate", other_clip),
+    ):
         yield
 
 
 def _result(name: str, scores: tuple[list[float], list[float]], claimed: float, cfg: AuditConfig) -> SettingResult:
     members, non_members = scores
-    return SettingResult(name=name, private=name != "no_dp", epsilon_claimed=claimed, delta=cfg.delta,
-                         auc=roc_auc(members, non_members),
-                         bound=epsilon_lower_bound(members, non_members, cfg.delta),
-                         members=len(members), non_members=len(non_members))  # fmt: skip
+    return SettingResult(
+        name=name,
+        private=name != "no_dp",
+        epsilon_claimed=claimed,
+        delta=cfg.delta,
+        auc=roc_auc(members, non_members),
+        bound=epsilon_lower_bound(members, non_members, cfg.delta),
+        members=len(members),
+        non_members=len(non_members),
+    )

@@ -117,8 +117,9 @@ def max_provable_epsilon(members: int, non_members: int, delta: float, confidenc
     return max(0.0, perfect(members, non_members), perfect(non_members, members))  # ≤ 0: it can prove nothing
 
 
-def epsilon_lower_bound(members: Sequence[float], non_members: Sequence[float], delta: float,
-                        confidence: float = CONFIDENCE) -> EpsilonBound:  # fmt: skip
+def epsilon_lower_bound(
+    members: Sequence[float], non_members: Sequence[float], delta: float, confidence: float = CONFIDENCE
+) -> EpsilonBound:
     """The largest ε the threshold attack "member iff score ≤ t" proves, over every threshold t.
 
     Both DP inequalities are tried at each threshold: log((TPR_lo − δ)/FPR_hi) and its mirror
@@ -166,17 +167,21 @@ def verdict(results: Sequence[SettingResult], *, auc_margin: float = 0.2) -> Ver
         reasons.append("no non-private control: the attack's power is unknown")
     for c in control:
         if private and not leaks_clearly(c, private, auc_margin=auc_margin):
-            reasons.append(f"{c.name}: ε ≥ {c.epsilon_lower:.2f} and AUC {c.auc:.3f} do not clearly exceed the "
-                           f"private runs' claimed ε {max(r.epsilon_claimed for r in private):.2f} and AUC "
-                           f"{max(r.auc for r in private):.3f} (+{auc_margin}): the attack cannot tell leaking "
-                           "from private at this size")  # fmt: skip
+            reasons.append(
+                f"{c.name}: ε ≥ {c.epsilon_lower:.2f} and AUC {c.auc:.3f} do not clearly exceed the "
+                f"private runs' claimed ε {max(r.epsilon_claimed for r in private):.2f} and AUC "
+                f"{max(r.auc for r in private):.3f} (+{auc_margin}): the attack cannot tell leaking "
+                "from private at this size"
+            )
     return Verdict(not reasons, tuple(reasons))
 
 
 def leaks_clearly(control: SettingResult, private: Sequence[SettingResult], *, auc_margin: float = 0.2) -> bool:
     """The non-private control breaks every private setting's claim, and out-attacks each by ``auc_margin``."""
-    return (control.epsilon_lower > max(r.epsilon_claimed for r in private)
-            and control.auc >= max(r.auc for r in private) + auc_margin)  # fmt: skip
+    return (
+        control.epsilon_lower > max(r.epsilon_claimed for r in private)
+        and control.auc >= max(r.auc for r in private) + auc_margin
+    )
 
 
 def roc_curve(members: Sequence[float], non_members: Sequence[float]) -> tuple[list[float], list[float]]:
@@ -224,8 +229,10 @@ def _betacf(a: float, b: float, x: float) -> float:
     d = 1 / (d if abs(d) > tiny else tiny)
     h = d
     for m in range(1, 1000):
-        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):  # fmt: skip
+        for num in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
             d = 1 + num * d
             d = 1 / (d if abs(d) > tiny else tiny)
             c = 1 + num / c

@@ -87,11 +87,17 @@ def _train(base: Any, blocks: Any, task: dict[str, Any], context: dict[str, Any]
     if task.get("secure"):
         payload = _secagg(context["memory"], task).mask(payload)
     return {
-        "vector": payload, "names": names, "ran_on": _node_label(), "train_s": update.seconds,
+        "vector": payload,
+        "names": names,
+        "ran_on": _node_label(),
+        "train_s": update.seconds,
         "step_s": time.perf_counter() - started,  # the whole step on the node: setup, training, masking
-        "release": {"noise_multiplier": update.noise_multiplier, "sample_rate": update.sample_rate,
-                    "steps": update.steps},
-    }  # fmt: skip
+        "release": {
+            "noise_multiplier": update.noise_multiplier,
+            "sample_rate": update.sample_rate,
+            "steps": update.steps,
+        },
+    }
 
 
 def _node_label() -> str | None:

@@ -95,20 +95,33 @@ class Coordinator:
         on_round: called with each committed round's result and its adapter file.
     """
 
-    def __init__(self, cfg: EdgefleetConfig, run_dir: str | Path, *, clients: Callable[[str], Any] | None = None,
-                 evaluator: Evaluator | None = None, client_delays: dict[str, float] | None = None,
-                 crash_after: tuple[int, str] | None = None,
-                 on_round: Callable[[RoundResult, Path], None] | None = None,
-                 on_step: Callable[[str], None] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        cfg: EdgefleetConfig,
+        run_dir: str | Path,
+        *,
+        clients: Callable[[str], Any] | None = None,
+        evaluator: Evaluator | None = None,
+        client_delays: dict[str, float] | None = None,
+        crash_after: tuple[int, str] | None = None,
+        on_round: Callable[[RoundResult, Path], None] | None = None,
+        on_step: Callable[[str], None] | None = None,
+    ) -> None:
         self.cfg, self.fed, self.privacy = cfg, cfg.federation, cfg.privacy
         # Checked here, not in the config: a one-edge fleet is a fine serving config, it just cannot federate.
         if self.fed.secure_aggregation and self.fed.clients_per_round < 2:
-            raise EdgefleetError("federation.secure_aggregation needs clients_per_round >= 2 (one client's sum is "
-                                 "its update); set secure_aggregation: false or sample more clients")  # fmt: skip
+            raise EdgefleetError(
+                "federation.secure_aggregation needs clients_per_round >= 2 (one client's sum is "
+                "its update); set secure_aggregation: false or sample more clients"
+            )
         self.hp = local_hyper(cfg)
         self.store = RunStore(run_dir)
-        self.ledger = PrivacyLedger(self.store.dir / "ledger.sqlite", budget_epsilon=self.privacy.client_budget_epsilon,
-                                    delta=self.privacy.delta, accountant=self.privacy.accountant)  # fmt: skip
+        self.ledger = PrivacyLedger(
+            self.store.dir / "ledger.sqlite",
+            budget_epsilon=self.privacy.client_budget_epsilon,
+            delta=self.privacy.delta,
+            accountant=self.privacy.accountant,
+        )
         self.nodes = [n.id for n in cfg.fleet.edge_nodes]
         self._start_client = clients or ray_sessions(cfg)
         self._sessions: dict[str, Any] = {}
@@ -120,8 +133,10 @@ class Coordinator:
         settings = self._settings()
         if self.state["settings"] != settings:
             changed = sorted(k for k in settings if self.state["settings"].get(k) != settings[k])
-            raise EdgefleetError(f"{self.store.dir} holds a run with other settings ({', '.join(changed)}); "
-                                 "resume it with the same config or start a new run directory")  # fmt: skip
+            raise EdgefleetError(
+                f"{self.store.dir} holds a run with other settings ({', '.join(changed)}); "
+                "resume it with the same config or start a new run directory"
+            )
         self._server_opt = None
         if self.fed.strategy in ("fedadam", "fedyogi"):
             self._server_opt = S.ServerOptimizer(self.fed.strategy.removeprefix("fed"), lr=self.fed.server_lr)
@@ -129,15 +144,25 @@ class Coordinator:
     # ------------------------------------------------------------ run state
 
     def _settings(self) -> dict[str, Any]:
-        return {"strategy": self.fed.strategy, "secure_aggregation": self.fed.secure_aggregation,
-                "user_dp": self.fed.user_dp.model_dump() if self.fed.user_dp else None,
-                "nodes": self.nodes, "hp": asdict(self.hp) | {"target_modules": list(self.hp.target_modules)},
-                "privacy": self.privacy.model_dump(mode="json")}  # fmt: skip
+        return {
+            "strategy": self.fed.strategy,
+            "secure_aggregation": self.fed.secure_aggregation,
+            "user_dp": self.fed.user_dp.model_dump() if self.fed.user_dp else None,
+            "nodes": self.nodes,
+            "hp": asdict(self.hp) | {"target_modules": list(self.hp.target_modules)},
+            "privacy": self.privacy.model_dump(mode="json"),
+        }
 
     def _fresh_state(self) -> dict[str, Any]:
         run_id = self.store.dir.name
-        return {"run_id": run_id, "settings": self._settings(), "completed": [], "current": None,
-                "initial_loss": None, "user_dp_history": []}  # fmt: skip
+        return {
+            "run_id": run_id,
+            "settings": self._settings(),
+            "completed": [],
+            "current": None,
+            "initial_loss": None,
+            "user_dp_history": [],
+        }
 
     def _persist(self, step: str | None = None) -> None:
         cur = self.state["current"]
@@ -224,8 +249,9 @@ class Coordinator:
                 excluded.update(exc.exclude)
                 attempt += 1
 
-    def _ask(self, clients: list[str], task: Callable[[str], dict[str, Any]], timeout_s: float
-             ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:  # fmt: skip
+    def _ask(
+        self, clients: list[str], task: Callable[[str], dict[str, Any]], timeout_s: float
+    ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
         """Send each client its task at once; (answers, client → why no answer) by ``timeout_s``."""
 
         def one(c: str) -> dict[str, Any]:
@@ -274,8 +300,10 @@ class Coordinator:
         eligible = sorted(c for c in plans if c not in over_budget)
         k = min(self.fed.clients_per_round, len(eligible))
         if k == 0 or k < self.quorum(self.fed.clients_per_round) or (self.fed.secure_aggregation and k < 2):
-            why = (f"round {round_id}: {len(eligible)} clients available within budget (over budget: "
-                   f"{over_budget or 'none'}; unavailable: {unavailable or 'none'})")  # fmt: skip
+            why = (
+                f"round {round_id}: {len(eligible)} clients available within budget (over budget: "
+                f"{over_budget or 'none'}; unavailable: {unavailable or 'none'})"
+            )
             if len(self.nodes) - len(over_budget) < self.quorum(self.fed.clients_per_round):
                 raise RoundFailed(why)  # the budget rules it out for good: no retry can help
             raise _AttemptFailed(why)  # busy or lost clients may be back for the next attempt
@@ -283,10 +311,18 @@ class Coordinator:
         phases["sample"] = time.perf_counter() - started
         tag = f"{self.state['run_id']}/round-{round_id}/attempt-{attempt}"
         self.state["current"] = cur = {
-            "round": round_id, "attempt": attempt, "status": "sampled", "sampled": sampled, "tag": tag,
-            "excluded": excluded, "failures": failures, "unavailable": unavailable, "over_budget": over_budget,
-            "phases": phases, "wall_started": time.time() - phases["sample"],
-        }  # fmt: skip
+            "round": round_id,
+            "attempt": attempt,
+            "status": "sampled",
+            "sampled": sampled,
+            "tag": tag,
+            "excluded": excluded,
+            "failures": failures,
+            "unavailable": unavailable,
+            "over_budget": over_budget,
+            "phases": phases,
+            "wall_started": time.time() - phases["sample"],
+        }
         self._persist()
         # 2. secure aggregation's keys and shares
         t = self.threshold(k)
@@ -299,8 +335,9 @@ class Coordinator:
             if lost:
                 raise _AttemptFailed(f"no keys from {sorted(lost)}", lost)
             roster = [keys[c]["keys"] for c in sampled]
-            outboxes, lost = self._ask(sampled, lambda c: {"op": "shares", "tag": tag, "roster": roster,
-                                                           "threshold": t}, PLAN_TIMEOUT_S)  # fmt: skip
+            outboxes, lost = self._ask(
+                sampled, lambda c: {"op": "shares", "tag": tag, "roster": roster, "threshold": t}, PLAN_TIMEOUT_S
+            )
             if lost:
                 raise _AttemptFailed(f"no shares from {sorted(lost)}", lost)
             inboxes = SecAggServer.route({c: o["outbox"] for c, o in outboxes.items()})
@@ -313,9 +350,19 @@ class Coordinator:
         self.on_step(f"round {round_id}: {k} clients train on their own data")
         adapter = self.store.load_adapter(round_id - 1)
         clip = self.fed.user_dp.clip_norm if self.fed.user_dp else None
-        results, stragglers = self._ask(sampled, lambda c: {
-            "op": "train", "tag": tag, "adapter": adapter, "hp": hp, "secure": self.fed.secure_aggregation,
-            "user_clip": clip, "delay_s": self.client_delays.get(c, 0.0)}, self.fed.round_timeout_s)  # fmt: skip
+        results, stragglers = self._ask(
+            sampled,
+            lambda c: {
+                "op": "train",
+                "tag": tag,
+                "adapter": adapter,
+                "hp": hp,
+                "secure": self.fed.secure_aggregation,
+                "user_clip": clip,
+                "delay_s": self.client_delays.get(c, 0.0),
+            },
+            self.fed.round_timeout_s,
+        )
         phases["train"] = time.perf_counter() - mark
         if not self.fed.secure_aggregation:  # updates in the clear: seen on arrival, even a straggler's later
             for c in sampled:
@@ -329,27 +376,41 @@ class Coordinator:
                 del results[c]
         finished = sorted(results)
         if len(finished) < self.quorum(k):
-            raise _AttemptFailed(f"{len(finished)} of {k} clients finished, the quorum is {self.quorum(k)} "
-                                 f"(stragglers: {stragglers})")  # fmt: skip
+            raise _AttemptFailed(
+                f"{len(finished)} of {k} clients finished, the quorum is {self.quorum(k)} (stragglers: {stragglers})"
+            )
         # 4. reveal: only now can the sum be unmasked
         mark = time.perf_counter()
         revealed: dict[str, list[dict[str, Any]]] = {}
         if self.fed.secure_aggregation:
             self.on_step(f"round {round_id}: unmasking the sum")
             dropped = [c for c in sampled if c not in results]
-            answers, lost = self._ask(finished, lambda c: {"op": "reveal", "tag": tag, "inbox": inboxes.get(c, {}),
-                                                           "survivors": finished, "dropped": dropped},
-                                      PLAN_TIMEOUT_S)  # fmt: skip
+            answers, lost = self._ask(
+                finished,
+                lambda c: {
+                    "op": "reveal",
+                    "tag": tag,
+                    "inbox": inboxes.get(c, {}),
+                    "survivors": finished,
+                    "dropped": dropped,
+                },
+                PLAN_TIMEOUT_S,
+            )
             if len(answers) < t:
                 raise _AttemptFailed(f"only {len(answers)} clients revealed shares, the threshold is {t} ({lost})")
             revealed = {c: a["shares"] for c, a in answers.items()}
         phases["reveal"] = time.perf_counter() - mark
         self.store.save_vectors(round_id, {c: results[c]["vector"] for c in finished})
-        cur.update(finished=finished, stragglers=stragglers, revealed=revealed, threshold=t,
-                   names=results[finished[0]]["names"], noise_seed=int.from_bytes(os.urandom(8), "little"),
-                   rejected={c: a.get("rejected", []) for c, a in answers.items()} if revealed else {},
-                   clients={c: {k: results[c][k] for k in ("release", "train_s", "step_s", "ran_on")}
-                            for c in finished})  # fmt: skip
+        cur.update(
+            finished=finished,
+            stragglers=stragglers,
+            revealed=revealed,
+            threshold=t,
+            names=results[finished[0]]["names"],
+            noise_seed=int.from_bytes(os.urandom(8), "little"),
+            rejected={c: a.get("rejected", []) for c, a in answers.items()} if revealed else {},
+            clients={c: {k: results[c][k] for k in ("release", "train_s", "step_s", "ran_on")} for c in finished},
+        )
         self._persist("revealed")
 
     def _charge(self, cur: dict[str, Any]) -> None:
@@ -364,10 +425,16 @@ class Coordinator:
         adapter = self.store.load_adapter(cur["round"] - 1)
         names = cur["names"]
         if self.fed.secure_aggregation:
-            roster = [AdvertisedKeys(**{k: bytes.fromhex(v) if k != "client" else v for k, v in r.items()})
-                      for r in cur["roster"]]  # fmt: skip
-            server = SecAggServer(roster, threshold=cur["threshold"], round_tag=cur["tag"].encode(),
-                                  length=len(next(iter(vectors.values()))))  # fmt: skip
+            roster = [
+                AdvertisedKeys(**{k: bytes.fromhex(v) if k != "client" else v for k, v in r.items()})
+                for r in cur["roster"]
+            ]
+            server = SecAggServer(
+                roster,
+                threshold=cur["threshold"],
+                round_tag=cur["tag"].encode(),
+                length=len(next(iter(vectors.values()))),
+            )
             for c in cur["finished"]:
                 server.add_masked(c, vectors[c])
             total = server.unmask({c: [RevealedShare(**s) for s in shares] for c, shares in cur["revealed"].items()})
@@ -381,11 +448,18 @@ class Coordinator:
             udp = self.fed.user_dp
             # The seed was drawn from OS entropy at reveal and is deleted at commit; persisting it
             # makes a re-aggregation after a crash draw the *same* noise, never a second sample.
-            mean = S.dp_fedavg_from_sum(total[:-2], len(cur["sampled"]), udp.clip_norm, udp.noise_multiplier,
-                                        np.random.default_rng(cur["noise_seed"]))  # fmt: skip
+            mean = S.dp_fedavg_from_sum(
+                total[:-2],
+                len(cur["sampled"]),
+                udp.clip_norm,
+                udp.noise_multiplier,
+                np.random.default_rng(cur["noise_seed"]),
+            )
         elif self.fed.strategy in S.NEEDS_EACH_UPDATE:
-            updates = [S.ClientUpdate({"v": _t(vectors[c][:-2] / vectors[c][-2])}, int(vectors[c][-2]))
-                       for c in cur["finished"]]  # fmt: skip
+            updates = [
+                S.ClientUpdate({"v": _t(vectors[c][:-2] / vectors[c][-2])}, int(vectors[c][-2]))
+                for c in cur["finished"]
+            ]
             mean = S.aggregate(self.fed.strategy, updates, trim=self.fed.trim)["v"].numpy()
         else:
             mean = S.fedavg_from_sum(total[:-2], float(total[-2]))
@@ -416,15 +490,22 @@ class Coordinator:
         user_eps = composed_epsilon(history, self.privacy.delta, self.privacy.accountant) if history else None
         clients = cur["clients"]
         result = RoundResult(
-            round=cur["round"], attempt=cur["attempt"], sampled=cur["sampled"], finished=cur["finished"],
-            stragglers=cur["stragglers"], train_loss=cur["train_loss"],
-            held_out_loss=cur["held_out_loss"], perplexity=math.exp(cur["held_out_loss"]),
-            epsilon={c: self.ledger.epsilon(c) for c in self.nodes}, user_epsilon=user_eps,
-            wall_s=time.time() - cur["wall_started"], phases=cur["phases"],
+            round=cur["round"],
+            attempt=cur["attempt"],
+            sampled=cur["sampled"],
+            finished=cur["finished"],
+            stragglers=cur["stragglers"],
+            train_loss=cur["train_loss"],
+            held_out_loss=cur["held_out_loss"],
+            perplexity=math.exp(cur["held_out_loss"]),
+            epsilon={c: self.ledger.epsilon(c) for c in self.nodes},
+            user_epsilon=user_eps,
+            wall_s=time.time() - cur["wall_started"],
+            phases=cur["phases"],
             client_train_s={c: clients[c]["train_s"] for c in cur["finished"]},
             client_step_s={c: clients[c]["step_s"] for c in cur["finished"]},
             ran_on={c: clients[c].get("ran_on") for c in cur["finished"]},
-        )  # fmt: skip
+        )
         self.state["current"] = {"round": cur["round"], "attempt": cur["attempt"], "result": asdict(result)}
         self._persist("committed")
         self.store.drop_round_secrets(cur["round"])
@@ -433,8 +514,9 @@ class Coordinator:
         """Publish a frozen result once: to the run's history, the rounds file and ``on_round``."""
         result = RoundResult(**cur["result"])
         self.store.append_round(asdict(result))  # idempotent: a round already in the file is not added
-        metrics.round_committed(self.store.dir.name, result.round, result.wall_s, result.epsilon,
-                                self.privacy.client_budget_epsilon)  # fmt: skip
+        metrics.round_committed(
+            self.store.dir.name, result.round, result.wall_s, result.epsilon, self.privacy.client_budget_epsilon
+        )
         if self.on_round is not None:  # at least once; the registry hook recognises a round it has
             self.on_round(result, self.store.adapter_path(result.round))
         self.state["completed"].append(cur["result"])

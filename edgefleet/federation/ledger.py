@@ -60,8 +60,10 @@ class PrivacyLedger:
         self.budget, self.delta, self.accountant = budget_epsilon, delta, accountant
 
     def releases(self, client: str) -> list[Release]:
-        rows = self.db.execute("SELECT noise_multiplier, sample_rate, steps FROM releases WHERE client = ? "
-                               "ORDER BY round, attempt", (client,)).fetchall()  # fmt: skip
+        rows = self.db.execute(
+            "SELECT noise_multiplier, sample_rate, steps FROM releases WHERE client = ? ORDER BY round, attempt",
+            (client,),
+        ).fetchall()
         return [Release(*row) for row in rows]
 
     def epsilon(self, client: str) -> float:
@@ -78,8 +80,12 @@ class PrivacyLedger:
         return [c for c in clients if self.can_take_part(c, release)]
 
     def recorded(self, client: str, round_id: int, attempt: int = 1) -> bool:
-        return self.db.execute("SELECT 1 FROM releases WHERE client = ? AND round = ? AND attempt = ?",
-                               (client, round_id, attempt)).fetchone() is not None  # fmt: skip
+        return (
+            self.db.execute(
+                "SELECT 1 FROM releases WHERE client = ? AND round = ? AND attempt = ?", (client, round_id, attempt)
+            ).fetchone()
+            is not None
+        )
 
     def record(self, client: str, round_id: int, release: Release, attempt: int = 1, *, force: bool = False) -> None:
         """Record a release; recording the same (client, round, attempt) again changes nothing.
@@ -94,8 +100,10 @@ class PrivacyLedger:
             return
         if not force and not self.can_take_part(client, release):
             raise ValueError(f"{client}: round {round_id} would exceed the privacy budget ε={self.budget}")
-        self.db.execute("INSERT INTO releases VALUES (?, ?, ?, ?, ?, ?)", (client, round_id, attempt,
-                        release.noise_multiplier, release.sample_rate, release.steps))  # fmt: skip
+        self.db.execute(
+            "INSERT INTO releases VALUES (?, ?, ?, ?, ?, ?)",
+            (client, round_id, attempt, release.noise_multiplier, release.sample_rate, release.steps),
+        )
 
     def close(self) -> None:
         self.db.close()

@@ -51,9 +51,15 @@ def local_hyper(cfg: EdgefleetConfig) -> Any:
     from edgefleet.train.dp import LocalHyper
 
     fed = cfg.federation
-    return LocalHyper(lr=fed.lr, batch_size=fed.batch_size, physical_batch=min(8, fed.batch_size),
-                      max_steps=fed.local_steps, epochs=1000.0, seed=fed.seed,
-                      prox_mu=fed.prox_mu if fed.strategy == "fedprox" else 0.0)  # fmt: skip
+    return LocalHyper(
+        lr=fed.lr,
+        batch_size=fed.batch_size,
+        physical_batch=min(8, fed.batch_size),
+        max_steps=fed.local_steps,
+        epochs=1000.0,
+        seed=fed.seed,
+        prox_mu=fed.prox_mu if fed.strategy == "fedprox" else 0.0,
+    )
 
 
 def ray_sessions(cfg: EdgefleetConfig, cpus_per_client: float = 0.25) -> Callable[[str], Any]:
@@ -63,7 +69,13 @@ def ray_sessions(cfg: EdgefleetConfig, cpus_per_client: float = 0.25) -> Callabl
         from edgefleet.federation.client import handle
         from edgefleet.train.jobs import LocalTrainingSession
 
-        return LocalTrainingSession(cfg, node_id, block_size=cfg.federation.block_size,
-                                    cpus_per_worker=cpus_per_client, threads=1, handler=handle)  # fmt: skip
+        return LocalTrainingSession(
+            cfg,
+            node_id,
+            block_size=cfg.federation.block_size,
+            cpus_per_worker=cpus_per_client,
+            threads=1,
+            handler=handle,
+        )
 
     return start

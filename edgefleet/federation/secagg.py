@@ -93,14 +93,16 @@ def prg(seed: bytes, length: int) -> np.ndarray:
 
 
 def _kdf(secret: bytes, label: str, round_tag: bytes) -> bytes:
-    return HKDF(hashes.SHA256(), 32, salt=None, info=b"edgefleet-secagg|" + label.encode() + b"|" + round_tag
-                ).derive(secret)  # fmt: skip
+    return HKDF(hashes.SHA256(), 32, salt=None, info=b"edgefleet-secagg|" + label.encode() + b"|" + round_tag).derive(
+        secret
+    )
 
 
 def _raw(key: X25519PrivateKey | X25519PublicKey) -> bytes:
     if isinstance(key, X25519PrivateKey):
-        return key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                                 serialization.NoEncryption())  # fmt: skip
+        return key.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        )
     return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
@@ -112,8 +114,9 @@ def pair_mask(s_sk: bytes, other_s_pk: bytes, round_tag: bytes, length: int) -> 
 # ---------------------------------------------------------------- Shamir secret sharing
 
 
-def shamir_split(secret: bytes, xs: Sequence[int], threshold: int, rand: Callable[[int], bytes] = os.urandom
-                 ) -> dict[int, int]:  # fmt: skip
+def shamir_split(
+    secret: bytes, xs: Sequence[int], threshold: int, rand: Callable[[int], bytes] = os.urandom
+) -> dict[int, int]:
     """Shares ``{x: f(x)}`` of a degree ``threshold − 1`` polynomial with ``f(0) = secret``."""
     if not 1 <= threshold <= len(xs):
         raise SecAggError(f"threshold {threshold} must be in [1, {len(xs)}]")
@@ -211,8 +214,9 @@ class SecAggClient:
         self.rejected: list[str] = []  # senders whose share ciphertext failed authentication
 
     def advertise(self) -> AdvertisedKeys:
-        return AdvertisedKeys(self.client_id, _raw(self._c.public_key()), _raw(self._s.public_key()),
-                              hashlib.sha256(self._b).digest())  # fmt: skip
+        return AdvertisedKeys(
+            self.client_id, _raw(self._c.public_key()), _raw(self._s.public_key()), hashlib.sha256(self._b).digest()
+        )
 
     def _share_key(self, other_c_pk: bytes) -> bytes:
         return _kdf(self._c.exchange(X25519PublicKey.from_public_bytes(other_c_pk)), "share", self.round_tag)
@@ -231,8 +235,9 @@ class SecAggClient:
             if k.client == self.client_id:
                 continue
             x = xs[k.client]
-            body = json.dumps({"from": self.client_id, "to": k.client, "x": x, "s": hex(s_shares[x]),
-                               "b": hex(b_shares[x])}).encode()  # fmt: skip
+            body = json.dumps(
+                {"from": self.client_id, "to": k.client, "x": x, "s": hex(s_shares[x]), "b": hex(b_shares[x])}
+            ).encode()
             nonce, aad = os.urandom(12), self._aad(self.client_id, k.client)
             out[k.client] = nonce + AESGCM(self._share_key(k.c_pk)).encrypt(nonce, body, aad)
         # The client keeps its own shares: it is a survivor-revealer for itself too.
@@ -260,8 +265,9 @@ class SecAggClient:
             y = y + m if k.client > self.client_id else y - m
         return y
 
-    def reveal(self, inbox: Mapping[str, bytes], survivors: Sequence[str], dropped: Sequence[str]
-               ) -> list[RevealedShare]:  # fmt: skip
+    def reveal(
+        self, inbox: Mapping[str, bytes], survivors: Sequence[str], dropped: Sequence[str]
+    ) -> list[RevealedShare]:
         """Step 4: shares of ``b`` for survivors, of ``s`` for dropped clients.
 
         The client answers one split of the roster per round (the same question again gets the same
@@ -296,8 +302,9 @@ class SecAggClient:
             try:
                 if sender not in c_pks or sender == self.client_id:
                     raise InvalidTag
-                body = AESGCM(self._share_key(c_pks[sender])).decrypt(blob[:12], blob[12:],
-                                                                      self._aad(sender, self.client_id))  # fmt: skip
+                body = AESGCM(self._share_key(c_pks[sender])).decrypt(
+                    blob[:12], blob[12:], self._aad(sender, self.client_id)
+                )
             except InvalidTag:
                 self.rejected.append(sender)  # altered in transit, or not from whom it claims
                 continue
@@ -380,8 +387,9 @@ class SecAggServer:
         for u in survivors:
             total = total + self.masked[u]
         for u in survivors:  # strip self masks
-            b = self._rebuild(u, "b", by_owner, holders, lambda v, u=u: hashlib.sha256(_bytes32(v)).digest()
-                              == self._keys[u].b_commit)  # fmt: skip
+            b = self._rebuild(
+                u, "b", by_owner, holders, lambda v, u=u: hashlib.sha256(_bytes32(v)).digest() == self._keys[u].b_commit
+            )
             total = total - prg(_kdf(b, "self", self.round_tag), self.length)
         for v in dropped:  # strip the pairwise masks survivors added towards clients that dropped
             s_sk = self._rebuild(v, "s", by_owner, holders, lambda val, v=v: _x25519_pk(val) == self._keys[v].s_pk)

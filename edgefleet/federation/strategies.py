@@ -60,8 +60,10 @@ def _check(updates: Sequence[ClientUpdate]) -> list[str]:
 def fedavg(updates: Sequence[ClientUpdate]) -> dict[str, Any]:
     names = _check(updates)
     total = sum(u.num_samples for u in updates)
-    return {n: sum(u.delta[n].double() * (u.num_samples / total) for u in updates).to(updates[0].delta[n].dtype)
-            for n in names}  # fmt: skip
+    return {
+        n: sum(u.delta[n].double() * (u.num_samples / total) for u in updates).to(updates[0].delta[n].dtype)
+        for n in names
+    }
 
 
 def coordinate_median(updates: Sequence[ClientUpdate]) -> dict[str, Any]:
@@ -186,8 +188,9 @@ def lora_a_moved(delta: dict[str, Any], atol: float = 0.0) -> list[str]:
     return [n for n, t in delta.items() if "lora_A" in n and float(t.abs().max()) > atol]
 
 
-def aggregate(name: str, updates: Sequence[ClientUpdate], *, server: ServerOptimizer | None = None,
-              trim: float = 0.2) -> dict[str, Any]:  # fmt: skip
+def aggregate(
+    name: str, updates: Sequence[ClientUpdate], *, server: ServerOptimizer | None = None, trim: float = 0.2
+) -> dict[str, Any]:
     """The global delta under strategy ``name`` (the config's ``federation.strategy``)."""
     if name in ("fedavg", "fedprox"):
         return fedavg(updates)

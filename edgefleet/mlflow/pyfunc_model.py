@@ -37,8 +37,15 @@ class EdgefleetLLM(mlflow.pyfunc.PythonModel):
 
         params = params or {}
         prompts = _prompts(model_input)
-        return [generate(self.loaded, p, max_new_tokens=int(params.get("max_new_tokens", 32)),
-                         temperature=float(params.get("temperature", 0.0))) for p in prompts]  # fmt: skip
+        return [
+            generate(
+                self.loaded,
+                p,
+                max_new_tokens=int(params.get("max_new_tokens", 32)),
+                temperature=float(params.get("temperature", 0.0)),
+            )
+            for p in prompts
+        ]
 
 
 def _prompts(model_input: Any) -> list[str]:

@@ -51,8 +51,9 @@ def gate(candidate_loss: float, champion_loss: float | None, *, margin: float, w
         return GateDecision(
             True, f"held-out loss {candidate_loss:.4f} beats champion {champion_loss:.4f} by ≥ {margin:g}"
         )
-    return GateDecision(False, f"held-out loss {candidate_loss:.4f} does not beat champion {champion_loss:.4f} "
-                               f"by {margin:g}")  # fmt: skip
+    return GateDecision(
+        False, f"held-out loss {candidate_loss:.4f} does not beat champion {champion_loss:.4f} by {margin:g}"
+    )
 
 
 @dataclass(frozen=True)
@@ -86,8 +87,12 @@ class ModelRegistry:
     @classmethod
     def from_config(cls, cfg: Any) -> ModelRegistry:
         """The registry ``cfg.mlflow`` names, with the outbox in the cache."""
-        return cls(cfg.tracking_uri, cfg.mlflow.model_name, outbox=cfg.cache_dir / "mlflow" / "outbox",
-                   margin=cfg.mlflow.promotion_margin)  # fmt: skip
+        return cls(
+            cfg.tracking_uri,
+            cfg.mlflow.model_name,
+            outbox=cfg.cache_dir / "mlflow" / "outbox",
+            margin=cfg.mlflow.promotion_margin,
+        )
 
     # ------------------------------------------------------------ plumbing
 
@@ -143,15 +148,20 @@ class ModelRegistry:
         import mlflow
 
         client = self._client()
-        existing = client.search_model_versions(f"name = '{self.name}' and tag.`edgefleet.run` = '{r.run}' "
-                                                f"and tag.`edgefleet.round` = '{r.round}'")  # fmt: skip
+        existing = client.search_model_versions(
+            f"name = '{self.name}' and tag.`edgefleet.run` = '{r.run}' and tag.`edgefleet.round` = '{r.round}'"
+        )
         if existing:  # published before a restart: once is enough
             return str(existing[0].version)
         run_id = self._run_id(client, r)
         step = r.round
-        metrics = {"train_loss": r.train_loss, "held_out_loss": r.held_out_loss, "perplexity": r.perplexity,
-                   "epsilon_max": max(r.epsilon.values(), default=0.0),
-                   **{f"epsilon.{c}": e for c, e in r.epsilon.items()}}  # fmt: skip
+        metrics = {
+            "train_loss": r.train_loss,
+            "held_out_loss": r.held_out_loss,
+            "perplexity": r.perplexity,
+            "epsilon_max": max(r.epsilon.values(), default=0.0),
+            **{f"epsilon.{c}": e for c, e in r.epsilon.items()},
+        }
         if r.user_epsilon is not None:
             metrics["user_epsilon"] = r.user_epsilon
         for key, value in metrics.items():
@@ -165,20 +175,29 @@ class ModelRegistry:
             spec = adapter_dir.parent / "base_model.json"
             spec.write_text(json.dumps(r.base_model))
             info = mlflow.pyfunc.log_model(
-                name=f"round-{r.round}", python_model=_python_model(),
+                name=f"round-{r.round}",
+                python_model=_python_model(),
                 artifacts={"adapter": str(adapter_dir), "spec": str(spec)},
                 pip_requirements=["edgefleet", "torch", "transformers", "peft"],
-                registered_model_name=self.name, await_registration_for=60,
-            )  # fmt: skip
+                registered_model_name=self.name,
+                await_registration_for=60,
+            )
         version = str(info.registered_model_version)
         parent = self._parent(client, r)
-        tags = {"edgefleet.run": r.run, "edgefleet.round": str(r.round), "edgefleet.strategy": r.strategy,
-                "edgefleet.clients": ",".join(r.clients), "edgefleet.data_lineage": ",".join(r.clients),
-                "edgefleet.epsilon_max": f"{max(r.epsilon.values(), default=0.0):.4f}",
-                "edgefleet.epsilon": json.dumps({c: round(e, 4) for c, e in r.epsilon.items()}),
-                "edgefleet.delta": f"{r.delta:g}", "edgefleet.parent_version": parent or "",
-                "edgefleet.base_model": r.base_model.get("source", ""),
-                "edgefleet.held_out_loss": f"{r.held_out_loss:.6f}", "edgefleet.mlflow_run_id": run_id}  # fmt: skip
+        tags = {
+            "edgefleet.run": r.run,
+            "edgefleet.round": str(r.round),
+            "edgefleet.strategy": r.strategy,
+            "edgefleet.clients": ",".join(r.clients),
+            "edgefleet.data_lineage": ",".join(r.clients),
+            "edgefleet.epsilon_max": f"{max(r.epsilon.values(), default=0.0):.4f}",
+            "edgefleet.epsilon": json.dumps({c: round(e, 4) for c, e in r.epsilon.items()}),
+            "edgefleet.delta": f"{r.delta:g}",
+            "edgefleet.parent_version": parent or "",
+            "edgefleet.base_model": r.base_model.get("source", ""),
+            "edgefleet.held_out_loss": f"{r.held_out_loss:.6f}",
+            "edgefleet.mlflow_run_id": run_id,
+        }
         if r.user_epsilon is not None:
             tags["edgefleet.user_epsilon"] = f"{r.user_epsilon:.4f}"
         for key, value in tags.items():
@@ -186,8 +205,12 @@ class ModelRegistry:
         client.set_registered_model_alias(self.name, CANDIDATE, version)
         champion = self._champion(client)
         champion_loss = float(champion.tags["edgefleet.held_out_loss"]) if champion else None
-        decision = gate(r.held_out_loss, champion_loss, margin=self.margin,
-                        within_budget=all(e <= r.budget_epsilon for e in r.epsilon.values()))  # fmt: skip
+        decision = gate(
+            r.held_out_loss,
+            champion_loss,
+            margin=self.margin,
+            within_budget=all(e <= r.budget_epsilon for e in r.epsilon.values()),
+        )
         client.set_model_version_tag(self.name, version, "edgefleet.gate", "promoted" if decision.promote else "held")
         client.set_model_version_tag(self.name, version, "edgefleet.gate_reason", decision.reason)
         if decision.promote:
@@ -209,8 +232,9 @@ class ModelRegistry:
 
     def _parent(self, client: Any, r: RoundRecord) -> str | None:
         if r.round > 1:
-            prev = client.search_model_versions(f"name = '{self.name}' and tag.`edgefleet.run` = '{r.run}' "
-                                                f"and tag.`edgefleet.round` = '{r.round - 1}'")  # fmt: skip
+            prev = client.search_model_versions(
+                f"name = '{self.name}' and tag.`edgefleet.run` = '{r.run}' and tag.`edgefleet.round` = '{r.round - 1}'"
+            )
             if prev:
                 return prev[0].version
         champion = self._champion(client)
@@ -237,8 +261,9 @@ class ModelRegistry:
         out = []
         for v in client.search_model_versions(f"name = '{self.name}'"):
             mine = sorted(a for a, ver in aliases.items() if str(ver) == str(v.version))
-            out.append({"version": str(v.version), "aliases": mine, "tags": dict(v.tags),
-                        "created": v.creation_timestamp})  # fmt: skip
+            out.append(
+                {"version": str(v.version), "aliases": mine, "tags": dict(v.tags), "created": v.creation_timestamp}
+            )
         return sorted(out, key=lambda v: int(v["version"]))
 
     def show(self, version: str) -> dict[str, Any]:
@@ -286,11 +311,14 @@ class ModelRegistry:
         run = runs[0]
         history = client.get_metric_history(run.info.run_id, "held_out_loss")
         budget = run.data.params.get("client_budget_epsilon")
-        return {"run": run.data.tags.get("edgefleet.run", run.info.run_name),
-                "round": max((m.step for m in history), default=None),
-                "epsilon": {k.removeprefix("epsilon."): v for k, v in sorted(run.data.metrics.items())
-                            if k.startswith("epsilon.")},
-                "budget": float(budget) if budget else None}  # fmt: skip
+        return {
+            "run": run.data.tags.get("edgefleet.run", run.info.run_name),
+            "round": max((m.step for m in history), default=None),
+            "epsilon": {
+                k.removeprefix("epsilon."): v for k, v in sorted(run.data.metrics.items()) if k.startswith("epsilon.")
+            },
+            "budget": float(budget) if budget else None,
+        }
 
     def champion_version(self) -> str | None:
         champion = self._champion(self._client())

@@ -28,9 +28,12 @@ def calibrate(spec: ModelSpec, *, new_tokens: int = 32, rounds: int = 3) -> dict
                 await engine.complete(
                     GenRequest(f"a{r}{p}", [{"role": "user", "content": p}], max_new_tokens=new_tokens)
                 )
-            await asyncio.gather(*(engine.complete(GenRequest(f"b{r}{i}", [{"role": "user", "content": p}],
-                                                              max_new_tokens=new_tokens))
-                                   for i, p in enumerate(PROMPTS)))  # fmt: skip
+            await asyncio.gather(
+                *(
+                    engine.complete(GenRequest(f"b{r}{i}", [{"role": "user", "content": p}], max_new_tokens=new_tokens))
+                    for i, p in enumerate(PROMPTS)
+                )
+            )
 
     asyncio.run(run())
     stats = engine.stats()
@@ -38,6 +41,10 @@ def calibrate(spec: ModelSpec, *, new_tokens: int = 32, rounds: int = 3) -> dict
     prefill, decode1 = stats["prefill_ms_per_token"], steps.get(1) or min(steps.values())
     biggest = max(steps)
     slowdown = max(0.0, (steps[biggest] / decode1 - 1) / (biggest - 1)) if biggest > 1 else 0.0
-    return {"model": f"{spec.source} {spec.quantization} threads={spec.threads}", "prefill_ms_per_token": prefill,
-            "decode_ms_per_step": {int(b): ms for b, ms in sorted(steps.items())}, "batch_slowdown": slowdown,
-            "synthetic_source": f"synthetic:{prefill:.2f}:{decode1:.1f}:{slowdown:.3f}"}  # fmt: skip
+    return {
+        "model": f"{spec.source} {spec.quantization} threads={spec.threads}",
+        "prefill_ms_per_token": prefill,
+        "decode_ms_per_step": {int(b): ms for b, ms in sorted(steps.items())},
+        "batch_slowdown": slowdown,
+        "synthetic_source": f"synthetic:{prefill:.2f}:{decode1:.1f}:{slowdown:.3f}",
+    }

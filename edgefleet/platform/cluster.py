@@ -85,12 +85,15 @@ def start_local_fleet(config: EdgefleetConfig, *, on_step: Step | None = None, l
     _quiet_ray_env()
     step = on_step or (lambda _name: None)
     store = config.ray.object_store_mb * _MB
-    head_args: dict[str, Any] = {"num_cpus": config.ray.head_cpus, "object_store_memory": store,
-                                 "include_dashboard": config.ray.dashboard,
-                                 "labels": {ROLE_LABEL: "head"},
-                                 # The head's metrics on a known port; the other raylets pick free ones,
-                                 # found through ray.nodes() (see edgefleet.metrics.endpoints).
-                                 "metrics_export_port": config.ports.metrics}  # fmt: skip
+    head_args: dict[str, Any] = {
+        "num_cpus": config.ray.head_cpus,
+        "object_store_memory": store,
+        "include_dashboard": config.ray.dashboard,
+        "labels": {ROLE_LABEL: "head"},
+        # The head's metrics on a known port; the other raylets pick free ones,
+        # found through ray.nodes() (see edgefleet.metrics.endpoints).
+        "metrics_export_port": config.ports.metrics,
+    }
     if config.ray.dashboard:
         head_args |= {"dashboard_host": "127.0.0.1", "dashboard_port": config.ports.dashboard}
     step("start head (GCS" + (" + dashboard)" if config.ray.dashboard else ")"))
@@ -98,8 +101,9 @@ def start_local_fleet(config: EdgefleetConfig, *, on_step: Step | None = None, l
         cluster = Cluster(initialize_head=True, head_node_args=head_args)
         for node in config.fleet.edge_nodes:
             step(f"start raylet {node.id} (edge, {node.num_cpus} CPU)")
-            cluster.add_node(num_cpus=node.num_cpus, object_store_memory=store,
-                             labels=edge_labels(node.id, node.labels), wait=False)  # fmt: skip
+            cluster.add_node(
+                num_cpus=node.num_cpus, object_store_memory=store, labels=edge_labels(node.id, node.labels), wait=False
+            )
         cloud = config.fleet.cloud
         step(f"start raylet {cloud.id} (cloud, {cloud.num_cpus} CPU)")
         cluster.add_node(num_cpus=cloud.num_cpus, object_store_memory=store, labels=cloud_labels(cloud.id), wait=False)

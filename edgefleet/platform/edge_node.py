@@ -38,13 +38,23 @@ class EdgeNode(ModelServer):
         """Whole completion for a plain prompt: a convenience for scripts and checks."""
         import uuid
 
-        result = await self.complete({"request_id": uuid.uuid4().hex, "stream": False,
-                                      "messages": [{"role": "user", "content": prompt}],
-                                      "max_new_tokens": max_new_tokens, "temperature": temperature})  # fmt: skip
+        result = await self.complete(
+            {
+                "request_id": uuid.uuid4().hex,
+                "stream": False,
+                "messages": [{"role": "user", "content": prompt}],
+                "max_new_tokens": max_new_tokens,
+                "temperature": temperature,
+            }
+        )
         if result["type"] == "error":
             raise ValueError(result["message"])
-        return {"text": result["text"], "node_id": self.node_id, "seconds": result["engine_ms"] / 1000,
-                "finish_reason": result["finish_reason"]}  # fmt: skip
+        return {
+            "text": result["text"],
+            "node_id": self.node_id,
+            "seconds": result["engine_ms"] / 1000,
+            "finish_reason": result["finish_reason"],
+        }
 
     def info(self) -> dict[str, Any]:
         """Where this actor runs and what it serves; the labels are read from the raylet itself."""
@@ -66,8 +76,15 @@ class EdgeNode(ModelServer):
         }
 
 
-def spawn_edge_node(node: EdgeNodeConfig, *, cache_dir: Path | None = None, max_restarts: int = 3,
-                    name: str | None = None, app: str = "edgefleet", detached: bool = False) -> Any:  # fmt: skip
+def spawn_edge_node(
+    node: EdgeNodeConfig,
+    *,
+    cache_dir: Path | None = None,
+    max_restarts: int = 3,
+    name: str | None = None,
+    app: str = "edgefleet",
+    detached: bool = False,
+) -> Any:
     """Start the EdgeNode actor for ``node`` on the raylet labelled with its id; returns the handle.
 
     The call returns at once; ``ray.get(handle.info.remote())`` waits until the model is loaded.

@@ -82,8 +82,9 @@ class _Slot:
 class _BatchStreamer:
     """transformers streamer: gets the (B,) token tensor of every step and routes it per request."""
 
-    def __init__(self, engine: GenerationEngine, slots: list[_Slot], tokenizer: Any, eos_ids: set[int],
-                 prompt_width: int) -> None:  # fmt: skip
+    def __init__(
+        self, engine: GenerationEngine, slots: list[_Slot], tokenizer: Any, eos_ids: set[int], prompt_width: int
+    ) -> None:
         self.engine, self.slots, self.tok, self.eos_ids = engine, slots, tokenizer, eos_ids
         self.prompt_tokens = len(slots) * prompt_width  # padded: what prefill really computes
         self.prompt_seen = False
@@ -147,8 +148,7 @@ class _BatchStreamer:
     def _finish(self, slot: _Slot, reason: str) -> None:
         self._flush(slot, len(slot.text))
         slot.done, slot.finish_reason = True, reason
-        slot.emit({"type": "end", "finish_reason": reason, "completion_tokens": len(slot.token_ids),
-                   "text": slot.text})  # fmt: skip
+        slot.emit({"type": "end", "finish_reason": reason, "completion_tokens": len(slot.token_ids), "text": slot.text})
 
 
 class _RowsDone:
@@ -166,9 +166,16 @@ class _RowsDone:
 class GenerationEngine:
     """Dynamic batching and token streaming for one model; the model can be swapped live."""
 
-    def __init__(self, loaded: LoadedModel | None = None, *, load: Callable[[], LoadedModel] | None = None,
-                 batch_window_ms: float = 10.0, batch_quiet_ms: float = 1.0, max_batch: int = 8,
-                 max_new_tokens_limit: int = 1024) -> None:  # fmt: skip
+    def __init__(
+        self,
+        loaded: LoadedModel | None = None,
+        *,
+        load: Callable[[], LoadedModel] | None = None,
+        batch_window_ms: float = 10.0,
+        batch_quiet_ms: float = 1.0,
+        max_batch: int = 8,
+        max_new_tokens_limit: int = 1024,
+    ) -> None:
         """Pass ``load`` rather than ``loaded`` so the model is built on the engine's torch thread.
 
         All torch work of a process must run on one thread: a second thread entering torch's
@@ -221,8 +228,10 @@ class GenerationEngine:
         except Exception as exc:  # e.g. a chat template that refuses this order of roles
             return f"messages: the model's chat template rejected them ({exc})"
         if n + req.max_new_tokens > self.context_length:
-            return (f"prompt: {n} prompt tokens + max_new_tokens {req.max_new_tokens} exceed "
-                    f"the model's context of {self.context_length} tokens")  # fmt: skip
+            return (
+                f"prompt: {n} prompt tokens + max_new_tokens {req.max_new_tokens} exceed "
+                f"the model's context of {self.context_length} tokens"
+            )
         return ("", n)
 
     async def stream(self, req: GenRequest):
@@ -271,8 +280,12 @@ class GenerationEngine:
                 first_ms = (time.perf_counter() - received) * 1000
             elif kind == "end":
                 total_ms = (time.perf_counter() - received) * 1000
-                return {**start, **event, "first_token_ms": total_ms if first_ms is None else first_ms,
-                        "engine_ms": total_ms}  # fmt: skip
+                return {
+                    **start,
+                    **event,
+                    "first_token_ms": total_ms if first_ms is None else first_ms,
+                    "engine_ms": total_ms,
+                }
         return {"type": "error", "code": "INTERNAL", "message": "the engine closed the stream without an end event"}
 
     async def swap_with(self, load: Callable[[], LoadedModel]) -> str:
@@ -370,8 +383,16 @@ class GenerationEngine:
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])  # (B, T) left-padded
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])  # (B, T)
         for s, p in zip(slots, prompts, strict=True):
-            s.emit({"type": "start", "queue_ms": (started - s.req.arrived) * 1000, "prompt_tokens": len(p),
-                    "batch_size": len(slots), "model": loaded.name, "model_version": loaded.version})  # fmt: skip
+            s.emit(
+                {
+                    "type": "start",
+                    "queue_ms": (started - s.req.arrived) * 1000,
+                    "prompt_tokens": len(p),
+                    "batch_size": len(slots),
+                    "model": loaded.name,
+                    "model_version": loaded.version,
+                }
+            )
         eos = loaded.model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         streamer = _BatchStreamer(self, slots, tok, eos_ids, width)
@@ -384,9 +405,15 @@ class GenerationEngine:
             if first.seed is not None:
                 torch.manual_seed(first.seed)
         with torch.inference_mode():
-            loaded.model.generate(input_ids=ids, attention_mask=mask, streamer=streamer, pad_token_id=pad,
-                                  max_new_tokens=max(s.req.max_new_tokens for s in slots),
-                                  stopping_criteria=[_RowsDone(slots)], **sampling)  # fmt: skip
+            loaded.model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                streamer=streamer,
+                pad_token_id=pad,
+                max_new_tokens=max(s.req.max_new_tokens for s in slots),
+                stopping_criteria=[_RowsDone(slots)],
+                **sampling,
+            )
         streamer.end()
 
     def _observe_step(self, seconds: float, *, first: bool, batch: int, tokens: int) -> None:

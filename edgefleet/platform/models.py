@@ -71,12 +71,19 @@ def build_tiny(seed: int = 0) -> tuple[Any, Any]:
 
     tok = build_tiny_tokenizer()
     config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
         tie_word_embeddings=True,
         initializer_range=0.2,  # the default 0.02 makes every prompt decode to one repeated byte
-    )  # fmt: skip
+    )
     gen = torch.random.fork_rng()  # seeding must not disturb the caller's global RNG
     with gen:
         torch.manual_seed(seed)

@@ -61,8 +61,15 @@ class _Step(list):
 
 def load_synthetic(source: str) -> LoadedModel:
     profile = SyntheticProfile.parse(source)
-    return LoadedModel(model=profile, tokenizer=_WordTokenizer(), name="synthetic", version=source,
-                       quantization="none", load_seconds=0.0, num_parameters=0)  # fmt: skip
+    return LoadedModel(
+        model=profile,
+        tokenizer=_WordTokenizer(),
+        name="synthetic",
+        version=source,
+        quantization="none",
+        load_seconds=0.0,
+        num_parameters=0,
+    )
 
 
 class SyntheticEngine(GenerationEngine):
@@ -85,8 +92,16 @@ class SyntheticEngine(GenerationEngine):
         started = time.perf_counter()
         prompts = [len(self._prompt(loaded, s.req)) for s in slots]
         for s, n in zip(slots, prompts, strict=True):
-            s.emit({"type": "start", "queue_ms": (started - s.req.arrived) * 1000, "prompt_tokens": n,
-                    "batch_size": len(slots), "model": loaded.name, "model_version": loaded.version})  # fmt: skip
+            s.emit(
+                {
+                    "type": "start",
+                    "queue_ms": (started - s.req.arrived) * 1000,
+                    "prompt_tokens": n,
+                    "batch_size": len(slots),
+                    "model": loaded.name,
+                    "model_version": loaded.version,
+                }
+            )
         with self._lock:
             self.batches += 1
         streamer = _BatchStreamer(self, slots, loaded.tokenizer, set(), max(prompts))

@@ -46,8 +46,9 @@ def start_serve(cfg: EdgefleetConfig, *, log_level: str = "INFO") -> None:
         proxy_location=location,
         http_options=HTTPOptions(host="127.0.0.1", port=cfg.ports.http),
         # Behind the gRPC front (TLS, size limit), Serve's proxy moves to the internal port.
-        grpc_options=gRPCOptions(port=cfg.ports.grpc_internal if cfg.grpc_front else cfg.ports.grpc,
-                                 grpc_servicer_functions=[GRPC_SERVICER]),
+        grpc_options=gRPCOptions(
+            port=cfg.ports.grpc_internal if cfg.grpc_front else cfg.ports.grpc, grpc_servicer_functions=[GRPC_SERVICER]
+        ),
         logging_config={"log_level": log_level},
     )
 

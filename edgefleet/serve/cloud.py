@@ -36,7 +36,7 @@ def cloud_deployment(cloud: CloudConfig, *, cache_dir: Path | None) -> Any:
                 "initial_replicas": replicas,
                 "max_replicas": max(replicas, 1),
                 "target_ongoing_requests": 8,
-            },  # fmt: skip
+            },
             max_ongoing_requests=32,  # the engine batches 8 at a time; more would only queue inside it
             max_queued_requests=cloud.max_queued_requests,
             health_check_period_s=5,

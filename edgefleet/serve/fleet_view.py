@@ -43,8 +43,9 @@ class FleetTracker:
             self.stats[target_id] = stats
             self.failures[target_id] = 0
 
-    def dispatch(self, target_id: str, prompt_tokens: int = 0, max_new_tokens: int = 0,
-                 now: float | None = None) -> int:  # fmt: skip
+    def dispatch(
+        self, target_id: str, prompt_tokens: int = 0, max_new_tokens: int = 0, now: float | None = None
+    ) -> int:
         """Count a request sent to ``target_id``; returns the job id :meth:`finish` takes."""
         job = next(self._ids)
         at = time.monotonic() if now is None else now
@@ -62,26 +63,41 @@ class FleetTracker:
 
     def view(self, now: float | None = None) -> FleetView:
         now = time.monotonic() if now is None else now
-        targets = [self._state(node_id, "edge", node.site, node.batching.max_batch, 16, 1, now)
-                   for node_id, node in self.edges.items()]  # fmt: skip
+        targets = [
+            self._state(node_id, "edge", node.site, node.batching.max_batch, 16, 1, now)
+            for node_id, node in self.edges.items()
+        ]
         cloud = self.cfg.fleet.cloud
-        targets.append(self._state(self.cloud_id, "cloud", "", cloud.batching.max_batch, cloud.max_queued_requests,
-                                   cloud.replicas, now))  # fmt: skip
+        targets.append(
+            self._state(
+                self.cloud_id, "cloud", "", cloud.batching.max_batch, cloud.max_queued_requests, cloud.replicas, now
+            )
+        )
         return FleetView(tuple(targets))
 
-    def _state(self, target_id: str, tier: str, site: str, max_batch: int, max_queue: int, servers: int,
-               now: float) -> TargetState:  # fmt: skip
+    def _state(
+        self, target_id: str, tier: str, site: str, max_batch: int, max_queue: int, servers: int, now: float
+    ) -> TargetState:
         s = self.stats.get(target_id, {})
         jobs = tuple(Job((now - at) * 1000, prompt, new) for at, prompt, new in self.jobs.get(target_id, {}).values())
         return TargetState(
-            target_id, tier, site=site, queue_depth=s.get("queue_depth", 0),
-            in_flight=len(jobs), healthy=self.healthy.get(target_id, True),
-            draining=s.get("draining", False), circuit_open=self.circuit_open(target_id),
-            max_queue=max_queue, max_batch=max_batch, rtt_ms=self.rtt_ms.get(target_id, 0.0),
+            target_id,
+            tier,
+            site=site,
+            queue_depth=s.get("queue_depth", 0),
+            in_flight=len(jobs),
+            healthy=self.healthy.get(target_id, True),
+            draining=s.get("draining", False),
+            circuit_open=self.circuit_open(target_id),
+            max_queue=max_queue,
+            max_batch=max_batch,
+            rtt_ms=self.rtt_ms.get(target_id, 0.0),
             prefill_ms_per_token=s.get("prefill_ms_per_token"),
             decode_ms_per_step=tuple(sorted((s.get("decode_ms_per_step") or {}).items())),
-            model_version=s.get("model_version", ""), jobs=jobs, servers=servers,
-        )  # fmt: skip
+            model_version=s.get("model_version", ""),
+            jobs=jobs,
+            servers=servers,
+        )
 
 
 class RecentOutcomes:
@@ -104,9 +120,13 @@ class RecentOutcomes:
         events = self.events.get(target_id, ())
         judged = [met for _, _, met in events if met is not None]
         span = max(min(self.window_s, at - self.started), 1e-9)  # a young Gateway has seen less than a window
-        return {"requests": len(events), "tokens_per_s": sum(t for _, t, _ in events) / span,
-                "sla_met": sum(judged), "sla_judged": len(judged),
-                "sla_attainment": sum(judged) / len(judged) if judged else None}  # fmt: skip
+        return {
+            "requests": len(events),
+            "tokens_per_s": sum(t for _, t, _ in events) / span,
+            "sla_met": sum(judged),
+            "sla_judged": len(judged),
+            "sla_attainment": sum(judged) / len(judged) if judged else None,
+        }
 
     def _trim(self, target_id: str, now: float) -> None:
         events = self.events.get(target_id)

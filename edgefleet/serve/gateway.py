@@ -84,9 +84,13 @@ def _as_request_error(exc: Exception) -> RequestError:
 
 
 # Codes that mean "refused" (the request, its caller or the fleet's capacity), not "broke".
-_REJECTED = {grpc.StatusCode.INVALID_ARGUMENT: "invalid_argument", grpc.StatusCode.UNAUTHENTICATED: "unauthenticated",
-             grpc.StatusCode.PERMISSION_DENIED: "permission_denied", grpc.StatusCode.UNAVAILABLE: "no_target",
-             grpc.StatusCode.RESOURCE_EXHAUSTED: "overloaded"}  # fmt: skip
+_REJECTED = {
+    grpc.StatusCode.INVALID_ARGUMENT: "invalid_argument",
+    grpc.StatusCode.UNAUTHENTICATED: "unauthenticated",
+    grpc.StatusCode.PERMISSION_DENIED: "permission_denied",
+    grpc.StatusCode.UNAVAILABLE: "no_target",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "overloaded",
+}
 
 
 def _broken(err: RequestError) -> RequestError:
@@ -99,8 +103,13 @@ def _counted_failure(exc: Exception) -> RequestError:
     err = _as_request_error(exc)
     if err.code in _REJECTED and not getattr(err, "broken", False):
         infeasible = err.code == grpc.StatusCode.RESOURCE_EXHAUSTED and err.param == "deadline_ms"
-        reason = "deadline_infeasible" if infeasible else "rate_limited" if isinstance(err, RateLimited) \
-            else _REJECTED[err.code]  # fmt: skip
+        reason = (
+            "deadline_infeasible"
+            if infeasible
+            else "rate_limited"
+            if isinstance(err, RateLimited)
+            else _REJECTED[err.code]
+        )
         metrics.request_failed("rejected", reason)
     else:
         metrics.request_failed("error")
@@ -132,14 +141,19 @@ def _to_response(e: dict[str, Any] | None) -> pb.GenerateResponse:
     if e is None:
         raise RequestError(grpc.StatusCode.INTERNAL, "the target closed the stream without a final event")
     return pb.GenerateResponse(
-        request_id=e["request_id"], text=e["text"],
+        request_id=e["request_id"],
+        text=e["text"],
         usage=pb.Usage(prompt_tokens=e["prompt_tokens"], completion_tokens=e["completion_tokens"]),
         served_by=pb.ServedBy(tier=_TIER.get(e["tier"], pb.TIER_UNSPECIFIED), node_id=e["node_id"]),
-        model_name=e["model"], model_version=e["model_version"],
+        model_name=e["model"],
+        model_version=e["model_version"],
         timings=pb.Timings(queue_ms=e["queue_ms"], ttft_ms=e["ttft_ms"], total_ms=e["total_ms"]),
-        sla_met=e["sla_met"], finish_reason=_FINISH.get(e["finish_reason"], pb.FINISH_REASON_UNSPECIFIED),
-        route_reason=e["route_reason"], predicted_ms=e["predicted_ms"], network_simulated=e["network_simulated"],
-    )  # fmt: skip
+        sla_met=e["sla_met"],
+        finish_reason=_FINISH.get(e["finish_reason"], pb.FINISH_REASON_UNSPECIFIED),
+        route_reason=e["route_reason"],
+        predicted_ms=e["predicted_ms"],
+        network_simulated=e["network_simulated"],
+    )
 
 
 @serve.deployment(name="Gateway", ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=256)
@@ -152,8 +166,9 @@ class Gateway:
         self.limiter = RateLimiter(rate=limit.requests_per_s, burst=limit.burst) if limit else None
         self.cloud = cloud
         self.margins = ResidualTracker()
-        self.router = router or make_router(self.cfg.routing.policy, cost_order=self.cfg.routing.cost_order,
-                                            margins=self.margins)  # fmt: skip
+        self.router = router or make_router(
+            self.cfg.routing.policy, cost_order=self.cfg.routing.cost_order, margins=self.margins
+        )
         profiles = {n.id: n.network for n in self.cfg.fleet.edge_nodes}
         profiles[self.cfg.fleet.cloud.id] = self.cfg.fleet.cloud.network
         # One machine (no ray.address): no real WAN, so inject the configured one; a real cluster: none.
@@ -189,8 +204,9 @@ class Gateway:
                     yield pb.GenerateChunk(request_id=v.request_id, text=event["text"], index=index)
                     index += 1
                 elif event["type"] == "end":
-                    yield pb.GenerateChunk(request_id=v.request_id, index=index, final=True,
-                                           summary=_to_response(event))  # fmt: skip
+                    yield pb.GenerateChunk(
+                        request_id=v.request_id, index=index, final=True, summary=_to_response(event)
+                    )
         except Exception as exc:  # noqa: BLE001
             err = _counted_failure(exc)
             _set_status(grpc_context, err)
@@ -215,10 +231,22 @@ class Gateway:
         arrived = time.perf_counter()
         try:
             self.authorize_http(authorization)
-            v = validate(prompt=prompt, messages=messages, max_new_tokens=body.limit(),
-                         temperature=body.temperature, top_p=body.top_p, seed=body.seed, stop=body.stops(),
-                         deadline_ms=body.deadline_ms, route=body.route, site=body.site, priority="normal",
-                         request_id=None, cfg=self.cfg, mode=body.mode)  # fmt: skip
+            v = validate(
+                prompt=prompt,
+                messages=messages,
+                max_new_tokens=body.limit(),
+                temperature=body.temperature,
+                top_p=body.top_p,
+                seed=body.seed,
+                stop=body.stops(),
+                deadline_ms=body.deadline_ms,
+                route=body.route,
+                site=body.site,
+                priority="normal",
+                request_id=None,
+                cfg=self.cfg,
+                mode=body.mode,
+            )
             if not body.stream:
                 end = None
                 async for event in self.run(v, arrived=arrived, stream=False):
@@ -228,8 +256,9 @@ class Gateway:
             first = await anext(events)  # fail before the 200 is sent: errors still get their status
         except Exception as exc:  # noqa: BLE001
             return error_response(_counted_failure(exc))
-        return StreamingResponse(self._sse(kind, v.request_id, body.model, first, events),
-                                 media_type="text/event-stream")  # fmt: skip
+        return StreamingResponse(
+            self._sse(kind, v.request_id, body.model, first, events), media_type="text/event-stream"
+        )
 
     async def _sse(self, kind, rid, model, first, events):
         try:
@@ -265,8 +294,9 @@ class Gateway:
                     if event["type"] == "end":
                         ended = True
                         metrics.request_served(event, v.deadline_ms)
-                        self.recent.record(event["node_id"], event["completion_tokens"],
-                                           event["sla_met"] if v.deadline_ms else None)  # fmt: skip
+                        self.recent.record(
+                            event["node_id"], event["completion_tokens"], event["sla_met"] if v.deadline_ms else None
+                        )
                     yield event
         except (GeneratorExit, asyncio.CancelledError):
             if not ended:  # the caller left (deadline, disconnect) before the answer was complete
@@ -287,8 +317,11 @@ class Gateway:
         self.hedges.on_request()
         # Only streams hedge: a unary call shows its first token only when it is complete, so a
         # first-token timer would fire on almost every unary request.
-        hedge = plan_hedge(decision.target_id, route_request, view, self.margins) \
-            if self.cfg.routing.hedging and stream else None  # fmt: skip
+        hedge = (
+            plan_hedge(decision.target_id, route_request, view, self.margins)
+            if self.cfg.routing.hedging and stream
+            else None
+        )
         candidates = [decision.target_id, *decision.fallbacks]
         first_token_at = None
         start: dict[str, Any] = {}
@@ -299,15 +332,26 @@ class Gateway:
         def summary(end: dict[str, Any], target: str, attempts: int, text: str = "") -> dict[str, Any]:
             now = time.perf_counter()
             total_ms = (now - arrived) * 1000
-            return {**end, "type": "end", "request_id": v.request_id, "text": sent_text if stream else text,
-                    "completion_tokens": sent_tokens + end["completion_tokens"], "tier": start.get("tier", ""),
-                    "node_id": start.get("node_id", target), "model": start.get("model", ""),
-                    "model_version": start.get("model_version", ""), "prompt_tokens": start.get("prompt_tokens", 0),
-                    "queue_ms": start.get("queue_ms", 0.0), "ttft_ms": ((first_token_at or now) - arrived) * 1000,
-                    "total_ms": total_ms, "sla_met": v.deadline_ms == 0 or total_ms <= v.deadline_ms,
-                    "route_reason": "; ".join([decision.reason, *notes]),
-                    "predicted_ms": (decision.predicted_ms or 0.0) if attempts == 1 else 0.0,
-                    "network_simulated": self.wan.enabled, "attempts": attempts}  # fmt: skip
+            return {
+                **end,
+                "type": "end",
+                "request_id": v.request_id,
+                "text": sent_text if stream else text,
+                "completion_tokens": sent_tokens + end["completion_tokens"],
+                "tier": start.get("tier", ""),
+                "node_id": start.get("node_id", target),
+                "model": start.get("model", ""),
+                "model_version": start.get("model_version", ""),
+                "prompt_tokens": start.get("prompt_tokens", 0),
+                "queue_ms": start.get("queue_ms", 0.0),
+                "ttft_ms": ((first_token_at or now) - arrived) * 1000,
+                "total_ms": total_ms,
+                "sla_met": v.deadline_ms == 0 or total_ms <= v.deadline_ms,
+                "route_reason": "; ".join([decision.reason, *notes]),
+                "predicted_ms": (decision.predicted_ms or 0.0) if attempts == 1 else 0.0,
+                "network_simulated": self.wan.enabled,
+                "attempts": attempts,
+            }
 
         for attempt, target in enumerate(candidates):
             job = self.fleet.dispatch(target, route_request.prompt_tokens, v.max_new_tokens - sent_tokens)
@@ -326,8 +370,13 @@ class Gateway:
                 events = self._events_from(target, request)
                 if attempt == 0 and hedge is not None:
                     hedge_events = partial(self._hedge_events, hedge.cloud_id, request, route_request.prompt_tokens)
-                    events = race(events, hedge_events, after_s=hedge.after_ms / 1000, budget=self.hedges,
-                                  hedge_name=hedge.cloud_id)  # fmt: skip
+                    events = race(
+                        events,
+                        hedge_events,
+                        after_s=hedge.after_ms / 1000,
+                        budget=self.hedges,
+                        hedge_name=hedge.cloud_id,
+                    )
                 async for event in events:
                     kind = event["type"]
                     if kind == "note":
@@ -376,13 +425,17 @@ class Gateway:
                     self.handles.pop(target, None)
                 elapsed_ms = (time.perf_counter() - arrived) * 1000
                 if started_any and sent_text and not (stream and (v.deadline_ms == 0 or elapsed_ms < v.deadline_ms)):
-                    raise _broken(RequestError(grpc.StatusCode.UNAVAILABLE, f"{target} failed mid-stream: {exc}")) \
-                        from None
+                    raise _broken(
+                        RequestError(grpc.StatusCode.UNAVAILABLE, f"{target} failed mid-stream: {exc}")
+                    ) from None
                 if attempt + 1 < len(candidates):
                     metrics.failed_over(target)
                 sent_tokens += tokens_here
-                notes.append(f"{target} failed after {tokens_here} tokens; continued on the next target"
-                             if tokens_here else f"{target} failed before its first token")  # fmt: skip
+                notes.append(
+                    f"{target} failed after {tokens_here} tokens; continued on the next target"
+                    if tokens_here
+                    else f"{target} failed before its first token"
+                )
                 continue  # fail over to the next candidate
             finally:
                 self.fleet.finish(target, failed=failed, job=job)
@@ -393,8 +446,14 @@ class Gateway:
         # The Gateway has no tokenizer: ~4 characters per token is close for English, and the
         # learnt margin absorbs the rest.
         prompt_tokens = sum(len(m["content"]) for m in v.messages) // 4 + 8 * len(v.messages)
-        request = RouteRequest(route=v.route, site=v.site, deadline_ms=v.deadline_ms, prompt_tokens=prompt_tokens,
-                               max_new_tokens=v.max_new_tokens, mode=mode)  # fmt: skip
+        request = RouteRequest(
+            route=v.route,
+            site=v.site,
+            deadline_ms=v.deadline_ms,
+            prompt_tokens=prompt_tokens,
+            max_new_tokens=v.max_new_tokens,
+            mode=mode,
+        )
         try:
             return self.router.choose(request, view), request
         except DeadlineInfeasible as exc:
@@ -469,10 +528,17 @@ class Gateway:
         out = {}
         for target_id in self.fleet.target_ids:
             t, s = view[target_id], self.fleet.stats.get(target_id, {})
-            out[target_id] = {"tier": t.tier, "healthy": t.healthy, "circuit_open": t.circuit_open,
-                              "draining": t.draining, "queue_depth": t.queue_depth, "in_flight": t.in_flight,
-                              "model": s.get("model", ""), "model_version": s.get("model_version", ""),
-                              **self.recent.summary(target_id)}  # fmt: skip
+            out[target_id] = {
+                "tier": t.tier,
+                "healthy": t.healthy,
+                "circuit_open": t.circuit_open,
+                "draining": t.draining,
+                "queue_depth": t.queue_depth,
+                "in_flight": t.in_flight,
+                "model": s.get("model", ""),
+                "model_version": s.get("model_version", ""),
+                **self.recent.summary(target_id),
+            }
         return out
 
     def _ensure_refresher(self) -> None:
@@ -489,8 +555,11 @@ class Gateway:
             is_cloud = target_id == self.fleet.cloud_id
             # 10 polls a second per node: kept out of Ray's task-event store (the GCS keeps up to 100k
             # task records, ~13 MB/min of GCS growth in the soak) and out of the dashboard's task list.
-            call = (self.cloud.stats.remote() if is_cloud
-                    else self._actor(target_id).stats.options(enable_task_events=False).remote())  # fmt: skip
+            call = (
+                self.cloud.stats.remote()
+                if is_cloud
+                else self._actor(target_id).stats.options(enable_task_events=False).remote()
+            )
             self.fleet.heartbeat(target_id, await asyncio.wait_for(call, timeout=1.0))
         except Exception:  # dead, restarting or slow: route around it until it answers again
             self.fleet.heartbeat(target_id, None)
@@ -499,8 +568,9 @@ class Gateway:
     def _authorize(self, token: str | None) -> None:
         """Check the bearer token, then its rate limit (only known callers get a bucket)."""
         if self.token_hashes and not matches(token, self.token_hashes):
-            raise RequestError(grpc.StatusCode.UNAUTHENTICATED,
-                               "missing bearer token" if not token else "invalid bearer token")  # fmt: skip
+            raise RequestError(
+                grpc.StatusCode.UNAUTHENTICATED, "missing bearer token" if not token else "invalid bearer token"
+            )
         if self.limiter is not None:
             caller = digest(token) if token and self.token_hashes else "anonymous"  # never the token itself
             retry_after_s = self.limiter.take(caller, time.monotonic())

@@ -34,11 +34,15 @@ def _generate_request(data: bytes) -> pb.GenerateRequest | UndecodableRequest:
 def add_inference_servicer(servicer, server) -> None:  # noqa: ANN001 - grpc's own untyped signature
     handlers = {
         "Generate": grpc.unary_unary_rpc_method_handler(
-            servicer.Generate, request_deserializer=_generate_request,
-            response_serializer=pb.GenerateResponse.SerializeToString),
+            servicer.Generate,
+            request_deserializer=_generate_request,
+            response_serializer=pb.GenerateResponse.SerializeToString,
+        ),
         "GenerateStream": grpc.unary_stream_rpc_method_handler(
-            servicer.GenerateStream, request_deserializer=_generate_request,
-            response_serializer=pb.GenerateChunk.SerializeToString),
-    }  # fmt: skip
+            servicer.GenerateStream,
+            request_deserializer=_generate_request,
+            response_serializer=pb.GenerateChunk.SerializeToString,
+        ),
+    }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     server.add_registered_method_handlers(SERVICE, handlers)

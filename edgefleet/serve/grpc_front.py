@@ -53,8 +53,9 @@ class FrontServer:
         credentials: TLS credentials, or None for plaintext (a size limit alone).
     """
 
-    def __init__(self, bind: str, upstream: str, *, max_request_bytes: int,
-                 credentials: grpc.ServerCredentials | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, bind: str, upstream: str, *, max_request_bytes: int, credentials: grpc.ServerCredentials | None = None
+    ) -> None:
         self.bind, self.upstream = bind, upstream
         self._max = max_request_bytes
         self._credentials = credentials
@@ -85,8 +86,10 @@ class FrontServer:
 
     def _call_kwargs(self, context: grpc.aio.ServicerContext) -> dict[str, Any]:
         remaining = context.time_remaining()  # None without a client deadline
-        return {"metadata": forwarded_metadata(context.invocation_metadata()),
-                "timeout": remaining if remaining is not None and remaining < 1e9 else None}  # fmt: skip
+        return {
+            "metadata": forwarded_metadata(context.invocation_metadata()),
+            "timeout": remaining if remaining is not None and remaining < 1e9 else None,
+        }
 
     async def _unary(self, body: bytes, context: grpc.aio.ServicerContext) -> bytes:
         call = self._channel.unary_unary(f"/{SERVICE}/{UNARY}")(body, **self._call_kwargs(context))
@@ -115,8 +118,9 @@ async def _relay_error(exc: grpc.aio.AioRpcError, context: grpc.aio.ServicerCont
 class GrpcFront:
     """Ray actor wrapper: the front runs inside an async actor on the head node (see :func:`spawn_front`)."""
 
-    def __init__(self, bind: str, upstream: str, max_request_bytes: int, tls_cert: str | None,
-                 tls_key: str | None) -> None:  # fmt: skip
+    def __init__(
+        self, bind: str, upstream: str, max_request_bytes: int, tls_cert: str | None, tls_key: str | None
+    ) -> None:
         creds = server_credentials(Path(tls_cert), Path(tls_key)) if tls_cert and tls_key else None
         self._front = FrontServer(bind, upstream, max_request_bytes=max_request_bytes, credentials=creds)
         self._port: int | None = None
@@ -142,8 +146,9 @@ def spawn_front(cfg: Any) -> Any:
     actor = (
         ray.remote(GrpcFront)
         .options(num_cpus=0.05, max_concurrency=1000, **placement)
-        .remote(f"{cfg.ingress.host}:{cfg.ports.grpc}", f"127.0.0.1:{cfg.ports.grpc_internal}", cfg.max_request_bytes,
-                *tls)  # fmt: skip
+        .remote(
+            f"{cfg.ingress.host}:{cfg.ports.grpc}", f"127.0.0.1:{cfg.ports.grpc_internal}", cfg.max_request_bytes, *tls
+        )
     )
     ray.get(actor.ready.remote(), timeout=60)
     return actor

@@ -17,8 +17,14 @@ DECISIVE = {"first_token", "delta", "end", "error"}
 _DONE = object()
 
 
-async def race(primary: AsyncIterator[dict[str, Any]], start_hedge: Callable[[], AsyncIterator[dict[str, Any]]],
-               *, after_s: float, budget: HedgeBudget, hedge_name: str) -> AsyncIterator[dict[str, Any]]:  # fmt: skip
+async def race(
+    primary: AsyncIterator[dict[str, Any]],
+    start_hedge: Callable[[], AsyncIterator[dict[str, Any]]],
+    *,
+    after_s: float,
+    budget: HedgeBudget,
+    hedge_name: str,
+) -> AsyncIterator[dict[str, Any]]:
     """Events of the winner. Emits ``{"type": "note", "text"}`` first when a hedge was sent.
 
     Raises whatever the winning side raised (a failed primary stays the caller's to fail over).
@@ -64,8 +70,11 @@ async def race(primary: AsyncIterator[dict[str, Any]], start_hedge: Callable[[],
             tasks.pop(loser).cancel()
         if hedged:
             side = "the hedge" if winner == "hedge" else "the original"
-            yield {"type": "note", "hedged": hedge_name,
-                   "text": f"hedged to {hedge_name} after {after_s * 1000:.0f} ms without a first token; {side} won"}
+            yield {
+                "type": "note",
+                "hedged": hedge_name,
+                "text": f"hedged to {hedge_name} after {after_s * 1000:.0f} ms without a first token; {side} won",
+            }
         for item in buffered[winner]:
             if item is _DONE:
                 return

@@ -52,8 +52,13 @@ def predict_ttft_ms(target, request: RouteRequest, defaults: ServiceDefaults = D
     return predict_ms(target, one, defaults)
 
 
-def plan_hedge(chosen_id: str, request: RouteRequest, view: FleetView, margins: ResidualTracker,
-               defaults: ServiceDefaults = DEFAULTS) -> HedgePlan | None:  # fmt: skip
+def plan_hedge(
+    chosen_id: str,
+    request: RouteRequest,
+    view: FleetView,
+    margins: ResidualTracker,
+    defaults: ServiceDefaults = DEFAULTS,
+) -> HedgePlan | None:
     """A hedge plan when the request went to an edge node and a healthy cloud target would still
     meet the deadline if sent at the edge's p95 first-token time; else None."""
     if request.route != "auto" or request.deadline_ms <= 0:

@@ -79,8 +79,10 @@ _SSE_EVENT = {"type": "object", "required": ["data"], "properties": {"data": {"t
 # Documented on every generating route, so the OpenAPI schema lists what the API really answers
 # (schemathesis holds the server to it: tests/integration/test_http_schema.py).
 DOCUMENTED_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"description": "the completion; with `stream: true`, server-sent events ending in `data: [DONE]`",
-          "content": {"text/event-stream": {"schema": _SSE_EVENT}}},
+    200: {
+        "description": "the completion; with `stream: true`, server-sent events ending in `data: [DONE]`",
+        "content": {"text/event-stream": {"schema": _SSE_EVENT}},
+    },
     400: {"model": ErrorBody, "description": "invalid request: the message and `param` name the field"},
     401: {"model": ErrorBody, "description": "missing or unknown bearer token"},
     429: {"model": ErrorBody, "description": "rate limit or capacity exceeded; see Retry-After"},
@@ -90,13 +92,20 @@ DOCUMENTED_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 def error_response(err: RequestError) -> JSONResponse:
-    kind = "invalid_request_error" if err.http_status == 400 else "authentication_error" \
-        if err.http_status == 401 else "server_error"  # fmt: skip
+    kind = (
+        "invalid_request_error"
+        if err.http_status == 400
+        else "authentication_error"
+        if err.http_status == 401
+        else "server_error"
+    )
     retry_ms = getattr(err, "retry_after_ms", None)  # a rate limit says when to come back
     headers = {"Retry-After": str(max(1, -(-retry_ms // 1000)))} if retry_ms else None
-    return JSONResponse(status_code=err.http_status, headers=headers,
-                        content={"error": {"message": err.message, "type": kind, "param": err.param,
-                                           "code": err.code.name.lower()}})  # fmt: skip
+    return JSONResponse(
+        status_code=err.http_status,
+        headers=headers,
+        content={"error": {"message": err.message, "type": kind, "param": err.param, "code": err.code.name.lower()}},
+    )
 
 
 def _field_path(loc: tuple) -> str:
@@ -116,15 +125,29 @@ def install(app: FastAPI) -> None:
     async def _bad_body(_request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0]
         field = _field_path(first["loc"])
-        return JSONResponse(status_code=400, content={"error": {"message": f"{field}: {first['msg']}",
-                            "type": "invalid_request_error", "param": field, "code": "invalid_argument"}})  # fmt: skip
+        return JSONResponse(
+            status_code=400,
+            content={
+                "error": {
+                    "message": f"{field}: {first['msg']}",
+                    "type": "invalid_request_error",
+                    "param": field,
+                    "code": "invalid_argument",
+                }
+            },
+        )
 
 
 def _extension(end: dict[str, Any]) -> dict[str, Any]:
-    return {"served_by": {"tier": end["tier"], "node_id": end["node_id"]}, "model_version": end["model_version"],
-            "timings": {"queue_ms": end["queue_ms"], "ttft_ms": end["ttft_ms"], "total_ms": end["total_ms"]},
-            "sla_met": end["sla_met"], "route_reason": end["route_reason"], "predicted_ms": end["predicted_ms"],
-            "network_simulated": end["network_simulated"]}  # fmt: skip
+    return {
+        "served_by": {"tier": end["tier"], "node_id": end["node_id"]},
+        "model_version": end["model_version"],
+        "timings": {"queue_ms": end["queue_ms"], "ttft_ms": end["ttft_ms"], "total_ms": end["total_ms"]},
+        "sla_met": end["sla_met"],
+        "route_reason": end["route_reason"],
+        "predicted_ms": end["predicted_ms"],
+        "network_simulated": end["network_simulated"],
+    }
 
 
 def _usage(end: dict[str, Any]) -> dict[str, int]:
@@ -134,18 +157,34 @@ def _usage(end: dict[str, Any]) -> dict[str, int]:
 
 def full_response(kind: Literal["chat", "text"], rid: str, end: dict[str, Any]) -> dict[str, Any]:
     if kind == "chat":
-        choice = {"index": 0, "message": {"role": "assistant", "content": end["text"]},
-                  "finish_reason": end["finish_reason"]}  # fmt: skip
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": end["text"]},
+            "finish_reason": end["finish_reason"],
+        }
         obj = "chat.completion"
     else:
         choice = {"index": 0, "text": end["text"], "finish_reason": end["finish_reason"], "logprobs": None}
         obj = "text_completion"
-    return {"id": rid, "object": obj, "created": int(time.time()), "model": end["model"], "choices": [choice],
-            "usage": _usage(end), "edgefleet": _extension(end)}  # fmt: skip
+    return {
+        "id": rid,
+        "object": obj,
+        "created": int(time.time()),
+        "model": end["model"],
+        "choices": [choice],
+        "usage": _usage(end),
+        "edgefleet": _extension(end),
+    }
 
 
-def sse_chunk(kind: Literal["chat", "text"], rid: str, model: str, text: str | None,
-              finish_reason: str | None = None, end: dict[str, Any] | None = None) -> str:  # fmt: skip
+def sse_chunk(
+    kind: Literal["chat", "text"],
+    rid: str,
+    model: str,
+    text: str | None,
+    finish_reason: str | None = None,
+    end: dict[str, Any] | None = None,
+) -> str:
     if kind == "chat":
         delta = {} if text is None else {"role": "assistant", "content": text}
         choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish_reason}
@@ -153,8 +192,7 @@ def sse_chunk(kind: Literal["chat", "text"], rid: str, model: str, text: str | N
     else:
         choice = {"index": 0, "text": text or "", "finish_reason": finish_reason, "logprobs": None}
         obj = "text_completion"
-    body: dict[str, Any] = {"id": rid, "object": obj, "created": int(time.time()), "model": model,
-                            "choices": [choice]}  # fmt: skip
+    body: dict[str, Any] = {"id": rid, "object": obj, "created": int(time.time()), "model": model, "choices": [choice]}
     if end is not None:
         body |= {"usage": _usage(end), "edgefleet": _extension(end)}
     return f"data: {json.dumps(body)}\n\n"

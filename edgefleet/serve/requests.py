@@ -24,10 +24,13 @@ _ROUTES = {pb.ROUTE_AUTO: "auto", pb.ROUTE_EDGE: "edge", pb.ROUTE_CLOUD: "cloud"
 _PRIORITIES = {pb.PRIORITY_NORMAL: "normal", pb.PRIORITY_LOW: "low", pb.PRIORITY_HIGH: "high"}
 _MODES = {pb.MODE_DEFAULT: "default", pb.MODE_BEST_EFFORT: "best_effort", pb.MODE_STRICT: "strict"}
 HTTP_STATUS = {
-    grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.PERMISSION_DENIED: 403, grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.UNAVAILABLE: 503, grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-}  # fmt: skip
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
 
 
 class RequestError(Exception):
@@ -53,8 +56,10 @@ class RateLimited(RequestError):
 
     def __init__(self, rate: float, retry_after_s: float) -> None:
         self.retry_after_ms = max(1, int(retry_after_s * 1000 + 0.999))
-        super().__init__(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                         f"rate limit of {rate:g} requests/s per token exceeded; retry after {self.retry_after_ms} ms")
+        super().__init__(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"rate limit of {rate:g} requests/s per token exceeded; retry after {self.retry_after_ms} ms",
+        )
 
     def __reduce__(self):
         return (_rebuild_rate_limited, (self.message, self.retry_after_ms))
@@ -90,17 +95,35 @@ class Validated:
     extras: dict[str, Any] = field(default_factory=dict)
 
     def engine_request(self, *, stream: bool = True) -> dict[str, Any]:
-        return {"request_id": self.request_id, "messages": self.messages, "max_new_tokens": self.max_new_tokens,
-                "temperature": self.temperature, "top_p": self.top_p, "seed": self.seed, "stop": self.stop,
-                "stream": stream}  # fmt: skip
+        return {
+            "request_id": self.request_id,
+            "messages": self.messages,
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "seed": self.seed,
+            "stop": self.stop,
+            "stream": stream,
+        }
 
 
 def validate(
-    *, prompt: str | None, messages: list[dict[str, Any]] | None, max_new_tokens: int | None,
-    temperature: float | None, top_p: float | None, seed: int | None, stop: list[str] | None,
-    deadline_ms: int | None, route: str, site: str, priority: str, request_id: str | None, cfg: EdgefleetConfig,
+    *,
+    prompt: str | None,
+    messages: list[dict[str, Any]] | None,
+    max_new_tokens: int | None,
+    temperature: float | None,
+    top_p: float | None,
+    seed: int | None,
+    stop: list[str] | None,
+    deadline_ms: int | None,
+    route: str,
+    site: str,
+    priority: str,
+    request_id: str | None,
+    cfg: EdgefleetConfig,
     mode: str = "default",
-) -> Validated:  # fmt: skip
+) -> Validated:
     """Check one request; raise :class:`RequestError` (INVALID_ARGUMENT) naming the first bad field."""
     if prompt and messages:
         raise invalid("messages", "set either prompt or messages, not both")
@@ -142,17 +165,29 @@ def validate(
         raise invalid("stop", f"at most 8 stop sequences, got {len(stops)}")
     if any(len(s) > 256 for s in stops):
         raise invalid("stop", "each stop sequence must be at most 256 characters")
-    return Validated(request_id=request_id or uuid.uuid4().hex, messages=chat, max_new_tokens=n, temperature=t,
-                     top_p=p, seed=seed, stop=stops, deadline_ms=d, route=route, site=site or "",
-                     priority=priority, mode=mode)  # fmt: skip
+    return Validated(
+        request_id=request_id or uuid.uuid4().hex,
+        messages=chat,
+        max_new_tokens=n,
+        temperature=t,
+        top_p=p,
+        seed=seed,
+        stop=stops,
+        deadline_ms=d,
+        route=route,
+        site=site or "",
+        priority=priority,
+        mode=mode,
+    )
 
 
 def validate_proto(req: pb.GenerateRequest, cfg: EdgefleetConfig) -> Validated:
     from edgefleet.serve.grpc_api import UndecodableRequest
 
     if isinstance(req, UndecodableRequest):
-        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"request body is not an edgefleet.v1.GenerateRequest: {req.reason}")  # fmt: skip
+        raise RequestError(
+            grpc.StatusCode.INVALID_ARGUMENT, f"request body is not an edgefleet.v1.GenerateRequest: {req.reason}"
+        )
     if req.route not in _ROUTES:
         raise invalid("route", f"unknown value {req.route}")
     if req.priority not in _PRIORITIES:
@@ -160,9 +195,18 @@ def validate_proto(req: pb.GenerateRequest, cfg: EdgefleetConfig) -> Validated:
     if req.mode not in _MODES:
         raise invalid("mode", f"unknown value {req.mode}")
     return validate(
-        prompt=req.prompt, messages=[{"role": m.role, "content": m.content} for m in req.messages],
-        max_new_tokens=req.max_new_tokens, temperature=req.temperature, top_p=req.top_p,
-        seed=req.seed if req.HasField("seed") else None, stop=list(req.stop), deadline_ms=req.deadline_ms,
-        route=_ROUTES[req.route], site=req.site, priority=_PRIORITIES[req.priority],
-        request_id=req.request_id, cfg=cfg, mode=_MODES[req.mode],
-    )  # fmt: skip
+        prompt=req.prompt,
+        messages=[{"role": m.role, "content": m.content} for m in req.messages],
+        max_new_tokens=req.max_new_tokens,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        seed=req.seed if req.HasField("seed") else None,
+        stop=list(req.stop),
+        deadline_ms=req.deadline_ms,
+        route=_ROUTES[req.route],
+        site=req.site,
+        priority=_PRIORITIES[req.priority],
+        request_id=req.request_id,
+        cfg=cfg,
+        mode=_MODES[req.mode],
+    )

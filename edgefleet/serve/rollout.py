@@ -65,8 +65,11 @@ def judge(canary: GroupHealth, rest: GroupHealth, limits: RolloutLimits = Rollou
         problems.append(f"probe loss {canary.probe_loss:.3f} vs {rest.probe_loss:.3f}")
     if problems:
         return Verdict(False, "canary regressed: " + "; ".join(problems))
-    return Verdict(True, f"canary held up: error rate {canary.error_rate:.1%}, SLA {canary.attainment:.1%}, "
-                         f"probe loss {canary.probe_loss:.3f} (rest {rest.probe_loss:.3f})")  # fmt: skip
+    return Verdict(
+        True,
+        f"canary held up: error rate {canary.error_rate:.1%}, SLA {canary.attainment:.1%}, "
+        f"probe loss {canary.probe_loss:.3f} (rest {rest.probe_loss:.3f})",
+    )
 
 
 @dataclass
@@ -84,9 +87,18 @@ PROBE_PROMPTS = ["What is the capital of France?", "Name a primary colour.", "Wh
 
 
 class RolloutController:
-    def __init__(self, cfg: EdgefleetConfig, registry: Any, *, canaries: list[str] | None = None,
-                 window_s: float = 10.0, probe_texts: list[str], deadline_ms: float = 5000.0,
-                 limits: RolloutLimits = RolloutLimits(), max_new_tokens: int = 8) -> None:  # fmt: skip
+    def __init__(
+        self,
+        cfg: EdgefleetConfig,
+        registry: Any,
+        *,
+        canaries: list[str] | None = None,
+        window_s: float = 10.0,
+        probe_texts: list[str],
+        deadline_ms: float = 5000.0,
+        limits: RolloutLimits = RolloutLimits(),
+        max_new_tokens: int = 8,
+    ) -> None:
         self.cfg, self.registry = cfg, registry
         nodes = [n.id for n in cfg.fleet.edge_nodes]
         self.canaries = canaries or nodes[:1]
@@ -101,8 +113,10 @@ class RolloutController:
 
         from edgefleet.platform.edge_node import ACTOR_NAMESPACE, actor_name
 
-        return {n.id: ray.get_actor(actor_name(n.id, self.cfg.app), namespace=ACTOR_NAMESPACE)
-                for n in self.cfg.fleet.edge_nodes}  # fmt: skip
+        return {
+            n.id: ray.get_actor(actor_name(n.id, self.cfg.app), namespace=ACTOR_NAMESPACE)
+            for n in self.cfg.fleet.edge_nodes
+        }
 
     def roll_out(self, version: str) -> RolloutReport:
         """Canary ``version``, judge it, then promote it everywhere or roll it back everywhere."""
@@ -118,20 +132,23 @@ class RolloutController:
         base = {n.id: n.model for n in self.cfg.fleet.edge_nodes}
         before = {n: (await actors[n].info.remote())["model_version"] for n in actors}
         metrics.rollout_state(self.registry.name, "canary")
-        await asyncio.gather(*(actors[n].swap_to_registry.remote(base[n], uri, self.registry.uri)
-                               for n in self.canaries))  # fmt: skip
+        await asyncio.gather(
+            *(actors[n].swap_to_registry.remote(base[n], uri, self.registry.uri) for n in self.canaries)
+        )
         canary, rest = await self._observe(actors)
         verdict = judge(canary, rest, self.limits)
         if verdict.promote:
-            await asyncio.gather(*(actors[n].swap_to_registry.remote(base[n], uri, self.registry.uri)
-                                   for n in self.rest))  # fmt: skip
+            await asyncio.gather(
+                *(actors[n].swap_to_registry.remote(base[n], uri, self.registry.uri) for n in self.rest)
+            )
             self.registry.tag(version, "edgefleet.rollout", f"promoted to all edge nodes: {verdict.reason}")
         else:
             previous = self.registry.previous_champion(version)
             if previous:
                 prev_uri = f"models:/{self.registry.name}/{previous}"
-                await asyncio.gather(*(actors[n].swap_to_registry.remote(base[n], prev_uri, self.registry.uri)
-                                       for n in self.canaries))  # fmt: skip
+                await asyncio.gather(
+                    *(actors[n].swap_to_registry.remote(base[n], prev_uri, self.registry.uri) for n in self.canaries)
+                )
             else:  # no earlier version: back to the base model the config names
                 await asyncio.gather(*(actors[n].swap_model.remote(base[n]) for n in self.canaries))
             self.registry.rollback(verdict.reason, version=version)
@@ -149,8 +166,13 @@ class RolloutController:
             prompt = PROBE_PROMPTS[i % len(PROBE_PROMPTS)]
             i += 1
             await asyncio.gather(*(self._probe(actors[n], prompt, counts[n]) for n in actors))
-        losses = dict(zip(actors, await asyncio.gather(*(actors[n].probe_loss.remote(self.probe_texts)
-                                                                for n in actors)), strict=True))  # fmt: skip
+        losses = dict(
+            zip(
+                actors,
+                await asyncio.gather(*(actors[n].probe_loss.remote(self.probe_texts) for n in actors)),
+                strict=True,
+            )
+        )
 
         def group(nodes: list[str]) -> GroupHealth:
             total = [sum(counts[n][i] for n in nodes) for i in range(3)]
@@ -162,9 +184,15 @@ class RolloutController:
         started = time.perf_counter()
         count[0] += 1
         try:
-            out = await actor.complete.remote({"request_id": f"rollout-probe-{time.time_ns()}", "stream": False,
-                                               "messages": [{"role": "user", "content": prompt}],
-                                               "max_new_tokens": self.max_new_tokens, "temperature": 0.0})  # fmt: skip
+            out = await actor.complete.remote(
+                {
+                    "request_id": f"rollout-probe-{time.time_ns()}",
+                    "stream": False,
+                    "messages": [{"role": "user", "content": prompt}],
+                    "max_new_tokens": self.max_new_tokens,
+                    "temperature": 0.0,
+                }
+            )
         except Exception:  # noqa: BLE001 - a failed probe is exactly what is being counted
             count[1] += 1
             return

@@ -146,9 +146,12 @@ def predict_ms(target: TargetState, request: RouteRequest, defaults: ServiceDefa
     The wait comes from replaying the target's batching (:mod:`edgefleet.serve.batch_model`) over
     the work already sent to it: a request that finds a long batch running waits for all of it.
     """
-    timing = Timing(prefill_ms_per_token=target.prefill_ms_per_token or defaults.prefill_ms_per_token,
-                    step_ms=lambda batch: step_ms(target, batch, defaults), max_batch=target.max_batch,
-                    servers=target.servers)  # fmt: skip
+    timing = Timing(
+        prefill_ms_per_token=target.prefill_ms_per_token or defaults.prefill_ms_per_token,
+        step_ms=lambda batch: step_ms(target, batch, defaults),
+        max_batch=target.max_batch,
+        servers=target.servers,
+    )
     # Each job reached the target one RTT after its dispatch; the new request will, one RTT from now.
     work = [(target.rtt_ms - j.age_ms, j.prompt_tokens, j.max_new_tokens) for j in target.jobs]
     unknown = max(0, target.queue_depth - len(work)) + max(0, target.in_flight - len(work))
@@ -163,8 +166,9 @@ class ResidualTracker:
     Until ``min_samples`` are seen the margin is ``initial_fraction`` of the prediction.
     """
 
-    def __init__(self, *, window: int = 200, min_samples: int = 10, quantile: float = 0.95,
-                 initial_fraction: float = 0.2) -> None:  # fmt: skip
+    def __init__(
+        self, *, window: int = 200, min_samples: int = 10, quantile: float = 0.95, initial_fraction: float = 0.2
+    ) -> None:
         if not 0 < quantile < 1:
             raise ValueError(f"quantile must be in (0, 1), got {quantile}")
         self.window, self.min_samples, self.quantile = window, min_samples, quantile
@@ -200,8 +204,9 @@ def _candidates(request: RouteRequest, view: FleetView) -> list[TargetState]:
     return found
 
 
-def _decision(ranked: Sequence[TargetState], reason: str, predicted: float | None = None,
-              base: float | None = None) -> Decision:  # fmt: skip
+def _decision(
+    ranked: Sequence[TargetState], reason: str, predicted: float | None = None, base: float | None = None
+) -> Decision:
     first = ranked[0]
     return Decision(first.target_id, first.tier, reason, tuple(t.target_id for t in ranked[1:]), predicted, base)
 
@@ -209,9 +214,13 @@ def _decision(ranked: Sequence[TargetState], reason: str, predicted: float | Non
 class SlaRouter:
     """Cheapest target predicted to meet the deadline; see the module docstring."""
 
-    def __init__(self, *, cost_order: Sequence[CostTier] = ("site", "edge", "cloud"),
-                 margins: ResidualTracker | None = None,
-                 defaults: ServiceDefaults = DEFAULTS) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        cost_order: Sequence[CostTier] = ("site", "edge", "cloud"),
+        margins: ResidualTracker | None = None,
+        defaults: ServiceDefaults = DEFAULTS,
+    ) -> None:
         self.cost_order = list(cost_order)
         self.margins = margins or ResidualTracker()
         self.defaults = defaults
@@ -241,13 +250,18 @@ class SlaRouter:
         best, predicted, best_base = ranked[0]
         if fits(predicted):
             tier = "own site" if best.tier == "edge" and request.site and best.site == request.site else best.tier
-            reason = f"predicted {predicted:.0f} ms meets deadline_ms={deadline:.0f} at the lowest cost ({tier})" \
-                if deadline > 0 else f"no deadline: lowest cost ({tier})"  # fmt: skip
+            reason = (
+                f"predicted {predicted:.0f} ms meets deadline_ms={deadline:.0f} at the lowest cost ({tier})"
+                if deadline > 0
+                else f"no deadline: lowest cost ({tier})"
+            )
             return _decision([t for t, _, _ in ranked], reason, predicted, best_base)
         fastest, fastest_ms, fastest_base = min(preds, key=lambda tp: tp[1])
         if request.mode == "strict":
-            raise DeadlineInfeasible(f"cannot meet deadline_ms={deadline:.0f}: the fastest target, "
-                                     f"{fastest.target_id}, is predicted at {fastest_ms:.0f} ms")  # fmt: skip
+            raise DeadlineInfeasible(
+                f"cannot meet deadline_ms={deadline:.0f}: the fastest target, "
+                f"{fastest.target_id}, is predicted at {fastest_ms:.0f} ms"
+            )
         rest = [t for t, _, _ in sorted(preds, key=lambda tp: tp[1]) if t is not fastest]
         reason = f"best effort: no target meets deadline_ms={deadline:.0f}; fastest predicted {fastest_ms:.0f} ms"
         return _decision([fastest, *rest], reason, fastest_ms, fastest_base)
@@ -258,8 +272,9 @@ class LeastLoadedRouter:
 
     def choose(self, request: RouteRequest, view: FleetView) -> Decision:
         found = _candidates(request, view)
-        edges = sorted((t for t in found if t.tier == "edge"), key=lambda t: (t.load, t.site != request.site,
-                                                                               t.target_id))  # fmt: skip
+        edges = sorted(
+            (t for t in found if t.tier == "edge"), key=lambda t: (t.load, t.site != request.site, t.target_id)
+        )
         clouds = sorted((t for t in found if t.tier == "cloud"), key=lambda t: (t.load, t.target_id))
         open_edges = [t for t in edges if t.load < t.max_queue]
         if request.route == "cloud" or not open_edges:
@@ -299,15 +314,21 @@ class TierOnlyRouter:
         self.tier = tier
 
     def choose(self, request: RouteRequest, view: FleetView) -> Decision:
-        found = sorted((t for t in _candidates(request, view) if t.tier == self.tier),
-                       key=lambda t: (t.load, t.target_id))  # fmt: skip
+        found = sorted(
+            (t for t in _candidates(request, view) if t.tier == self.tier), key=lambda t: (t.load, t.target_id)
+        )
         if not found:
             raise NoTargetError(f"no healthy {self.tier} target")
         return _decision(found, f"{self.tier}_only")
 
 
-def make_router(name: str, *, cost_order: Sequence[CostTier] = ("site", "edge", "cloud"),
-                rng: random.Random | None = None, margins: ResidualTracker | None = None) -> Router:  # fmt: skip
+def make_router(
+    name: str,
+    *,
+    cost_order: Sequence[CostTier] = ("site", "edge", "cloud"),
+    rng: random.Random | None = None,
+    margins: ResidualTracker | None = None,
+) -> Router:
     """A policy by its config name."""
     factories = {
         "sla": lambda: SlaRouter(cost_order=cost_order, margins=margins),

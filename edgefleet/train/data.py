@@ -41,8 +41,13 @@ class TopicSplit:
     held_out: list[str]
 
 
-def split_topics(node_ids: Sequence[str], *, topics: Sequence[str] | None = None, seed: int = 0,
-                 held_out_fraction: float = HELD_OUT_FRACTION) -> TopicSplit:  # fmt: skip
+def split_topics(
+    node_ids: Sequence[str],
+    *,
+    topics: Sequence[str] | None = None,
+    seed: int = 0,
+    held_out_fraction: float = HELD_OUT_FRACTION,
+) -> TopicSplit:
     """Disjoint topic sets per node (dealt round-robin after a seeded shuffle), plus held-out topics."""
     if not node_ids:
         raise ValueError("need at least one node id")

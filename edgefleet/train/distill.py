@@ -17,9 +17,33 @@ from typing import Any
 from edgefleet.config import EdgefleetConfig, ModelSpec
 
 STUDENT_FILE = "student.pt"
-PUBLIC_MODULES = ("collections", "json", "pathlib", "itertools", "functools", "dataclasses", "argparse", "typing",
-                  "asyncio", "logging", "re", "string", "textwrap", "statistics", "random", "heapq", "bisect",
-                  "contextlib", "enum", "csv", "datetime", "decimal", "fractions", "shutil", "tempfile")  # fmt: skip
+PUBLIC_MODULES = (
+    "collections",
+    "json",
+    "pathlib",
+    "itertools",
+    "functools",
+    "dataclasses",
+    "argparse",
+    "typing",
+    "asyncio",
+    "logging",
+    "re",
+    "string",
+    "textwrap",
+    "statistics",
+    "random",
+    "heapq",
+    "bisect",
+    "contextlib",
+    "enum",
+    "csv",
+    "datetime",
+    "decimal",
+    "fractions",
+    "shutil",
+    "tempfile",
+)
 
 
 def public_corpus() -> list[str]:
@@ -71,16 +95,19 @@ def _distill_loop(config: dict[str, Any]) -> None:
     teacher, _ = load_trainable(ModelSpec.model_validate(config["teacher"]), cache)
     student, tok = load_trainable(ModelSpec.model_validate(config["student"]), cache)
     if teacher.config.vocab_size != student.config.vocab_size:
-        raise ValueError(f"teacher and student vocabularies differ: {teacher.config.vocab_size} vs "
-                         f"{student.config.vocab_size}")  # fmt: skip
+        raise ValueError(
+            f"teacher and student vocabularies differ: {teacher.config.vocab_size} vs {student.config.vocab_size}"
+        )
     teacher.eval().requires_grad_(False)
     blocks = chunk_for_causal_lm(public_corpus(), tok, config["block_size"])
     deepspeed.init_distributed(dist_backend="gloo")  # already set up by Train: joins it
     ds_config = {
-        "train_micro_batch_size_per_gpu": config["batch_size"], "gradient_accumulation_steps": 1,
+        "train_micro_batch_size_per_gpu": config["batch_size"],
+        "gradient_accumulation_steps": 1,
         "optimizer": {"type": "AdamW", "params": {"lr": config["lr"], "torch_adam": True}},
-        "zero_optimization": {"stage": 2}, "steps_per_print": 10**9,
-    }  # fmt: skip
+        "zero_optimization": {"stage": 2},
+        "steps_per_print": 10**9,
+    }
     engine, _, _, _ = deepspeed.initialize(model=student, model_parameters=student.parameters(), config=ds_config)
     world, rank = engine.world_size, engine.global_rank
     gen = torch.Generator().manual_seed(config["seed"])
@@ -97,16 +124,28 @@ def _distill_loop(config: dict[str, Any]) -> None:
     with tempfile.TemporaryDirectory() as d:
         if rank == 0:
             state = {k: v.detach().cpu() for k, v in engine.module.state_dict().items()}
-            torch.save({"kl": kls, "student": state, "ran_on": ray.get_runtime_context().get_node_id()},
-                       Path(d) / STUDENT_FILE)  # fmt: skip
-        ray.train.report({"kl_first": kls[0], "kl_last": kls[-1]},
-                         checkpoint=Checkpoint.from_directory(d) if rank == 0 else None)  # fmt: skip
+            torch.save(
+                {"kl": kls, "student": state, "ran_on": ray.get_runtime_context().get_node_id()}, Path(d) / STUDENT_FILE
+            )
+        ray.train.report(
+            {"kl_first": kls[0], "kl_last": kls[-1]}, checkpoint=Checkpoint.from_directory(d) if rank == 0 else None
+        )
 
 
-def run_distillation(cfg: EdgefleetConfig, *, teacher: ModelSpec | None = None, student: ModelSpec | None = None,
-                     steps: int = 20, batch_size: int = 8, block_size: int = 64, lr: float = 1e-3,
-                     temperature: float = 2.0, workers: int = 2, cpus_per_worker: float = 0.25,
-                     seed: int = 0) -> DistillResult:  # fmt: skip
+def run_distillation(
+    cfg: EdgefleetConfig,
+    *,
+    teacher: ModelSpec | None = None,
+    student: ModelSpec | None = None,
+    steps: int = 20,
+    batch_size: int = 8,
+    block_size: int = 64,
+    lr: float = 1e-3,
+    temperature: float = 2.0,
+    workers: int = 2,
+    cpus_per_worker: float = 0.25,
+    seed: int = 0,
+) -> DistillResult:
     """Distil ``teacher`` (default: the cloud's model) into ``student`` (default: edge-1's) on the cloud node."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -116,15 +155,27 @@ def run_distillation(cfg: EdgefleetConfig, *, teacher: ModelSpec | None = None, 
 
     teacher = teacher or cfg.fleet.cloud.model
     student = student or cfg.fleet.edge_nodes[0].model
-    config = {"teacher": teacher.model_dump(mode="json"), "student": student.model_dump(mode="json"),
-              "cache_dir": str(cfg.cache_dir), "steps": steps, "batch_size": batch_size, "block_size": block_size,
-              "lr": lr, "temperature": temperature, "seed": seed}  # fmt: skip
+    config = {
+        "teacher": teacher.model_dump(mode="json"),
+        "student": student.model_dump(mode="json"),
+        "cache_dir": str(cfg.cache_dir),
+        "steps": steps,
+        "batch_size": batch_size,
+        "block_size": block_size,
+        "lr": lr,
+        "temperature": temperature,
+        "seed": seed,
+    }
     trainer = TorchTrainer(
-        _distill_loop, train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=False, resources_per_worker={"CPU": cpus_per_worker},
-                                     label_selector=role_selector("cloud")),
-        run_config=RunConfig(name=run_name("distill"),
-                             storage_path=str(cfg.cache_dir / "train")),
-    )  # fmt: skip
+        _distill_loop,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(
+            num_workers=workers,
+            use_gpu=False,
+            resources_per_worker={"CPU": cpus_per_worker},
+            label_selector=role_selector("cloud"),
+        ),
+        run_config=RunConfig(name=run_name("distill"), storage_path=str(cfg.cache_dir / "train")),
+    )
     saved, wall = fit_and_load(trainer, STUDENT_FILE, "the distillation job")
     return DistillResult(saved["kl"], saved["student"], wall, saved["ran_on"])

@@ -92,8 +92,14 @@ def lora_model(base: Any, hp: LocalHyper) -> Any:
     model = copy.deepcopy(base)
     for p in model.parameters():
         p.requires_grad_(False)
-    config = LoraConfig(r=hp.lora_r, lora_alpha=hp.lora_alpha, target_modules=list(hp.target_modules),
-                        lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")  # fmt: skip
+    config = LoraConfig(
+        r=hp.lora_r,
+        lora_alpha=hp.lora_alpha,
+        target_modules=list(hp.target_modules),
+        lora_dropout=0.0,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     model = get_peft_model(model, config)
     if hp.freeze_a:
         for name, p in model.named_parameters():
@@ -151,8 +157,9 @@ def _solve_noise(target_epsilon: float, delta: float, sample_rate: float, steps:
     # Opacus' search takes ~0.5 s here; a client asks the same question every round.
     from opacus.accountants.utils import get_noise_multiplier
 
-    return get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,
-                                steps=steps, accountant=accountant)  # fmt: skip
+    return get_noise_multiplier(
+        target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate, steps=steps, accountant=accountant
+    )
 
 
 def epsilon_of(privacy: PrivacyConfig, history: list) -> float:
@@ -191,15 +198,22 @@ def _rdp_curve(noise_multiplier: float, sample_rate: float, steps: int) -> Any:
     from opacus.accountants.analysis.rdp import compute_rdp
     from opacus.accountants.rdp import RDPAccountant
 
-    curve = compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=steps,
-                        orders=RDPAccountant.DEFAULT_ALPHAS)  # fmt: skip
+    curve = compute_rdp(
+        q=sample_rate, noise_multiplier=noise_multiplier, steps=steps, orders=RDPAccountant.DEFAULT_ALPHAS
+    )
     curve.setflags(write=False)  # shared by every caller
     return curve
 
 
-def local_update(base: Any, adapter: dict[str, Any] | None, blocks: Any, privacy: PrivacyConfig | None,
-                 hp: LocalHyper = DEFAULT_HYPER, accountant_state: dict[str, Any] | None = None,
-                 distributed: bool = False) -> LocalUpdate:  # fmt: skip
+def local_update(
+    base: Any,
+    adapter: dict[str, Any] | None,
+    blocks: Any,
+    privacy: PrivacyConfig | None,
+    hp: LocalHyper = DEFAULT_HYPER,
+    accountant_state: dict[str, Any] | None = None,
+    distributed: bool = False,
+) -> LocalUpdate:
     """Train the adapter on ``blocks`` (LongTensor ``(N, T)``); ``privacy=None`` trains without DP.
 
     ``distributed``: this process is one rank of an initialised ``torch.distributed`` group (a Ray
@@ -259,21 +273,34 @@ def local_update(base: Any, adapter: dict[str, Any] | None, blocks: Any, privacy
             engine.accountant.load_state_dict(accountant_state)
         noise = noise_for(privacy, sample_rate, steps)
         hooks, optimizer, loader = engine.make_private(
-            module=net, optimizer=optimizer, data_loader=loader, noise_multiplier=noise,
-            max_grad_norm=privacy.max_grad_norm, poisson_sampling=hp.poisson_sampling,
+            module=net,
+            optimizer=optimizer,
+            data_loader=loader,
+            noise_multiplier=noise,
+            max_grad_norm=privacy.max_grad_norm,
+            poisson_sampling=hp.poisson_sampling,
             grad_sample_mode=hp.grad_sample_mode,
             # Unwrapped hooks for Hugging Face models, as Opacus advises; DPDDP needs its wrapper.
             wrap_model=distributed,
-        )  # fmt: skip
+        )
 
     losses: list[float] = []
     done = seen = 0
     started = time.perf_counter()
     try:
         while done < steps:
-            done, seen = _epoch(hooks if distributed and hooks is not None else net, optimizer, loader, hp,
-                                privacy is not None, steps, done, seen, losses,
-                                _proximal(trainable, anchor, hp))  # fmt: skip
+            done, seen = _epoch(
+                hooks if distributed and hooks is not None else net,
+                optimizer,
+                loader,
+                hp,
+                privacy is not None,
+                steps,
+                done,
+                seen,
+                losses,
+                _proximal(trainable, anchor, hp),
+            )
     finally:
         if hooks is not None and hasattr(hooks, "cleanup"):
             hooks.cleanup()
@@ -288,13 +315,22 @@ def local_update(base: Any, adapter: dict[str, Any] | None, blocks: Any, privacy
         delta_eps = epsilon_of(privacy, [(noise, sample_rate, done)])  # this update alone
         eps_total = epsilon_of(privacy, engine.accountant.history)
     return LocalUpdate(
-        delta={k: after[k] - before[k] for k in after}, adapter=after, num_samples=len(blocks),
-        loss=sum(losses) / len(losses) if losses else math.nan, last_loss=losses[-1] if losses else math.nan,
-        steps=done, epsilon=delta_eps, epsilon_total=eps_total,
-        delta_privacy=privacy.delta if privacy else 0.0, noise_multiplier=noise, accountant_state=state,
-        sample_rate=sample_rate, seconds=seconds, samples_per_s=seen / seconds if seconds else 0.0,
+        delta={k: after[k] - before[k] for k in after},
+        adapter=after,
+        num_samples=len(blocks),
+        loss=sum(losses) / len(losses) if losses else math.nan,
+        last_loss=losses[-1] if losses else math.nan,
+        steps=done,
+        epsilon=delta_eps,
+        epsilon_total=eps_total,
+        delta_privacy=privacy.delta if privacy else 0.0,
+        noise_multiplier=noise,
+        accountant_state=state,
+        sample_rate=sample_rate,
+        seconds=seconds,
+        samples_per_s=seen / seconds if seconds else 0.0,
         private=privacy is not None,
-    )  # fmt: skip
+    )
 
 
 def _proximal(trainable: list[Any], anchor: list[Any] | None, hp: LocalHyper) -> Any:
@@ -311,16 +347,25 @@ def _proximal(trainable: list[Any], anchor: list[Any] | None, hp: LocalHyper) ->
     return step
 
 
-def _epoch(model: Any, optimizer: Any, loader: Any, hp: LocalHyper, private: bool, steps: int, done: int,
-           seen: int, losses: list[float], after_step: Any = None) -> tuple[int, int]:  # fmt: skip
+def _epoch(
+    model: Any,
+    optimizer: Any,
+    loader: Any,
+    hp: LocalHyper,
+    private: bool,
+    steps: int,
+    done: int,
+    seen: int,
+    losses: list[float],
+    after_step: Any = None,
+) -> tuple[int, int]:
     """One pass over the loader, stopping at ``steps`` optimizer steps. Returns (steps done, samples seen)."""
     from contextlib import nullcontext
 
     if private:
         from opacus.utils.batch_memory_manager import BatchMemoryManager
 
-        context = BatchMemoryManager(data_loader=loader, max_physical_batch_size=hp.physical_batch,
-                                     optimizer=optimizer)  # fmt: skip
+        context = BatchMemoryManager(data_loader=loader, max_physical_batch_size=hp.physical_batch, optimizer=optimizer)
     else:
         context = nullcontext(loader)
     with context as batches:
@@ -380,8 +425,9 @@ def export_adapter(base: Any, adapter: dict[str, Any], hp: LocalHyper, out_dir: 
     return out_dir
 
 
-def held_out_loss(base: Any, adapter: dict[str, Any] | None, blocks: Any, hp: LocalHyper = DEFAULT_HYPER,
-                  batch: int = 32) -> float:  # fmt: skip
+def held_out_loss(
+    base: Any, adapter: dict[str, Any] | None, blocks: Any, hp: LocalHyper = DEFAULT_HYPER, batch: int = 32
+) -> float:
     """Mean next-token loss of base + adapter on ``blocks`` (no gradients)."""
     import torch
 

@@ -95,8 +95,15 @@ def _train_loop(config: dict[str, Any]) -> None:
             results.put({**saved, "seq": task.get("seq")})
 
 
-def _one_round(base: Any, blocks: Any, task: dict[str, Any], privacy: PrivacyConfig | None,
-               accountant_state: dict[str, Any] | None, distributed: bool, rank: int) -> dict[str, Any]:  # fmt: skip
+def _one_round(
+    base: Any,
+    blocks: Any,
+    task: dict[str, Any],
+    privacy: PrivacyConfig | None,
+    accountant_state: dict[str, Any] | None,
+    distributed: bool,
+    rank: int,
+) -> dict[str, Any]:
     """One update, reported with its checkpoint; returns what was saved (on every rank)."""
     import os
 
@@ -107,18 +114,35 @@ def _one_round(base: Any, blocks: Any, task: dict[str, Any], privacy: PrivacyCon
 
     from edgefleet.train.dp import local_update
 
-    update = local_update(base, task["adapter"], blocks, privacy, LocalHyper(**task["hp"]),
-                          accountant_state=accountant_state, distributed=distributed)  # fmt: skip
-    metrics = {"loss": update.loss, "epsilon": update.epsilon, "epsilon_total": update.epsilon_total,
-               "steps": update.steps, "samples_per_s": update.samples_per_s, "train_s": update.seconds}  # fmt: skip
+    update = local_update(
+        base,
+        task["adapter"],
+        blocks,
+        privacy,
+        LocalHyper(**task["hp"]),
+        accountant_state=accountant_state,
+        distributed=distributed,
+    )
+    metrics = {
+        "loss": update.loss,
+        "epsilon": update.epsilon,
+        "epsilon_total": update.epsilon_total,
+        "steps": update.steps,
+        "samples_per_s": update.samples_per_s,
+        "train_s": update.seconds,
+    }
     in_sync = True
     if distributed:  # DPDDP must leave every rank with the same weights
         mine = torch.stack([v.double().sum() for v in update.adapter.values()])
         ranks = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
         dist.all_gather(ranks, mine)
         in_sync = all(torch.allclose(r, ranks[0]) for r in ranks)
-    saved = {"update": asdict(update), "ran_on": ray.get_runtime_context().get_node_id(),
-             "ranks_in_sync": in_sync, "worker_pid": os.getpid()}  # fmt: skip
+    saved = {
+        "update": asdict(update),
+        "ran_on": ray.get_runtime_context().get_node_id(),
+        "ranks_in_sync": in_sync,
+        "worker_pid": os.getpid(),
+    }
     with tempfile.TemporaryDirectory() as d:
         if rank == 0:
             torch.save(saved, Path(d) / UPDATE_FILE)
@@ -126,9 +150,20 @@ def _one_round(base: Any, blocks: Any, task: dict[str, Any], privacy: PrivacyCon
     return saved
 
 
-def _trainer(cfg: EdgefleetConfig, node_id: str, extra: dict[str, Any], *, adapter: dict[str, Any] | None,
-             hp: LocalHyper, private: bool, workers: int, accountant_state: dict[str, Any] | None,
-             block_size: int, cpus_per_worker: float, threads: int) -> Any:  # fmt: skip
+def _trainer(
+    cfg: EdgefleetConfig,
+    node_id: str,
+    extra: dict[str, Any],
+    *,
+    adapter: dict[str, Any] | None,
+    hp: LocalHyper,
+    private: bool,
+    workers: int,
+    accountant_state: dict[str, Any] | None,
+    block_size: int,
+    cpus_per_worker: float,
+    threads: int,
+) -> Any:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -142,17 +177,30 @@ def _trainer(cfg: EdgefleetConfig, node_id: str, extra: dict[str, Any], *, adapt
     data_dir = node_data_dir(cfg, node)
     if not data_dir.is_dir():
         raise FileNotFoundError(f"{data_dir}: node {node_id} has no training data (run `edgefleet train data`)")
-    config = {"model": node.model.model_dump(mode="json"), "cache_dir": str(cfg.cache_dir),
-              "data_dir": str(data_dir), "block_size": block_size, "adapter": adapter, "hp": asdict(hp),
-              "privacy": cfg.privacy.model_dump(mode="json") if private else None,
-              "accountant_state": accountant_state, "threads": threads, "node_id": node_id, **extra}  # fmt: skip
+    config = {
+        "model": node.model.model_dump(mode="json"),
+        "cache_dir": str(cfg.cache_dir),
+        "data_dir": str(data_dir),
+        "block_size": block_size,
+        "adapter": adapter,
+        "hp": asdict(hp),
+        "privacy": cfg.privacy.model_dump(mode="json") if private else None,
+        "accountant_state": accountant_state,
+        "threads": threads,
+        "node_id": node_id,
+        **extra,
+    }
     return TorchTrainer(
-        _train_loop, train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=False, resources_per_worker={"CPU": cpus_per_worker},
-                                     label_selector=node_selector(node_id)),
-        run_config=RunConfig(name=run_name(f"local-{node_id}"),
-                             storage_path=str(cfg.cache_dir / "train")),
-    )  # fmt: skip
+        _train_loop,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(
+            num_workers=workers,
+            use_gpu=False,
+            resources_per_worker={"CPU": cpus_per_worker},
+            label_selector=node_selector(node_id),
+        ),
+        run_config=RunConfig(name=run_name(f"local-{node_id}"), storage_path=str(cfg.cache_dir / "train")),
+    )
 
 
 class NodeUnavailable(RuntimeError):
@@ -190,14 +238,24 @@ def fit_and_load(trainer: Any, filename: str, what: str) -> tuple[dict[str, Any]
 
 def _job_result(saved: dict[str, Any], wall: float, node_id: str, workers: int) -> JobResult:
     update = LocalUpdate(**saved["update"])
-    return JobResult(update, wall, update.seconds, node_id, workers, saved["ran_on"], saved["ranks_in_sync"],
-                     saved["worker_pid"])  # fmt: skip
+    return JobResult(
+        update, wall, update.seconds, node_id, workers, saved["ran_on"], saved["ranks_in_sync"], saved["worker_pid"]
+    )
 
 
-def run_local_update(cfg: EdgefleetConfig, node_id: str, *, adapter: dict[str, Any] | None = None,
-                     hp: LocalHyper = DEFAULT_HYPER, private: bool = True, workers: int = 1,
-                     accountant_state: dict[str, Any] | None = None, block_size: int = 128,
-                     cpus_per_worker: float = 0.5, threads: int = 1) -> JobResult:  # fmt: skip
+def run_local_update(
+    cfg: EdgefleetConfig,
+    node_id: str,
+    *,
+    adapter: dict[str, Any] | None = None,
+    hp: LocalHyper = DEFAULT_HYPER,
+    private: bool = True,
+    workers: int = 1,
+    accountant_state: dict[str, Any] | None = None,
+    block_size: int = 128,
+    cpus_per_worker: float = 0.5,
+    threads: int = 1,
+) -> JobResult:
     """One private local update on ``node_id``'s own data, as a Ray Train job on that node.
 
     Raises:
@@ -205,9 +263,19 @@ def run_local_update(cfg: EdgefleetConfig, node_id: str, *, adapter: dict[str, A
         NodeUnavailable: the node has no live raylet.
         FileNotFoundError: the node's data directory holds no text (``edgefleet train data`` writes it).
     """
-    trainer = _trainer(cfg, node_id, {}, adapter=adapter, hp=hp, private=private, workers=workers,
-                       accountant_state=accountant_state, block_size=block_size, cpus_per_worker=cpus_per_worker,
-                       threads=threads)  # fmt: skip
+    trainer = _trainer(
+        cfg,
+        node_id,
+        {},
+        adapter=adapter,
+        hp=hp,
+        private=private,
+        workers=workers,
+        accountant_state=accountant_state,
+        block_size=block_size,
+        cpus_per_worker=cpus_per_worker,
+        threads=threads,
+    )
     saved, wall = fit_and_load(trainer, UPDATE_FILE, f"the local update on {node_id}")
     return _job_result(saved, wall, node_id, workers)
 
@@ -227,9 +295,19 @@ class LocalTrainingSession:
             second = client.update(first.update.adapter, hp)  # same worker, ε keeps adding up
     """
 
-    def __init__(self, cfg: EdgefleetConfig, node_id: str, *, private: bool = True, workers: int = 1,
-                 accountant_state: dict[str, Any] | None = None, block_size: int = 128,
-                 cpus_per_worker: float = 0.5, threads: int = 1, handler: Any = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        cfg: EdgefleetConfig,
+        node_id: str,
+        *,
+        private: bool = True,
+        workers: int = 1,
+        accountant_state: dict[str, Any] | None = None,
+        block_size: int = 128,
+        cpus_per_worker: float = 0.5,
+        threads: int = 1,
+        handler: Any = None,
+    ) -> None:
         """``handler(base, blocks, task, context) -> dict`` serves tasks that carry an ``"op"``
         (:meth:`call`); it runs on the node, in the worker, and must be importable there."""
         import itertools
@@ -241,9 +319,19 @@ class LocalTrainingSession:
         self._seq = itertools.count(1)
         self._tasks, self._results = Queue(actor_options={"num_cpus": 0}), Queue(actor_options={"num_cpus": 0})
         extra = {"tasks": self._tasks, "results": self._results, "handler": handler}
-        self._trainer = _trainer(cfg, node_id, extra, adapter=None,
-                                 hp=DEFAULT_HYPER, private=private, workers=workers, accountant_state=accountant_state,
-                                 block_size=block_size, cpus_per_worker=cpus_per_worker, threads=threads)  # fmt: skip
+        self._trainer = _trainer(
+            cfg,
+            node_id,
+            extra,
+            adapter=None,
+            hp=DEFAULT_HYPER,
+            private=private,
+            workers=workers,
+            accountant_state=accountant_state,
+            block_size=block_size,
+            cpus_per_worker=cpus_per_worker,
+            threads=threads,
+        )
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._fit, name=f"train-session-{node_id}", daemon=True)
         self._thread.start()
@@ -266,8 +354,9 @@ class LocalTrainingSession:
         """Whether the Train run still serves tasks (False once its worker died or it was closed)."""
         return self._thread.is_alive()
 
-    def update(self, adapter: dict[str, Any] | None, hp: LocalHyper = DEFAULT_HYPER,
-               timeout_s: float = 900) -> JobResult:  # fmt: skip
+    def update(
+        self, adapter: dict[str, Any] | None, hp: LocalHyper = DEFAULT_HYPER, timeout_s: float = 900
+    ) -> JobResult:
         """One round: train from ``adapter`` on the node's data; the result as a :class:`JobResult`."""
         started = time.perf_counter()
         saved = self.call({"adapter": adapter, "hp": asdict(hp)}, timeout_s)

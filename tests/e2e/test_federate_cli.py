@@ -30,15 +30,39 @@ def federate(cfg_path: Path, address: str, crash_after: str | None = None) -> su
     env.pop("EDGEFLEET_CRASH_AFTER", None)
     if crash_after:
         env["EDGEFLEET_CRASH_AFTER"] = crash_after
-    return subprocess.run([sys.executable, "-m", "edgefleet.cli", "-c", str(cfg_path), "federate", "--rounds", "3",
-                           "--run", "resume-me", "--address", address],
-                          capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgefleet.cli",
+            "-c",
+            str(cfg_path),
+            "federate",
+            "--rounds",
+            "3",
+            "--run",
+            "resume-me",
+            "--address",
+            address,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
 
 
 def test_a_killed_coordinator_resumes_and_counts_nobodys_epsilon_twice(fleet, tmp_path: Path):
     data = make_test_config_dict(num_edge=3) | {"cache_dir": str(tmp_path / "cache")}
-    data["federation"] = {"clients_per_round": 3, "min_clients": 2, "local_steps": 4, "batch_size": 32,
-                          "block_size": 64, "lr": 0.02, "round_timeout_s": 120}  # fmt: skip
+    data["federation"] = {
+        "clients_per_round": 3,
+        "min_clients": 2,
+        "local_steps": 4,
+        "batch_size": 32,
+        "block_size": 64,
+        "lr": 0.02,
+        "round_timeout_s": 120,
+    }
     cfg_path = tmp_path / "fleet.yaml"
     cfg_path.write_text(yaml.safe_dump(data))
     run_dir = tmp_path / "cache" / "federation" / "resume-me"
@@ -68,13 +92,21 @@ def test_a_killed_coordinator_resumes_and_counts_nobodys_epsilon_twice(fleet, tm
     assert db.execute("SELECT COUNT(*) FROM releases WHERE round > 3").fetchone() == (0,)
 
     # every committed round became exactly one registry version, resumes included
-    models = subprocess.run([sys.executable, "-m", "edgefleet.cli", "-c", str(cfg_path), "models", "list", "--json"],
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    models = subprocess.run(
+        [sys.executable, "-m", "edgefleet.cli", "-c", str(cfg_path), "models", "list", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert models.returncode == 0, models.stderr[-2000:]
     versions = json.loads(models.stdout)
     assert sorted(v["tags"]["edgefleet.round"] for v in versions) == ["1", "2", "3"]
     assert all(v["tags"]["edgefleet.run"] == "resume-me" for v in versions)
     assert "candidate" in versions[-1]["aliases"]
-    unknown = subprocess.run([sys.executable, "-m", "edgefleet.cli", "-c", str(cfg_path), "models", "show", "99"],
-                             capture_output=True, text=True, timeout=120)  # fmt: skip
+    unknown = subprocess.run(
+        [sys.executable, "-m", "edgefleet.cli", "-c", str(cfg_path), "models", "show", "99"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert unknown.returncode == 2 and "no version 99" in unknown.stderr and len(unknown.stderr.splitlines()) == 1

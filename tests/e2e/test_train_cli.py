@@ -26,9 +26,29 @@ def test_train_local_prints_a_falling_held_out_loss_and_its_epsilon(tmp_path: Pa
     cfg_path.write_text(yaml.safe_dump(data))
     env = {**os.environ, "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
 
-    out = subprocess.run([sys.executable, "-m", "edgefleet.cli", "-c", str(cfg_path), "train", "local", "--node",
-                          "edge-2", "--steps", "20", "--batch-size", "64", "--lr", "0.02"],
-                         capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgefleet.cli",
+            "-c",
+            str(cfg_path),
+            "train",
+            "local",
+            "--node",
+            "edge-2",
+            "--steps",
+            "20",
+            "--batch-size",
+            "64",
+            "--lr",
+            "0.02",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
 
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     row = re.search(r"(\d+\.\d+) → (\d+\.\d+)\s*│\s*(\d+\.\d+) \(1e-05\)", out.stdout)
@@ -42,7 +62,11 @@ def test_train_local_names_an_unknown_node_in_one_line(tmp_path: Path):
     cfg_path = tmp_path / "fleet.yaml"
     cfg_path.write_text(yaml.safe_dump(make_test_config_dict(num_edge=2) | {"cache_dir": str(tmp_path)}))
 
-    out = subprocess.run([sys.executable, "-m", "edgefleet.cli", "-c", str(cfg_path), "train", "local",
-                          "--node", "edge-7"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "edgefleet.cli", "-c", str(cfg_path), "train", "local", "--node", "edge-7"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
     assert out.returncode == 2 and "edge-7" in out.stderr and len(out.stderr.strip().splitlines()) == 1

@@ -84,20 +84,36 @@ def test_up_serves_smollm2_to_the_readme_snippets_then_ctrl_c_cleans_up(tmp_path
         assert out.returncode == 0, out.stderr
         return out.stdout
 
-    proc = subprocess.Popen([*cli, "up", "--no-mlflow-ui"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=env)  # fmt: skip
+    proc = subprocess.Popen(
+        [*cli, "up", "--no-mlflow-ui"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
     try:
         output = _wait_for_line(proc, "edgefleet is up", timeout=420)
         raylets = [p for p in psutil.Process(proc.pid).children(recursive=True) if p.name() == "raylet"]
         sdk_answer = run_snippet("sdk-example")
         openai_answer = run_snippet("openai-example")
-        generated = subprocess.run([*cli, "generate", "What is the capital of France?", "--timeout", "60",
-                                    "--target", f"127.0.0.1:{grpc_port}"],
-                                   capture_output=True, text=True, env=env, timeout=180)  # fmt: skip
+        generated = subprocess.run(
+            [
+                *cli,
+                "generate",
+                "What is the capital of France?",
+                "--timeout",
+                "60",
+                "--target",
+                f"127.0.0.1:{grpc_port}",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=180,
+        )
         status = subprocess.run([*cli, "status"], capture_output=True, text=True, env=env, timeout=120)
         status_json = subprocess.run([*cli, "status", "--json"], capture_output=True, text=True, env=env, timeout=120)
-        dashboard_apps = json.loads(urllib.request.urlopen(
-            f"http://127.0.0.1:{data['ports']['dashboard']}/api/serve/applications/", timeout=30).read())
+        dashboard_apps = json.loads(
+            urllib.request.urlopen(
+                f"http://127.0.0.1:{data['ports']['dashboard']}/api/serve/applications/", timeout=30
+            ).read()
+        )
         metrics_url = re.search(rf"(http://\S+:{data['ports']['metrics']}/metrics)", "\n".join(output))
         exported = _wait_for_series(metrics_url.group(1) if metrics_url else "", "ray_edgefleet_requests_total")
         proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
@@ -128,8 +144,12 @@ def test_up_serves_smollm2_to_the_readme_snippets_then_ctrl_c_cleans_up(tmp_path
 
 
 def test_generate_against_nothing_is_one_line_and_exit_2():
-    out = subprocess.run([sys.executable, "-m", "edgefleet.cli", "generate", "hi", "--timeout", "3",
-                          "--target", "127.0.0.1:1"], capture_output=True, text=True, timeout=60)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "edgefleet.cli", "generate", "hi", "--timeout", "3", "--target", "127.0.0.1:1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
     assert out.returncode == 2
     assert "Traceback" not in out.stderr and "UNAVAILABLE" in out.stderr.upper()

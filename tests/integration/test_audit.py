@@ -39,8 +39,10 @@ def _by_name(report):
 
 def test_the_audit_passes_and_the_control_leaks_clearly(audit):
     r = _by_name(audit)
-    print({n: (round(x.auc, 3), round(x.epsilon_lower, 2), round(x.epsilon_claimed, 3)) for n, x in r.items()},
-          f"{audit.seconds:.0f} s")  # fmt: skip
+    print(
+        {n: (round(x.auc, 3), round(x.epsilon_lower, 2), round(x.epsilon_claimed, 3)) for n, x in r.items()},
+        f"{audit.seconds:.0f} s",
+    )
 
     assert audit.passed, audit.verdict.reasons
     assert r["no_dp"].auc > 0.85 and r["no_dp"].epsilon_lower > 1.5

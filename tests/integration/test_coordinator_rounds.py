@@ -43,8 +43,16 @@ class InProcessClient:
 
 def federation_config(tmp_path, **federation):
     data = make_test_config_dict() | {"cache_dir": str(tmp_path / "cache")}
-    data["federation"] = {"clients_per_round": 3, "min_clients": 2, "local_steps": 8, "batch_size": 32,
-                          "block_size": 64, "lr": 0.02, "held_out_blocks": 64, **federation}  # fmt: skip
+    data["federation"] = {
+        "clients_per_round": 3,
+        "min_clients": 2,
+        "local_steps": 8,
+        "batch_size": 32,
+        "block_size": 64,
+        "lr": 0.02,
+        "held_out_blocks": 64,
+        **federation,
+    }
     cfg = parse_config(data)
     write_demo_shards(cfg)
     return cfg
@@ -60,8 +68,13 @@ class WatchedCoordinator(Coordinator):
 
 def coordinator(cfg, run_dir, **kw):
     base, tok = load_trainable(cfg.fleet.edge_nodes[0].model, cfg.cache_dir)
-    return WatchedCoordinator(cfg, run_dir, clients=lambda n: InProcessClient(cfg, n, base, tok),
-                              evaluator=load_evaluator(cfg, local_hyper(cfg)), **kw)  # fmt: skip
+    return WatchedCoordinator(
+        cfg,
+        run_dir,
+        clients=lambda n: InProcessClient(cfg, n, base, tok),
+        evaluator=load_evaluator(cfg, local_hyper(cfg)),
+        **kw,
+    )
 
 
 def test_secure_dp_rounds_lower_the_held_out_loss_and_the_coordinator_holds_only_masked_vectors(tmp_path):
@@ -88,8 +101,9 @@ def test_secure_dp_rounds_lower_the_held_out_loss_and_the_coordinator_holds_only
 
 
 def test_user_level_dp_reports_its_own_guarantee_apart_and_releases_no_loss(tmp_path):
-    cfg = federation_config(tmp_path, clients_per_round=2, min_clients=2,
-                            user_dp={"clip_norm": 0.05, "noise_multiplier": 1.0})  # fmt: skip
+    cfg = federation_config(
+        tmp_path, clients_per_round=2, min_clients=2, user_dp={"clip_norm": 0.05, "noise_multiplier": 1.0}
+    )
     coord = coordinator(cfg, tmp_path / "run")
 
     results = coord.run(2)
@@ -117,8 +131,10 @@ def test_a_client_whose_next_round_would_exceed_its_budget_is_not_sampled(tmp_pa
 
 
 def test_a_robust_rule_in_the_clear_and_fedadam_under_secure_aggregation_both_train(tmp_path):
-    for name, settings in (("median", {"strategy": "fedmedian", "secure_aggregation": False}),
-                           ("adam", {"strategy": "fedadam", "server_lr": 0.01})):  # fmt: skip
+    for name, settings in (
+        ("median", {"strategy": "fedmedian", "secure_aggregation": False}),
+        ("adam", {"strategy": "fedadam", "server_lr": 0.01}),
+    ):
         cfg = federation_config(tmp_path / name, **settings)
         coord = coordinator(cfg, tmp_path / name / "run")
         results = coord.run(2)

@@ -33,9 +33,16 @@ def test_kl_is_zero_for_identical_logits_and_positive_otherwise():
 def test_the_student_moves_towards_the_teacher_on_the_cloud_node(fleet, fleet_config, tmp_path):
     cfg = fleet_config.model_copy(update={"cache_dir": tmp_path})
 
-    result = run_distillation(cfg, teacher=ModelSpec(source="tiny:1", quantization="none"),
-                              student=ModelSpec(source="tiny:0", quantization="none"), steps=24, lr=1e-2,
-                              batch_size=8, block_size=32, workers=2)  # fmt: skip
+    result = run_distillation(
+        cfg,
+        teacher=ModelSpec(source="tiny:1", quantization="none"),
+        student=ModelSpec(source="tiny:0", quantization="none"),
+        steps=24,
+        lr=1e-2,
+        batch_size=8,
+        block_size=32,
+        workers=2,
+    )
 
     labels = next(n.get("Labels") or {} for n in ray.nodes() if n["NodeID"] == result.ran_on)
     first, last = sum(result.kl[:4]) / 4, sum(result.kl[-4:]) / 4

@@ -46,8 +46,10 @@ def test_a_private_update_at_epsilon_8_lowers_the_held_out_loss(tiny, client_blo
     update = local_update(model, None, train, privacy, dataclasses.replace(HP, max_steps=40))
 
     before, after = held_out_loss(model, None, held, HP), held_out_loss(model, update.adapter, held, HP)
-    print(f"held-out loss {before:.3f} → {after:.3f}, ε={update.epsilon:.2f}, σ={update.noise_multiplier:.2f}, "
-          f"{update.steps} steps, {update.samples_per_s:.0f} samples/s")  # fmt: skip
+    print(
+        f"held-out loss {before:.3f} → {after:.3f}, ε={update.epsilon:.2f}, σ={update.noise_multiplier:.2f}, "
+        f"{update.steps} steps, {update.samples_per_s:.0f} samples/s"
+    )
     assert after < before - 0.1, (before, after)
     assert 0 < update.epsilon <= 8.0 + 0.05 and update.epsilon_total == pytest.approx(update.epsilon, rel=1e-3)
     assert update.noise_multiplier > 0.3 and update.num_samples == len(train)

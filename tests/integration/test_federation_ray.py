@@ -11,9 +11,18 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 def test_rounds_on_the_fleet_drop_a_straggler_and_still_unmask_the_survivors_sum(fleet, fleet_config, tmp_path):
-    federation = fleet_config.federation.model_copy(update={
-        "clients_per_round": 3, "min_clients": 2, "round_timeout_s": 12.0, "local_steps": 6, "batch_size": 32,
-        "block_size": 64, "lr": 0.02, "held_out_blocks": 64})  # fmt: skip
+    federation = fleet_config.federation.model_copy(
+        update={
+            "clients_per_round": 3,
+            "min_clients": 2,
+            "round_timeout_s": 12.0,
+            "local_steps": 6,
+            "batch_size": 32,
+            "block_size": 64,
+            "lr": 0.02,
+            "held_out_blocks": 64,
+        }
+    )
     cfg = fleet_config.model_copy(update={"cache_dir": tmp_path / "cache", "federation": federation})
     write_demo_shards(cfg)
     coord = Coordinator(cfg, tmp_path / "run", client_delays={"edge-3": 20.0})  # edge-3 is a slow site
@@ -46,9 +55,18 @@ def test_a_client_whose_train_job_is_killed_mid_round_is_dropped_then_rejoins(fl
     import ray
     from ray.util.state import list_actors
 
-    federation = fleet_config.federation.model_copy(update={
-        "clients_per_round": 3, "min_clients": 2, "round_timeout_s": 90.0, "local_steps": 4, "batch_size": 32,
-        "block_size": 64, "lr": 0.02, "held_out_blocks": 32})  # fmt: skip
+    federation = fleet_config.federation.model_copy(
+        update={
+            "clients_per_round": 3,
+            "min_clients": 2,
+            "round_timeout_s": 90.0,
+            "local_steps": 4,
+            "batch_size": 32,
+            "block_size": 64,
+            "lr": 0.02,
+            "held_out_blocks": 32,
+        }
+    )
     cfg = fleet_config.model_copy(update={"cache_dir": tmp_path / "cache", "federation": federation})
     write_demo_shards(cfg)
     # edge-3 lingers before training, so the kill lands while the round is in its training phase
@@ -61,8 +79,10 @@ def test_a_client_whose_train_job_is_killed_mid_round_is_dropped_then_rejoins(fl
         while time.monotonic() < deadline and not killed:
             current = coord.state.get("current") or {}
             if current.get("round") == 1 and current.get("status") == "training":
-                workers = list_actors(address=fleet.dashboard_url, filters=[("class_name", "=", "RayTrainWorker"),
-                                                                            ("state", "=", "ALIVE")])  # fmt: skip
+                workers = list_actors(
+                    address=fleet.dashboard_url,
+                    filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
+                )
                 pids = [w.pid for w in workers if w.node_id == edge3]
                 if pids:
                     os.kill(pids[0], signal.SIGKILL)

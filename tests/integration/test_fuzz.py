@@ -20,8 +20,12 @@ from tests.conftest import TEST_TOKEN  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 METHOD = "/edgefleet.v1.InferenceService/Generate"
-PROPER = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED,
-          grpc.StatusCode.DEADLINE_EXCEEDED}  # fmt: skip
+PROPER = {
+    grpc.StatusCode.OK,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+}
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), derandomize=False)
 
 text = st.text(max_size=64) | st.sampled_from(["", " ", "\x00", "\ud7ff" * 3, "x" * 5000, "<|im_end|>"])
@@ -34,14 +38,23 @@ enum = st.integers(-(2**31), 2**31 - 1) | st.sampled_from([0, 1, 2, 3, -1])
 def requests(draw) -> pb.GenerateRequest:
     req = pb.GenerateRequest(
         prompt=draw(text),
-        messages=[pb.ChatMessage(role=draw(st.sampled_from(["user", "system", "assistant", "", "tool", "👾"])),
-                                 content=draw(text)) for _ in range(draw(st.integers(0, 3)))],  # fmt: skip
+        messages=[
+            pb.ChatMessage(
+                role=draw(st.sampled_from(["user", "system", "assistant", "", "tool", "👾"])), content=draw(text)
+            )
+            for _ in range(draw(st.integers(0, 3)))
+        ],
         max_new_tokens=draw(st.integers(0, 8) | u32),
-        temperature=draw(floats), top_p=draw(floats),
+        temperature=draw(floats),
+        top_p=draw(floats),
         stop=draw(st.lists(text, max_size=5)),
-        deadline_ms=draw(u32), priority=draw(enum), route=draw(enum), site=draw(text),
-        request_id=draw(text), mode=draw(enum),
-    )  # fmt: skip
+        deadline_ms=draw(u32),
+        priority=draw(enum),
+        route=draw(enum),
+        site=draw(text),
+        request_id=draw(text),
+        mode=draw(enum),
+    )
     if draw(st.booleans()):
         req.seed = draw(st.integers(0, 2**64 - 1))
     return req

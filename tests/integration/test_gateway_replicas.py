@@ -28,8 +28,11 @@ TOTAL, WORKERS, KILL_AFTER = 120, 6, 30
 def _gateway_pids() -> list[int]:
     import psutil
 
-    return sorted(p.pid for p in psutil.process_iter(["cmdline"])
-                  if f"ServeReplica:{APP}:Gateway" in " ".join(p.info["cmdline"] or []))  # fmt: skip
+    return sorted(
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if f"ServeReplica:{APP}:Gateway" in " ".join(p.info["cmdline"] or [])
+    )
 
 
 @pytest.fixture(scope="module")
@@ -60,15 +63,22 @@ def test_a_crashed_gateway_replica_costs_a_retry_not_a_request(two_gateways):
 
     # Retries come from the SDK (UNAVAILABLE before the first token), with its default policy widened
     # to ride out the proxy noticing the dead replica.
-    with Client(two_gateways.grpc_address, token=TEST_TOKEN, application=APP, max_retries=8,
-                backoff_max_s=2.0) as client, ThreadPoolExecutor(WORKERS) as pool:  # fmt: skip
+    with (
+        Client(
+            two_gateways.grpc_address, token=TEST_TOKEN, application=APP, max_retries=8, backoff_max_s=2.0
+        ) as client,
+        ThreadPoolExecutor(WORKERS) as pool,
+    ):
         list(pool.map(lambda i: one(client, i), range(TOTAL)))
 
     assert killed.is_set()
     assert not failed, failed[:5]
     assert len(done) == TOTAL
     deadline = time.monotonic() + 120  # Serve replaces the dead replica
-    while not (serve.status().applications[APP].status == "RUNNING" and len(_gateway_pids()) == 2
-               and before[0] not in _gateway_pids()):  # fmt: skip
+    while not (
+        serve.status().applications[APP].status == "RUNNING"
+        and len(_gateway_pids()) == 2
+        and before[0] not in _gateway_pids()
+    ):
         assert time.monotonic() < deadline, (serve.status().applications[APP], _gateway_pids())
         time.sleep(1)

@@ -56,8 +56,10 @@ def test_plaintext_and_untrusted_certificates_are_refused(front):
     other, _ = self_signed(["localhost", "127.0.0.1"])
     with Client(target, token=TEST_TOKEN, max_retries=0) as plain, pytest.raises(Unavailable):
         plain.generate("no TLS", max_new_tokens=2, timeout=10)
-    with Client(target, token=TEST_TOKEN, tls=True, root_certificates=other, max_retries=0) as wrong, \
-            pytest.raises(Unavailable):  # fmt: skip
+    with (
+        Client(target, token=TEST_TOKEN, tls=True, root_certificates=other, max_retries=0) as wrong,
+        pytest.raises(Unavailable),
+    ):
         wrong.generate("wrong root", max_new_tokens=2, timeout=10)
 
 
@@ -87,10 +89,27 @@ def test_the_cli_generates_over_tls_with_the_certificate_as_its_root(front, tmp_
 
     target, cert = front
     (tmp_path / "cert.pem").write_bytes(cert)
-    done = subprocess.run([sys.executable, "-m", "edgefleet.cli", "generate", "Hello CLI", "--target", target,
-                           "--ca", str(tmp_path / "cert.pem"), "--max-new-tokens", "6", "--timeout", "60"],
-                          capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "EDGEFLEET_TOKEN": TEST_TOKEN})  # fmt: skip
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgefleet.cli",
+            "generate",
+            "Hello CLI",
+            "--target",
+            target,
+            "--ca",
+            str(tmp_path / "cert.pem"),
+            "--max-new-tokens",
+            "6",
+            "--timeout",
+            "60",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "EDGEFLEET_TOKEN": TEST_TOKEN},
+    )
 
     assert done.returncode == 0, done.stderr[-500:]
     assert "SLA" in done.stderr and done.stdout.strip()

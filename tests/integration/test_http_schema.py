@@ -44,8 +44,9 @@ def test_every_answer_is_one_the_schema_documents(served):
     for operation in operations:
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
-                  database=None)  # fmt: skip
+        @settings(
+            max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None
+        )
         def check(case) -> None:
             response = case.call(headers=AUTH, timeout=60)
             seen.setdefault(case.operation.label, set()).add(response.status_code)
@@ -64,7 +65,11 @@ def test_the_gateway_still_answers_after_the_generated_requests(served):
     import urllib.request
 
     body = b'{"model": "edgefleet", "prompt": "still there?", "max_tokens": 4}'
-    request = urllib.request.Request(f"{served.http_url}/v1/completions", data=body, method="POST",
-                                     headers={**AUTH, "Content-Type": "application/json"})  # fmt: skip
+    request = urllib.request.Request(
+        f"{served.http_url}/v1/completions",
+        data=body,
+        method="POST",
+        headers={**AUTH, "Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=60) as r:
         assert r.status == 200

@@ -66,8 +66,15 @@ _OURS = {t for m in metrics.METRICS for t in m.tags}  # Ray adds WorkerId, Sessi
 
 def _federate_job_config(tmp_path: Path) -> Path:
     data = make_test_config_dict(num_edge=3) | {"cache_dir": str(tmp_path / "cache")}
-    data["federation"] = {"clients_per_round": 2, "min_clients": 2, "local_steps": 4, "batch_size": 32,
-                          "block_size": 64, "lr": 0.02, "round_timeout_s": 120}  # fmt: skip
+    data["federation"] = {
+        "clients_per_round": 2,
+        "min_clients": 2,
+        "local_steps": 4,
+        "batch_size": 32,
+        "block_size": 64,
+        "lr": 0.02,
+        "round_timeout_s": 120,
+    }
     path = tmp_path / "fleet.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -184,18 +191,39 @@ def _queue_burst(client: Client) -> None:
     """More concurrent requests than edge-3's batch holds: some wait in its queue. Long enough (several
     seconds) that Ray's 1 s metric export sees the gauge non-zero: a 2-wave burst sometimes drained first."""
     with ThreadPoolExecutor(24) as pool:
-        list(pool.map(lambda _: client.generate(QUESTION, max_new_tokens=128, site="edge-3", route="edge"),
-                      range(120)))  # fmt: skip
+        list(pool.map(lambda _: client.generate(QUESTION, max_new_tokens=128, site="edge-3", route="edge"), range(120)))
 
 
 def _federate_as_ray_job(fleet_config, cfg_path: Path, tmp: Path) -> dict:
     ray_cli = Path(sys.executable).parent / "ray"
     job_id = f"edgefleet-federate-{int(time.time())}"
     dashboard = f"http://127.0.0.1:{fleet_config.ports.dashboard}"
-    submit = subprocess.run([str(ray_cli), "job", "submit", "--address", dashboard, "--submission-id", job_id, "--",
-                             sys.executable, "-m", "edgefleet.cli", "-c", str(cfg_path), "federate", "--rounds", "1",
-                             "--run", "ray-job"],
-                            capture_output=True, text=True, timeout=600, cwd=tmp)  # fmt: skip
+    submit = subprocess.run(
+        [
+            str(ray_cli),
+            "job",
+            "submit",
+            "--address",
+            dashboard,
+            "--submission-id",
+            job_id,
+            "--",
+            sys.executable,
+            "-m",
+            "edgefleet.cli",
+            "-c",
+            str(cfg_path),
+            "federate",
+            "--rounds",
+            "1",
+            "--run",
+            "ray-job",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp,
+    )
     from ray.job_submission import JobSubmissionClient
 
     try:
@@ -218,8 +246,9 @@ def _roll_out_the_new_champion(fleet_config, cfg_path: Path):
     if champion is None:  # the gate kept it a candidate (one short round): promote it as an operator would
         champion = versions[-1]["version"]
         registry.promote(champion, "operations test")
-    ctl = RolloutController(fleet_config, registry, canaries=["edge-1"], window_s=2.0,
-                            probe_texts=list(demo_topics().values())[:2])  # fmt: skip
+    ctl = RolloutController(
+        fleet_config, registry, canaries=["edge-1"], window_s=2.0, probe_texts=list(demo_topics().values())[:2]
+    )
     try:
         return ctl.roll_out(champion)
     finally:  # the session fleet goes back to its configured models for the tests that follow
@@ -228,8 +257,12 @@ def _roll_out_the_new_champion(fleet_config, cfg_path: Path):
 
 
 def _status_json(cfg_path: Path, address: str) -> dict:
-    out = subprocess.run([sys.executable, "-m", "edgefleet.cli", "-c", str(cfg_path), "status", "--json",
-                          "--address", address], capture_output=True, text=True, timeout=120)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "edgefleet.cli", "-c", str(cfg_path), "status", "--json", "--address", address],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout)
 
@@ -304,9 +337,23 @@ def test_status_json_shows_every_node_live_with_round_champion_and_epsilon(opera
 
 
 def test_status_table_prints_once_for_scripts(operated, fleet):
-    out = subprocess.run([sys.executable, "-m", "edgefleet.cli", "-c", str(operated["cfg_path"]), "status", "--once",
-                          "--address", fleet.address], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "COLUMNS": "200"})  # fmt: skip
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgefleet.cli",
+            "-c",
+            str(operated["cfg_path"]),
+            "status",
+            "--once",
+            "--address",
+            fleet.address,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     for text in ("edgefleet fleet", "edge-1", "cloud", "serving", "round 1 of run ray-job", "champion"):
         assert text in out.stdout, out.stdout

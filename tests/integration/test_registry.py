@@ -36,11 +36,21 @@ def adapter_dir(tmp_path_factory):
 
 
 def record(round_id: int, loss: float, run: str = "run-a", eps: float = 2.0) -> RoundRecord:
-    return RoundRecord(run=run, round=round_id, strategy="fedavg", clients=["edge-1", "edge-2"], train_loss=loss + 0.1,
-                       held_out_loss=loss, perplexity=2.718**loss, epsilon={"edge-1": eps, "edge-2": eps * 0.9},
-                       delta=1e-5, budget_epsilon=30.0, user_epsilon=None,
-                       base_model={"source": "tiny", "quantization": "none"},
-                       params={"strategy": "fedavg", "clients_per_round": 2})  # fmt: skip
+    return RoundRecord(
+        run=run,
+        round=round_id,
+        strategy="fedavg",
+        clients=["edge-1", "edge-2"],
+        train_loss=loss + 0.1,
+        held_out_loss=loss,
+        perplexity=2.718**loss,
+        epsilon={"edge-1": eps, "edge-2": eps * 0.9},
+        delta=1e-5,
+        budget_epsilon=30.0,
+        user_epsilon=None,
+        base_model={"source": "tiny", "quantization": "none"},
+        params={"strategy": "fedavg", "clients_per_round": 2},
+    )
 
 
 def test_rounds_become_versions_with_lineage_the_gate_moves_champion_and_plain_mlflow_generates(tmp_path, adapter_dir):
@@ -54,8 +64,10 @@ def test_rounds_become_versions_with_lineage_the_gate_moves_champion_and_plain_m
 
     assert (v1, v2, v3, again) == ("1", "2", "3", "3")
     versions = {v["version"]: v for v in reg.versions()}
-    assert versions["2"]["tags"]["edgefleet.gate"] == "held" and "does not beat" in versions["2"]["tags"][
-        "edgefleet.gate_reason"]  # fmt: skip
+    assert (
+        versions["2"]["tags"]["edgefleet.gate"] == "held"
+        and "does not beat" in versions["2"]["tags"]["edgefleet.gate_reason"]
+    )
     assert CHAMPION in versions["3"]["aliases"] and CANDIDATE in versions["3"]["aliases"]
     tags = versions["3"]["tags"]
     assert tags["edgefleet.round"] == "3" and tags["edgefleet.parent_version"] == "2"
@@ -79,10 +91,26 @@ def test_rounds_become_versions_with_lineage_the_gate_moves_champion_and_plain_m
 
 
 def start_server(port: int, tmp_path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                             "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-                             "--default-artifact-root", str(tmp_path / "artifacts"), "--workers", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--default-artifact-root",
+            str(tmp_path / "artifacts"),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         try:

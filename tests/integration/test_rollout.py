@@ -33,8 +33,12 @@ def adapter(tmp_path, name, scale):
 
 
 def serving(cfg):
-    return {n.id: ray.get(ray.get_actor(actor_name(n.id, cfg.app), namespace=ACTOR_NAMESPACE).info.remote())[
-        "model_version"] for n in cfg.fleet.edge_nodes}  # fmt: skip
+    return {
+        n.id: ray.get(ray.get_actor(actor_name(n.id, cfg.app), namespace=ACTOR_NAMESPACE).info.remote())[
+            "model_version"
+        ]
+        for n in cfg.fleet.edge_nodes
+    }
 
 
 def test_a_forced_regression_is_rolled_back_and_a_sound_version_promoted(served, fleet_config, tmp_path):
@@ -42,8 +46,10 @@ def test_a_forced_regression_is_rolled_back_and_a_sound_version_promoted(served,
     good, broken = adapter(tmp_path, "good", 1e-3), adapter(tmp_path, "broken", 3.0)
     texts = list(demo_topics().values())[:4]
     ctl = RolloutController(fleet_config, reg, canaries=["edge-1"], window_s=2.0, probe_texts=texts)
-    actors = {n.id: ray.get_actor(actor_name(n.id, fleet_config.app), namespace=ACTOR_NAMESPACE)
-              for n in fleet_config.fleet.edge_nodes}  # fmt: skip
+    actors = {
+        n.id: ray.get_actor(actor_name(n.id, fleet_config.app), namespace=ACTOR_NAMESPACE)
+        for n in fleet_config.fleet.edge_nodes
+    }
     try:
         assert reg.publish(record(1, 5.0, run="rollout"), good) == "1"
         assert reg.publish(record(2, 4.0, run="rollout"), broken) == "2"  # its claimed score passes the gate

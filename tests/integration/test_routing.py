@@ -25,8 +25,12 @@ def synthetic_config(fleet_config, policy: str):
         node["model"] = {"source": PROFILES[node["id"]]}
     data["fleet"]["cloud"]["model"] = {"source": "synthetic:0.2:20"}
     data["fleet"]["cloud"]["network"] = {"rtt_ms": 60, "jitter_ms": 5}
-    data |= {"app": f"synth-{policy.replace('_', '-')}", "routing": {"policy": policy},
-             "ports": copy.deepcopy(fleet_config.ports.model_dump()), "auth": {"tokens": []}}  # fmt: skip
+    data |= {
+        "app": f"synth-{policy.replace('_', '-')}",
+        "routing": {"policy": policy},
+        "ports": copy.deepcopy(fleet_config.ports.model_dump()),
+        "auth": {"tokens": []},
+    }
     return parse_config(data)
 
 
@@ -40,8 +44,9 @@ async def attainment(target: str, app: str) -> float:
 
         async def one(i: int) -> bool:
             try:
-                done = await client.generate(f"question {i}", max_new_tokens=NEW_TOKENS, timeout=DEADLINE_S,
-                                             mode="best_effort")  # fmt: skip
+                done = await client.generate(
+                    f"question {i}", max_new_tokens=NEW_TOKENS, timeout=DEADLINE_S, mode="best_effort"
+                )
                 return done.sla_met
             except EdgefleetClientError:  # the client's deadline passed: a miss
                 return False

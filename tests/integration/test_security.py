@@ -60,8 +60,9 @@ def test_http_over_the_rate_is_429_with_retry_after(secure_app):
 
 def _post(url: str, body: dict, headers: dict) -> tuple[int, object, str]:
     """(status, headers (case-insensitive), body) of a POST, error statuses included."""
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={**headers, "Content-Type": "application/json"})  # fmt: skip
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST", headers={**headers, "Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=60) as r:
             return r.status, r.headers, r.read().decode()

@@ -86,14 +86,16 @@ def test_edge_and_cloud_give_the_same_greedy_answer(client):
 
 
 def test_chat_messages_and_stop_sequences(client):
-    free = client.generate(messages=[{"role": "system", "content": "x"}, {"role": "user", "content": "hi"}],
-                           max_new_tokens=24)  # fmt: skip
+    free = client.generate(
+        messages=[{"role": "system", "content": "x"}, {"role": "user", "content": "hi"}], max_new_tokens=24
+    )
     stop = free.text[3:5]
     if not stop.strip():
         pytest.skip("tiny model output has no usable stop sequence for this prompt")
 
-    cut = client.generate(messages=[{"role": "system", "content": "x"}, {"role": "user", "content": "hi"}],
-                          max_new_tokens=24, stop=[stop])  # fmt: skip
+    cut = client.generate(
+        messages=[{"role": "system", "content": "x"}, {"role": "user", "content": "hi"}], max_new_tokens=24, stop=[stop]
+    )
 
     assert cut.finish_reason == "stop"
     assert cut.text == free.text[: free.text.find(stop)]
@@ -163,10 +165,12 @@ def test_openai_client_round_trip_unary_and_streamed(served, client):
     openai = pytest.importorskip("openai")
     oa = openai.OpenAI(base_url=f"{served.http_url}/v1", api_key=TEST_TOKEN, max_retries=0, timeout=60)
 
-    chat = oa.chat.completions.create(model="edgefleet", messages=[{"role": "user", "content": QUESTION}],
-                                      max_tokens=12, temperature=0)  # fmt: skip
-    pieces = oa.chat.completions.create(model="edgefleet", messages=[{"role": "user", "content": QUESTION}],
-                                        max_tokens=12, temperature=0, stream=True)  # fmt: skip
+    chat = oa.chat.completions.create(
+        model="edgefleet", messages=[{"role": "user", "content": QUESTION}], max_tokens=12, temperature=0
+    )
+    pieces = oa.chat.completions.create(
+        model="edgefleet", messages=[{"role": "user", "content": QUESTION}], max_tokens=12, temperature=0, stream=True
+    )
     streamed = "".join(c.choices[0].delta.content or "" for c in pieces if c.choices)
     text = oa.completions.create(model="edgefleet", prompt=QUESTION, max_tokens=12, temperature=0)
 
@@ -206,8 +210,10 @@ def test_dynamic_batching_shares_forward_passes(served):
     request = {"messages": [{"role": "user", "content": "batch me"}], "max_new_tokens": 10}
 
     async def eight():
-        gens = [actor.generate_stream.options(num_returns="streaming").remote({**request, "request_id": f"b{i}"})
-                for i in range(8)]  # fmt: skip
+        gens = [
+            actor.generate_stream.options(num_returns="streaming").remote({**request, "request_id": f"b{i}"})
+            for i in range(8)
+        ]
 
         async def drain(g):
             return [await ref async for ref in g]
@@ -228,8 +234,7 @@ def test_dynamic_batching_shares_forward_passes(served):
 
 def test_model_swap_during_a_stream_loses_no_tokens(served):
     actor = _edge("edge-3")
-    request = {"request_id": "swap", "messages": [{"role": "user", "content": "swap during me"}],
-               "max_new_tokens": 120}  # fmt: skip
+    request = {"request_id": "swap", "messages": [{"role": "user", "content": "swap during me"}], "max_new_tokens": 120}
     expected = _collect(actor, request)[-1]
 
     async def stream_and_swap():

@@ -46,16 +46,23 @@ async def _one(client: AsyncClient, i: int) -> dict:
     started = time.monotonic()
     texts, finals, outcome = [], [], None
     try:
-        async for chunk in client.stream(f"Request {i}: say something.", max_new_tokens=24, site=site,
-                                         timeout=DEADLINE_S):  # fmt: skip
+        async for chunk in client.stream(
+            f"Request {i}: say something.", max_new_tokens=24, site=site, timeout=DEADLINE_S
+        ):
             texts.append(chunk.text)
             if chunk.final:
                 finals.append(chunk.completion)
         outcome = "complete" if len(finals) == 1 else f"ended with {len(finals)} final chunks"
     except EdgefleetClientError as e:
         outcome = f"status {e.code}"
-    return {"i": i, "site": site, "outcome": outcome, "elapsed": time.monotonic() - started, "texts": texts,
-            "final": finals[-1] if finals else None}  # fmt: skip
+    return {
+        "i": i,
+        "site": site,
+        "outcome": outcome,
+        "elapsed": time.monotonic() - started,
+        "texts": texts,
+        "final": finals[-1] if finals else None,
+    }
 
 
 async def _load(served, results: list[dict], events: dict) -> None:
@@ -103,9 +110,11 @@ def under_fault(fleet, served):
     except Exception as exc:  # say why: Ray's record of the actor and the node table
         state = ray._private.state.actors(victim._actor_id.hex())
         nodes = [(n.node_id, n.alive) for n in fleet.nodes()]
-        raise AssertionError(f"{VICTIM} did not come back ({type(exc).__name__}: {exc}): "
-                             f"{state.get('State')}, {state.get('NumRestarts')} restarts, "
-                             f"{state.get('DeathCause')}; nodes: {nodes}") from None
+        raise AssertionError(
+            f"{VICTIM} did not come back ({type(exc).__name__}: {exc}): "
+            f"{state.get('State')}, {state.get('NumRestarts')} restarts, "
+            f"{state.get('DeathCause')}; nodes: {nodes}"
+        ) from None
     finally:
         events["results_at_back"] = len(results)
         events["back"] = True  # on failure too: the load drains (each request is bounded by its deadline)
@@ -157,8 +166,11 @@ def test_the_node_rejoins_and_its_site_gets_traffic_back(under_fault):
 def _cloud_replica_pids() -> list[int]:
     import psutil
 
-    return [p.pid for p in psutil.process_iter(["name", "cmdline"])
-            if "ServeReplica:edgefleet:Cloud" in " ".join(p.info["cmdline"] or [p.info["name"] or ""])]  # fmt: skip
+    return [
+        p.pid
+        for p in psutil.process_iter(["name", "cmdline"])
+        if "ServeReplica:edgefleet:Cloud" in " ".join(p.info["cmdline"] or [p.info["name"] or ""])
+    ]
 
 
 def _timed(call):

@@ -29,8 +29,15 @@ def labels_of(ray_node_id: str) -> dict:
 
 def test_a_local_update_runs_on_its_node_and_comes_back_through_a_checkpoint(train_config):
     first = run_local_update(train_config, "edge-2", hp=HP, block_size=64, cpus_per_worker=0.25)
-    second = run_local_update(train_config, "edge-2", hp=HP, block_size=64, cpus_per_worker=0.25,
-                              adapter=first.update.adapter, accountant_state=first.update.accountant_state)  # fmt: skip
+    second = run_local_update(
+        train_config,
+        "edge-2",
+        hp=HP,
+        block_size=64,
+        cpus_per_worker=0.25,
+        adapter=first.update.adapter,
+        accountant_state=first.update.accountant_state,
+    )
 
     print(f"job wall {first.wall_s:.1f} s, of which training {first.train_s:.1f} s")
     assert labels_of(first.ran_on)[NODE_LABEL] == "edge-2"

@@ -103,8 +103,12 @@ def test_cli_reports_bad_config_briefly_and_exits_2(write_config):
 
     path = write_config({"fleet": {"edge_nodes": [{"id": "edge-1", "network": {"rtt_ms": "far"}}]}})
 
-    out = subprocess.run([sys.executable, "-m", "edgefleet.cli", "--config", str(path), "status"],
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "edgefleet.cli", "--config", str(path), "status"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
     assert out.returncode == 2
     assert "fleet.edge_nodes.0.network.rtt_ms" in out.stderr and "Traceback" not in out.stderr
@@ -113,15 +117,31 @@ def test_cli_reports_bad_config_briefly_and_exits_2(write_config):
 
 @pytest.mark.parametrize(
     ("kwargs", "field"),
-    [({"seed": 2**64}, "seed"), ({"seed": -1}, "seed"), ({"temperature": 1e-300}, "temperature"),
-     ({"stop": ["x" * 300]}, "stop")],
-)  # fmt: skip
+    [
+        ({"seed": 2**64}, "seed"),
+        ({"seed": -1}, "seed"),
+        ({"temperature": 1e-300}, "temperature"),
+        ({"stop": ["x" * 300]}, "stop"),
+    ],
+)
 def test_request_validation_rejects_values_that_would_break_a_batch(kwargs, field):
     from edgefleet.serve.requests import RequestError, validate
 
-    base = dict(prompt="hi", messages=None, max_new_tokens=4, temperature=0.0, top_p=None, seed=None, stop=None,
-                deadline_ms=None, route="auto", site="", priority="normal", request_id=None,
-                cfg=EdgefleetConfig())  # fmt: skip
+    base = dict(
+        prompt="hi",
+        messages=None,
+        max_new_tokens=4,
+        temperature=0.0,
+        top_p=None,
+        seed=None,
+        stop=None,
+        deadline_ms=None,
+        route="auto",
+        site="",
+        priority="normal",
+        request_id=None,
+        cfg=EdgefleetConfig(),
+    )
 
     with pytest.raises(RequestError) as info:
         validate(**{**base, **kwargs})
@@ -132,8 +152,9 @@ def test_request_validation_rejects_values_that_would_break_a_batch(kwargs, fiel
 def test_a_one_edge_fleet_is_a_valid_config_even_with_secure_aggregation_on():
     from edgefleet.config import parse_config
 
-    cfg = parse_config({"fleet": {"edge_nodes": [{"id": "edge-1"}]}, "federation": {"clients_per_round": 1,
-                                                                                    "min_clients": 1}})  # fmt: skip
+    cfg = parse_config(
+        {"fleet": {"edge_nodes": [{"id": "edge-1"}]}, "federation": {"clients_per_round": 1, "min_clients": 1}}
+    )
 
     assert cfg.federation.secure_aggregation and cfg.federation.clients_per_round == 1
 

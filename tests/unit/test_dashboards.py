@@ -80,7 +80,10 @@ def test_exported_names_follow_rays_prefix_and_counter_suffix():
     requests = metrics.BY_NAME["edgefleet_requests"]
     assert requests.exported == "ray_edgefleet_requests_total"
     assert metrics.BY_NAME["edgefleet_ttft_ms"].series == (
-        "ray_edgefleet_ttft_ms_bucket", "ray_edgefleet_ttft_ms_sum", "ray_edgefleet_ttft_ms_count")  # fmt: skip
+        "ray_edgefleet_ttft_ms_bucket",
+        "ray_edgefleet_ttft_ms_sum",
+        "ray_edgefleet_ttft_ms_count",
+    )
 
 
 def test_prometheus_scrapes_rays_service_discovery_file_and_kuberay_metrics_ports():
@@ -90,8 +93,11 @@ def test_prometheus_scrapes_rays_service_discovery_file_and_kuberay_metrics_port
     files = [f for sd in jobs["ray"]["file_sd_configs"] for f in sd["files"]]
     assert files == [f"/tmp/ray/{PROMETHEUS_SERVICE_DISCOVERY_FILE}"]
     jobs = {j["job_name"]: j for j in yaml.safe_load(PROMETHEUS_KUBERAY.read_text())["scrape_configs"]}
-    keep_port = [r for r in jobs["kuberay"]["relabel_configs"]
-                 if r["source_labels"] == ["__meta_kubernetes_pod_container_port_name"]]  # fmt: skip
+    keep_port = [
+        r
+        for r in jobs["kuberay"]["relabel_configs"]
+        if r["source_labels"] == ["__meta_kubernetes_pod_container_port_name"]
+    ]
     assert keep_port and keep_port[0]["regex"] == "metrics"
 
 

@@ -38,8 +38,9 @@ def test_stream_is_start_deltas_end_and_deltas_add_up(engine):
 def test_batched_answers_equal_solo_answers(engine):
     async def both():
         solo = await engine.complete(GenRequest("s", chat("prompt 3"), max_new_tokens=10))
-        together = await asyncio.gather(*(engine.complete(GenRequest(f"b{i}", chat(f"prompt {i}"), max_new_tokens=10))
-                                          for i in range(6)))  # fmt: skip
+        together = await asyncio.gather(
+            *(engine.complete(GenRequest(f"b{i}", chat(f"prompt {i}"), max_new_tokens=10)) for i in range(6))
+        )
         return solo, together
 
     solo, together = run(both())
@@ -81,6 +82,7 @@ def test_invalid_requests_are_errors_naming_the_field(engine):
     too_long = run(events_of(engine, GenRequest("l", chat("x" * 600), max_new_tokens=8)))
     no_tokens = run(events_of(engine, GenRequest("n", chat("x"), max_new_tokens=0)))
 
-    assert too_long == [{"type": "error", "code": "INVALID_ARGUMENT", "message": too_long[0]["message"],
-                         "param": "prompt"}]  # fmt: skip
+    assert too_long == [
+        {"type": "error", "code": "INVALID_ARGUMENT", "message": too_long[0]["message"], "param": "prompt"}
+    ]
     assert too_long[0]["message"].startswith("prompt:") and no_tokens[0]["message"].startswith("max_new_tokens:")

@@ -11,8 +11,15 @@ def tracker() -> FleetTracker:
 
 def test_view_lists_every_edge_and_the_cloud_with_rtt_and_stats():
     t = tracker()
-    t.heartbeat("edge-1", {"queue_depth": 3, "prefill_ms_per_token": 1.5, "decode_ms_per_step": {8: 14.0, 1: 10.0},
-                           "model_version": "v7"})  # fmt: skip
+    t.heartbeat(
+        "edge-1",
+        {
+            "queue_depth": 3,
+            "prefill_ms_per_token": 1.5,
+            "decode_ms_per_step": {8: 14.0, 1: 10.0},
+            "model_version": "v7",
+        },
+    )
 
     view = {s.target_id: s for s in t.view().targets}
 

@@ -26,8 +26,12 @@ def relay(tmp_path_factory) -> Iterator[tuple[str, bytes, object]]:
     cert, key = self_signed(["127.0.0.1"])
     (folder / "cert.pem").write_bytes(cert)
     (folder / "key.pem").write_bytes(key)
-    front = FrontServer("127.0.0.1:0", served.target, max_request_bytes=LIMIT,
-                        credentials=server_credentials(folder / "cert.pem", folder / "key.pem"))  # fmt: skip
+    front = FrontServer(
+        "127.0.0.1:0",
+        served.target,
+        max_request_bytes=LIMIT,
+        credentials=server_credentials(folder / "cert.pem", folder / "key.pem"),
+    )
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
     port = asyncio.run_coroutine_threadsafe(front.start(), loop).result(timeout=10)
@@ -86,6 +90,13 @@ def test_plaintext_is_refused_by_a_tls_front(fake):
 
 
 def test_hop_by_hop_metadata_stays_behind():
-    kept = forwarded_metadata([(":authority", "x"), ("user-agent", "grpc-python"), ("grpc-accept-encoding", "gzip"),
-                               ("authorization", "Bearer t"), ("application", "edgefleet")])  # fmt: skip
+    kept = forwarded_metadata(
+        [
+            (":authority", "x"),
+            ("user-agent", "grpc-python"),
+            ("grpc-accept-encoding", "gzip"),
+            ("authorization", "Bearer t"),
+            ("application", "edgefleet"),
+        ]
+    )
     assert kept == [("authorization", "Bearer t"), ("application", "edgefleet")]

@@ -43,13 +43,13 @@ def test_no_noise_means_infinite_epsilon():
     assert composed_epsilon([Release(0.0, 0.1, 1)], 1e-5) == float("inf")
 
 
-releases = st.builds(Release, noise_multiplier=st.floats(0.3, 3.0), sample_rate=st.floats(0.001, 0.3),
-                     steps=st.integers(1, 200))  # fmt: skip
+releases = st.builds(
+    Release, noise_multiplier=st.floats(0.3, 3.0), sample_rate=st.floats(0.001, 0.3), steps=st.integers(1, 200)
+)
 
 
 @settings(max_examples=20, deadline=None)
-@given(budget=st.floats(0.5, 20.0), rounds=st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), releases),
-                                                     max_size=10))  # fmt: skip
+@given(budget=st.floats(0.5, 20.0), rounds=st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), releases), max_size=10))
 def test_no_sequence_of_rounds_takes_any_client_past_its_budget(budget, rounds):
     ledger = PrivacyLedger(":memory:", budget_epsilon=budget, delta=1e-5)
     for round_id, (client, release) in enumerate(rounds):

@@ -122,15 +122,18 @@ def pod_templates(folder: Path) -> list[tuple[str, dict[str, str], list[dict[str
     for doc in docs_in(folder):
         if doc.get("kind") in ("Deployment", "StatefulSet", "Job"):
             t = doc["spec"]["template"]
-            out.append((f"{doc['kind']}/{doc['metadata']['name']}", t["metadata"].get("labels", {}),
-                        t["spec"]["containers"]))  # fmt: skip
+            out.append(
+                (f"{doc['kind']}/{doc['metadata']['name']}", t["metadata"].get("labels", {}), t["spec"]["containers"])
+            )
         elif doc.get("kind") == "RayService":
             every_node = serve_config().get("proxy_location", "EveryNode") == "EveryNode"
             for name, g in groups().items():
                 is_head = name == "head"
-                kuberay = {"ray.io/node-type": "head" if is_head else "worker",
-                           "ray.io/group": "headgroup" if is_head else name,
-                           "ray.io/serve": "true" if is_head or every_node else "false"}  # fmt: skip
+                kuberay = {
+                    "ray.io/node-type": "head" if is_head else "worker",
+                    "ray.io/group": "headgroup" if is_head else name,
+                    "ray.io/serve": "true" if is_head or every_node else "false",
+                }
                 labels = {**g["template"]["metadata"].get("labels", {}), **kuberay}
                 out.append((f"RayService group {name}", labels, g["template"]["spec"]["containers"]))
     return out
@@ -276,8 +279,11 @@ def test_each_group_mounts_the_fleet_config_where_the_app_reads_it():
 
     for name, group in groups().items():
         volumes = {v["name"]: v for v in group["template"]["spec"].get("volumes", [])}
-        mounts = [m for m in ray_container(group).get("volumeMounts", [])
-                  if volumes.get(m["name"], {}).get("configMap", {}).get("name") == "edgefleet-fleet"]  # fmt: skip
+        mounts = [
+            m
+            for m in ray_container(group).get("volumeMounts", [])
+            if volumes.get(m["name"], {}).get("configMap", {}).get("name") == "edgefleet-fleet"
+        ]
         assert [Path(m["mountPath"]) for m in mounts] == [config_path.parent], f"group {name}"
 
 
@@ -304,8 +310,11 @@ def test_each_group_declares_the_metrics_port_prometheus_discovers():
     """infra/prometheus/prometheus-kuberay.yml keeps pod ports named `metrics`: every Ray pod must declare one."""
     prometheus = yaml.safe_load((ROOT / "infra" / "prometheus" / "prometheus-kuberay.yml").read_text())
     kuberay = next(j for j in prometheus["scrape_configs"] if j["job_name"] == "kuberay")
-    port_name = next(r["regex"] for r in kuberay["relabel_configs"]
-                     if r["source_labels"] == ["__meta_kubernetes_pod_container_port_name"])  # fmt: skip
+    port_name = next(
+        r["regex"]
+        for r in kuberay["relabel_configs"]
+        if r["source_labels"] == ["__meta_kubernetes_pod_container_port_name"]
+    )
     for name, group in groups().items():
         assert container_ports(ray_container(group)).get(port_name) == PortsConfig().metrics, f"group {name}"
 
@@ -396,8 +405,11 @@ def test_every_workload_selector_matches_its_template(folder):
 
 
 def test_every_secret_reference_exists():
-    secrets = {d["metadata"]["name"]: set(d.get("stringData", {})) | set(d.get("data", {}))
-               for d in docs_in(MLFLOW) if d["kind"] == "Secret"}  # fmt: skip
+    secrets = {
+        d["metadata"]["name"]: set(d.get("stringData", {})) | set(d.get("data", {}))
+        for d in docs_in(MLFLOW)
+        if d["kind"] == "Secret"
+    }
 
     for _, _, containers in pod_templates(MLFLOW):
         for c in containers:

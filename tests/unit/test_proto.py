@@ -8,8 +8,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_generated_stubs_are_current():
-    result = subprocess.run([sys.executable, str(ROOT / "tools" / "gen_proto.py"), "--check"],
-                            capture_output=True, text=True)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "gen_proto.py"), "--check"], capture_output=True, text=True
+    )
 
     assert result.returncode == 0, result.stdout + result.stderr
 

@@ -116,15 +116,19 @@ def step_of(t: TargetState) -> float:
 
 
 @given(
-    load=st.integers(0, 64), extra=st.integers(1, 32), prompt=st.integers(0, 2000), new=st.integers(1, 512),
+    load=st.integers(0, 64),
+    extra=st.integers(1, 32),
+    prompt=st.integers(0, 2000),
+    new=st.integers(1, 512),
     rtt=st.floats(0, 500),
-)  # fmt: skip
+)
 def test_prediction_never_decreases_with_more_work(load, extra, prompt, new, rtt):
     req = RouteRequest(prompt_tokens=prompt, max_new_tokens=new)
     t = edge(1, in_flight=load, rtt_ms=rtt, decode_ms_per_step=((1, 10.0),))
 
-    assert predict_ms(edge(1, in_flight=load + extra, rtt_ms=rtt, decode_ms_per_step=((1, 10.0),)), req) >= \
-        predict_ms(t, req)  # fmt: skip
+    assert predict_ms(edge(1, in_flight=load + extra, rtt_ms=rtt, decode_ms_per_step=((1, 10.0),)), req) >= predict_ms(
+        t, req
+    )
     assert predict_ms(t, RouteRequest(prompt_tokens=prompt + extra, max_new_tokens=new)) >= predict_ms(t, req)
     assert predict_ms(t, RouteRequest(prompt_tokens=prompt, max_new_tokens=new + extra)) >= predict_ms(t, req)
 

@@ -33,16 +33,18 @@ def setup_round(n: int, length: int, threshold: int):
 
 
 def reveal_all(clients, server, inbox):
-    return {c.client_id: c.reveal(inbox.get(c.client_id, {}), server.survivors(), server.dropped())
-            for c in clients if c.client_id in server.survivors()}  # fmt: skip
+    return {
+        c.client_id: c.reveal(inbox.get(c.client_id, {}), server.survivors(), server.dropped())
+        for c in clients
+        if c.client_id in server.survivors()
+    }
 
 
 @settings(max_examples=15, deadline=None)
 @given(n=st.integers(2, 6), data=st.data())
 def test_the_unmasked_sum_equals_the_plain_sum_within_fixed_point_precision(n, data):
     length = data.draw(st.integers(1, 40))
-    vectors = [np.array(data.draw(st.lists(st.floats(-100, 100), min_size=length, max_size=length)))
-               for _ in range(n)]  # fmt: skip
+    vectors = [np.array(data.draw(st.lists(st.floats(-100, 100), min_size=length, max_size=length))) for _ in range(n)]
     clients, server, inbox = setup_round(n, length, threshold=max(2, n // 2 + 1))
     for c, x in zip(clients, vectors, strict=True):
         server.add_masked(c.client_id, c.mask(x))

@@ -24,8 +24,13 @@ def test_a_young_gateway_divides_by_the_time_it_has_seen():
     w = RecentOutcomes(window_s=60, now=0)
     w.record("cloud", 100, True, now=5)
     assert w.summary("cloud", now=10)["tokens_per_s"] == 10.0
-    assert w.summary("edge-9", now=10) == {"requests": 0, "tokens_per_s": 0.0, "sla_met": 0, "sla_judged": 0,
-                                           "sla_attainment": None}  # fmt: skip
+    assert w.summary("edge-9", now=10) == {
+        "requests": 0,
+        "tokens_per_s": 0.0,
+        "sla_met": 0,
+        "sla_judged": 0,
+        "sla_attainment": None,
+    }
 
 
 def node(node_id: str, role: str, alive: bool = True) -> FleetNode:
@@ -34,26 +39,50 @@ def node(node_id: str, role: str, alive: bool = True) -> FleetNode:
 
 
 def gw(healthy: bool = True, circuit: bool = False, tokens: float = 5.0) -> dict:
-    return {"tier": "edge", "healthy": healthy, "circuit_open": circuit, "draining": False, "queue_depth": 2,
-            "in_flight": 1, "model": "tiny", "model_version": "tiny-v1", "requests": 4, "tokens_per_s": tokens,
-            "sla_met": 3, "sla_judged": 4, "sla_attainment": 0.75}  # fmt: skip
+    return {
+        "tier": "edge",
+        "healthy": healthy,
+        "circuit_open": circuit,
+        "draining": False,
+        "queue_depth": 2,
+        "in_flight": 1,
+        "model": "tiny",
+        "model_version": "tiny-v1",
+        "requests": 4,
+        "tokens_per_s": tokens,
+        "sla_met": 3,
+        "sla_judged": 4,
+        "sla_attainment": 0.75,
+    }
 
 
 SAMPLES = {
-    "ray_edgefleet_rollout_state": [({"model": "m", "state": "canary"}, 0.0),
-                                    ({"model": "m", "state": "promoted"}, 1.0)],
-}  # fmt: skip
+    "ray_edgefleet_rollout_state": [
+        ({"model": "m", "state": "canary"}, 0.0),
+        ({"model": "m", "state": "promoted"}, 1.0),
+    ],
+}
 REGISTRY = {"run": {"run": "new", "round": 2, "epsilon": {"edge-1": 3.5}, "budget": 30.0}, "champion": 4}
 
 
 def test_status_reports_health_from_the_node_table_and_the_gateway():
-    nodes = [node("edge-1", "edge"), node("edge-2", "edge"), node("edge-3", "edge", alive=False),
-             node("cloud", "cloud"), node("head", "head")]  # fmt: skip
+    nodes = [
+        node("edge-1", "edge"),
+        node("edge-2", "edge"),
+        node("edge-3", "edge", alive=False),
+        node("cloud", "cloud"),
+        node("head", "head"),
+    ]
     gateway = {"edge-1": gw(), "edge-2": gw(circuit=True), "edge-3": gw(healthy=False), "cloud": gw(healthy=False)}
     status = build_status(nodes, gateway, SAMPLES, REGISTRY)
     health = {r["node"]: r["health"] for r in status["nodes"]}
-    assert health == {"edge-1": "serving", "edge-2": "circuit open", "edge-3": "down", "cloud": "unreachable",
-                      "head": "up"}  # fmt: skip
+    assert health == {
+        "edge-1": "serving",
+        "edge-2": "circuit open",
+        "edge-3": "down",
+        "cloud": "unreachable",
+        "head": "up",
+    }
     assert status["nodes"][0]["sla_attainment"] == 0.75 and status["nodes"][0]["tokens_per_s"] == 5.0
 
 
@@ -67,8 +96,9 @@ def test_the_run_champion_and_rollout_state_reach_the_summary():
 
 def test_nothing_federated_yet_and_no_gateway_still_renders():
     nodes = [node("edge-1", "edge")]
-    status = build_status(nodes, None, {}, {"run": None, "champion": None},
-                          gateway_error="not answering (TimeoutError)")
+    status = build_status(
+        nodes, None, {}, {"run": None, "champion": None}, gateway_error="not answering (TimeoutError)"
+    )
     assert status["nodes"][0]["health"] == "up (no Gateway view)"
     assert status["run"] is None and status["champion_version"] is None
     console = Console(record=True, width=160)

@@ -44,8 +44,9 @@ def test_concurrent_requests_share_steps_and_measure_slower_steps_in_bigger_batc
     eng = engine("synthetic:0.1:3")
 
     async def burst():
-        return await asyncio.gather(*(eng.complete(GenRequest(f"r{i}", chat("x"), max_new_tokens=10))
-                                      for i in range(8)))  # fmt: skip
+        return await asyncio.gather(
+            *(eng.complete(GenRequest(f"r{i}", chat("x"), max_new_tokens=10)) for i in range(8))
+        )
 
     done = asyncio.run(burst())
     single = asyncio.run(eng.complete(GenRequest("s", chat("x"), max_new_tokens=10)))

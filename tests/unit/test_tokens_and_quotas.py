@@ -82,8 +82,9 @@ def test_the_sdk_reads_the_retry_hint_of_a_rate_limited_call():
     rpc = grpc.aio.AioRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.aio.Metadata(), trailing, details=err.message)
     sdk = from_rpc_error(rpc)
     assert isinstance(sdk, Overloaded) and sdk.retry_after_s == pytest.approx(0.433)
-    plain = grpc.aio.AioRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.aio.Metadata(), grpc.aio.Metadata(),
-                                 details="queue full")  # fmt: skip
+    plain = grpc.aio.AioRpcError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.aio.Metadata(), grpc.aio.Metadata(), details="queue full"
+    )
     assert from_rpc_error(plain).retry_after_s is None
 
 
