@@ -54,7 +54,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     if args.repeats < 1 or args.canaries < 1 or args.epsilon <= 0:
         raise ConfigError("--repeats and --canaries must be >= 1, --epsilon > 0")
-    out = Path(args.out) if args.out else load_config(args.config).cache_dir / "audit"
+    out = Path(args.out) if args.out else load_config(args.config, ray_address=args.address).cache_dir / "audit"
     cfg = AuditConfig(epsilon=args.epsilon, canaries=args.canaries, repeats=args.repeats, seed=args.seed)
     progress = Progress(
         TextColumn("[bold]{task.description}"),

@@ -28,17 +28,13 @@ def add_parser(sub: Any, fetch_model: Any, start_fleet: Any, state_file: Any) ->
     fed = sub.add_parser("federate", help="federated DP rounds across the edge nodes (secure aggregation, ledger)")
     fed.add_argument("--rounds", type=int, default=None, help="rounds to complete (default: federation.rounds)")
     fed.add_argument("--run", help="run name under <cache>/federation/; an existing run is resumed")
-    fed.add_argument("--address", help="Ray cluster address (default: the running fleet, else the embedded one)")
     fed.set_defaults(func=lambda a: cmd_federate(a, fetch_model, start_fleet, state_file))
 
 
 def cmd_federate(args: argparse.Namespace, fetch_model: Any, start_fleet: Any, state_file: Any) -> int:
     from edgefleet.cli_train import _join_or_start
 
-    cfg = load_config(args.config)
-    address = args.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        cfg = cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"address": address})})
+    cfg = load_config(args.config, ray_address=args.address or os.environ.get("RAY_ADDRESS"))
     rounds = args.rounds if args.rounds is not None else cfg.federation.rounds
     if rounds < 1:
         raise ConfigError("--rounds must be >= 1")

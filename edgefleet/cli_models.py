@@ -21,8 +21,7 @@ console = Console(highlight=False)
 
 def add_commands(models: Any) -> None:
     ls = models.add_parser("list", help="registered versions with their aliases, gate decision and lineage")
-    ls.add_argument("--json", action="store_true", help="machine-readable output")
-    ls.set_defaults(func=cmd_list)
+    ls.set_defaults(func=cmd_list, supports_json=True)
     show = models.add_parser("show", help="one version's tags")
     show.add_argument("version")
     show.set_defaults(func=cmd_show)
@@ -74,7 +73,7 @@ def versions_table(versions: list[dict[str, Any]], name: str) -> Table:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, ray_address=args.address)
     versions = _registry(cfg).versions()
     if args.json:
         print(json.dumps(versions, indent=1))
@@ -84,7 +83,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, ray_address=args.address)
     v = _guard(lambda: _registry(cfg).show(args.version))
     console.print(f"{cfg.mlflow.model_name} version {v['version']}  aliases: {', '.join(v['aliases']) or '-'}")
     for key, value in sorted(v["tags"].items()):
@@ -93,14 +92,14 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, ray_address=args.address)
     _guard(lambda: _registry(cfg).promote(args.version, args.reason))
     console.print(f"{cfg.mlflow.model_name}@champion → version {args.version}")
     return 0
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, ray_address=args.address)
     previous = _guard(lambda: _registry(cfg).rollback(args.reason))
     console.print(f"{cfg.mlflow.model_name}@champion rolled back to version {previous} ({args.reason})")
     return 0

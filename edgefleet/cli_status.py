@@ -182,8 +182,6 @@ def show(cfg: EdgefleetConfig, args: argparse.Namespace, console: Console) -> No
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--address", help="Ray address (default: the fleet `edgefleet up` started)")
-    parser.add_argument("--json", action="store_true", help="print the status once as JSON, for scripts")
     parser.add_argument("--once", action="store_true", help="print the table once instead of refreshing it")
     parser.add_argument("--interval", type=_positive, default=2.0, help="seconds between refreshes (default 2)")
 

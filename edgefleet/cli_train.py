@@ -48,7 +48,7 @@ def add_parser(sub: Any, fetch_model: Any, start_fleet: Any, state_file: Any) ->
 def cmd_train_data(args: argparse.Namespace) -> int:
     from edgefleet.train.data import held_out_dir, node_data_dir, write_demo_shards
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, ray_address=args.address)
     split = write_demo_shards(cfg)
     for node in cfg.fleet.edge_nodes:
         console.print(f"{node.id}: {len(split.shards[node.id])} topics → {node_data_dir(cfg, node)}")
@@ -82,7 +82,7 @@ def cmd_train_local(args: argparse.Namespace, fetch_model: Any, start_fleet: Any
     from edgefleet.train.dp import LocalHyper
     from edgefleet.train.jobs import run_local_update
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, ray_address=args.address)
     node = next((n for n in cfg.fleet.edge_nodes if n.id == args.node), None)
     if node is None:
         raise ConfigError(
@@ -167,7 +167,7 @@ def _held_out(cfg: EdgefleetConfig, node: Any, block_size: int, limit: int = 32)
 def cmd_train_distill(args: argparse.Namespace, fetch_model: Any, start_fleet: Any, state_file: Any) -> int:
     from edgefleet.train.distill import run_distillation
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, ray_address=args.address)
     if args.steps < 1 or args.workers < 1:
         raise ConfigError("--steps and --workers must be >= 1")
     teacher, student = cfg.fleet.cloud.model, cfg.fleet.edge_nodes[0].model

@@ -395,12 +395,21 @@ def parse_config(data: Any, *, source: str = "config") -> EdgefleetConfig:
         raise ConfigError(f"{source}: invalid configuration\n  " + "\n  ".join(lines)) from None
 
 
-def load_config(path: str | Path | None = None) -> EdgefleetConfig:
+def load_config(path: str | Path | None = None, *, ray_address: str | None = None) -> EdgefleetConfig:
     """Load and validate a YAML config; ``None`` gives the embedded-fleet defaults.
+
+    ``ray_address`` (the CLI's ``--address``) overrides ``ray.address``: join that cluster.
 
     Raises:
         ConfigError: the file is missing, is not YAML, or a field is invalid (the message names it).
     """
+    cfg = _read_config(path)
+    if ray_address:
+        cfg = cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"address": ray_address})})
+    return cfg
+
+
+def _read_config(path: str | Path | None) -> EdgefleetConfig:
     if path is None:
         return EdgefleetConfig()
     path = Path(path)

@@ -7,6 +7,13 @@ Prometheus scrape job sees both: ``infra/prometheus/prometheus.yml`` scrapes eve
 
 Call sites use the functions at the bottom, which say what happened, not how it is counted.
 
+Names follow Prometheus' conventions (as vLLM's ``vllm:*_seconds`` and ``vllm:*_tokens_total`` do):
+base units, the unit in the name (``_seconds``), and counters named for what they count (Ray adds
+``_total``). The millisecond histograms of 0.1 (``*_ms``) and ``edgefleet_generated_tokens`` are still
+exported beside their replacements, deprecated, until 0.3 (:data:`REMOVED_IN`): each spec names its
+replacement (``replaced_by``) and recording the replacement records the deprecated twin too, so no
+call site names a deprecated metric.
+
 Ray 2.60 exports a histogram's ``_sum`` from bucket midpoints, not from the observed values (a
 181 s round showed as 210 s), so dashboards use the buckets (quantiles) and, where an exact value
 matters, a gauge beside the histogram (``edgefleet_federation_last_round_seconds``).
@@ -20,9 +27,15 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-# Milliseconds: a short edge answer is ~50 ms, a long cloud one ~60 s.
-LATENCY_MS = (10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000)
+# Seconds: a short edge answer is ~50 ms, a long cloud one ~60 s.
+LATENCY_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# Seconds between two tokens of a stream: a decode step is ~1 ms (synthetic) to ~100 ms (a CPU model
+# under a full batch); the top buckets catch a stall (a hedge or a failover between two tokens).
+INTER_TOKEN_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
 ROUND_S = (5, 10, 30, 60, 120, 300, 600, 1_200, 3_600)
+# Deprecated, removed in 0.3: the boundaries of the *_ms histograms, LATENCY_S in milliseconds.
+LATENCY_MS = tuple(round(b * 1000) for b in LATENCY_S)
+REMOVED_IN = "0.3"  # the release that drops every metric with a replaced_by
 
 
 @dataclass(frozen=True)
@@ -32,6 +45,14 @@ class MetricSpec:
     description: str
     tags: tuple[str, ...] = ()
     boundaries: tuple[float, ...] = ()
+    # Deprecated (removed in REMOVED_IN): the metric that replaces this one. Recording the replacement
+    # records this one too, scaled by `scale` (1000 for a *_ms twin of a *_seconds histogram).
+    replaced_by: str = ""
+    scale: float = 1.0
+
+    @property
+    def deprecated(self) -> bool:
+        return bool(self.replaced_by)
 
     @property
     def exported(self) -> str:
@@ -60,28 +81,72 @@ METRICS = (
         ("tier", "node", "result"),
     ),
     MetricSpec(
-        "edgefleet_prediction_error_ms",
+        "edgefleet_prediction_error_seconds",
         "histogram",
-        "Router's predicted minus actual completion time, "
+        "Router's predicted minus actual completion time, in seconds, "
         "as a magnitude; direction=under means the request took longer than predicted.",
         ("node", "direction"),
+        LATENCY_S,
+    ),
+    MetricSpec(
+        "edgefleet_ttft_seconds",
+        "histogram",
+        "Time to first token, from arrival at the Gateway, in seconds.",
+        ("tier", "node"),
+        LATENCY_S,
+    ),
+    MetricSpec(
+        "edgefleet_latency_seconds",
+        "histogram",
+        "Total request latency, from arrival at the Gateway, in seconds.",
+        ("tier", "node"),
+        LATENCY_S,
+    ),
+    MetricSpec(
+        "edgefleet_inter_token_latency_seconds",
+        "histogram",
+        "Time between two tokens of a streamed answer, as the Gateway passed them on, in seconds; "
+        "one observation per token after the first chunk.",
+        ("tier", "node"),
+        INTER_TOKEN_S,
+    ),
+    MetricSpec("edgefleet_prompt_tokens", "counter", "Prompt tokens of answered requests.", ("tier", "node")),
+    MetricSpec("edgefleet_generation_tokens", "counter", "Completion tokens sent to users.", ("tier", "node")),
+    # Deprecated, removed in 0.3: exported beside their replacements for one release.
+    MetricSpec(
+        "edgefleet_prediction_error_ms",
+        "histogram",
+        "Deprecated, removed in 0.3: use edgefleet_prediction_error_seconds. The same, in milliseconds.",
+        ("node", "direction"),
         LATENCY_MS,
+        replaced_by="edgefleet_prediction_error_seconds",
+        scale=1000.0,
     ),
     MetricSpec(
         "edgefleet_ttft_ms",
         "histogram",
-        "Time to first token, from arrival at the Gateway.",
+        "Deprecated, removed in 0.3: use edgefleet_ttft_seconds. Time to first token, in milliseconds.",
         ("tier", "node"),
         LATENCY_MS,
+        replaced_by="edgefleet_ttft_seconds",
+        scale=1000.0,
     ),
     MetricSpec(
         "edgefleet_latency_ms",
         "histogram",
-        "Total request latency, from arrival at the Gateway.",
+        "Deprecated, removed in 0.3: use edgefleet_latency_seconds. Total request latency, in milliseconds.",
         ("tier", "node"),
         LATENCY_MS,
+        replaced_by="edgefleet_latency_seconds",
+        scale=1000.0,
     ),
-    MetricSpec("edgefleet_generated_tokens", "counter", "Completion tokens sent to users.", ("tier", "node")),
+    MetricSpec(
+        "edgefleet_generated_tokens",
+        "counter",
+        "Deprecated, removed in 0.3: use edgefleet_generation_tokens (the same count).",
+        ("tier", "node"),
+        replaced_by="edgefleet_generation_tokens",
+    ),
     MetricSpec(
         "edgefleet_hedges", "counter", "Hedged requests (a second copy sent to the cloud), by target hedged.", ("node",)
     ),
@@ -123,6 +188,8 @@ METRICS = (
     ),
 )
 BY_NAME = {m.name: m for m in METRICS}
+DEPRECATED = tuple(m for m in METRICS if m.deprecated)
+_TWINS = {m.replaced_by: tuple(d for d in DEPRECATED if d.replaced_by == m.name) for m in METRICS}
 ROLLOUT_STATES = ("idle", "canary", "promoted", "rolled_back", "failed")
 
 _lock = threading.Lock()
@@ -149,6 +216,12 @@ def _metric(name: str) -> Any | None:
 
 
 def _record(name: str, method: str, tags: dict[str, str], value: float) -> None:
+    _record_one(name, method, tags, value)
+    for twin in _TWINS[name]:  # the deprecated names it replaces, until REMOVED_IN
+        _record_one(twin.name, method, tags, value * twin.scale)
+
+
+def _record_one(name: str, method: str, tags: dict[str, str], value: float) -> None:
     # Observability must never fail a request or a round: a broken metric is logged once and dropped
     # (tests/integration/test_operations.py checks every metric arrives, so none stays broken).
     if name in _broken:
@@ -177,22 +250,67 @@ def _observe(name: str, tags: dict[str, str], value: float) -> None:
 # ---------------------------------------------------------------- what the code reports
 
 
-def request_served(end: dict[str, Any], deadline_ms: float) -> None:
-    """A request finished with an answer (``end``: the Gateway's end event)."""
+class TokenClock:
+    """Times the chunks of one streamed answer as they pass the Gateway, for the inter-token latency.
+
+    A chunk (a delta event) usually carries one token, but can carry several: the engine holds back
+    half a UTF-8 character, text that may still turn into a stop sequence, or whitespace the client
+    already has, and sends it with the next token. The gap since the previous chunk is then split
+    evenly over the tokens the chunk brought (``gap / n``, n times), so the histogram counts tokens,
+    not chunks, and a chunk of three tokens does not read as one slow token. The first chunk's tokens
+    are the time to first token, not inter-token latency.
+
+    ``tokens`` in a delta is the running count of the target that sent it; after a failover the next
+    target counts from zero again, so a count that did not grow means a new target's first tokens.
+    The gap across a failover or a hedge is kept: the client waited that long between two tokens.
+    Delta events without a count (none today) are taken as one token each.
+    """
+
+    __slots__ = ("gaps", "_at", "_tokens")
+
+    def __init__(self) -> None:
+        self.gaps: list[tuple[float, int]] = []  # (seconds since the previous chunk, tokens it brought)
+        self._at: float | None = None
+        self._tokens = 0
+
+    def chunk(self, event: dict[str, Any], now: float | None = None) -> None:
+        import time
+
+        now = time.perf_counter() if now is None else now
+        tokens = event.get("tokens")
+        if tokens is None:
+            new, self._tokens = 1, self._tokens + 1
+        else:
+            new = tokens - self._tokens if tokens > self._tokens else tokens
+            self._tokens = tokens
+        if self._at is not None and new > 0:
+            self.gaps.append((now - self._at, new))
+        self._at = now
+
+    def per_token(self) -> list[float]:
+        """One inter-token latency (seconds) per token after the first chunk."""
+        return [gap / n for gap, n in self.gaps for _ in range(n)]
+
+
+def request_served(end: dict[str, Any], deadline_ms: float, clock: TokenClock | None = None) -> None:
+    """A request finished with an answer (``end``: the Gateway's end event; ``clock``: its stream's chunks)."""
     where = {"tier": end.get("tier") or "unknown", "node": end.get("node_id") or "unknown"}
     _count("edgefleet_requests", {**where, "outcome": "ok"})
     if deadline_ms > 0:
         _count("edgefleet_sla", {**where, "result": "met" if end["sla_met"] else "missed"})
     if end.get("predicted_ms"):
-        error = end["predicted_ms"] - end["total_ms"]
+        error_s = (end["predicted_ms"] - end["total_ms"]) / 1000
         _observe(
-            "edgefleet_prediction_error_ms",
-            {"node": where["node"], "direction": "over" if error >= 0 else "under"},
-            max(abs(error), 1e-3),
+            "edgefleet_prediction_error_seconds",
+            {"node": where["node"], "direction": "over" if error_s >= 0 else "under"},
+            max(abs(error_s), 1e-6),
         )
-    _observe("edgefleet_ttft_ms", where, end["ttft_ms"])
-    _observe("edgefleet_latency_ms", where, end["total_ms"])
-    _count("edgefleet_generated_tokens", where, end.get("completion_tokens", 0))
+    _observe("edgefleet_ttft_seconds", where, end["ttft_ms"] / 1000)
+    _observe("edgefleet_latency_seconds", where, end["total_ms"] / 1000)
+    _count("edgefleet_prompt_tokens", where, end.get("prompt_tokens", 0))
+    _count("edgefleet_generation_tokens", where, end.get("completion_tokens", 0))
+    for seconds in clock.per_token() if clock is not None else ():
+        _observe("edgefleet_inter_token_latency_seconds", where, seconds)
 
 
 def request_failed(outcome: str, reason: str | None = None, *, tier: str = "none", node: str = "none") -> None:

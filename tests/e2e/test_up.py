@@ -1,6 +1,6 @@
 """`edgefleet up` in one terminal, a user in another: the README's snippets, the CLI, then Ctrl-C.
 
-The fleet serves SmolLM2 (int8) on one edge node, with a tiny cloud to keep the machine free.
+The fleet serves SmolLM2 (int8) on one edge node and the cloud, so any route gives a real answer.
 The Python snippets are read from README.md and run as written (ports swapped), so the README
 cannot drift from what works.
 """
@@ -65,7 +65,11 @@ def readme_snippet(marker: str) -> str:
 
 def test_up_serves_smollm2_to_the_readme_snippets_then_ctrl_c_cleans_up(tmp_path: Path):
     data = make_test_config_dict(num_edge=1)
-    data["fleet"]["edge_nodes"][0]["model"] = {"source": "smollm2", "quantization": "int8"}
+    # Every target answers with SmolLM2, so the snippets' answers do not depend on where the router
+    # sends them (a tiny random-weight cloud once answered the HTTP snippet with noise).
+    smollm2 = {"source": "smollm2", "quantization": "int8"}
+    data["fleet"]["edge_nodes"][0]["model"] = smollm2
+    data["fleet"]["cloud"]["model"] = smollm2
     data["fleet"]["edge_nodes"][0]["num_cpus"] = 2
     data["auth"] = {"tokens": []}  # open, as on a developer's machine: the snippets carry no token
     data["cache_dir"] = str(Path(os.environ.get("EDGEFLEET_CACHE", Path.home() / ".cache" / "edgefleet")))
@@ -101,6 +105,8 @@ def test_up_serves_smollm2_to_the_readme_snippets_then_ctrl_c_cleans_up(tmp_path
                 "60",
                 "--target",
                 f"127.0.0.1:{grpc_port}",
+                "--route",
+                "edge",  # pinned, so served_by below is not a guess about the router
             ],
             capture_output=True,
             text=True,
