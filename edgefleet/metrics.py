@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -217,7 +218,7 @@ def _metric(name: str) -> Any | None:
 
 def _record(name: str, method: str, tags: dict[str, str], value: float) -> None:
     _record_one(name, method, tags, value)
-    for twin in _TWINS[name]:  # the deprecated names it replaces, until REMOVED_IN
+    for twin in _TWINS.get(name, ()):  # the deprecated names it replaces, until REMOVED_IN
         _record_one(twin.name, method, tags, value * twin.scale)
 
 
@@ -260,10 +261,11 @@ class TokenClock:
     not chunks, and a chunk of three tokens does not read as one slow token. The first chunk's tokens
     are the time to first token, not inter-token latency.
 
-    ``tokens`` in a delta is the running count of the target that sent it; after a failover the next
-    target counts from zero again, so a count that did not grow means a new target's first tokens.
-    The gap across a failover or a hedge is kept: the client waited that long between two tokens.
-    Delta events without a count (none today) are taken as one token each.
+    ``tokens`` in a delta is the running count of the target that sent it. A chunk whose count did
+    not grow brings only held-back text of tokens already counted (the rest of the text when a stop
+    sequence did not match): it is skipped. A count that went down is a new target after a failover,
+    counting from zero again. The gap across a failover or a hedge is kept: the client waited that
+    long between two tokens. A delta without a count (none today) is taken as one token.
     """
 
     __slots__ = ("gaps", "_at", "_tokens")
@@ -274,16 +276,16 @@ class TokenClock:
         self._tokens = 0
 
     def chunk(self, event: dict[str, Any], now: float | None = None) -> None:
-        import time
-
         now = time.perf_counter() if now is None else now
         tokens = event.get("tokens")
         if tokens is None:
             new, self._tokens = 1, self._tokens + 1
         else:
-            new = tokens - self._tokens if tokens > self._tokens else tokens
+            new = tokens - self._tokens if tokens >= self._tokens else tokens  # went down: a new target
             self._tokens = tokens
-        if self._at is not None and new > 0:
+        if new <= 0:
+            return
+        if self._at is not None:
             self.gaps.append((now - self._at, new))
         self._at = now
 
@@ -340,8 +342,6 @@ def model_serving(tier: str, node: str, model: str, version: str, previous: tupl
 
 
 def round_committed(run: str, round_id: int, wall_s: float, epsilon: dict[str, float], budget: float) -> None:
-    import time
-
     _set("edgefleet_federation_round", {"run": run}, round_id)
     _set("edgefleet_federation_last_commit_timestamp", {"run": run}, time.time())
     _set("edgefleet_federation_last_round_seconds", {"run": run}, wall_s)

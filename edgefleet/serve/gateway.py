@@ -287,13 +287,16 @@ class Gateway:
         status is set (:func:`_counted_failure`), so validation errors count too.
         """
         ended = False
+        clock = metrics.TokenClock()  # inter-token latency, as the chunks leave for the client
         try:
             # aclosing: when the caller stops early, _run's cleanup (finish, cancel) runs at once, not at GC
             async with contextlib.aclosing(self._run(v, arrived=arrived, stream=stream)) as events:
                 async for event in events:
-                    if event["type"] == "end":
+                    if event["type"] == "delta":
+                        clock.chunk(event)
+                    elif event["type"] == "end":
                         ended = True
-                        metrics.request_served(event, v.deadline_ms)
+                        metrics.request_served(event, v.deadline_ms, clock)
                         self.recent.record(
                             event["node_id"], event["completion_tokens"], event["sla_met"] if v.deadline_ms else None
                         )
