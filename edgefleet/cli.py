@@ -110,8 +110,7 @@ def _add_platform_stubs(sub: argparse._SubParsersAction, missing: str) -> None:
 
     for name, help_text in PLATFORM_COMMANDS.items():
         stub = sub.add_parser(name, help=f"{help_text} [needs the platform extra]", add_help=False)
-        stub.add_argument("rest", nargs=argparse.REMAINDER)
-        stub.set_defaults(func=needs_platform)
+        stub.set_defaults(func=needs_platform, takes_any_arguments=True, supports_json=True)
 
 
 def _add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
@@ -153,8 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     else:
         cli_platform.add_commands(sub)
     for child in _subparsers(parser):
-        if child.add_help:  # the platform stubs take every argument as they come
-            _add_global_options(child, top=False)
+        _add_global_options(child, top=False)
     return parser
 
 
@@ -162,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     from edgefleet.client.errors import EdgefleetClientError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "takes_any_arguments", False):  # a platform stub takes any: it runs nothing
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.config is None:
         args.config = os.environ.get(CONFIG_ENV) or None
     if args.json and not getattr(args, "supports_json", False):
