@@ -17,6 +17,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from edgefleet.cli_tables import show
 from edgefleet.config import EdgefleetConfig, load_config
 from edgefleet.errors import ConfigError
 
@@ -98,7 +99,7 @@ def run_rounds(
         )
     with status:
         results = coordinator.run(rounds)
-    out.print(rounds_table(results, coordinator.state["initial_loss"], cfg))
+    show(out, rounds_table(results, coordinator.state["initial_loss"], cfg))
     return results
 
 

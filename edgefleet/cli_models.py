@@ -13,6 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from edgefleet.cli_tables import show
 from edgefleet.config import EdgefleetConfig, load_config
 from edgefleet.errors import EdgefleetError
 
@@ -78,7 +79,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(versions, indent=1))
     else:
-        console.print(versions_table(versions, cfg.mlflow.model_name))
+        show(console, versions_table(versions, cfg.mlflow.model_name))
     return 0
 
 

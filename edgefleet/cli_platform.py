@@ -25,6 +25,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from edgefleet import cli_audit, cli_federate, cli_models, cli_status, cli_train, demo_deadlines, demo_federation
+from edgefleet.cli_tables import show
 from edgefleet.config import EdgefleetConfig, load_config
 from edgefleet.errors import ConfigError, FleetError
 
@@ -140,7 +141,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         _fetch_model(cfg, source)
     fleet = _start_fleet(cfg, log_to_driver=False)  # a clean tour: workers' logs stay in the dashboard
     try:
-        console.print(nodes_table(fleet.nodes()))
+        show(console, nodes_table(fleet.nodes()))
         served = _deploy(cfg, log_level="WARNING")
         token = os.environ.get("EDGEFLEET_TOKEN")  # the config holds token hashes only
         if cfg.auth.tokens and not token:
@@ -169,7 +170,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     f"{done.total_ms:.0f}",
                     done.route_reason,
                 )
-            console.print(table)
+            show(console, table)
             _rush_hour(client)
         demo_deadlines.run(cfg, token, console)
         demo_federation.run(cfg, _fetch_model, console)
@@ -214,7 +215,7 @@ def _rush_hour(client) -> None:
             "met" if d.sla_met else "[red]missed",
             d.route_reason,
         )
-    console.print(table)
+    show(console, table)
 
 
 def _start_mlflow_ui(cfg: EdgefleetConfig) -> tuple[subprocess.Popen | None, str]:
@@ -270,7 +271,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         mlflow_url = "(disabled: --no-mlflow-ui)"
         if not args.no_mlflow_ui:
             mlflow_proc, mlflow_url = _start_mlflow_ui(cfg)
-        console.print(nodes_table(fleet.nodes()))
+        show(console, nodes_table(fleet.nodes()))
         endpoints = Table(title="endpoints", show_header=False)
         grpc_note = "edgefleet.v1.InferenceService (metadata application=edgefleet)"
         if cfg.grpc_front:
@@ -289,7 +290,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         )
         endpoints.add_row("MLflow UI", mlflow_url, cfg.tracking_uri)
         endpoints.add_row("Ray address", fleet.address, "ray.init(address=...) / edgefleet status")
-        console.print(endpoints)
+        show(console, endpoints)
         state.parent.mkdir(parents=True, exist_ok=True)
         state.write_text(json.dumps({"address": fleet.address, "pid": os.getpid(), "raylet_pids": fleet.raylet_pids()}))
         console.print(f"try:  edgefleet generate 'What is the capital of France?' --target {served.grpc_address}")
@@ -385,7 +386,7 @@ def cmd_bench_calibrate(args: argparse.Namespace) -> int:
     table.add_row("prefill per prompt token", f"{profile['prefill_ms_per_token']:.2f}")
     for batch, ms in profile["decode_ms_per_step"].items():
         table.add_row(f"decode step at batch {batch}", f"{ms:.1f}")
-    console.print(table)
+    show(console, table)
     console.print(f"synthetic backend that behaves like it: model: {{source: {profile['synthetic_source']}}}")
     if args.out:
         Path(args.out).write_text(json.dumps(profile, indent=2) + "\n")

@@ -14,6 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from edgefleet.cli_tables import show
 from edgefleet.config import EdgefleetConfig, load_config
 from edgefleet.errors import ConfigError
 
@@ -151,7 +152,7 @@ def cmd_train_local(args: argparse.Namespace, fetch_model: Any, start_fleet: Any
         f"{result.train_s:.1f}",
         f"{result.wall_s:.1f}",
     )
-    console.print(table)
+    show(console, table)
     return 0
 
 
@@ -189,5 +190,5 @@ def cmd_train_distill(args: argparse.Namespace, fetch_model: Any, start_fleet: A
     for col in ("steps", "KL first", "KL last", "job wall s"):
         table.add_column(col)
     table.add_row(str(len(result.kl)), f"{result.kl[0]:.4f}", f"{result.kl[-1]:.4f}", f"{result.wall_s:.1f}")
-    console.print(table)
+    show(console, table)
     return 0

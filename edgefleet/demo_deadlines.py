@@ -14,6 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from edgefleet.cli_tables import show
 from edgefleet.config import EdgefleetConfig
 
 APP = "demo-deadlines"
@@ -72,7 +73,7 @@ def run(cfg: EdgefleetConfig, token: str | None, console: Console) -> list[Any]:
                     "met" if d.sla_met else "[red]missed",
                     d.route_reason,
                 )
-        console.print(table)
+        show(console, table)
     finally:
         serve.delete(APP)
         del deployment

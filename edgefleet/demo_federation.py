@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edgefleet import cli_federate
+from edgefleet.cli_tables import show
 from edgefleet.config import EdgefleetConfig
 
 
@@ -22,7 +23,7 @@ def run(cfg: EdgefleetConfig, fetch_model: Any, console: Console) -> None:
     run_dir = cfg.cache_dir / "federation" / time.strftime("demo-%Y%m%d-%H%M%S")
     cli_federate.run_rounds(cfg, run_dir, cfg.federation.rounds, out=console)
     registry = _registry(cfg)
-    console.print(versions_table(registry.versions(), cfg.mlflow.model_name))
+    show(console, versions_table(registry.versions(), cfg.mlflow.model_name))
     champion = registry.champion_version()
     if champion is not None:
         rollout(cfg, registry, champion, console)
@@ -54,7 +55,7 @@ def rollout(cfg: EdgefleetConfig, registry: Any, version: str, console: Console)
         table.add_column(col)
     for name, g in (("canary " + ", ".join(report.canaries), report.canary), ("the rest", report.rest)):
         table.add_row(name, str(g.requests), str(g.errors), f"{g.attainment:.0%}", f"{g.probe_loss:.3f}")
-    console.print(table)
+    show(console, table)
     console.print(f"verdict: {report.verdict.reason}")
     for node, serving in report.serving.items():
         console.print(f"  {node} serves {serving}")
