@@ -190,7 +190,7 @@ METRICS = (
 )
 BY_NAME = {m.name: m for m in METRICS}
 DEPRECATED = tuple(m for m in METRICS if m.deprecated)
-_TWINS = {m.replaced_by: tuple(d for d in DEPRECATED if d.replaced_by == m.name) for m in METRICS}
+_TWINS = {m.name: tuple(d for d in DEPRECATED if d.replaced_by == m.name) for m in METRICS}
 ROLLOUT_STATES = ("idle", "canary", "promoted", "rolled_back", "failed")
 
 _lock = threading.Lock()

@@ -1,8 +1,9 @@
 """Write infra/grafana/edgefleet.json, the Grafana dashboard of edgefleet's own metrics.
 
 The panels (title, PromQL, unit) are chosen here by hand; tests/unit/test_dashboards.py checks
-that every metric in edgefleet/metrics.py is on some panel and that every panel queries a metric
-that exists. Run after changing either:  .venv/bin/python tools/gen_grafana.py
+that every metric in edgefleet/metrics.py is on some panel, that every panel queries a metric
+that exists, and that none queries a deprecated one (metrics.DEPRECATED: still exported, but
+dashboards use their replacements). Run after changing either:  .venv/bin/python tools/gen_grafana.py
 """
 
 from __future__ import annotations
@@ -48,37 +49,72 @@ PANELS = [
         "Requests",
         "Time to first token p50 / p95",
         "timeseries",
-        "ms",
+        "s",
         [
-            (f"histogram_quantile(0.5, sum by (le, tier) (rate(ray_edgefleet_ttft_ms_bucket{W})))", "p50 {{tier}}"),
-            (f"histogram_quantile(0.95, sum by (le, tier) (rate(ray_edgefleet_ttft_ms_bucket{W})))", "p95 {{tier}}"),
+            (
+                f"histogram_quantile(0.5, sum by (le, tier) (rate(ray_edgefleet_ttft_seconds_bucket{W})))",
+                "p50 {{tier}}",
+            ),
+            (
+                f"histogram_quantile(0.95, sum by (le, tier) (rate(ray_edgefleet_ttft_seconds_bucket{W})))",
+                "p95 {{tier}}",
+            ),
         ],
     ),
     (
         "Requests",
         "Latency p50 / p95",
         "timeseries",
-        "ms",
+        "s",
         [
-            (f"histogram_quantile(0.5, sum by (le, tier) (rate(ray_edgefleet_latency_ms_bucket{W})))", "p50 {{tier}}"),
-            (f"histogram_quantile(0.95, sum by (le, tier) (rate(ray_edgefleet_latency_ms_bucket{W})))", "p95 {{tier}}"),
+            (
+                f"histogram_quantile(0.5, sum by (le, tier) (rate(ray_edgefleet_latency_seconds_bucket{W})))",
+                "p50 {{tier}}",
+            ),
+            (
+                f"histogram_quantile(0.95, sum by (le, tier) (rate(ray_edgefleet_latency_seconds_bucket{W})))",
+                "p95 {{tier}}",
+            ),
+        ],
+    ),
+    (
+        "Requests",
+        "Inter-token latency p50 / p95 (streamed answers)",
+        "timeseries",
+        "s",
+        [
+            (
+                "histogram_quantile(0.5, sum by (le, tier) "
+                f"(rate(ray_edgefleet_inter_token_latency_seconds_bucket{W})))",
+                "p50 {{tier}}",
+            ),
+            (
+                "histogram_quantile(0.95, sum by (le, tier) "
+                f"(rate(ray_edgefleet_inter_token_latency_seconds_bucket{W})))",
+                "p95 {{tier}}",
+            ),
         ],
     ),
     (
         "Requests",
         "Router prediction error p95 (over = predicted too slow, under = too fast)",
         "timeseries",
-        "ms",
+        "s",
         [
             (
-                f"histogram_quantile(0.95, sum by (le, direction) (rate(ray_edgefleet_prediction_error_ms_bucket{W})))",
+                "histogram_quantile(0.95, sum by (le, direction) "
+                f"(rate(ray_edgefleet_prediction_error_seconds_bucket{W})))",
                 "p95 {{direction}}",
             ),
             (
-                f"histogram_quantile(0.5, sum by (le, direction) (rate(ray_edgefleet_prediction_error_ms_bucket{W})))",
+                "histogram_quantile(0.5, sum by (le, direction) "
+                f"(rate(ray_edgefleet_prediction_error_seconds_bucket{W})))",
                 "p50 {{direction}}",
             ),
-            (f"sum by (direction) (rate(ray_edgefleet_prediction_error_ms_count{W}))", "requests/s {{direction}}"),
+            (
+                f"sum by (direction) (rate(ray_edgefleet_prediction_error_seconds_count{W}))",
+                "requests/s {{direction}}",
+            ),
         ],
     ),
     (
@@ -100,10 +136,20 @@ PANELS = [
     ),
     (
         "Nodes",
-        "Tokens/s by node",
+        "Tokens/s, prompt and generation",
         "timeseries",
         "short",
-        [(f"sum by (node) (rate(ray_edgefleet_generated_tokens_total{W}))", "{{node}}")],
+        [
+            (f"sum by (tier) (rate(ray_edgefleet_prompt_tokens_total{W}))", "prompt {{tier}}"),
+            (f"sum by (tier) (rate(ray_edgefleet_generation_tokens_total{W}))", "generation {{tier}}"),
+        ],
+    ),
+    (
+        "Nodes",
+        "Generation tokens/s by node",
+        "timeseries",
+        "short",
+        [(f"sum by (node) (rate(ray_edgefleet_generation_tokens_total{W}))", "{{node}}")],
     ),
     ("Nodes", "Queue depth", "timeseries", "short", [("max by (node) (ray_edgefleet_queue_depth)", "{{node}}")]),
     (

@@ -33,8 +33,15 @@ def dashboard() -> dict:
 
 def test_every_metric_the_code_defines_is_on_some_panel(dashboard):
     used = queried_series(dashboard)
-    missing = [m.name for m in metrics.METRICS if not used & set(m.series)]
+    missing = [m.name for m in metrics.METRICS if not m.deprecated and not used & set(m.series)]
     assert not missing, f"metrics with no panel in {DASHBOARD.name}: {missing}"
+
+
+def test_no_panel_queries_a_deprecated_metric(dashboard):
+    """Deprecated metrics are still exported for one release, for other consumers; the dashboard has moved on."""
+    used = queried_series(dashboard)
+    for m in metrics.DEPRECATED:
+        assert not used & set(m.series), f"{DASHBOARD.name} queries {m.name}: use {m.replaced_by}"
 
 
 def test_every_panel_queries_only_metrics_that_exist(dashboard):
@@ -79,11 +86,12 @@ def test_the_committed_dashboard_is_what_the_generator_writes(dashboard):
 def test_exported_names_follow_rays_prefix_and_counter_suffix():
     requests = metrics.BY_NAME["edgefleet_requests"]
     assert requests.exported == "ray_edgefleet_requests_total"
-    assert metrics.BY_NAME["edgefleet_ttft_ms"].series == (
-        "ray_edgefleet_ttft_ms_bucket",
-        "ray_edgefleet_ttft_ms_sum",
-        "ray_edgefleet_ttft_ms_count",
+    assert metrics.BY_NAME["edgefleet_ttft_seconds"].series == (
+        "ray_edgefleet_ttft_seconds_bucket",
+        "ray_edgefleet_ttft_seconds_sum",
+        "ray_edgefleet_ttft_seconds_count",
     )
+    assert metrics.BY_NAME["edgefleet_generation_tokens"].exported == "ray_edgefleet_generation_tokens_total"
 
 
 def test_prometheus_scrapes_rays_service_discovery_file_and_kuberay_metrics_ports():
@@ -111,3 +119,36 @@ def test_metric_definitions_are_valid_for_ray_and_prometheus():
         assert m.kind in ("counter", "gauge", "histogram")
         if m.kind == "histogram":
             assert list(m.boundaries) == sorted(m.boundaries) and m.boundaries[0] > 0, m.name
+
+
+def test_metric_names_carry_base_units():
+    """Prometheus' conventions (vLLM's too): a time is in seconds and says so, never milliseconds; a counter's
+    Ray name has no _total (Ray adds it). Only deprecated metrics may break this, until they are removed."""
+    for m in metrics.METRICS:
+        if m.deprecated:
+            continue
+        assert not re.search(r"_(ms|millis\w*|minutes|hours)$", m.name), f"{m.name}: use base units (seconds)"
+        assert not m.name.endswith("_total"), f"{m.name}: Ray appends _total to a counter"
+        if m.kind == "histogram":
+            assert m.name.endswith(("_seconds", "_bytes")), f"{m.name}: a histogram's name ends with its unit"
+        if m.name.endswith("_seconds") and m.kind == "histogram":
+            assert max(m.boundaries) <= 24 * 3600, f"{m.name}: boundaries look like milliseconds"
+
+
+def test_deprecated_metrics_name_a_live_replacement_and_when_they_go():
+    assert metrics.DEPRECATED, "nothing is deprecated: drop this test with the last deprecated metric"
+    for m in metrics.DEPRECATED:
+        new = metrics.BY_NAME[m.replaced_by]
+        assert not new.deprecated and (new.kind, new.tags) == (m.kind, m.tags), m.name
+        assert m.description.startswith(f"Deprecated, removed in {metrics.REMOVED_IN}: use {new.name}"), m.name
+        if m.kind == "histogram":  # the same buckets, in the old unit
+            assert [b / m.scale for b in m.boundaries] == pytest.approx(list(new.boundaries)), m.name
+
+
+def test_operations_doc_lists_every_metric_and_the_deprecated_ones():
+    doc = (ROOT / "docs" / "operations.md").read_text()
+    for m in metrics.METRICS:
+        assert m.exported in doc, f"docs/operations.md does not mention {m.exported}"
+    for m in metrics.DEPRECATED:
+        line = next(line for line in doc.splitlines() if m.exported in line and "deprecated" in line)
+        assert f"removed in {metrics.REMOVED_IN}" in line, line
