@@ -25,6 +25,7 @@ from edgefleet.serve.app import APP_NAME, GRPC_SERVICER
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
 KUBERAY = INFRA / "kuberay"
+MONITORING = KUBERAY / "monitoring"
 MLFLOW = INFRA / "mlflow"
 YAML_FILES = sorted(p for ext in ("yaml", "yml") for p in INFRA.rglob(f"*.{ext}"))
 # Kubernetes manifests: the YAML of a kustomize folder (infra/ also holds e.g. a Prometheus config).
@@ -133,6 +134,9 @@ def pod_templates(folder: Path) -> list[tuple[str, dict[str, str], list[dict[str
                     "ray.io/node-type": "head" if is_head else "worker",
                     "ray.io/group": "headgroup" if is_head else name,
                     "ray.io/serve": "true" if is_head or every_node else "false",
+                    # A RayService names its RayCluster <name>-<random suffix>, new at each upgrade.
+                    "ray.io/cluster": f"{doc['metadata']['name']}-x7k2p",
+                    "ray.io/is-ray-node": "yes",
                 }
                 labels = {**g["template"]["metadata"].get("labels", {}), **kuberay}
                 out.append((f"RayService group {name}", labels, g["template"]["spec"]["containers"]))
@@ -141,6 +145,38 @@ def pod_templates(folder: Path) -> list[tuple[str, dict[str, str], list[dict[str
 
 def matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return all(labels.get(k) == str(v) for k, v in selector.items())
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A Kubernetes LabelSelector (matchLabels and matchExpressions) against a pod's labels."""
+    ops = {
+        "In": lambda k, vs: labels.get(k) in vs,
+        "NotIn": lambda k, vs: labels.get(k) not in vs,
+        "Exists": lambda k, vs: k in labels,
+        "DoesNotExist": lambda k, vs: k not in labels,
+    }
+    return matches(selector.get("matchLabels", {}), labels) and all(
+        ops[e["operator"]](e["key"], [str(v) for v in e.get("values", [])])
+        for e in selector.get("matchExpressions", [])
+    )
+
+
+def images_in(node: Any) -> list[str]:
+    """Every `image:` value anywhere in a parsed document (Pods, workloads, custom resources)."""
+    if isinstance(node, dict):
+        return [v for k, v in node.items() if k == "image" and isinstance(v, str)] + [
+            i for k, v in node.items() if k != "image" for i in images_in(v)
+        ]
+    if isinstance(node, list):
+        return [i for v in node for i in images_in(v)]
+    return []
+
+
+def image_tag(image: str) -> str | None:
+    """The tag of an image reference (None when it has none: Kubernetes then pulls :latest)."""
+    name = image.split("@", 1)[0]
+    last = name.rsplit("/", 1)[-1]
+    return last.split(":", 1)[1] if ":" in last else None
 
 
 def env_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -196,11 +232,119 @@ def test_kustomization_lists_every_manifest_of_its_folder(folder):
     assert set(kustomization["resources"]) == manifests
 
 
-def test_both_kustomizations_share_a_namespace():
-    # fleet.yaml reaches MLflow by its short Service name, which resolves only in the same namespace.
-    namespaces = {load(f / "kustomization.yaml")[0].get("namespace") for f in (KUBERAY, MLFLOW)}
+def test_every_kustomization_shares_a_namespace():
+    # fleet.yaml reaches MLflow by its short Service name, which resolves only in the same namespace;
+    # a PodMonitor without a namespaceSelector only sees pods of its own namespace.
+    assert {KUBERAY, MLFLOW, MONITORING} <= set(FOLDERS)
+    namespaces = {load(f / "kustomization.yaml")[0].get("namespace") for f in FOLDERS}
 
     assert len(namespaces) == 1 and None not in namespaces, namespaces
+
+
+# ---------------------------------------------------------------- images
+
+
+def test_images_are_pinned_never_latest():
+    """A `:latest` (or untagged) image says nothing about what runs, and changes under a running pod."""
+    images = {(rel(p), i) for p in MANIFESTS for d in load(p) for i in images_in(d)}
+    assert any("ghcr.io/edgefleet/edgefleet" in i for _, i in images), "the RayService's image was not found"
+    for where, image in images:
+        assert image_tag(image) not in (None, "latest") or "@sha256:" in image, f"{where}: {image} is not pinned"
+    for folder in FOLDERS:
+        for entry in load(folder / "kustomization.yaml")[0].get("images", []):
+            assert entry.get("newTag", "") != "latest" and (entry.get("newTag") or entry.get("digest")), entry
+    for dockerfile in INFRA.rglob("Dockerfile"):
+        text = dockerfile.read_text()
+        refs = re.findall(r"^FROM\s+(\S+)", text, re.M) + re.findall(r"^ARG\s+\w*IMAGE\w*=(\S+)", text, re.M)
+        for ref in (r for r in refs if not r.startswith("$")):
+            assert image_tag(ref) not in (None, "latest"), f"{rel(dockerfile)}: FROM {ref} is not pinned"
+        assert ":latest" not in text, f"{rel(dockerfile)} mentions a :latest tag"
+
+
+def test_the_edgefleet_image_tag_is_set_in_the_kustomization_and_is_this_release():
+    import tomllib
+
+    (kustomization,) = load(KUBERAY / "kustomization.yaml")
+    entries = {e["name"]: e for e in kustomization.get("images", [])}
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    for name, group in groups().items():
+        image = ray_container(group)["image"]
+        repo = image.rsplit(":", 1)[0]
+        assert repo in entries, f"group {name}: {repo} has no `images:` entry, so its tag cannot be set"
+        # The manifest says what kustomize will deploy: a reader of rayservice.yaml is not misled.
+        assert image_tag(image) == entries[repo]["newTag"], f"group {name}: {image}"
+    assert entries["ghcr.io/edgefleet/edgefleet"]["newTag"] == version, "the pinned image is not this release"
+
+
+# ---------------------------------------------------------------- PodMonitors (Prometheus Operator)
+
+
+def pod_monitors() -> list[dict[str, Any]]:
+    return [d for folder in FOLDERS for d in docs_in(folder) if d.get("kind") == "PodMonitor"]
+
+
+def ray_pods() -> list[tuple[str, dict[str, str], list[dict[str, Any]]]]:
+    return [t for t in pod_templates(KUBERAY) if t[0].startswith("RayService")]
+
+
+def test_pod_monitors_are_shipped_for_the_head_and_the_workers():
+    monitors = pod_monitors()
+    assert {m["apiVersion"] for m in monitors} == {"monitoring.coreos.com/v1"}
+    types = sorted(m["spec"]["selector"]["matchLabels"].get("ray.io/node-type") for m in monitors)
+    assert types == ["head", "worker"], types
+
+
+def test_every_ray_pod_is_scraped_by_exactly_one_pod_monitor():
+    for what, labels, _ in ray_pods():
+        hits = [m["metadata"]["name"] for m in pod_monitors() if selects(m["spec"]["selector"], labels)]
+        assert len(hits) == 1, f"{what} is scraped by {hits or 'no PodMonitor'}"
+
+
+def test_pod_monitors_select_kuberay_pods_by_label_not_by_a_cluster_name():
+    for m in pod_monitors():
+        spec = m["spec"]
+        assert "namespaceSelector" not in spec, "the pods are in the PodMonitor's own namespace"
+        # ray.io/cluster is edgefleet-<random> under a RayService: its value cannot be written down here.
+        assert {"key": "ray.io/cluster", "operator": "Exists"} in spec["selector"].get("matchExpressions", [])
+        assert "ray.io/cluster" not in spec["selector"]["matchLabels"], m["metadata"]["name"]
+        assert not any(selects(spec["selector"], labels) for _, labels, _ in pod_templates(MLFLOW))
+
+
+def test_every_pod_monitor_port_is_declared_by_the_pods_it_selects():
+    for m in pod_monitors():
+        selected = [
+            (what, containers) for what, labels, containers in ray_pods() if selects(m["spec"]["selector"], labels)
+        ]
+        assert selected, f"PodMonitor {m['metadata']['name']} selects no pod"
+        for endpoint in m["spec"]["podMetricsEndpoints"]:
+            assert "port" in endpoint, f"{m['metadata']['name']}: scrape a named port, not a number"
+            for what, containers in selected:
+                names = {p.get("name") for c in containers for p in c.get("ports", [])}
+                assert endpoint["port"] in names, (
+                    f"{m['metadata']['name']} scrapes {endpoint['port']!r}: {what} has {names}"
+                )
+
+
+def test_every_scrape_keeps_the_ray_cluster_label_ray_dashboards_filter_on():
+    relabel = {
+        "action": "replace",
+        "sourceLabels": ["__meta_kubernetes_pod_label_ray_io_cluster"],
+        "targetLabel": "ray_io_cluster",
+    }
+    for m in pod_monitors():
+        for endpoint in m["spec"]["podMetricsEndpoints"]:
+            assert relabel in endpoint.get("relabelings", []), f"{m['metadata']['name']}: {endpoint['port']}"
+
+
+def test_the_metrics_port_of_every_ray_pod_is_scraped():
+    for what, labels, _ in ray_pods():
+        scraped = {
+            e["port"]
+            for m in pod_monitors()
+            if selects(m["spec"]["selector"], labels)
+            for e in m["spec"]["podMetricsEndpoints"]
+        }
+        assert "metrics" in scraped, what
 
 
 # ---------------------------------------------------------------- fleet.yaml
