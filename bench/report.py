@@ -1,6 +1,6 @@
-"""Rewrite README.md's performance section from bench/results/*.json (``make bench`` runs it).
+"""Rewrite docs/performance.md's tables from bench/results/*.json (``make bench`` runs it).
 
-The README quotes only what the benchmarks measured: this writes the tables between the
+The docs quote only what the benchmarks measured: this writes the tables between the
 ``<!-- perf:start -->`` and ``<!-- perf:end -->`` markers.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bench.common import RESULTS
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "performance.md"
 
 
 def _load(name: str) -> dict | None:
@@ -36,7 +36,7 @@ def models_section(r: dict) -> str:
 **{r["edge_node_cold_start_s"]:.1f} s** (worker start, imports, cached load, quantisation). The first-ever
 fetch and GGUF conversion adds ~25 s once per machine.
 
-![decode speed](bench/results/{r["plot"]})
+![decode speed](../bench/results/{r["plot"]})
 """
 
 
@@ -59,7 +59,7 @@ in-process = the same `GenerationEngine` called directly)
 |---|---|---|---|---|---|
 {rows}
 
-![served vs in-process throughput](bench/results/{r["plot"]})
+![served vs in-process throughput](../bench/results/{r["plot"]})
 """
 
 
@@ -110,7 +110,7 @@ trace per cell, the same trace for every policy; load in units of the edge nodes
   up front (predicted late) and {missed} ran late: its shortfall against the oracle is mostly a
   margin too wide after long requests ran late, not lateness.
 
-![SLO attainment against load](bench/results/{r["plot"]})
+![SLO attainment against load](../bench/results/{r["plot"]})
 """
 
 
@@ -155,7 +155,7 @@ per client, all on 2 cores; {models}; median of {r["rounds"]} rounds after a war
 The warm-up round pays for the clients' Ray Train sessions to start, once per run; every later
 round reuses them.
 
-![where a round's time goes](bench/results/{r["plot"]})
+![where a round's time goes](../bench/results/{r["plot"]})
 """
 
 
@@ -171,13 +171,13 @@ def main() -> None:
         )
         if s
     ]
-    text = README.read_text()
+    text = PAGE.read_text()
     block = "<!-- perf:start -->\n" + "\n".join(parts) + "<!-- perf:end -->"
     text, n = re.subn(r"<!-- perf:start -->.*?<!-- perf:end -->", lambda _m: block, text, flags=re.S)
     if n != 1:
-        raise SystemExit("README.md needs exactly one <!-- perf:start --> ... <!-- perf:end --> block")
-    README.write_text(text)
-    print(f"README.md performance section rewritten from {RESULTS}")
+        raise SystemExit(f"{PAGE} needs exactly one <!-- perf:start --> ... <!-- perf:end --> block")
+    PAGE.write_text(text)
+    print(f"{PAGE} performance tables rewritten from {RESULTS}")
 
 
 if __name__ == "__main__":

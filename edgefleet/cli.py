@@ -1,7 +1,7 @@
 """The ``edgefleet`` command: generate, up, demo, status, train, federate, audit, models, auth, bench.
 
 This module is the entry point and imports only the standard library and the SDK, so the base
-install (``pip install edgefleet``: grpcio + protobuf) has a working ``edgefleet generate`` and
+install (the wheel without extras: grpcio + protobuf) has a working ``edgefleet generate`` and
 ``edgefleet --version``. The platform's commands live in ``edgefleet.cli_platform`` and are
 registered only when the ``platform`` extra is installed; without it they answer in one line
 which extra to install.
@@ -25,7 +25,7 @@ from edgefleet.errors import ConfigError, EdgefleetError
 CONFIG_ENV = "EDGEFLEET_CONFIG"
 # What a base install lacks for the platform's commands; rich, pydantic and yaml are imported by
 # every one of them, Ray and torch by most.
-PLATFORM_EXTRA = "pip install 'edgefleet[platform]' (torch==2.13.0 first on a CPU machine)"
+PLATFORM_EXTRA = "install edgefleet with its [platform] extra (in a clone: make setup; see the README's Install)"
 PLATFORM_PACKAGES = {"rich", "pydantic", "yaml", "ray", "torch", "transformers", "mlflow", "opacus", "peft"}
 PLATFORM_COMMANDS = {
     "up": "start the fleet in the foreground; Ctrl-C stops it",

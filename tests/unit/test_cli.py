@@ -90,6 +90,6 @@ def test_the_base_install_runs_generate_and_names_the_extra_for_platform_command
         assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
         assert out.stderr.strip().splitlines() == [
             f"error: `edgefleet {command}` needs the platform extra (rich is missing): "
-            "pip install 'edgefleet[platform]' (torch==2.13.0 first on a CPU machine)"
+            "install edgefleet with its [platform] extra (in a clone: make setup; see the README's Install)"
         ]
     assert ver.returncode == 0 and ver.stdout.startswith("edgefleet ")
