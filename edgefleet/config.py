@@ -25,6 +25,8 @@ from edgefleet.errors import ConfigError
 NODE_ID_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"  # a DNS label, so it works as a k8s name too
 Quantization = Literal["none", "int8", "bf16"]
 Tier = Literal["site", "edge", "cloud"]
+# The most tokens one request may generate (gRPC max_new_tokens, OpenAI max_tokens), whatever the model.
+MAX_NEW_TOKENS_LIMIT = 1024
 
 
 def default_cache_dir() -> Path:
@@ -303,8 +305,9 @@ GRPC_DEFAULT_MAX_BYTES = 4 * 1024 * 1024  # grpc's own default receive limit
 
 
 class IngressConfig(_Strict):
-    """The public gRPC listener. Serve's proxy takes plaintext only and messages up to 2 GiB; TLS
-    (``auth.tls_cert``) or a size limit here puts edgefleet's gRPC front before it (serve/grpc_front.py)."""
+    """The public listeners. gRPC: Serve's proxy takes plaintext only and messages up to 2 GiB; TLS
+    (``auth.tls_cert``) or a size limit here puts edgefleet's gRPC front before it (serve/grpc_front.py).
+    HTTP: how long an OpenAI request that names no max_tokens may run."""
 
     host: str = Field(default="127.0.0.1", min_length=1, description="where the front listens (0.0.0.0: all)")
     gateway_replicas: int = Field(
@@ -316,6 +319,13 @@ class IngressConfig(_Strict):
         le=1024**3,
         description="refuse larger request bodies at the transport (RESOURCE_EXHAUSTED); None: 4 MiB with TLS, "
         "else Serve's 2 GiB and no front",
+    )
+    default_max_tokens_cap: int = Field(
+        default=MAX_NEW_TOKENS_LIMIT,
+        ge=1,
+        le=MAX_NEW_TOKENS_LIMIT,  # the default must be a value a request could ask for itself
+        description="OpenAI HTTP requests without max_tokens generate until the model's context is full, "
+        "at most this many tokens (gRPC's max_new_tokens=0 keeps its fixed default of 128)",
     )
 
 

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgefleet.config import MAX_NEW_TOKENS_LIMIT
 from edgefleet.platform.models import LoadedModel
 
 DEFAULT_MAX_NEW_TOKENS = 128
@@ -49,6 +50,9 @@ class GenRequest:
     # Text already sent to the client by a target that failed mid-stream: this request continues
     # it (as the start of the assistant's turn) instead of starting over.
     prefix: str = ""
+    # max_new_tokens is a cap, not a demand: generate at most what the model's context leaves after
+    # the prompt (the OpenAI API's default, which the Gateway cannot size without the tokenizer).
+    fit_context: bool = False
     # Set by validate(): the prompt's token ids and the model they were made for, so a batch
     # built on that same model does not tokenize the prompt a second time.
     prompt_ids: list[int] | None = field(default=None, repr=False)
@@ -174,7 +178,7 @@ class GenerationEngine:
         batch_window_ms: float = 10.0,
         batch_quiet_ms: float = 1.0,
         max_batch: int = 8,
-        max_new_tokens_limit: int = 1024,
+        max_new_tokens_limit: int = MAX_NEW_TOKENS_LIMIT,
     ) -> None:
         """Pass ``load`` rather than ``loaded`` so the model is built on the engine's torch thread.
 
@@ -214,7 +218,10 @@ class GenerationEngine:
         return int(getattr(self.loaded.model.config, "max_position_embeddings", 2048))
 
     def validate(self, req: GenRequest) -> tuple[str, int] | str:
-        """Return an error message naming the bad field, or ``("", prompt_tokens)`` when valid."""
+        """Return an error message naming the bad field, or ``("", prompt_tokens)`` when valid.
+
+        A ``fit_context`` request leaves with its ``max_new_tokens`` lowered to the context left.
+        """
         if not req.messages or not any(m.get("content", "").strip() for m in req.messages):
             return "prompt: must not be empty"
         if not 0 < req.max_new_tokens <= self.max_new_tokens_limit:
@@ -227,6 +234,10 @@ class GenerationEngine:
             n = len(self._prompt(self.loaded, req))
         except Exception as exc:  # e.g. a chat template that refuses this order of roles
             return f"messages: the model's chat template rejected them ({exc})"
+        if req.fit_context:
+            if n >= self.context_length:
+                return f"prompt: {n} prompt tokens leave no room in the model's context of {self.context_length} tokens"
+            req.max_new_tokens = min(req.max_new_tokens, self.context_length - n)  # resolved here, once
         if n + req.max_new_tokens > self.context_length:
             return (
                 f"prompt: {n} prompt tokens + max_new_tokens {req.max_new_tokens} exceed "

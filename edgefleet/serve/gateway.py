@@ -13,13 +13,14 @@ import asyncio
 import contextlib
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any
 
 import grpc
 import ray
-from fastapi import FastAPI, Header
+from fastapi import FastAPI, Header, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 from ray.serve.exceptions import BackPressureError
@@ -39,12 +40,24 @@ from edgefleet.serve.openai_http import (
     SSE_DONE,
     ChatBody,
     CompletionBody,
+    ModelCard,
+    ModelList,
+    chat_messages,
     error_response,
     full_response,
+    prompts,
     sse_chunk,
 )
 from edgefleet.serve.quotas import RateLimiter
-from edgefleet.serve.requests import RETRY_AFTER_MS, RateLimited, RequestError, Validated, validate, validate_proto
+from edgefleet.serve.requests import (
+    RETRY_AFTER_MS,
+    RateLimited,
+    RequestError,
+    Validated,
+    invalid,
+    validate,
+    validate_proto,
+)
 from edgefleet.serve.router import (
     DeadlineInfeasible,
     Decision,
@@ -91,6 +104,13 @@ _REJECTED = {
     grpc.StatusCode.UNAVAILABLE: "no_target",
     grpc.StatusCode.RESOURCE_EXHAUSTED: "overloaded",
 }
+
+
+def _for_item(err: RequestError, item: int | None) -> RequestError:
+    """An error about one prompt of a list names that prompt (``prompt[1]``), not the whole field."""
+    if item is None or err.param != "prompt":
+        return err
+    return RequestError(err.code, f"prompt[{item}]{err.message.removeprefix('prompt')}", f"prompt[{item}]")
 
 
 def _broken(err: RequestError) -> RequestError:
@@ -177,6 +197,7 @@ class Gateway:
         self.handles: dict[str, Any] = {}  # EdgeNode actor handles by node id
         self.hedges = HedgeBudget(share=0.05)  # at most 5% of requests get a hedge
         self.recent = RecentOutcomes(window_s=60.0)
+        self.started = int(time.time())  # /v1/models' `created`
         self._refresher: asyncio.Task | None = None
 
     # ------------------------------------------------------------------ gRPC
@@ -215,23 +236,60 @@ class Gateway:
     # ------------------------------------------------------------------ OpenAI-compatible HTTP
 
     @app.post("/v1/chat/completions", responses=DOCUMENTED_RESPONSES)
-    async def chat_completions(self, body: ChatBody, authorization: str | None = Header(default=None)):
-        messages = [m.model_dump() for m in body.messages]
-        return await self._http("chat", body, None, messages, authorization)
+    async def chat_completions(
+        self, body: ChatBody, request: Request, authorization: str | None = Header(default=None)
+    ):
+        return await self._http("chat", body, request, authorization)
 
     @app.post("/v1/completions", responses=DOCUMENTED_RESPONSES)
-    async def completions(self, body: CompletionBody, authorization: str | None = Header(default=None)):
-        return await self._http("text", body, body.prompt, None, authorization)
+    async def completions(
+        self, body: CompletionBody, request: Request, authorization: str | None = Header(default=None)
+    ):
+        return await self._http("text", body, request, authorization)
 
     @app.get("/v1/models")
-    async def models(self) -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": "edgefleet", "object": "model", "owned_by": "edgefleet"}]}
+    async def models(self) -> ModelList:
+        return ModelList(data=[ModelCard(id="edgefleet", created=self.started, owned_by="edgefleet")])
 
-    async def _http(self, kind, body, prompt, messages, authorization):
+    async def _http(self, kind, body, request, authorization):
         arrived = time.perf_counter()
+        # Serve's proxy answers with the request's x-request-id (the caller's, or a fresh UUID it put in
+        # the request): as the completion id too, header and body name one request. A caller that
+        # sends its own x-request-id chooses the id, so ids are unique only as far as callers' are.
+        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
         try:
             self.authorize_http(authorization)
-            v = validate(
+            if kind == "chat":
+                inputs = [(None, chat_messages(body.messages), None)]
+            else:  # one request per prompt; those of a list are named by index in errors: prompt[1]
+                listed = isinstance(body.prompt, list)
+                inputs = [(p, None, i if listed else None) for i, p in enumerate(prompts(body.prompt))]
+            if body.stream and len(inputs) > 1:
+                raise invalid("stream", f"a list of {len(inputs)} prompts cannot be streamed: send one per request")
+            vs = [
+                self._validated(body, rid if len(inputs) == 1 else f"{rid}-{i}", prompt, messages, item)
+                for i, (prompt, messages, item) in enumerate(inputs)
+            ]
+            if not body.stream:
+                tasks = [
+                    asyncio.ensure_future(self._answer(v, arrived, item))
+                    for v, (*_, item) in zip(vs, inputs, strict=True)
+                ]
+                try:
+                    ends = await asyncio.gather(*tasks)
+                finally:
+                    for task in tasks:  # one prompt failed: the others' answers are no use now
+                        task.cancel()
+                return JSONResponse(full_response(kind, rid, ends))
+            events = self.run(vs[0], arrived=arrived)
+            first = await anext(events)  # fail before the 200 is sent: errors still get their status
+        except Exception as exc:  # noqa: BLE001
+            return error_response(_counted_failure(exc))
+        return StreamingResponse(self._sse(kind, rid, body.model, first, events), media_type="text/event-stream")
+
+    def _validated(self, body, rid: str, prompt: str | None, messages, item: int | None) -> Validated:
+        try:
+            return validate(
                 prompt=prompt,
                 messages=messages,
                 max_new_tokens=body.limit(),
@@ -243,22 +301,23 @@ class Gateway:
                 route=body.route,
                 site=body.site,
                 priority="normal",
-                request_id=None,
+                request_id=rid,
                 cfg=self.cfg,
                 mode=body.mode,
+                fit_context_cap=self.cfg.ingress.default_max_tokens_cap,
             )
-            if not body.stream:
-                end = None
-                async for event in self.run(v, arrived=arrived, stream=False):
-                    end = event if event["type"] == "end" else end
-                return JSONResponse(full_response(kind, v.request_id, end))
-            events = self.run(v, arrived=arrived)
-            first = await anext(events)  # fail before the 200 is sent: errors still get their status
-        except Exception as exc:  # noqa: BLE001
-            return error_response(_counted_failure(exc))
-        return StreamingResponse(
-            self._sse(kind, v.request_id, body.model, first, events), media_type="text/event-stream"
-        )
+        except RequestError as err:
+            raise _for_item(err, item) from None
+
+    async def _answer(self, v: Validated, arrived: float, item: int | None) -> dict[str, Any]:
+        """The end event of one unary request."""
+        end = None
+        try:
+            async for event in self.run(v, arrived=arrived, stream=False):
+                end = event if event["type"] == "end" else end
+        except RequestError as err:
+            raise _for_item(err, item) from None
+        return end
 
     async def _sse(self, kind, rid, model, first, events):
         try:

@@ -2,32 +2,70 @@
 
 Pure conversion; the Gateway owns the routes. edgefleet extensions ride along: request fields
 ``deadline_ms``, ``route`` and ``site``; an ``edgefleet`` object in responses (served_by, timings,
-sla_met). Errors use OpenAI's ``{"error": {...}}`` body with 400/401/429/503.
+sla_met): at the top level, or in each choice when a list prompt got several. Errors use OpenAI's
+``{"error": {...}}`` body with 400/401/429/503.
+
+What real clients send and the engine cannot do (several choices, tools, JSON mode, logprobs, echo,
+images) is refused with 400 naming the field, never silently ignored; fields that do not change
+the answer (``user``, ``n: 1``, ``stream_options``, ...) are ignored.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
-from edgefleet.serve.requests import MAX_NEW_TOKENS_LIMIT, MIN_TEMPERATURE, RequestError
+from edgefleet.serve.requests import MAX_NEW_TOKENS_LIMIT, MIN_TEMPERATURE, RequestError, invalid
+
+# The most prompts one /v1/completions request may hold: LangChain's OpenAI LLM sends its prompts in
+# lists of `batch_size`, 20 unless set (langchain_openai/llms/base.py, BaseOpenAI.batch_size).
+MAX_PROMPTS = 20
+
+# Fields that would change what the answer means, refused with 400 (the schema states the one value
+# each accepts, and this reason). The message names the field: clients show it as is.
+UNSUPPORTED: dict[str, str] = {
+    "n": "one choice per request: n must be 1 or absent",
+    "best_of": "one candidate per request: best_of must be 1 or absent",
+    "tools": "tool calling is not supported: tools must be empty or absent",
+    "functions": "function calling is not supported: functions must be empty or absent",
+    "tool_choice": "tool calling is not supported: tool_choice must be 'none', 'auto' or absent",
+    "function_call": "function calling is not supported: function_call must be 'none', 'auto' or absent",
+    "response_format": 'only plain text is produced: response_format must be {"type": "text"} or absent',
+    "logprobs": "log probabilities are not returned: logprobs must be false, null or absent",
+    "top_logprobs": "log probabilities are not returned: top_logprobs must be 0 or absent",
+    "echo": "the prompt is not echoed: echo must be false or absent",
+    "suffix": "insertion is not supported: suffix must be empty or absent",
+}
+
+
+def _refused(name: str, **constraints: Any) -> Any:
+    return Field(default=None, description=UNSUPPORTED[name], **constraints)
 
 
 class _Body(BaseModel):
     """The schema states every rule it can (schemathesis holds the server to it); the rest, such as a
     prompt longer than the model's context, are the Gateway's and the engine's, answered with 400 too."""
 
-    model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields we do not use (n=1, user, ...)
+    model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields we do not use (user, seed, ...)
 
     model: str = "edgefleet"
-    max_tokens: int | None = Field(default=None, ge=0, le=MAX_NEW_TOKENS_LIMIT, description="0 or null: the default")
-    max_completion_tokens: int | None = Field(default=None, ge=0, le=MAX_NEW_TOKENS_LIMIT)
+    max_tokens: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_NEW_TOKENS_LIMIT,
+        description="0 or null: as many as the model's context leaves after the prompt, "
+        "at most the server's ingress.default_max_tokens_cap",
+    )
+    max_completion_tokens: int | None = Field(
+        default=None, ge=0, le=MAX_NEW_TOKENS_LIMIT, description="as max_tokens, and wins over it"
+    )
     temperature: float | None = Field(default=None, ge=0, description=f"0: greedy; else at least {MIN_TEMPERATURE}")
     top_p: float | None = Field(default=None, ge=0, le=1, description="0 or null: 1")
     seed: int | None = Field(default=None, ge=0, lt=2**64)
@@ -35,6 +73,7 @@ class _Body(BaseModel):
         default=None, max_length=8
     )
     stream: bool = False
+    n: int | None = _refused("n", ge=1, le=1)
     # edgefleet extensions
     deadline_ms: int | None = Field(default=None, ge=0, description="0 or null: the server's default")
     route: Literal["auto", "edge", "cloud"] = "auto"
@@ -48,17 +87,129 @@ class _Body(BaseModel):
         return self.max_completion_tokens or self.max_tokens
 
 
+_TEXT_PART = {
+    "type": "object",
+    "required": ["type", "text"],
+    "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
+}
+# Content is checked by chat_messages(), which names the exact part at fault (messages[0].content[1].type);
+# pydantic would name a branch of its union instead. The schema still states what is accepted.
+_CONTENT = WithJsonSchema(
+    {
+        "anyOf": [{"type": "string"}, {"type": "array", "items": _TEXT_PART}, {"type": "null"}],
+        "description": "a string, or text parts (joined with newlines); null only for an assistant message. "
+        "Other parts (image_url, input_audio, file, ...) are refused with 400.",
+    }
+)
+
+
 class ChatMessageIn(BaseModel):
-    role: Literal["system", "user", "assistant"]
-    content: str
+    role: Literal["system", "developer", "user", "assistant"] = Field(description="developer: as system")
+    content: Annotated[Any, _CONTENT] = None
+
+
+class ResponseFormatText(BaseModel):
+    type: Literal["text"]
 
 
 class ChatBody(_Body):
     messages: list[ChatMessageIn] = Field(min_length=1)
+    tools: list[Any] | None = _refused("tools", max_length=0)
+    functions: list[Any] | None = _refused("functions", max_length=0)
+    tool_choice: Literal["none", "auto"] | None = _refused("tool_choice")
+    function_call: Literal["none", "auto"] | None = _refused("function_call")
+    response_format: ResponseFormatText | None = _refused("response_format")
+    logprobs: Literal[False] | None = _refused("logprobs")
+    top_logprobs: int | None = _refused("top_logprobs", ge=0, le=0)
+
+
+_PROMPT_TEXT = {"type": "string", "minLength": 1, "pattern": r"\S"}
+# Checked by prompts(), which names the prompt at fault (prompt[1]) and refuses token ids by name.
+_PROMPT = WithJsonSchema(
+    {
+        "anyOf": [_PROMPT_TEXT, {"type": "array", "items": _PROMPT_TEXT, "minItems": 1, "maxItems": MAX_PROMPTS}],
+        "description": f"text holding a non-blank character, or a list of 1 to {MAX_PROMPTS} such texts "
+        "(one choice each, in order; not with stream: true). Token ids are refused with 400.",
+    }
+)
 
 
 class CompletionBody(_Body):
-    prompt: str = Field(min_length=1, pattern=r"\S", description="must hold a non-blank character")
+    prompt: Annotated[Any, _PROMPT]
+    best_of: int | None = _refused("best_of", ge=1, le=1)
+    echo: Literal[False] | None = _refused("echo")
+    suffix: str | None = _refused("suffix", max_length=0)
+    logprobs: None = _refused("logprobs")
+
+
+def chat_messages(messages: list[ChatMessageIn]) -> list[dict[str, str]]:
+    """The messages as the engine takes them: text only, ``developer`` as ``system``.
+
+    Raises:
+        RequestError: INVALID_ARGUMENT naming the content or part at fault.
+    """
+    return [
+        {"role": "system" if m.role == "developer" else m.role, "content": _text(m.content, m.role, i)}
+        for i, m in enumerate(messages)
+    ]
+
+
+def _text(content: Any, role: str, i: int) -> str:
+    where = f"messages[{i}].content"
+    if isinstance(content, str):
+        return content
+    if content is None:
+        if role == "assistant":  # an earlier turn that only called tools: it said nothing
+            return ""
+        raise invalid(where, f"must be a string or a list of text parts; null only for assistant, not {role}")
+    if not isinstance(content, list):
+        raise invalid(where, f"must be a string or a list of text parts, got {type(content).__name__}")
+    texts = []
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind != "text":
+            raise invalid(f"{where}[{j}].type", f"only text parts are supported, got {kind!r}")
+        if not isinstance(part.get("text"), str):
+            raise invalid(f"{where}[{j}].text", "must be a string")
+        texts.append(part["text"])
+    return "\n".join(texts)
+
+
+def prompts(prompt: Any) -> list[str]:
+    """A completion request's prompt as a list of texts, one per choice.
+
+    Raises:
+        RequestError: INVALID_ARGUMENT naming ``prompt`` or the list item at fault.
+    """
+    if isinstance(prompt, str):
+        return [_prompt_text(prompt, "prompt")]
+    if not isinstance(prompt, list) or not prompt:
+        raise invalid("prompt", f"must be a string or a list of 1 to {MAX_PROMPTS} strings")
+    if any(isinstance(p, int | list) and not isinstance(p, bool) for p in prompt):
+        raise invalid("prompt", "token ids are not accepted: send the prompt as text")
+    if len(prompt) > MAX_PROMPTS:
+        raise invalid("prompt", f"at most {MAX_PROMPTS} prompts per request, got {len(prompt)}")
+    return [_prompt_text(p, f"prompt[{i}]") for i, p in enumerate(prompt)]
+
+
+def _prompt_text(text: Any, where: str) -> str:
+    if not isinstance(text, str):
+        raise invalid(where, f"must be a string, got {type(text).__name__}")
+    if not re.search(r"\S", text):  # the schema's pattern
+        raise invalid(where, "must hold a non-blank character")
+    return text
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(description="unix seconds")
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
 
 
 class ErrorDetail(BaseModel):
@@ -118,24 +269,22 @@ def _field_path(loc: tuple) -> str:
     return path or "body"
 
 
+def body_error(errors: list[dict[str, Any]]) -> RequestError:
+    """pydantic's errors about a request body as one INVALID_ARGUMENT naming the first bad field."""
+    first = errors[0]
+    field = _field_path(first["loc"])
+    top = field.split(".", 1)[0].split("[", 1)[0]
+    if top in UNSUPPORTED:  # name the field the client set, and why it cannot be honoured
+        return invalid(top, UNSUPPORTED[top])
+    return invalid(field, first["msg"])
+
+
 def install(app: FastAPI) -> None:
     """Answer malformed JSON bodies with 400 naming the field (FastAPI's default is 422)."""
 
     @app.exception_handler(RequestValidationError)
     async def _bad_body(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0]
-        field = _field_path(first["loc"])
-        return JSONResponse(
-            status_code=400,
-            content={
-                "error": {
-                    "message": f"{field}: {first['msg']}",
-                    "type": "invalid_request_error",
-                    "param": field,
-                    "code": "invalid_argument",
-                }
-            },
-        )
+        return error_response(body_error(list(exc.errors())))
 
 
 def _extension(end: dict[str, Any]) -> dict[str, Any]:
@@ -150,31 +299,35 @@ def _extension(end: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _usage(end: dict[str, Any]) -> dict[str, int]:
-    p, c = end["prompt_tokens"], end["completion_tokens"]
+def _usage(*ends: dict[str, Any]) -> dict[str, int]:
+    p, c = sum(e["prompt_tokens"] for e in ends), sum(e["completion_tokens"] for e in ends)
     return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
 
-def full_response(kind: Literal["chat", "text"], rid: str, end: dict[str, Any]) -> dict[str, Any]:
-    if kind == "chat":
-        choice = {
-            "index": 0,
-            "message": {"role": "assistant", "content": end["text"]},
-            "finish_reason": end["finish_reason"],
-        }
-        obj = "chat.completion"
-    else:
-        choice = {"index": 0, "text": end["text"], "finish_reason": end["finish_reason"], "logprobs": None}
-        obj = "text_completion"
-    return {
+def full_response(kind: Literal["chat", "text"], rid: str, ends: list[dict[str, Any]]) -> dict[str, Any]:
+    """One choice per end event, in order (a list prompt's); usage is their sum."""
+    choices: list[dict[str, Any]] = []
+    for i, end in enumerate(ends):
+        if kind == "chat":
+            choice = {
+                "index": i,
+                "message": {"role": "assistant", "content": end["text"]},
+                "finish_reason": end["finish_reason"],
+            }
+        else:
+            choice = {"index": i, "text": end["text"], "finish_reason": end["finish_reason"], "logprobs": None}
+        if len(ends) > 1:  # each prompt was routed on its own: say where each ran
+            choice["edgefleet"] = _extension(end)
+        choices.append(choice)
+    body = {
         "id": rid,
-        "object": obj,
+        "object": "chat.completion" if kind == "chat" else "text_completion",
         "created": int(time.time()),
-        "model": end["model"],
-        "choices": [choice],
-        "usage": _usage(end),
-        "edgefleet": _extension(end),
+        "model": ends[0]["model"],
+        "choices": choices,
+        "usage": _usage(*ends),
     }
+    return body | ({"edgefleet": _extension(ends[0])} if len(ends) == 1 else {})
 
 
 def sse_chunk(

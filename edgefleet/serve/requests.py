@@ -14,10 +14,9 @@ from typing import Any
 import grpc
 
 from edgefleet._proto import inference_pb2 as pb
-from edgefleet.config import EdgefleetConfig
+from edgefleet.config import MAX_NEW_TOKENS_LIMIT, EdgefleetConfig
 
-DEFAULT_MAX_NEW_TOKENS = 128
-MAX_NEW_TOKENS_LIMIT = 1024
+DEFAULT_MAX_NEW_TOKENS = 128  # gRPC's max_new_tokens=0 (the proto documents "server default")
 MIN_TEMPERATURE = 0.01  # below this softmax overflows to NaN and the whole batch would fail
 ROLES = {"system", "user", "assistant"}
 _ROUTES = {pb.ROUTE_AUTO: "auto", pb.ROUTE_EDGE: "edge", pb.ROUTE_CLOUD: "cloud"}
@@ -92,6 +91,9 @@ class Validated:
     site: str
     priority: str = "normal"
     mode: str = "default"  # "default" (the server's routing.mode), "best_effort" or "strict"
+    # max_new_tokens is only a cap: the engine lowers it to what the model's context leaves after
+    # the prompt instead of refusing (only the engine knows the prompt's length in tokens).
+    fit_context: bool = False
     extras: dict[str, Any] = field(default_factory=dict)
 
     def engine_request(self, *, stream: bool = True) -> dict[str, Any]:
@@ -104,6 +106,7 @@ class Validated:
             "seed": self.seed,
             "stop": self.stop,
             "stream": stream,
+            "fit_context": self.fit_context,
         }
 
 
@@ -123,8 +126,13 @@ def validate(
     request_id: str | None,
     cfg: EdgefleetConfig,
     mode: str = "default",
+    fit_context_cap: int | None = None,
 ) -> Validated:
-    """Check one request; raise :class:`RequestError` (INVALID_ARGUMENT) naming the first bad field."""
+    """Check one request; raise :class:`RequestError` (INVALID_ARGUMENT) naming the first bad field.
+
+    Without ``max_new_tokens`` a request gets :data:`DEFAULT_MAX_NEW_TOKENS`, or, given
+    ``fit_context_cap`` (the OpenAI API's default), as many as the model's context leaves, at most that.
+    """
     if prompt and messages:
         raise invalid("messages", "set either prompt or messages, not both")
     if messages:
@@ -140,7 +148,8 @@ def validate(
         if not prompt or not prompt.strip():
             raise invalid("prompt", "must not be empty")
         chat = [{"role": "user", "content": prompt}]
-    n = DEFAULT_MAX_NEW_TOKENS if not max_new_tokens else max_new_tokens
+    fit_context = not max_new_tokens and fit_context_cap is not None
+    n = max_new_tokens or (fit_context_cap if fit_context else DEFAULT_MAX_NEW_TOKENS)
     if not 0 < n <= MAX_NEW_TOKENS_LIMIT:
         raise invalid("max_new_tokens", f"must be in 1..{MAX_NEW_TOKENS_LIMIT}, got {n}")
     t = 0.0 if temperature is None else float(temperature)
@@ -178,6 +187,7 @@ def validate(
         site=site or "",
         priority=priority,
         mode=mode,
+        fit_context=fit_context,
     )
 
 
