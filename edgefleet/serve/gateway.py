@@ -416,7 +416,7 @@ class Gateway:
             }
 
         for attempt, target in enumerate(candidates):
-            job = self.fleet.dispatch(target, route_request.prompt_tokens, v.max_new_tokens - sent_tokens)
+            job = self.fleet.dispatch(target, route_request.prompt_tokens, max(1, v.planned_new_tokens - sent_tokens))
             started_any, failed, tokens_here = False, True, 0
             request = v.engine_request(stream=stream)
             if sent_text and sent_tokens >= v.max_new_tokens:  # the failure came with the last token
@@ -513,7 +513,7 @@ class Gateway:
             site=v.site,
             deadline_ms=v.deadline_ms,
             prompt_tokens=prompt_tokens,
-            max_new_tokens=v.max_new_tokens,
+            max_new_tokens=v.planned_new_tokens,
             mode=mode,
         )
         try:

@@ -96,6 +96,14 @@ class Validated:
     fit_context: bool = False
     extras: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def planned_new_tokens(self) -> int:
+        """The answer length the router plans the deadline on. An open-ended answer (OpenAI's
+        default) is planned at the SDK's default length, not the cap: most answers end at EOS long
+        before it, and planning on the cap would send every such request to the fastest target
+        instead of the cheapest."""
+        return min(self.max_new_tokens, DEFAULT_MAX_NEW_TOKENS) if self.fit_context else self.max_new_tokens
+
     def engine_request(self, *, stream: bool = True) -> dict[str, Any]:
         return {
             "request_id": self.request_id,

@@ -235,6 +235,14 @@ def test_without_max_tokens_http_asks_for_the_context_up_to_the_cap_and_grpc_kee
     assert (grpc_default.max_new_tokens, grpc_default.fit_context) == (DEFAULT_MAX_NEW_TOKENS, False)
 
 
+def test_an_open_ended_answer_is_routed_on_the_default_length_not_the_cap():
+    # Planning a deadline on 1024 tokens would send every OpenAI request without max_tokens to the
+    # fastest target; answers mostly end at EOS long before the cap.
+    assert _validated(None, cap=1024).planned_new_tokens == DEFAULT_MAX_NEW_TOKENS
+    assert _validated(None, cap=64).planned_new_tokens == 64
+    assert _validated(900, cap=1024).planned_new_tokens == 900  # asked for: planned as asked
+
+
 def test_the_cap_is_configured_and_never_above_what_a_request_may_ask():
     assert EdgefleetConfig().ingress.default_max_tokens_cap == MAX_NEW_TOKENS_LIMIT
     assert parse_config({"ingress": {"default_max_tokens_cap": 256}}).ingress.default_max_tokens_cap == 256
