@@ -12,6 +12,7 @@ the first token a failure ends the stream (tokens already sent cannot be taken b
 import asyncio
 import contextlib
 import json
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -104,6 +105,9 @@ _REJECTED = {
     grpc.StatusCode.UNAVAILABLE: "no_target",
     grpc.StatusCode.RESOURCE_EXHAUSTED: "overloaded",
 }
+
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 def _for_item(err: RequestError, item: int | None) -> RequestError:
@@ -259,6 +263,8 @@ class Gateway:
         rid = request.headers.get("x-request-id") or uuid.uuid4().hex
         try:
             self.authorize_http(authorization)
+            if not _REQUEST_ID.fullmatch(rid):  # it becomes the completion's id, in logs and metrics tags
+                raise invalid("x-request-id", "must be 1-128 characters of A-Z a-z 0-9 . _ : -")
             if kind == "chat":
                 inputs = [(None, chat_messages(body.messages), None)]
             else:  # one request per prompt; those of a list are named by index in errors: prompt[1]

@@ -8,12 +8,10 @@ and a request without max_tokens running to the end of the model's context.
 
 from __future__ import annotations
 
+import openai
 import pytest
 
-ray = pytest.importorskip("ray")
-openai = pytest.importorskip("openai")
-
-from tests.conftest import TEST_TOKEN  # noqa: E402
+from tests.conftest import TEST_TOKEN
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 TINY_CONTEXT = 512  # the tiny model's max_position_embeddings (edgefleet/platform/models.py)
@@ -137,6 +135,14 @@ def test_x_request_id_is_the_completion_id(oa):
         extra_headers={"x-request-id": "caller-chosen-7"},
     )
     assert mine.headers["x-request-id"] == mine.parse().id == "caller-chosen-7"
+    # ... within limits: it becomes an id in logs and metrics, and later the key of a user's feedback.
+    with pytest.raises(openai.BadRequestError, match="x-request-id"):
+        oa.chat.completions.create(
+            model="edgefleet",
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=2,
+            extra_headers={"x-request-id": "x" * 129},
+        )
 
 
 def test_without_max_tokens_the_answer_may_fill_the_context(oa):
