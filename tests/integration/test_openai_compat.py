@@ -159,6 +159,7 @@ def test_without_max_tokens_the_answer_may_fill_the_context(oa):
 
 def test_langchain_chat_model_and_completion_llm(served):
     import langchain_openai  # a dev dependency: a missing one fails, it does not skip
+
     common = {"base_url": f"{served.http_url}/v1", "api_key": TEST_TOKEN, "max_retries": 0, "timeout": 60}
 
     chat = langchain_openai.ChatOpenAI(model="edgefleet", max_tokens=4, temperature=0, **common)
