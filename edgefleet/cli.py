@@ -26,7 +26,10 @@ CONFIG_ENV = "EDGEFLEET_CONFIG"
 # What a base install lacks for the platform's commands; rich, pydantic and yaml are imported by
 # every one of them, Ray and torch by most.
 PLATFORM_EXTRA = "install edgefleet with its [platform] extra (in a clone: make setup; see the README's Install)"
-PLATFORM_PACKAGES = {"rich", "pydantic", "yaml", "ray", "torch", "transformers", "mlflow", "opacus", "peft"}
+PLATFORM_PACKAGES = {
+    *("rich", "pydantic", "yaml", "ray", "torch", "transformers", "mlflow", "opacus", "peft", "accelerate"),
+    *("gguf", "safetensors", "deepspeed", "cryptography", "matplotlib", "prometheus_client", "filelock"),
+}
 PLATFORM_COMMANDS = {
     "up": "start the fleet in the foreground; Ctrl-C stops it",
     "demo": "the scripted tour on the embedded fleet",
@@ -97,7 +100,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--token", help="bearer token (default: $EDGEFLEET_TOKEN)")
     gen.add_argument("--tls", action="store_true", help="connect with TLS (system roots, or --ca)")
     gen.add_argument("--ca", help="PEM certificate(s) to trust, e.g. the gRPC front's self-signed cert.pem")
-    gen.set_defaults(func=cmd_generate)
+    gen.set_defaults(func=cmd_generate, uses_config=False)
 
 
 def _add_platform_stubs(sub: argparse._SubParsersAction, missing: str) -> None:
@@ -156,23 +159,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    from edgefleet.client.errors import EdgefleetClientError
-
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line as ``main`` takes it; a usage error exits 2 with argparse's message."""
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown and not getattr(args, "takes_any_arguments", False):  # a platform stub takes any: it runs nothing
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    if args.config is None:
-        args.config = os.environ.get(CONFIG_ENV) or None
+    if not getattr(args, "uses_config", True):
+        given = [flag for flag, value in (("--config", args.config), ("--address", args.address)) if value]
+        if given:  # silently ignored, they would hide a mistake (generate connects to --target, not the config's)
+            parser.error(f"{' and '.join(given)}: not used by `edgefleet {args.command}`")
     if args.json and not getattr(args, "supports_json", False):
         parser.error(f"--json does not apply to `{args.command}` (it does to: status, models list)")
+    if args.config is None:
+        args.config = os.environ.get(CONFIG_ENV) or None
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    from edgefleet.client.errors import EdgefleetClientError
+
+    args = parse(argv)
     # transformers' deprecation notices about its own internals say nothing a user can act on
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
     try:
         return args.func(args)
     except (EdgefleetError, EdgefleetClientError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:  # a partial install: rich and pydantic, say, but no Ray or torch
+        if (exc.name or "").split(".")[0] not in PLATFORM_PACKAGES:
+            raise
+        print(
+            f"error: `edgefleet {args.command}` needs the platform extra ({exc.name} is missing): {PLATFORM_EXTRA}",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         return 130

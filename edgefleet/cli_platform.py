@@ -413,13 +413,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     auth = sub.add_parser("auth", help="bearer tokens: the config stores their hashes only").add_subparsers(
         dest="auth_command", required=True
     )
-    auth.add_parser("new", help="make a random token and print it with its hash").set_defaults(func=cmd_auth)
-    auth.add_parser("hash", help="read a token on stdin, print the hash for auth.tokens").set_defaults(func=cmd_auth)
+    new = auth.add_parser("new", help="make a random token and print it with its hash")
+    new.set_defaults(func=cmd_auth, uses_config=False)
+    hashed = auth.add_parser("hash", help="read a token on stdin, print the hash for auth.tokens")
+    hashed.set_defaults(func=cmd_auth, uses_config=False)
     cert = auth.add_parser("cert", help="write a self-signed TLS certificate and key for the gRPC front (testing)")
     cert.add_argument("--host", action="append", default=None, help="DNS name or IP it is for (repeatable)")
     cert.add_argument("--out", default="tls", help="folder for cert.pem and key.pem")
     cert.add_argument("--days", type=int, default=30)
-    cert.set_defaults(func=cmd_auth)
+    cert.set_defaults(func=cmd_auth, uses_config=False)
     bench = sub.add_parser("bench", help="measurements").add_subparsers(dest="bench_command", required=True)
     cal = bench.add_parser("calibrate", help="measure a model's timing profile for synthetic backends")
     cal.add_argument("--source", default="smollm2")

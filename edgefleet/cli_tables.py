@@ -9,6 +9,7 @@ prints one record per block: the row's first cell as a heading, then ``header: v
 from __future__ import annotations
 
 from rich.console import Console
+from rich.errors import MarkupError
 from rich.table import Table
 from rich.text import Text
 
@@ -18,9 +19,19 @@ COMFORTABLE_COLUMN = 18
 _CHROME_PER_COLUMN = 3
 
 
+def _text(cell: object) -> Text:
+    """A cell as rich shows it: markup parsed, or the plain string when it is not valid markup (a
+    model's answer may hold ``[/b]``)."""
+    if isinstance(cell, Text):
+        return cell
+    try:
+        return Text.from_markup(str(cell))
+    except MarkupError:
+        return Text(str(cell))
+
+
 def _plain_width(cell: object) -> int:
-    text = cell if isinstance(cell, Text) else Text.from_markup(str(cell))
-    return max((len(line) for line in text.plain.splitlines()), default=0)
+    return max((len(line) for line in _text(cell).plain.splitlines()), default=0)
 
 
 def fits(table: Table, width: int) -> bool:
@@ -35,18 +46,24 @@ def fits(table: Table, width: int) -> bool:
 def show(console: Console, table: Table) -> None:
     """Print ``table`` as a table if it fits the console, else as one block per row."""
     if fits(table, console.width):
-        console.print(table)
-        return
+        try:
+            console.print(table)
+            return
+        except MarkupError:  # a cell that is not valid markup; the records below show it as text
+            pass
     if table.title:
         console.print(Text(str(table.title), style="bold italic"))
-    headers = [str(c.header) for c in table.columns]
+    # Without headers (a key/value table such as `up`'s endpoints) the first cell names the row.
+    headers = [str(c.header) if table.show_header else "" for c in table.columns]
     rows = list(zip(*(list(c.cells) for c in table.columns), strict=True))
     for row in rows:
-        console.print(Text("• ") + Text.from_markup(f"[bold]{headers[0]}[/] {row[0]}"))
+        console.print(Text("• ") + Text.assemble((headers[0], "bold"), " " if headers[0] else "", _text(row[0])))
         record = Table.grid(padding=(0, 1))  # header, then the value wrapped under itself
         record.add_column(style="dim", no_wrap=True)
         record.add_column(overflow="fold")
         for header, cell in zip(headers[1:], row[1:], strict=True):
-            record.add_row(f"  {header}:", cell if isinstance(cell, Text) else Text.from_markup(str(cell)))
+            record.add_row(f"  {header}:" if header else " ", _text(cell))
         console.print(record)
+    if not rows:
+        console.print("  (none)")
     console.print()

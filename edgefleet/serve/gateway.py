@@ -56,6 +56,7 @@ from edgefleet.serve.requests import (
     RequestError,
     Validated,
     invalid,
+    planned_tokens,
     validate,
     validate_proto,
 )
@@ -138,6 +139,10 @@ def _counted_failure(exc: Exception) -> RequestError:
     else:
         metrics.request_failed("error")
     return err
+
+
+def _bearer_from_http(authorization: str | None) -> str | None:
+    return (authorization or "").removeprefix("Bearer ").strip() or None
 
 
 def _bearer_from_grpc(ctx: Any) -> str | None:
@@ -262,7 +267,7 @@ class Gateway:
         # sends its own x-request-id chooses the id, so ids are unique only as far as callers' are.
         rid = request.headers.get("x-request-id") or uuid.uuid4().hex
         try:
-            self.authorize_http(authorization)
+            caller = self._authenticate(_bearer_from_http(authorization))
             if not _REQUEST_ID.fullmatch(rid):  # it becomes the completion's id, in logs and metrics tags
                 raise invalid("x-request-id", "must be 1-128 characters of A-Z a-z 0-9 . _ : -")
             if kind == "chat":
@@ -272,6 +277,7 @@ class Gateway:
                 inputs = [(p, None, i if listed else None) for i, p in enumerate(prompts(body.prompt))]
             if body.stream and len(inputs) > 1:
                 raise invalid("stream", f"a list of {len(inputs)} prompts cannot be streamed: send one per request")
+            self._charge(caller, cost=len(inputs))  # a list of n prompts is n generations
             vs = [
                 self._validated(body, rid if len(inputs) == 1 else f"{rid}-{i}", prompt, messages, item)
                 for i, (prompt, messages, item) in enumerate(inputs)
@@ -326,6 +332,11 @@ class Gateway:
         return end
 
     async def _sse(self, kind, rid, model, first, events):
+        async with contextlib.aclosing(events):  # a client gone mid-stream: run's cleanup now, not at GC
+            async for chunk in self._sse_chunks(kind, rid, model, first, events):
+                yield chunk
+
+    async def _sse_chunks(self, kind, rid, model, first, events):
         try:
             event = first
             while True:
@@ -341,9 +352,6 @@ class Gateway:
         yield SSE_DONE
 
     # ------------------------------------------------------------------ the one request path
-
-    def authorize_http(self, authorization: str | None) -> None:
-        self._authorize((authorization or "").removeprefix("Bearer ").strip() or None)
 
     async def run(self, v: Validated, *, arrived: float, stream: bool = True) -> AsyncIterator[dict[str, Any]]:
         """Route, dispatch and time one validated request. Yields delta events, then one end event.
@@ -551,7 +559,9 @@ class Gateway:
 
     async def _hedge_events(self, target: str, request: dict[str, Any], prompt_tokens: int):
         """A hedge's events, counted as work on its target while it runs, like any dispatch."""
-        job = self.fleet.dispatch(target, prompt_tokens, request["max_new_tokens"])
+        job = self.fleet.dispatch(
+            target, prompt_tokens, planned_tokens(request["max_new_tokens"], request["fit_context"])
+        )
         try:
             async for event in self._events_from(target, request):
                 yield event
@@ -561,10 +571,20 @@ class Gateway:
     async def _completed_on(self, target: str, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Unary: one call, no per-token traffic. Yields the same start / first_token / end events."""
         sent = time.perf_counter()
+        # Cancelling this coroutine does not reach the actor or replica by itself: without the
+        # explicit cancel, a dropped call (a failed sibling in a list prompt, a client gone) would
+        # keep generating there while the fleet view already counts the target free.
         if target == self.cfg.fleet.cloud.id:
-            result = await self.cloud.complete.remote(request)
+            response = self.cloud.complete.remote(request)
+            cancel = response.cancel
         else:
-            result = await self._actor(target).complete.remote(request)
+            response = self._actor(target).complete.remote(request)
+            cancel = partial(ray.cancel, response)
+        try:
+            result = await response
+        except asyncio.CancelledError:
+            cancel()
+            raise
         if result["type"] == "error":
             yield result
             return
@@ -634,13 +654,22 @@ class Gateway:
             self.handles.pop(target_id, None)
 
     def _authorize(self, token: str | None) -> None:
-        """Check the bearer token, then its rate limit (only known callers get a bucket)."""
+        """Check the bearer token, then spend one request of its rate limit."""
+        self._charge(self._authenticate(token), cost=1)
+
+    def _authenticate(self, token: str | None) -> str:
+        """The caller's rate-limit key for a valid bearer token (only known callers get a bucket)."""
         if self.token_hashes and not matches(token, self.token_hashes):
             raise RequestError(
                 grpc.StatusCode.UNAUTHENTICATED, "missing bearer token" if not token else "invalid bearer token"
             )
-        if self.limiter is not None:
-            caller = digest(token) if token and self.token_hashes else "anonymous"  # never the token itself
-            retry_after_s = self.limiter.take(caller, time.monotonic())
-            if retry_after_s is not None:
-                raise RateLimited(self.cfg.auth.rate_limit.requests_per_s, retry_after_s)
+        return digest(token) if token and self.token_hashes else "anonymous"  # never the token itself
+
+    def _charge(self, caller: str, *, cost: int) -> None:
+        if self.limiter is None:
+            return
+        if cost > self.limiter.burst:  # it could never be allowed: waiting would not help
+            raise invalid("prompt", f"{cost} prompts exceed the rate limit's burst of {self.limiter.burst:g}")
+        retry_after_s = self.limiter.take(caller, time.monotonic(), cost=cost)
+        if retry_after_s is not None:
+            raise RateLimited(self.cfg.auth.rate_limit.requests_per_s, retry_after_s)

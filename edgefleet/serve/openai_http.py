@@ -38,7 +38,7 @@ UNSUPPORTED: dict[str, str] = {
     "tool_choice": "tool calling is not supported: tool_choice must be 'none', 'auto' or absent",
     "function_call": "function calling is not supported: function_call must be 'none', 'auto' or absent",
     "response_format": 'only plain text is produced: response_format must be {"type": "text"} or absent',
-    "logprobs": "log probabilities are not returned: logprobs must be false, null or absent",
+    "logprobs": "log probabilities are not returned: logprobs must be false, 0, null or absent",
     "top_logprobs": "log probabilities are not returned: top_logprobs must be 0 or absent",
     "echo": "the prompt is not echoed: echo must be false or absent",
     "suffix": "insertion is not supported: suffix must be empty or absent",
@@ -69,9 +69,12 @@ class _Body(BaseModel):
     temperature: float | None = Field(default=None, ge=0, description=f"0: greedy; else at least {MIN_TEMPERATURE}")
     top_p: float | None = Field(default=None, ge=0, le=1, description="0 or null: 1")
     seed: int | None = Field(default=None, ge=0, lt=2**64)
-    stop: Annotated[str, Field(max_length=256)] | list[Annotated[str, Field(max_length=256)]] | None = Field(
-        default=None, max_length=8
-    )
+    # At most 8 stops of at most 256 characters each; the count limits the list form only.
+    stop: (
+        Annotated[str, Field(max_length=256)]
+        | Annotated[list[Annotated[str, Field(max_length=256)]], Field(max_length=8)]
+        | None
+    ) = None
     stream: bool = False
     n: int | None = _refused("n", ge=1, le=1)
     # edgefleet extensions
@@ -84,7 +87,7 @@ class _Body(BaseModel):
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
     def limit(self) -> int | None:
-        return self.max_completion_tokens or self.max_tokens
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
 
 _TEXT_PART = {
@@ -139,7 +142,7 @@ class CompletionBody(_Body):
     best_of: int | None = _refused("best_of", ge=1, le=1)
     echo: Literal[False] | None = _refused("echo")
     suffix: str | None = _refused("suffix", max_length=0)
-    logprobs: None = _refused("logprobs")
+    logprobs: Literal[False, 0] | None = _refused("logprobs")
 
 
 def chat_messages(messages: list[ChatMessageIn]) -> list[dict[str, str]]:

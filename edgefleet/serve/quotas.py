@@ -22,13 +22,14 @@ class RateLimiter:
         self.rate, self.burst, self.max_callers = rate, float(burst), max_callers
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # caller → (tokens, at)
 
-    def take(self, caller: str, now: float) -> float | None:
-        """Spend one request of ``caller``'s budget: None if allowed, else seconds until one would be."""
+    def take(self, caller: str, now: float, cost: float = 1.0) -> float | None:
+        """Spend ``cost`` requests of ``caller``'s budget (all or none): None if allowed, else seconds
+        until they would be. A cost above the burst is never allowed: the caller must check first."""
         tokens, at = self._buckets.pop(caller, (self.burst, now))
         tokens = min(self.burst, tokens + max(0.0, now - at) * self.rate)
-        retry_after = None if tokens >= 1.0 else (1.0 - tokens) / self.rate
+        retry_after = None if tokens >= cost else (cost - tokens) / self.rate
         if retry_after is None:
-            tokens -= 1.0
+            tokens -= cost
         self._buckets[caller] = (tokens, now)  # most recent last: the oldest go first when full
         while len(self._buckets) > self.max_callers:
             self._buckets.popitem(last=False)  # a forgotten caller comes back with a full bucket

@@ -71,6 +71,11 @@ def _rebuild_rate_limited(message: str, retry_after_ms: int) -> RateLimited:
     return err
 
 
+def planned_tokens(max_new_tokens: int, fit_context: bool) -> int:
+    """See :attr:`Validated.planned_new_tokens`."""
+    return min(max_new_tokens, DEFAULT_MAX_NEW_TOKENS) if fit_context else max_new_tokens
+
+
 def invalid(param: str, reason: str) -> RequestError:
     return RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{param}: {reason}", param)
 
@@ -102,7 +107,7 @@ class Validated:
         default) is planned at the SDK's default length, not the cap: most answers end at EOS long
         before it, and planning on the cap would send every such request to the fastest target
         instead of the cheapest."""
-        return min(self.max_new_tokens, DEFAULT_MAX_NEW_TOKENS) if self.fit_context else self.max_new_tokens
+        return planned_tokens(self.max_new_tokens, self.fit_context)
 
     def engine_request(self, *, stream: bool = True) -> dict[str, Any]:
         return {

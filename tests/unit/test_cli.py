@@ -93,3 +93,32 @@ def test_the_base_install_runs_generate_and_names_the_extra_for_platform_command
             "install edgefleet with its [platform] extra (in a clone: make setup; see the README's Install)"
         ]
     assert ver.returncode == 0 and ver.stdout.startswith("edgefleet ")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["generate", "hi", "--address", "ray://h:10001"],
+        ["-c", "fleet.yaml", "generate", "hi"],
+        ["auth", "new", "--config", "fleet.yaml"],
+    ],
+)
+def test_global_options_a_command_does_not_use_are_refused_not_ignored(argv, capsys):
+    # generate connects to --target: a --config naming another port or TLS would be silently ignored
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    assert done.value.code == 2 and "not used by `edgefleet" in capsys.readouterr().err
+
+
+def test_a_partial_install_names_the_extra_instead_of_a_traceback():
+    # rich, pydantic and yaml are common in any environment; Ray and torch are imported by the command
+    partial = BASE_INSTALL.replace('"rich", "pydantic", "yaml", ', "")
+    out = subprocess.run(
+        [sys.executable, "-c", partial, "train", "local", "--node", "edge-1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-500:]
+    assert "needs the platform extra" in out.stderr and len(out.stderr.strip().splitlines()) == 1

@@ -53,3 +53,20 @@ def test_a_narrow_table_stays_a_table_at_80_columns():
         table.add_column(col)
     table.add_row("canary edge-1", "12", "0", "100%")
     assert any("┃ group" in line for line in _render(table, 80))
+
+
+def test_a_model_answer_that_looks_like_markup_is_shown_as_it_is():
+    table = _demo_table()
+    table.add_row("Close the tag", "edge-1", "Write [/b] to close it.", "edge/edge-1", "1", "2", WHY)
+    for width in (80, 200):
+        assert "[/b]" in "\n".join(_render(table, width))
+
+
+def test_a_table_without_headers_names_each_row_by_its_first_cell():
+    table = Table(title="endpoints", show_header=False)
+    for _ in range(3):
+        table.add_column()
+    table.add_row("gRPC", "127.0.0.1:9000", "edgefleet.v1.InferenceService (metadata application=edgefleet), TLS")
+    table.add_row("HTTP", "http://127.0.0.1:8000/v1", "OpenAI-compatible: /chat/completions, /completions")
+    lines = _render(table, 45)
+    assert lines[1].startswith("• gRPC") and "127.0.0.1:9000" in lines[2] and ":" not in lines[2].split("127")[0]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet.cli import build_parser, main
+from edgefleet.cli import build_parser, main, parse
 from edgefleet.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,7 +63,7 @@ def test_every_documented_command_parses(command):
     if all(re.fullmatch(r"[a-z]+", w) for w in argv) and _is_command_path(argv):
         return  # a command's name in prose; the ones with arguments are parsed below
     try:
-        args = _parser().parse_args(argv)
+        args = parse(argv)  # everything main checks before it runs a command
     except SystemExit as done:  # --version and --help exit 0 by design; a usage error exits 2
         assert done.code == 0, f"`{command}` is not a valid command line"
         return
