@@ -53,7 +53,7 @@ def start_serve(cfg: EdgefleetConfig, *, log_level: str = "INFO") -> None:
     )
 
 
-def _gateway_app(cfg: EdgefleetConfig) -> Any:
+def _gateway_app(cfg: EdgefleetConfig, *, log_level: str = "INFO") -> Any:
     """The Cloud + Gateway application, unbound to any name (``serve.run`` or a Serve config names it)."""
     # The Gateway belongs with the head (or a node labelled like it), never on an edge node whose
     # loss would take every request down with it.
@@ -61,7 +61,8 @@ def _gateway_app(cfg: EdgefleetConfig) -> Any:
     actor_options = {"ray_actor_options": {"num_cpus": 0.1, **placement}} if placement else {}
     gateway_app = Gateway.options(num_replicas=cfg.ingress.gateway_replicas, **actor_options)
     # auth.tokens holds digests only, so the config can travel as Serve's deployment arguments.
-    return gateway_app.bind(cfg.model_dump(mode="python"), cloud_deployment(cfg.fleet.cloud, cache_dir=cfg.cache_dir))
+    cloud = cloud_deployment(cfg.fleet.cloud, cache_dir=cfg.cache_dir, log_level=log_level)
+    return gateway_app.bind(cfg.model_dump(mode="python"), cloud)
 
 
 def build_app(args: dict[str, Any]) -> Any:
@@ -126,7 +127,7 @@ def deploy(cfg: EdgefleetConfig, *, timeout_s: float = 600, log_level: str = "IN
     start_serve(cfg, log_level=log_level)
     actors = {n.id: spawn_edge_node(n, cache_dir=cfg.cache_dir, app=cfg.app) for n in cfg.fleet.edge_nodes}
     ray.get([a.info.remote() for a in actors.values()], timeout=timeout_s)  # models loaded
-    gateway = _gateway_app(cfg)
+    gateway = _gateway_app(cfg, log_level=log_level)
     prefix = "/" if cfg.app == APP_NAME else f"/{cfg.app}"  # HTTP: the default app owns /v1
     serve.run(gateway, name=cfg.app, route_prefix=prefix, blocking=False, logging_config={"log_level": log_level})
     _wait_running(cfg.app, timeout_s)

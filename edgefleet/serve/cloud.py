@@ -23,7 +23,7 @@ class Cloud(ModelServer):
     tier = "cloud"
 
 
-def cloud_deployment(cloud: CloudConfig, *, cache_dir: Path | None) -> Any:
+def cloud_deployment(cloud: CloudConfig, *, cache_dir: Path | None, log_level: str = "INFO") -> Any:
     """The bound Cloud deployment for ``serve.run`` (as a Gateway argument)."""
     replicas = cloud.replicas
     return (
@@ -40,6 +40,9 @@ def cloud_deployment(cloud: CloudConfig, *, cache_dir: Path | None) -> Any:
             max_ongoing_requests=32,  # the engine batches 8 at a time; more would only queue inside it
             max_queued_requests=cloud.max_queued_requests,
             health_check_period_s=5,
+            # Its only caller is the Gateway, whose 10 Hz stats polls would fill the access log (and
+            # every driver's terminal) with ten lines a second; requests are logged at the Gateway.
+            logging_config={"log_level": log_level, "enable_access_log": False},
         )
         .bind(cloud.id, cloud.model, str(cache_dir) if cache_dir else None, cloud.batching)
     )
