@@ -23,6 +23,7 @@ from pathlib import Path
 from edgefleet.errors import ConfigError, EdgefleetError
 
 CONFIG_ENV = "EDGEFLEET_CONFIG"
+DEFAULT_TARGET = "127.0.0.1:9000"  # ports.grpc of the default config
 # What a base install lacks for the platform's commands; rich, pydantic and yaml are imported by
 # every one of them, Ray and torch by most.
 PLATFORM_EXTRA = "install edgefleet with its [platform] extra (in a clone: make setup; see the README's Install)"
@@ -50,17 +51,32 @@ def version() -> str:
         return "0+unknown"
 
 
+def _read_pem(path: str, flag: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path}: {exc.strerror}") from None
+
+
+def _target_of(config: str) -> tuple[str, str | None]:
+    """A config's gRPC address on this machine, and its TLS certificate (self-signed: the root to trust).
+    Reading a config needs the platform extra (pydantic, yaml); a base install names it instead."""
+    from edgefleet.config import load_config
+
+    cfg = load_config(config)
+    return f"127.0.0.1:{cfg.ports.grpc}", (str(cfg.auth.tls_cert) if cfg.auth.tls_cert else None)
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from edgefleet.client import Client
 
-    roots = None
-    if args.ca:
-        try:
-            roots = Path(args.ca).read_bytes()
-        except OSError as exc:
-            raise ConfigError(f"--ca {args.ca}: {exc.strerror}") from None
+    target, ca = args.target, args.ca
+    if target is None:  # the fleet the config describes, else the default port
+        target, cert = _target_of(args.config) if args.config else (DEFAULT_TARGET, None)
+        ca = ca or cert
+    roots = _read_pem(ca, "--ca") if ca else None
     with Client(
-        args.target,
+        target,
         token=args.token or os.environ.get("EDGEFLEET_TOKEN"),
         tls=bool(args.tls or roots),
         root_certificates=roots,
@@ -91,7 +107,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def _add_generate(sub: argparse._SubParsersAction) -> None:
     gen = sub.add_parser("generate", help="stream one answer from a running fleet over gRPC")
     gen.add_argument("prompt")
-    gen.add_argument("--target", default="127.0.0.1:9000", help="gRPC address (default: %(default)s)")
+    gen.add_argument(
+        "--target", help=f"gRPC address (default: the config's ports.grpc on 127.0.0.1, else {DEFAULT_TARGET})"
+    )
     gen.add_argument("--timeout", type=float, default=None, help="seconds: the gRPC deadline and the SLA")
     gen.add_argument("--max-new-tokens", type=int, default=128)
     gen.add_argument("--temperature", type=float, default=0.0)
@@ -100,7 +118,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--token", help="bearer token (default: $EDGEFLEET_TOKEN)")
     gen.add_argument("--tls", action="store_true", help="connect with TLS (system roots, or --ca)")
     gen.add_argument("--ca", help="PEM certificate(s) to trust, e.g. the gRPC front's self-signed cert.pem")
-    gen.set_defaults(func=cmd_generate, uses_config=False)
+    gen.set_defaults(func=cmd_generate, uses_address=False)
 
 
 def _add_platform_stubs(sub: argparse._SubParsersAction, missing: str) -> None:
@@ -165,10 +183,17 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     args, unknown = parser.parse_known_args(argv)
     if unknown and not getattr(args, "takes_any_arguments", False):  # a platform stub takes any: it runs nothing
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    if not getattr(args, "uses_config", True):
-        given = [flag for flag, value in (("--config", args.config), ("--address", args.address)) if value]
-        if given:  # silently ignored, they would hide a mistake (generate connects to --target, not the config's)
-            parser.error(f"{' and '.join(given)}: not used by `edgefleet {args.command}`")
+    # Silently ignored options would hide a mistake: refuse them where a command does not use them.
+    unused = [
+        flag
+        for flag, value, used in (
+            ("--config", args.config, getattr(args, "uses_config", True)),
+            ("--address", args.address, getattr(args, "uses_address", True) and getattr(args, "uses_config", True)),
+        )
+        if value and not used
+    ]
+    if unused:
+        parser.error(f"{' and '.join(unused)}: not used by `edgefleet {args.command}`")
     if args.json and not getattr(args, "supports_json", False):
         parser.error(f"--json does not apply to `{args.command}` (it does to: status, models list)")
     if args.config is None:

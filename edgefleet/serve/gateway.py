@@ -481,7 +481,14 @@ class Gateway:
                         failed = False
                         done = summary(event, target, attempt + 1, event["text"])
                         # Learn the prediction's error (the original target only, not a winning hedge).
-                        if attempt == 0 and decision.base_ms is not None and start.get("node_id") == target:
+                        # An open-ended answer that ran past its planned length was not mispredicted:
+                        # it was a longer job; learning it would widen the target's margin for all.
+                        if (
+                            attempt == 0
+                            and decision.base_ms is not None
+                            and start.get("node_id") == target
+                            and done["completion_tokens"] <= route_request.max_new_tokens
+                        ):
                             self.margins.observe(target, decision.base_ms, done["total_ms"])
                         answered = True
                         yield done

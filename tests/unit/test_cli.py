@@ -99,12 +99,10 @@ def test_the_base_install_runs_generate_and_names_the_extra_for_platform_command
     "argv",
     [
         ["generate", "hi", "--address", "ray://h:10001"],
-        ["-c", "fleet.yaml", "generate", "hi"],
         ["auth", "new", "--config", "fleet.yaml"],
     ],
 )
 def test_global_options_a_command_does_not_use_are_refused_not_ignored(argv, capsys):
-    # generate connects to --target: a --config naming another port or TLS would be silently ignored
     with pytest.raises(SystemExit) as done:
         main(argv)
     assert done.value.code == 2 and "not used by `edgefleet" in capsys.readouterr().err
@@ -122,3 +120,12 @@ def test_a_partial_install_names_the_extra_instead_of_a_traceback():
     )
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-500:]
     assert "needs the platform extra" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_generate_connects_to_the_fleet_its_config_describes(write_config, capsys):
+    path = write_config({"ports": {"grpc": 1}})  # nothing listens there: the error names the address tried
+
+    assert main(["-c", str(path), "generate", "hi", "--timeout", "2"]) == 2
+    assert "127.0.0.1:1" in capsys.readouterr().err
+    assert main(["-c", str(path), "generate", "hi", "--timeout", "2", "--target", "127.0.0.1:2"]) == 2
+    assert "127.0.0.1:2" in capsys.readouterr().err  # --target wins
