@@ -1,7 +1,9 @@
 """`edgefleet train local` as a user runs it: a private update on one node, its loss and its ε.
 
-Tiny models keep it quick; the command starts its own embedded fleet (nothing else is running
-for its cache dir), writes the topic shards, runs the Ray Train job on the node and prints a table.
+Tiny models keep it quick. The command joins the running session fleet with `--address`, as an
+operator joins the fleet `edgefleet up` started (a second embedded fleet would cost a cluster start
+and share the 2 cores with the first), writes the topic shards, runs the Ray Train job on the node
+and prints a table.
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ import yaml
 
 from tests.conftest import make_test_config_dict
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-def test_train_local_prints_a_falling_held_out_loss_and_its_epsilon(tmp_path: Path):
-    data = make_test_config_dict(num_edge=2) | {"cache_dir": str(tmp_path / "cache")}
+def test_train_local_prints_a_falling_held_out_loss_and_its_epsilon(fleet, tmp_path: Path):
+    data = make_test_config_dict(num_edge=3) | {"cache_dir": str(tmp_path / "cache")}
     cfg_path = tmp_path / "fleet.yaml"
     cfg_path.write_text(yaml.safe_dump(data))
     env = {**os.environ, "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
@@ -33,6 +35,8 @@ def test_train_local_prints_a_falling_held_out_loss_and_its_epsilon(tmp_path: Pa
             "edgefleet.cli",
             "-c",
             str(cfg_path),
+            "--address",
+            fleet.address,
             "train",
             "local",
             "--node",
