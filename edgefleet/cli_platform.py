@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -140,6 +141,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for source in {n.model.source for n in cfg.fleet.edge_nodes} | {cfg.fleet.cloud.model.source}:
         _fetch_model(cfg, source)
     fleet = _start_fleet(cfg, log_to_driver=False)  # a clean tour: workers' logs stay in the dashboard
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # and Serve's own driver-side notices
     try:
         show(console, nodes_table(fleet.nodes()))
         served = _deploy(cfg, log_level="WARNING")
