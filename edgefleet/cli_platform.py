@@ -142,6 +142,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         _fetch_model(cfg, source)
     fleet = _start_fleet(cfg, log_to_driver=False)  # a clean tour: workers' logs stay in the dashboard
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # and Serve's own driver-side notices
+    logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)  # "Passing a Python object ..." per version
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per registered version
     try:
         show(console, nodes_table(fleet.nodes()))
         served = _deploy(cfg, log_level="WARNING")
