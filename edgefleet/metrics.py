@@ -240,8 +240,34 @@ def _count(name: str, tags: dict[str, str], value: float = 1.0) -> None:
         _record(name, "inc", tags, value)
 
 
+# Ray 2.60's metrics agent keeps a gauge's value for two export intervals after the last `set`,
+# then drops it on scrape (so a dead process's series age out). A gauge set once (the round, ε,
+# the champion, the rollout state) was therefore visible for ~2 s: the operations test's scraper
+# missed the federation gauges in one CI run, and Prometheus at a 15 s scrape would miss them most
+# of the time. So this process sets every gauge it holds again each KEEP_PERIOD_S, for as long as
+# it lives; when it exits, its series age out as Ray intends.
+KEEP_PERIOD_S = 1.0  # Ray exports at most once a second
+_held: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[dict[str, str], float]] = {}
+_keeper: threading.Thread | None = None
+
+
 def _set(name: str, tags: dict[str, str], value: float) -> None:
+    global _keeper
     _record(name, "set", tags, value)
+    with _lock:
+        _held[(name, tuple(sorted(tags.items())))] = (tags, value)
+        if _keeper is None or not _keeper.is_alive():
+            _keeper = threading.Thread(target=_keep_gauges, name="edgefleet-gauges", daemon=True)
+            _keeper.start()
+
+
+def _keep_gauges() -> None:
+    while True:
+        time.sleep(KEEP_PERIOD_S)
+        with _lock:
+            held = list(_held.items())
+        for (name, _), (tags, value) in held:
+            _record(name, "set", tags, value)
 
 
 def _observe(name: str, tags: dict[str, str], value: float) -> None:
