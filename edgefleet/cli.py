@@ -51,30 +51,45 @@ def version() -> str:
         return "0+unknown"
 
 
-def _read_pem(path: str, flag: str) -> bytes:
+def _read_pem(path: str | Path, flag: str) -> bytes:
     try:
         return Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError(f"{flag} {path}: {exc.strerror}") from None
 
 
-def _target_of(config: str) -> tuple[str, str | None]:
-    """A config's gRPC address on this machine, and its TLS certificate (self-signed: the root to trust).
-    Reading a config needs the platform extra (pydantic, yaml); a base install names it instead."""
+def _fleet_of(config: str) -> tuple[str, Path | None]:
+    """A config's gRPC address (its front's host, else loopback) and its TLS certificate (self-signed:
+    the root to trust), a relative path taken from the config's folder. Reading a config needs the
+    platform extra (pydantic, yaml)."""
     from edgefleet.config import load_config
 
     cfg = load_config(config)
-    return f"127.0.0.1:{cfg.ports.grpc}", (str(cfg.auth.tls_cert) if cfg.auth.tls_cert else None)
+    host = cfg.ingress.host if cfg.ingress.host not in ("0.0.0.0", "::") else "127.0.0.1"
+    cert = Path(cfg.auth.tls_cert) if cfg.auth.tls_cert else None
+    if cert is not None and not cert.is_absolute():
+        cert = Path(config).parent / cert
+    return f"{host}:{cfg.ports.grpc}", cert
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from edgefleet.client import Client
 
-    target, ca = args.target, args.ca
-    if target is None:  # the fleet the config describes, else the default port
-        target, cert = _target_of(args.config) if args.config else (DEFAULT_TARGET, None)
-        ca = ca or cert
-    roots = _read_pem(ca, "--ca") if ca else None
+    # The fleet to talk to: --target, else the config's (-c or $EDGEFLEET_CONFIG), else the default.
+    # Its certificate is trusted unless --ca names another.
+    target, cert = args.target, None
+    if args.config:
+        try:
+            config_target, cert = _fleet_of(args.config)
+            target = target or config_target
+        except (ModuleNotFoundError, ConfigError) as exc:
+            if not getattr(args, "config_from_env", False):
+                raise
+            # $EDGEFLEET_CONFIG is ambient: a base install cannot read it, a stale one may be gone
+            print(f"note: ${CONFIG_ENV} not used ({exc})", file=sys.stderr)
+    target = target or DEFAULT_TARGET
+    ca, flag = (args.ca, "--ca") if args.ca else (cert, f"auth.tls_cert of {args.config}")
+    roots = _read_pem(ca, flag) if ca else None
     with Client(
         target,
         token=args.token or os.environ.get("EDGEFLEET_TOKEN"),
@@ -198,6 +213,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--json does not apply to `{args.command}` (it does to: status, models list)")
     if args.config is None:
         args.config = os.environ.get(CONFIG_ENV) or None
+        args.config_from_env = args.config is not None
     return args
 
 

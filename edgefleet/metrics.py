@@ -17,7 +17,8 @@ call site names a deprecated metric.
 Ray 2.60 exports a histogram's ``_sum`` from bucket midpoints, not from the observed values (a
 181 s round showed as 210 s), so dashboards use the buckets (quantiles) and, where an exact value
 matters, a gauge beside the histogram (``edgefleet_federation_last_round_seconds``).
-Outside Ray (pure unit tests, the in-process coordinator) every call is a no-op.
+Outside Ray (pure unit tests, the in-process coordinator) every call is a no-op. Inside, a gauge
+is set again every second while its process lives (see ``KEEP_PERIOD_S``).
 """
 
 from __future__ import annotations
@@ -249,25 +250,39 @@ def _count(name: str, tags: dict[str, str], value: float = 1.0) -> None:
 KEEP_PERIOD_S = 1.0  # Ray exports at most once a second
 _held: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[dict[str, str], float]] = {}
 _keeper: threading.Thread | None = None
+# Orders a set and its remembering against the keeper's writes (a newer value is never overwritten by
+# an older one). Taken before _lock (in _metric), never after it.
+_held_lock = threading.Lock()
 
 
-def _set(name: str, tags: dict[str, str], value: float) -> None:
+def _set(name: str, tags: dict[str, str], value: float, *, hold: bool = True) -> None:
+    """Set a gauge; ``hold``: keep setting it while this process lives (``False``: let it age out)."""
     global _keeper
-    _record(name, "set", tags, value)
-    with _lock:
-        _held[(name, tuple(sorted(tags.items())))] = (tags, value)
+    import ray
+
+    key = (name, tuple(sorted(tags.items())))
+    with _held_lock:
+        _record(name, "set", tags, value)
+        if not hold or not ray.is_initialized():  # outside Ray nothing is exported: nothing to keep
+            _held.pop(key, None)
+            return
+        _held[key] = (tags, value)
         if _keeper is None or not _keeper.is_alive():
             _keeper = threading.Thread(target=_keep_gauges, name="edgefleet-gauges", daemon=True)
             _keeper.start()
 
 
 def _keep_gauges() -> None:
+    import ray
+
     while True:
         time.sleep(KEEP_PERIOD_S)
-        with _lock:
-            held = list(_held.items())
-        for (name, _), (tags, value) in held:
-            _record(name, "set", tags, value)
+        with _held_lock:
+            if not ray.is_initialized():  # shut down: the next session starts with nothing held
+                _held.clear()
+                continue
+            for (name, _), (tags, value) in list(_held.items()):
+                _record(name, "set", tags, value)
 
 
 def _observe(name: str, tags: dict[str, str], value: float) -> None:
@@ -363,7 +378,9 @@ def node_state(tier: str, node: str, queue_depth: int) -> None:
 def model_serving(tier: str, node: str, model: str, version: str, previous: tuple[str, str] | None = None) -> None:
     """``node`` now serves ``model`` at ``version``; ``previous`` (model, version) is set to 0."""
     if previous is not None and previous != (model, version):
-        _set("edgefleet_model_info", {"tier": tier, "node": node, "model": previous[0], "version": previous[1]}, 0)
+        # 0 once, then it ages out: a node swaps every round, and old versions need no series of their own
+        old = {"tier": tier, "node": node, "model": previous[0], "version": previous[1]}
+        _set("edgefleet_model_info", old, 0, hold=False)
     _set("edgefleet_model_info", {"tier": tier, "node": node, "model": model, "version": version}, 1)
 
 

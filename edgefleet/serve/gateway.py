@@ -499,7 +499,12 @@ class Gateway:
             except (GeneratorExit, asyncio.CancelledError):
                 # The caller left (client deadline, disconnect). Its time so far is a lower bound
                 # of the actual: still a residual to learn from, or the worst misses never count.
-                if attempt == 0 and decision.base_ms is not None and not answered:
+                if (
+                    attempt == 0
+                    and decision.base_ms is not None
+                    and not answered
+                    and sent_tokens + tokens_here <= route_request.max_new_tokens  # else a longer job, as above
+                ):
                     self.margins.observe(target, decision.base_ms, (time.perf_counter() - arrived) * 1000)
                 failed = False
                 raise

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -73,9 +74,14 @@ BASE_INSTALL = textwrap.dedent(
 )
 
 
-def _base_install(*argv: str) -> subprocess.CompletedProcess:
+def _base_install(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", BASE_INSTALL, *argv], capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-c", BASE_INSTALL, *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -129,3 +135,21 @@ def test_generate_connects_to_the_fleet_its_config_describes(write_config, capsy
     assert "127.0.0.1:1" in capsys.readouterr().err
     assert main(["-c", str(path), "generate", "hi", "--timeout", "2", "--target", "127.0.0.1:2"]) == 2
     assert "127.0.0.1:2" in capsys.readouterr().err  # --target wins
+
+
+def test_a_base_install_with_edgefleet_config_set_still_generates(tmp_path):
+    # The variable is ambient (a shell profile): the SDK-only install cannot read YAML, and says so.
+    config = tmp_path / "fleet.yaml"
+    config.write_text("ports: {grpc: 1}\n")
+    out = _base_install("generate", "hi", "--timeout", "2", env={CONFIG_ENV: str(config)})
+
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "note: $EDGEFLEET_CONFIG not used" in out.stderr and "127.0.0.1:9000" in out.stderr
+
+
+def test_generate_trusts_the_config_certificate_from_the_config_folder(write_config, capsys):
+    path = write_config({"ports": {"grpc": 1}, "auth": {"tls_cert": "tls/cert.pem", "tls_key": "tls/key.pem"}})
+
+    assert main(["-c", str(path), "generate", "hi", "--timeout", "2", "--target", "127.0.0.1:2"]) == 2
+    err = capsys.readouterr().err  # the certificate is looked for beside the config, and named as the config's
+    assert f"auth.tls_cert of {path}" in err and str(path.parent / "tls" / "cert.pem") in err

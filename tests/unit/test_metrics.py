@@ -130,15 +130,23 @@ def test_a_gauge_is_set_again_while_the_process_lives(recorded, monkeypatch):
     # were visible for ~2 s. The process keeps setting what it holds.
     import time
 
+    import ray
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)  # outside Ray nothing is held
     monkeypatch.setattr(metrics, "KEEP_PERIOD_S", 0.05)
     monkeypatch.setattr(metrics, "_held", {})
     metrics.round_committed("r", 3, 12.5, {"edge-1": 1.5}, 8.0)
+    metrics.model_serving("edge", "edge-1", "m", "2", previous=("m", "1"))
 
     deadline = time.monotonic() + 10
-    while len(recorded.values_of("edgefleet_federation_round")) < 3 and time.monotonic() < deadline:
+    while len(recorded.values_of("edgefleet_model_info")) < 4 and time.monotonic() < deadline:  # 0, then 1 x 3
         time.sleep(0.05)
     assert recorded.values_of("edgefleet_federation_round")[:3] == [3, 3, 3]
     assert set(map(tuple, map(dict.items, recorded.tags_of("edgefleet_epsilon")))) == {
         (("run", "r"), ("client", "edge-1"))
     }
     assert len(recorded.values_of("edgefleet_federation_round_seconds")) == 1  # a histogram is observed once
+    # the version a node left is set to 0 once and then ages out; the one it serves is kept at 1
+    info = list(zip(recorded.values_of("edgefleet_model_info"), recorded.tags_of("edgefleet_model_info"), strict=True))
+    assert [v for v, t in info if t["version"] == "1"] == [0]
+    assert [v for v, t in info if t["version"] == "2"][:3] == [1, 1, 1]
