@@ -203,7 +203,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         flag
         for flag, value, used in (
             ("--config", args.config, getattr(args, "uses_config", True)),
-            ("--address", args.address, getattr(args, "uses_address", True) and getattr(args, "uses_config", True)),
+            ("--address", args.address, getattr(args, "uses_address", True)),
         )
         if value and not used
     ]

@@ -429,6 +429,13 @@ class Gateway:
                 "attempts": attempts,
             }
 
+        def learn(tokens: int, actual_ms: float) -> None:
+            """Learn the prediction's error, on the first target only. An open-ended answer that ran
+            past its planned length was not mispredicted: it was a longer job, and learning it would
+            widen the target's margin for every later request."""
+            if attempt == 0 and decision.base_ms is not None and tokens <= route_request.max_new_tokens:
+                self.margins.observe(target, decision.base_ms, actual_ms)
+
         for attempt, target in enumerate(candidates):
             job = self.fleet.dispatch(target, route_request.prompt_tokens, max(1, v.planned_new_tokens - sent_tokens))
             started_any, failed, tokens_here = False, True, 0
@@ -480,16 +487,8 @@ class Gateway:
                     elif kind == "end":
                         failed = False
                         done = summary(event, target, attempt + 1, event["text"])
-                        # Learn the prediction's error (the original target only, not a winning hedge).
-                        # An open-ended answer that ran past its planned length was not mispredicted:
-                        # it was a longer job; learning it would widen the target's margin for all.
-                        if (
-                            attempt == 0
-                            and decision.base_ms is not None
-                            and start.get("node_id") == target
-                            and done["completion_tokens"] <= route_request.max_new_tokens
-                        ):
-                            self.margins.observe(target, decision.base_ms, done["total_ms"])
+                        if start.get("node_id") == target:  # not a winning hedge
+                            learn(done["completion_tokens"], done["total_ms"])
                         answered = True
                         yield done
                         return
@@ -499,13 +498,8 @@ class Gateway:
             except (GeneratorExit, asyncio.CancelledError):
                 # The caller left (client deadline, disconnect). Its time so far is a lower bound
                 # of the actual: still a residual to learn from, or the worst misses never count.
-                if (
-                    attempt == 0
-                    and decision.base_ms is not None
-                    and not answered
-                    and sent_tokens + tokens_here <= route_request.max_new_tokens  # else a longer job, as above
-                ):
-                    self.margins.observe(target, decision.base_ms, (time.perf_counter() - arrived) * 1000)
+                if not answered:
+                    learn(sent_tokens + tokens_here, (time.perf_counter() - arrived) * 1000)
                 failed = False
                 raise
             except (_Unavailable, SimulatedLoss, *RETRYABLE) as exc:
