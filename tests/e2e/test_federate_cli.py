@@ -1,9 +1,10 @@
-"""`edgefleet federate` as an operator runs it, killed twice with SIGKILL and restarted on the same run.
+"""`edgefleet federate` as an operator runs it, killed with SIGKILL and restarted on the same run.
 
-The first kill lands after round 2's sum was revealed, charged to the ledger and aggregated; the
-second in the middle of round 3's training. The restarted coordinator finishes round 2 from disk
-and retries round 3 with fresh keys. At the end every client's ledger holds exactly one release per
-round it finished: nobody's ε was counted twice, or skipped.
+The kill lands after round 2's sum was revealed, charged to the ledger and aggregated. The restarted
+coordinator finishes round 2 from disk. At the end every client's ledger holds exactly one release
+per round it finished: nobody's ε was counted twice, or skipped. (A death mid-training, retried with
+fresh keys, is the same resume on another step: tests/integration/test_coordinator_rounds.py kills
+an in-process coordinator at both steps; each CLI run here costs a process and two Train sessions.)
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def federate(cfg_path: Path, address: str, crash_after: str | None = None) -> su
             str(cfg_path),
             "federate",
             "--rounds",
-            "3",
+            "2",
             "--run",
             "resume-me",
             "--address",
@@ -55,7 +56,7 @@ def federate(cfg_path: Path, address: str, crash_after: str | None = None) -> su
 def test_a_killed_coordinator_resumes_and_counts_nobodys_epsilon_twice(fleet, tmp_path: Path):
     data = make_test_config_dict(num_edge=3) | {"cache_dir": str(tmp_path / "cache")}
     data["federation"] = {
-        "clients_per_round": 2,  # of 3: each of the three CLI runs starts a Train session per sampled client
+        "clients_per_round": 2,  # of 3
         "min_clients": 2,
         "local_steps": 4,
         "batch_size": 32,
@@ -72,24 +73,20 @@ def test_a_killed_coordinator_resumes_and_counts_nobodys_epsilon_twice(fleet, tm
     state = json.loads((run_dir / "state.json").read_text())
     assert len(state["completed"]) == 1 and state["current"]["status"] == "aggregated"
 
-    second = federate(cfg_path, fleet.address, crash_after="3:training")
-    assert second.returncode == -signal.SIGKILL, second.stdout[-2000:] + second.stderr[-3000:]
+    second = federate(cfg_path, fleet.address)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "resuming after round 1 (round 2 was in progress)" in second.stdout
-
-    third = federate(cfg_path, fleet.address)
-    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
-    assert "resuming after round 2 (round 3 was in progress)" in third.stdout
-    assert re.search(r"ε edge-1", third.stdout), third.stdout[-3000:]
+    assert re.search(r"ε edge-1", second.stdout), second.stdout[-3000:]
 
     state = json.loads((run_dir / "state.json").read_text())
     rounds = state["completed"]
-    assert [r["round"] for r in rounds] == [1, 2, 3] and rounds[2]["attempt"] == 2
-    assert len((run_dir / "rounds.jsonl").read_text().splitlines()) == 3  # each round committed once
+    assert [(r["round"], r["attempt"]) for r in rounds] == [(1, 1), (2, 1)]  # round 2 finished from disk
+    assert len((run_dir / "rounds.jsonl").read_text().splitlines()) == 2  # each round committed once
     db = sqlite3.connect(run_dir / "ledger.sqlite")
     charged = dict(db.execute("SELECT client, COUNT(*) FROM releases GROUP BY client").fetchall())
     finished = {n: sum(n in r["finished"] for r in rounds) for n in ("edge-1", "edge-2", "edge-3")}
     assert charged == {n: k for n, k in finished.items() if k}
-    assert db.execute("SELECT COUNT(*) FROM releases WHERE round > 3").fetchone() == (0,)
+    assert db.execute("SELECT COUNT(*) FROM releases WHERE round > 2").fetchone() == (0,)
 
     # every committed round became exactly one registry version, resumes included
     models = subprocess.run(
@@ -100,7 +97,7 @@ def test_a_killed_coordinator_resumes_and_counts_nobodys_epsilon_twice(fleet, tm
     )
     assert models.returncode == 0, models.stderr[-2000:]
     versions = json.loads(models.stdout)
-    assert sorted(v["tags"]["edgefleet.round"] for v in versions) == ["1", "2", "3"]
+    assert sorted(v["tags"]["edgefleet.round"] for v in versions) == ["1", "2"]
     assert all(v["tags"]["edgefleet.run"] == "resume-me" for v in versions)
     assert "candidate" in versions[-1]["aliases"]
     unknown = subprocess.run(

@@ -141,6 +141,52 @@ def test_a_robust_rule_in_the_clear_and_fedadam_under_secure_aggregation_both_tr
         assert results[-1].held_out_loss < coord.state["initial_loss"], name
 
 
+class _Crashed(BaseException):
+    """The coordinator's process died here: nothing after this step ran (BaseException: no handler catches it)."""
+
+
+class CrashingCoordinator(WatchedCoordinator):
+    """Dies right after ``crash_at`` = (round, step) is persisted, as ``crash_after`` does with SIGKILL
+    in a real process (tests/e2e/test_federate_cli.py kills the CLI that way, once)."""
+
+    def __init__(self, *args, crash_at, **kw):
+        super().__init__(*args, **kw)
+        self.crash_at = crash_at
+
+    def _persist(self, step=None):
+        super()._persist(step)
+        cur = self.state["current"]
+        if cur and (cur["round"], cur["status"]) == self.crash_at:
+            raise _Crashed(self.crash_at)
+
+
+def test_a_coordinator_that_dies_mid_training_retries_with_fresh_keys_and_charges_nobody_twice(tmp_path):
+    """Died after round 1 was charged and aggregated, then again while round 2 trained: each restart
+    goes on from disk; round 2 is retried as attempt 2 and every client holds one release per round."""
+    cfg = federation_config(tmp_path, clients_per_round=2, min_clients=2, local_steps=4)
+    base, tok = load_trainable(cfg.fleet.edge_nodes[0].model, cfg.cache_dir)
+    evaluator = load_evaluator(cfg, local_hyper(cfg))
+
+    def start(crash_at=None):
+        clients = lambda n: InProcessClient(cfg, n, base, tok)  # noqa: E731 - a new process, new client sessions
+        if crash_at is None:
+            return Coordinator(cfg, tmp_path / "run", clients=clients, evaluator=evaluator)
+        return CrashingCoordinator(cfg, tmp_path / "run", clients=clients, evaluator=evaluator, crash_at=crash_at)
+
+    for crash_at in ((1, "aggregated"), (2, "training")):
+        with pytest.raises(_Crashed):
+            start(crash_at).run(2)
+    coord = start()
+    results = coord.run(2)
+
+    assert [(r.round, r.attempt) for r in results] == [(1, 1), (2, 2)]
+    assert len(coord.store.dir.joinpath("rounds.jsonl").read_text().splitlines()) == 2  # each round once
+    for node in ("edge-1", "edge-2", "edge-3"):
+        finished = [r.round for r in results if node in r.finished]
+        charged = coord.ledger.db.execute("SELECT round FROM releases WHERE client = ? ORDER BY round", (node,))
+        assert [r for (r,) in charged] == finished, node
+
+
 def test_secure_aggregation_with_one_client_per_round_is_refused_with_the_way_out(tmp_path):
     from edgefleet.errors import EdgefleetError
 

@@ -41,7 +41,7 @@ def _edge(node_id: str):
 class Scraper:
     """Scrapes every live node's endpoint every ``period_s``; keeps each (series, labels)'s largest value."""
 
-    def __init__(self, period_s: float = 0.5) -> None:
+    def __init__(self, period_s: float = 1.0) -> None:
         self.period_s, self.seen, self.stop = period_s, {}, threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
