@@ -1,5 +1,6 @@
 """Ray Train jobs on the session fleet: a private local update runs on the client's own labelled
-node, returns through a checkpoint, carries the accountant forward, and trains with DPDDP on 2 workers."""
+node, trains with DPDDP on 2 workers, returns through a checkpoint and carries the accountant forward;
+a session serves several rounds from one Train run."""
 
 import math
 
@@ -27,33 +28,37 @@ def labels_of(ray_node_id: str) -> dict:
     return next(n.get("Labels") or {} for n in ray.nodes() if n["NodeID"] == ray_node_id)
 
 
-def test_a_local_update_runs_on_its_node_and_comes_back_through_a_checkpoint(train_config):
-    first = run_local_update(train_config, "edge-2", hp=HP, block_size=64, cpus_per_worker=0.25)
-    second = run_local_update(
+def test_a_local_update_runs_on_its_node_with_dpddp_and_comes_back_through_a_checkpoint(train_config):
+    """One Train job (each costs ~12 s of start-up here) shows it all: two workers on edge-2 train
+    together with DPDDP, the update and the accountant come back in rank 0's checkpoint, and the
+    accountant state that went in (an earlier update's, made here) carries on: ε adds up, never resets."""
+    from edgefleet.platform.models import load_trainable
+    from edgefleet.train.data import chunk_for_causal_lm, node_data_dir, read_texts
+    from edgefleet.train.dp import local_update
+
+    base, tok = load_trainable(train_config.fleet.edge_nodes[0].model, train_config.cache_dir)
+    blocks = chunk_for_causal_lm(read_texts(node_data_dir(train_config, train_config.fleet.edge("edge-2"))), tok, 64)
+    earlier = local_update(base, None, blocks, train_config.privacy, HP)
+
+    result = run_local_update(
         train_config,
         "edge-2",
         hp=HP,
         block_size=64,
+        workers=2,
         cpus_per_worker=0.25,
-        adapter=first.update.adapter,
-        accountant_state=first.update.accountant_state,
+        adapter=earlier.adapter,
+        accountant_state=earlier.accountant_state,
     )
 
-    print(f"job wall {first.wall_s:.1f} s, of which training {first.train_s:.1f} s")
-    assert labels_of(first.ran_on)[NODE_LABEL] == "edge-2"
-    u = first.update
+    print(f"job wall {result.wall_s:.1f} s, of which training {result.train_s:.1f} s")
+    assert labels_of(result.ran_on)[NODE_LABEL] == "edge-2"
+    assert result.workers == 2 and result.ranks_in_sync  # DPDDP left both ranks with the same weights
+    u = result.update
     assert u.private and u.steps == HP.max_steps and 0 < u.epsilon <= train_config.privacy.target_epsilon + 0.05
-    assert u.delta and all(math.isfinite(float(v.abs().sum())) for v in u.delta.values())
-    # The accountant's state went out with the first update and came back in: ε adds up, never resets.
-    assert second.update.epsilon_total > first.update.epsilon_total
-    assert first.wall_s > first.train_s  # the job's own cost is measured, not hidden
-
-
-def test_two_workers_on_one_node_train_together_with_dpddp(train_config):
-    result = run_local_update(train_config, "edge-1", hp=HP, block_size=64, workers=2, cpus_per_worker=0.25)
-
-    assert labels_of(result.ran_on)[NODE_LABEL] == "edge-1"
-    assert result.ranks_in_sync and result.update.epsilon > 0 and math.isfinite(result.update.loss)
+    assert u.delta and all(math.isfinite(float(v.abs().sum())) for v in u.delta.values()) and math.isfinite(u.loss)
+    assert u.epsilon_total > max(earlier.epsilon_total, u.epsilon)  # the state that went in carried on
+    assert result.wall_s > result.train_s  # the job's own cost is measured, not hidden
 
 
 def test_an_unknown_node_is_named(train_config):
