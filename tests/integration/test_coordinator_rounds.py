@@ -147,7 +147,7 @@ class _Crashed(BaseException):
 
 class CrashingCoordinator(WatchedCoordinator):
     """Dies right after ``crash_at`` = (round, step) is persisted, as ``crash_after`` does with SIGKILL
-    in a real process (tests/e2e/test_federate_cli.py kills the CLI that way, once)."""
+    in a real process (tests/integration/test_operations.py kills `edgefleet federate` run as a Ray Job that way)."""
 
     def __init__(self, *args, crash_at, **kw):
         super().__init__(*args, **kw)

@@ -3,15 +3,18 @@ and `edgefleet federate` submitted with `ray job submit` to the fleet's job serv
 
 One module-scoped scenario drives everything an operator would see: ordinary traffic with
 deadlines, refused requests, a slow site that gets hedged to the cloud, an edge actor killed
-mid-request (failover), a queue burst, one federated round run as a Ray Job, and a canary rollout
-of the version it registered. A scraper thread reads every node's metrics endpoint all along, as
-Prometheus would, and keeps the largest value it saw of each series.
+mid-request (failover), a queue burst, two federated rounds run as a Ray Job whose driver is
+SIGKILLed after round 2's sum was revealed, charged and aggregated, the same job resubmitted (it
+finishes round 2 from disk), and a canary rollout of the version it registered. A scraper thread
+reads every node's metrics endpoint all along, as Prometheus would, and keeps the largest value it
+saw of each series.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -97,12 +100,14 @@ def operated(served, fleet, fleet_config, tmp_path_factory):
             out["hedged"] = _slow_site_gets_hedged(client)
             out["failed_over"] = _edge_killed_mid_request(client)
             _queue_burst(client)
-        out["job"] = _federate_as_ray_job(fleet_config, cfg_path, tmp)
+        out["killed_job"] = _federate_as_ray_job(fleet_config, cfg_path, tmp, "killed", crash_after="2:aggregated")
+        out["job"] = _federate_as_ray_job(fleet_config, cfg_path, tmp, "resubmitted")
         assert out["job"]["returncode"] == 0, out["job"]["output"][-4000:]
+        out["models"] = json.loads(_cli(cfg_path, "models", "list", "--json").stdout)
         out["rollout"] = _roll_out_the_new_champion(fleet_config, cfg_path)
         with Client(served.grpc_address, token=TEST_TOKEN, default_timeout=120) as client:
             _traffic(client, n=6)  # the last minute's SLA window, on the rolled-out model
-        out["status"] = _status_json(cfg_path, fleet.address)
+        out["status"] = json.loads(_cli(cfg_path, "status", "--json", "--address", fleet.address).stdout)
         time.sleep(3)  # two more report intervals: the last gauges reach the endpoints
         scraper.once()
         yield out
@@ -194,10 +199,19 @@ def _queue_burst(client: Client) -> None:
         list(pool.map(lambda _: client.generate(QUESTION, max_new_tokens=128, site="edge-3", route="edge"), range(120)))
 
 
-def _federate_as_ray_job(fleet_config, cfg_path: Path, tmp: Path) -> dict:
+def _federate_as_ray_job(fleet_config, cfg_path: Path, tmp: Path, name: str, crash_after: str = "") -> dict:
+    """`ray job submit -- edgefleet federate --rounds 2 --run ray-job`; with ``crash_after`` its driver
+    SIGKILLs itself at that step (edgefleet.cli_federate.CRASH_ENV, set through the job's runtime env)."""
+    from edgefleet.cli_federate import CRASH_ENV
+
     ray_cli = Path(sys.executable).parent / "ray"
-    job_id = f"edgefleet-federate-{int(time.time())}"
+    job_id = f"edgefleet-federate-{name}-{int(time.time())}"
     dashboard = f"http://127.0.0.1:{fleet_config.ports.dashboard}"
+    runtime_env = (
+        ["--runtime-env-json", json.dumps({"env_vars": {CRASH_ENV: crash_after, "PYTHONUNBUFFERED": "1"}})]
+        if crash_after
+        else []
+    )
     submit = subprocess.run(
         [
             str(ray_cli),
@@ -207,6 +221,7 @@ def _federate_as_ray_job(fleet_config, cfg_path: Path, tmp: Path) -> dict:
             dashboard,
             "--submission-id",
             job_id,
+            *runtime_env,
             "--",
             sys.executable,
             "-m",
@@ -215,7 +230,7 @@ def _federate_as_ray_job(fleet_config, cfg_path: Path, tmp: Path) -> dict:
             str(cfg_path),
             "federate",
             "--rounds",
-            "1",
+            "2",
             "--run",
             "ray-job",
         ],
@@ -256,26 +271,48 @@ def _roll_out_the_new_champion(fleet_config, cfg_path: Path):
         ray.get([edges[n.id].swap_model.remote(n.model) for n in fleet_config.fleet.edge_nodes])
 
 
-def _status_json(cfg_path: Path, address: str) -> dict:
+def _cli(cfg_path: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
     out = subprocess.run(
-        [sys.executable, "-m", "edgefleet.cli", "-c", str(cfg_path), "status", "--json", "--address", address],
-        capture_output=True,
-        text=True,
-        timeout=120,
+        [sys.executable, "-m", "edgefleet.cli", "-c", str(cfg_path), *args], capture_output=True, text=True, timeout=120
     )
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout)
+    assert out.returncode == 0 or not ok, out.stderr[-3000:]
+    return out
 
 
 # ---------------------------------------------------------------- Ray Jobs
 
 
-def test_federate_runs_as_a_ray_job_on_the_fleets_job_server(operated):
-    job = operated["job"]
+def _run_dir(operated) -> Path:
+    return operated["cfg_path"].parent / "cache" / "federation" / "ray-job"
+
+
+def test_federate_as_a_ray_job_killed_after_an_aggregation_finishes_the_round_when_resubmitted(operated):
+    killed, job = operated["killed_job"], operated["job"]
+    assert killed["returncode"] != 0 and killed["status"] == "FAILED", killed["output"][-4000:]
+    assert "round 1:" in killed["output"] and "round 2:" not in killed["output"]  # died before committing 2
     assert job["returncode"] == 0 and job["status"] == "SUCCEEDED", job["output"][-4000:]
-    assert "round 1:" in job["output"]  # the job's log is the CLI's round line
-    rounds = (operated["cfg_path"].parent / "cache" / "federation" / "ray-job" / "rounds.jsonl").read_text()
-    assert len(rounds.splitlines()) == 1
+    assert "resuming after round 1 (round 2 was in progress)" in job["output"]
+    assert "round 2:" in job["output"]  # the job's log is the CLI's round line
+    rounds = json.loads((_run_dir(operated) / "state.json").read_text())["completed"]
+    assert [(r["round"], r["attempt"]) for r in rounds] == [(1, 1), (2, 1)]  # round 2 finished from disk
+    assert len((_run_dir(operated) / "rounds.jsonl").read_text().splitlines()) == 2  # each round committed once
+
+
+def test_nobodys_epsilon_is_counted_twice_or_skipped_across_the_kill(operated):
+    rounds = json.loads((_run_dir(operated) / "state.json").read_text())["completed"]
+    db = sqlite3.connect(_run_dir(operated) / "ledger.sqlite")
+    charged = dict(db.execute("SELECT client, COUNT(*) FROM releases GROUP BY client").fetchall())
+    finished = {n: sum(n in r["finished"] for r in rounds) for n in ("edge-1", "edge-2", "edge-3")}
+    assert charged == {n: k for n, k in finished.items() if k}
+    assert db.execute("SELECT COUNT(*) FROM releases WHERE round > 2").fetchone() == (0,)
+
+
+def test_every_committed_round_became_exactly_one_registry_version(operated):
+    versions = operated["models"]  # `edgefleet models list --json` right after the resubmitted job
+    assert sorted(v["tags"]["edgefleet.round"] for v in versions) == ["1", "2"]
+    assert all(v["tags"]["edgefleet.run"] == "ray-job" for v in versions)
+    unknown = _cli(operated["cfg_path"], "models", "show", "99", ok=False)
+    assert unknown.returncode == 2 and "no version 99" in unknown.stderr and len(unknown.stderr.splitlines()) == 1
 
 
 # ---------------------------------------------------------------- metrics
@@ -306,7 +343,7 @@ def test_metrics_say_where_requests_ran_and_why_some_were_refused(operated):
     assert s.max_of("ray_edgefleet_hedges_total", node="edge-1") >= 1
     assert s.max_of("ray_edgefleet_failovers_total", node="edge-2") >= 1
     assert s.max_of("ray_edgefleet_sla_total", result="met") > 0
-    assert s.max_of("ray_edgefleet_federation_round", run="ray-job") == 1
+    assert s.max_of("ray_edgefleet_federation_round", run="ray-job") == 2
     verdict = "promoted" if operated["rollout"].verdict.promote else "rolled_back"
     assert s.max_of("ray_edgefleet_rollout_state", state=verdict) == 1
 
@@ -328,10 +365,11 @@ def test_status_json_shows_every_node_live_with_round_champion_and_epsilon(opera
     assert any(r["tokens_per_s"] > 0 for r in recent)
     assert all(r["sla_attainment"] is None or 0 <= r["sla_attainment"] <= 1 for r in recent)
     assert sum(r["sla_judged"] for r in recent) >= 6  # the last traffic, all with deadlines
-    assert status["run"] == "ray-job" and status["round"] == 1
+    assert status["run"] == "ray-job" and status["round"] == 2
     assert status["champion_version"] == int(operated["rollout"].version) or status["rollout_state"] == "rolled_back"
-    sampled = [c for c, e in status["epsilon"].items() if e["spent"] > 0]
-    assert len(sampled) == 2  # clients_per_round
+    rounds = json.loads((_run_dir(operated) / "state.json").read_text())["completed"]
+    spent = {c for c, e in status["epsilon"].items() if e["spent"] > 0}
+    assert spent == {c for r in rounds for c in r["finished"]}
     budget = fleet_config.privacy.client_budget_epsilon
     assert all(e["budget"] == budget and e["spent"] < budget for e in status["epsilon"].values())
 
@@ -355,7 +393,7 @@ def test_status_table_prints_once_for_scripts(operated, fleet):
         env={**os.environ, "COLUMNS": "200"},
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    for text in ("edgefleet fleet", "edge-1", "cloud", "serving", "round 1 of run ray-job", "champion"):
+    for text in ("edgefleet fleet", "edge-1", "cloud", "serving", "round 2 of run ray-job", "champion"):
         assert text in out.stdout, out.stdout
 
 
