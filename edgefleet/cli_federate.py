@@ -91,11 +91,11 @@ def run_rounds(
         out.print(_round_line(result) + f" → {where}")
 
     coordinator = Coordinator(cfg, run_dir, crash_after=crash_after, on_step=status.update, on_round=on_round)
-    done = len(coordinator.completed)
-    if done:
+    done, current = len(coordinator.completed), coordinator.state["current"]
+    if done or current:
         out.print(
-            f"resuming after round {done}"
-            + (f" (round {done + 1} was in progress)" if coordinator.state["current"] else "")
+            (f"resuming after round {done}" if done else "resuming")
+            + (f" (round {done + 1} was in progress)" if current else "")
         )
     with status:
         results = coordinator.run(rounds)

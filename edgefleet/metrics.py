@@ -430,7 +430,8 @@ def _ours_only(text: str) -> str:
     """The exposition's edgefleet lines only: Ray's own few thousand series cost most of a parse, and
     a scrape every second (the operations test, `edgefleet status`) would spend a core on them."""
     keep = ("ray_edgefleet_", "# HELP ray_edgefleet_", "# TYPE ray_edgefleet_")
-    return "".join(line + "\n" for line in text.splitlines() if line.startswith(keep))
+    # split on "\n" only, as Prometheus does: splitlines() would also cut at \x85 or \u2028 in a label value
+    return "".join(line + "\n" for line in text.split("\n") if line.startswith(keep))
 
 
 def scrape(urls: list[str], timeout_s: float = 5.0) -> dict[str, list[tuple[dict[str, str], float]]]:

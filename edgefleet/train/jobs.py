@@ -38,6 +38,7 @@ class JobResult:
     ran_on: str  # the Ray node id the workers ran on
     ranks_in_sync: bool  # with several workers: every rank ended with the same adapter
     worker_pid: int  # rank 0's process: the same across a session's rounds
+    world_size: int  # the process group the update was trained in (DPDDP: the workers)
 
 
 def _train_loop(config: dict[str, Any]) -> None:
@@ -131,7 +132,7 @@ def _one_round(
         "samples_per_s": update.samples_per_s,
         "train_s": update.seconds,
     }
-    in_sync = True
+    in_sync, world_size = True, dist.get_world_size() if distributed else 1
     if distributed:  # DPDDP must leave every rank with the same weights
         mine = torch.stack([v.double().sum() for v in update.adapter.values()])
         ranks = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
@@ -142,6 +143,7 @@ def _one_round(
         "ran_on": ray.get_runtime_context().get_node_id(),
         "ranks_in_sync": in_sync,
         "worker_pid": os.getpid(),
+        "world_size": world_size,
     }
     with tempfile.TemporaryDirectory() as d:
         if rank == 0:
@@ -239,7 +241,15 @@ def fit_and_load(trainer: Any, filename: str, what: str) -> tuple[dict[str, Any]
 def _job_result(saved: dict[str, Any], wall: float, node_id: str, workers: int) -> JobResult:
     update = LocalUpdate(**saved["update"])
     return JobResult(
-        update, wall, update.seconds, node_id, workers, saved["ran_on"], saved["ranks_in_sync"], saved["worker_pid"]
+        update,
+        wall,
+        update.seconds,
+        node_id,
+        workers,
+        saved["ran_on"],
+        saved["ranks_in_sync"],
+        saved["worker_pid"],
+        saved["world_size"],
     )
 
 
@@ -278,6 +288,28 @@ def run_local_update(
     )
     saved, wall = fit_and_load(trainer, UPDATE_FILE, f"the local update on {node_id}")
     return _job_result(saved, wall, node_id, workers)
+
+
+def await_answer(get: Any, seq: int, timeout_s: float, who: str, error: Any = lambda: None) -> dict[str, Any]:
+    """The answer to task ``seq`` from a results queue's ``get(block, timeout)``. An answer to an
+    older task (a straggler's, arriving after its caller gave up) is skipped, never taken for this one.
+
+    Raises:
+        TimeoutError: no answer to ``seq`` within ``timeout_s``.
+        RuntimeError: the session said it stopped (``error()`` says why).
+    """
+    import queue  # ray.util.queue.Empty is a queue.Empty
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            saved = get(block=True, timeout=max(0.01, deadline - time.monotonic()))
+        except queue.Empty:
+            raise TimeoutError(f"{who} did not answer within {timeout_s:g} s") from None
+        if saved.get("stopped"):
+            raise RuntimeError(f"the training session on {who} stopped: {error()}")
+        if saved.get("seq") == seq:
+            return saved
 
 
 class LocalTrainingSession:
@@ -370,22 +402,11 @@ class LocalTrainingSession:
             TimeoutError: no answer within ``timeout_s``.
             RuntimeError: the session has stopped.
         """
-        from ray.util.queue import Empty
-
         if not self._thread.is_alive():
             raise RuntimeError(f"the training session on {self.node_id} has stopped: {self.error}")
         seq = next(self._seq)
-        deadline = time.monotonic() + timeout_s
         self._tasks.put({**task, "seq": seq})
-        while True:
-            try:
-                saved = self._results.get(block=True, timeout=max(0.01, deadline - time.monotonic()))
-            except Empty:
-                raise TimeoutError(f"{self.node_id} did not answer within {timeout_s:g} s") from None
-            if saved.get("stopped"):
-                raise RuntimeError(f"the training session on {self.node_id} stopped: {self.error}")
-            if saved.get("seq") == seq:
-                return saved
+        return await_answer(self._results.get, seq, timeout_s, f"{self.node_id}", lambda: self.error)
 
     def close(self, timeout_s: float = 60) -> None:
         if self._thread.is_alive():

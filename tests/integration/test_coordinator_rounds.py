@@ -1,7 +1,8 @@
 """The coordinator's rounds on real Opacus updates of the tiny model, with the clients in this process.
 
 The transport here is a direct call of the client's handler (what runs on the node inside its Ray
-Train session); the Ray path, stragglers and a real kill/resume are in tests/integration and tests/e2e.
+Train session); the Ray path and stragglers are in test_federation_ray.py, a real kill/resume (a
+SIGKILLed `edgefleet federate` Ray Job, resubmitted) in test_operations.py.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The MLflow registry with real MLflow: a SQLite store, and a real `mlflow server` on loopback.
 
 Each round's adapter becomes a version with lineage tags and the alias `candidate`; the gate moves
-`champion`; plain MLflow loads `models:/…@champion` and generates; a stopped server leaves rounds
-in the outbox until it is back, in order, with their tags.
+`champion`; plain MLflow loads `models:/…@champion` and generates; a server that is down leaves
+rounds in the outbox until it answers, then they are published in order, with their tags.
 """
 
 from __future__ import annotations

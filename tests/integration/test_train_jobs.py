@@ -51,7 +51,7 @@ def test_a_session_on_its_node_serves_several_rounds_with_dpddp_and_carries_the_
 
     for result in (first, second):
         assert labels_of(result.ran_on)[NODE_LABEL] == "edge-2"
-        assert result.workers == 2 and result.ranks_in_sync  # DPDDP left both ranks with the same weights
+        assert result.world_size == 2 and result.ranks_in_sync  # DPDDP left both ranks with the same weights
         u = result.update
         assert u.private and u.steps == HP.max_steps and 0 < u.epsilon <= train_config.privacy.target_epsilon + 0.05
         assert u.delta and all(math.isfinite(float(v.abs().sum())) for v in u.delta.values()) and math.isfinite(u.loss)
