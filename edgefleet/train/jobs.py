@@ -135,7 +135,7 @@ def _one_round(
     in_sync, world_size = True, dist.get_world_size() if distributed else 1
     if distributed:  # DPDDP must leave every rank with the same weights
         mine = torch.stack([v.double().sum() for v in update.adapter.values()])
-        ranks = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
+        ranks = [torch.zeros_like(mine) for _ in range(world_size)]
         dist.all_gather(ranks, mine)
         in_sync = all(torch.allclose(r, ranks[0]) for r in ranks)
     saved = {
@@ -406,7 +406,7 @@ class LocalTrainingSession:
             raise RuntimeError(f"the training session on {self.node_id} has stopped: {self.error}")
         seq = next(self._seq)
         self._tasks.put({**task, "seq": seq})
-        return await_answer(self._results.get, seq, timeout_s, f"{self.node_id}", lambda: self.error)
+        return await_answer(self._results.get, seq, timeout_s, self.node_id, lambda: self.error)
 
     def close(self, timeout_s: float = 60) -> None:
         if self._thread.is_alive():

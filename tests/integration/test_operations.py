@@ -6,9 +6,8 @@ deadlines, refused requests, a slow site that gets hedged to the cloud, an edge 
 mid-request (failover), a queue burst, two federated rounds run as a Ray Job whose driver is
 SIGKILLed after round 1's sum was revealed, charged and aggregated, the same job resubmitted (it
 finishes round 1 from disk, then trains round 2 in new sessions on the same nodes), and a canary
-rollout of the version it registered. A scraper thread
-reads every node's metrics endpoint all along, as Prometheus would, and keeps the largest value it
-saw of each series.
+rollout of the version it registered. A scraper thread reads every node's metrics endpoint all
+along, as Prometheus would, and keeps the largest value it saw of each series.
 """
 
 from __future__ import annotations
@@ -105,7 +104,7 @@ def operated(served, fleet, fleet_config, tmp_path_factory):
             out["failed_over"] = _edge_killed_mid_request(client)
             _queue_burst(client)
         out["killed_job"] = _federate_as_ray_job(fleet_config, cfg_path, tmp, "killed", crash_after="1:aggregated")
-        out["state_after_kill"] = json.loads((tmp / "cache" / "federation" / "ray-job" / "state.json").read_text())
+        out["state_after_kill"] = json.loads((_run_dir(cfg_path) / "state.json").read_text())
         out["job"] = _federate_as_ray_job(fleet_config, cfg_path, tmp, "resubmitted")
         assert out["job"]["returncode"] == 0, out["job"]["output"][-4000:]
         out["models"] = json.loads(_cli(cfg_path, "models", "list", "--json").stdout)
@@ -286,8 +285,13 @@ def _cli(cfg_path: Path, *args: str, ok: bool = True) -> subprocess.CompletedPro
 # ---------------------------------------------------------------- Ray Jobs
 
 
-def _run_dir(operated) -> Path:
-    return operated["cfg_path"].parent / "cache" / "federation" / "ray-job"
+def _run_dir(cfg_path: Path) -> Path:
+    """The federate job's run directory (`--run ray-job`, under the job config's cache)."""
+    return cfg_path.parent / "cache" / "federation" / "ray-job"
+
+
+def _completed_rounds(operated) -> list[dict]:
+    return json.loads((_run_dir(operated["cfg_path"]) / "state.json").read_text())["completed"]
 
 
 def test_federate_as_a_ray_job_killed_after_an_aggregation_finishes_the_round_when_resubmitted(operated):
@@ -302,14 +306,16 @@ def test_federate_as_a_ray_job_killed_after_an_aggregation_finishes_the_round_wh
     # the job's log is the CLI's round lines, then its table: round 1 finished from disk, round 2
     # trained in new sessions after the first driver's died with it
     assert "round 1:" in job["output"] and "round 2:" in job["output"] and "ε edge-1" in job["output"]
-    rounds = json.loads((_run_dir(operated) / "state.json").read_text())["completed"]
+    rounds = _completed_rounds(operated)
     assert [(r["round"], r["attempt"]) for r in rounds] == [(1, 1), (2, 1)]
-    assert len((_run_dir(operated) / "rounds.jsonl").read_text().splitlines()) == 2  # each round committed once
+    assert (
+        len((_run_dir(operated["cfg_path"]) / "rounds.jsonl").read_text().splitlines()) == 2
+    )  # each round committed once
 
 
 def test_nobodys_epsilon_is_counted_twice_or_skipped_across_the_kill(operated):
-    rounds = json.loads((_run_dir(operated) / "state.json").read_text())["completed"]
-    db = sqlite3.connect(_run_dir(operated) / "ledger.sqlite")
+    rounds = _completed_rounds(operated)
+    db = sqlite3.connect(_run_dir(operated["cfg_path"]) / "ledger.sqlite")
     charged = dict(db.execute("SELECT client, COUNT(*) FROM releases GROUP BY client").fetchall())
     finished = {n: sum(n in r["finished"] for r in rounds) for n in ("edge-1", "edge-2", "edge-3")}
     assert charged == {n: k for n, k in finished.items() if k}
@@ -377,7 +383,7 @@ def test_status_json_shows_every_node_live_with_round_champion_and_epsilon(opera
     assert sum(r["sla_judged"] for r in recent) >= 6  # the last traffic, all with deadlines
     assert status["run"] == "ray-job" and status["round"] == 2
     assert status["champion_version"] == int(operated["rollout"].version) or status["rollout_state"] == "rolled_back"
-    rounds = json.loads((_run_dir(operated) / "state.json").read_text())["completed"]
+    rounds = _completed_rounds(operated)
     spent = {c for c, e in status["epsilon"].items() if e["spent"] > 0}
     assert spent == {c for r in rounds for c in r["finished"]}
     budget = fleet_config.privacy.client_budget_epsilon
