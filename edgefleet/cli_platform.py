@@ -267,6 +267,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         stop["now"] = True
 
     signal.signal(signal.SIGTERM, _request_stop)
+    # A shell without job control starts a background command (`edgefleet up &` in a script, CI)
+    # with SIGINT ignored, and Python then leaves it ignored: Ctrl-C or `kill -INT` would never stop it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     fleet = _start_fleet(cfg)
     mlflow_proc = None
     state = _state_file(cfg)

@@ -258,10 +258,16 @@ class PortsConfig(_Strict):
         le=65535,
         description="Serve's own gRPC proxy, when the gRPC front (TLS, size limit) holds `grpc`",
     )
+    dashboard_agent: int = Field(
+        default=52365,
+        ge=1,
+        le=65535,
+        description="the head's dashboard agent, which runs submitted Ray Jobs (move it to run two fleets on a host)",
+    )
 
     @model_validator(mode="after")
     def _distinct(self) -> PortsConfig:
-        ports = [self.grpc, self.http, self.dashboard, self.mlflow_ui, self.metrics, self.grpc_internal]
+        ports = [getattr(self, name) for name in type(self).model_fields]
         if len(set(ports)) != len(ports):
             raise ValueError(f"ports must be distinct, got {ports}")
         return self

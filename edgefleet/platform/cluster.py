@@ -93,6 +93,7 @@ def start_local_fleet(config: EdgefleetConfig, *, on_step: Step | None = None, l
         # The head's metrics on a known port; the other raylets pick free ones,
         # found through ray.nodes() (see edgefleet.metrics.endpoints).
         "metrics_export_port": config.ports.metrics,
+        "dashboard_agent_listen_port": config.ports.dashboard_agent,
     }
     if config.ray.dashboard:
         head_args |= {"dashboard_host": "127.0.0.1", "dashboard_port": config.ports.dashboard}

@@ -89,7 +89,13 @@ def test_up_serves_smollm2_to_the_readme_snippets_then_ctrl_c_cleans_up(tmp_path
         return out.stdout
 
     proc = subprocess.Popen(
-        [*cli, "up", "--no-mlflow-ui"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        [*cli, "up", "--no-mlflow-ui"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        # as `edgefleet up &` in a script starts it: SIGINT ignored (a backgrounded suite run once hung here)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     try:
         output = _wait_for_line(proc, "edgefleet is up", timeout=420)
