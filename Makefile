@@ -9,10 +9,6 @@ STAMP  := $(VENV)/.installed
 # extra's torch range is already satisfied and pip never fetches a multi-GB CUDA build.
 TORCH  := torch==2.13.0
 PYTEST_ARGS ?=
-# Two pytest workers, each with its own session fleet (tests/conftest.py): most of the suite's wall
-# time is Ray waiting (process starts, deadlines, health checks), which leaves a core idle.
-# `make test PYTEST_WORKERS=0` runs everything in one process, as plain `pytest` does.
-PYTEST_WORKERS ?= 2
 
 .PHONY: demo test setup model proto bench soak lint clean
 
@@ -20,7 +16,7 @@ demo: model
 	$(BIN)/edgefleet demo
 
 test: setup
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 setup: $(STAMP)
 

@@ -17,25 +17,10 @@ from edgefleet.security import digest
 TEST_TOKEN = "test-token-3f9a-77c1e0"  # the config holds only its hash (edgefleet.security)
 
 
-# `make test` runs two pytest-xdist workers (--dist loadgroup). Each worker that runs `ray` tests
-# starts its own session fleet, so every `ray` module names the fleet it shares: the training fleet
-# (Ray Train sessions, federate jobs) or the serving fleet (Serve apps, faults). The groups are sized
-# so that the two workers finish together; the tests without Ray fill in beside them.
-FLEET_GROUPS = ("training_fleet", "serving_fleet")
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests that kill fleet nodes run last: if a node fails to come back, no other test is left
     waiting on it (a Train job on a missing node's label would wait for it)."""
     items.sort(key=lambda item: item.get_closest_marker("fleet_faults") is not None)  # stable: file order kept
-    for item in items:
-        group = item.get_closest_marker("xdist_group")
-        needs_fleet = item.get_closest_marker("ray") is not None or "fleet" in getattr(item, "fixturenames", ())
-        if needs_fleet and (group is None or group.args[0] not in FLEET_GROUPS):
-            raise pytest.UsageError(
-                f"{item.nodeid} uses the session fleet: mark its module with one of "
-                f"pytest.mark.xdist_group{FLEET_GROUPS} (tests/conftest.py)"
-            )
 
 
 def free_port() -> int:
@@ -66,7 +51,7 @@ def make_test_config_dict(num_edge: int = 3) -> dict:
             "mlflow_ui": free_port(),
             "metrics": free_port(),
             "grpc_internal": free_port(),
-            "dashboard_agent": free_port(),  # two workers' fleets side by side (`make test`)
+            "dashboard_agent": free_port(),  # not Ray's default: `edgefleet up` in test_up runs beside this fleet
         },
     }
 

@@ -19,7 +19,7 @@ import yaml
 
 from tests.conftest import make_test_config_dict
 
-pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("training_fleet"), pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 def test_train_local_prints_a_falling_held_out_loss_and_its_epsilon(fleet, tmp_path: Path):

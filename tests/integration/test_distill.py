@@ -10,7 +10,7 @@ from edgefleet.config import ModelSpec  # noqa: E402
 from edgefleet.platform.topology import ROLE_LABEL  # noqa: E402
 from edgefleet.train.distill import kl_distillation_loss, public_corpus, run_distillation  # noqa: E402
 
-pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("training_fleet"), pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 def test_public_corpus_is_stdlib_docstrings_not_client_data():

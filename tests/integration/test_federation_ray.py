@@ -18,7 +18,7 @@ import pytest
 from edgefleet.federation.coordinator import Coordinator
 from edgefleet.train.data import write_demo_shards
 
-pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("training_fleet"), pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 def test_a_killed_client_is_dropped_then_rejoins_and_a_straggler_is_dropped_at_the_deadline(

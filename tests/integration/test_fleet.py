@@ -10,7 +10,7 @@ from edgefleet.platform.edge_node import ACTOR_NAMESPACE, spawn_edge_node  # noq
 from edgefleet.platform.topology import NODE_LABEL, ROLE_LABEL, node_selector  # noqa: E402
 from tests.conftest import call_until_back  # noqa: E402
 
-pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("serving_fleet"), pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 @ray.remote(num_cpus=0.1)

@@ -18,7 +18,7 @@ from edgefleet._proto import inference_pb2 as pb  # noqa: E402
 from edgefleet._proto import inference_pb2_grpc as pbg  # noqa: E402
 from tests.conftest import TEST_TOKEN  # noqa: E402
 
-pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("serving_fleet"), pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 METHOD = "/edgefleet.v1.InferenceService/Generate"
 PROPER = {
     grpc.StatusCode.OK,

@@ -20,7 +20,7 @@ ray = pytest.importorskip("ray")
 from edgefleet.client import Client, EdgefleetClientError  # noqa: E402
 from tests.conftest import TEST_TOKEN, make_test_config_dict, side_app  # noqa: E402
 
-pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("serving_fleet"), pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 APP = "replicas"
 TOTAL, WORKERS, KILL_AFTER = 120, 6, 30
 

@@ -15,7 +15,7 @@ from edgefleet.client import Client, Overloaded, Unauthenticated, Unavailable  #
 from edgefleet.config import parse_config  # noqa: E402
 from tests.conftest import TEST_TOKEN, free_port  # noqa: E402
 
-pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("serving_fleet"), pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 LIMIT = 64 * 1024  # bytes
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import TEST_TOKEN
 
-pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("serving_fleet"), pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 TINY_CONTEXT = 512  # the tiny model's max_position_embeddings (edgefleet/platform/models.py)
 
 

@@ -32,7 +32,7 @@ from edgefleet.client import Client, InvalidRequest, Unauthenticated  # noqa: E4
 from edgefleet.platform.edge_node import ACTOR_NAMESPACE, actor_name  # noqa: E402
 from tests.conftest import TEST_TOKEN, call_until_back, make_test_config_dict  # noqa: E402
 
-pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("serving_fleet"), pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 QUESTION = "What is the capital of France?"
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -19,7 +19,7 @@ from edgefleet.train.data import demo_topics
 from edgefleet.train.dp import DEFAULT_HYPER, adapter_state, export_adapter, lora_model
 from tests.integration.test_registry import NAME, record
 
-pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("serving_fleet"), pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 def adapter(tmp_path, name, scale):

@@ -14,7 +14,7 @@ from edgefleet.client import AsyncClient, EdgefleetClientError  # noqa: E402
 from edgefleet.config import parse_config  # noqa: E402
 from tests.conftest import make_test_config_dict  # noqa: E402
 
-pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("serving_fleet"), pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 PROFILES = {"edge-1": "synthetic:0.5:25", "edge-2": "synthetic:0.5:25", "edge-3": "synthetic:0.5:150"}  # edge-3 slow
 BURST, NEW_TOKENS, DEADLINE_S = 18, 16, 1.2
 

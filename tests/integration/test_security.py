@@ -19,7 +19,7 @@ ray = pytest.importorskip("ray")
 from edgefleet.client import Client, Overloaded, Unauthenticated  # noqa: E402
 from tests.conftest import TEST_TOKEN, make_test_config_dict, side_app  # noqa: E402
 
-pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("serving_fleet"), pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 APP = "secure"
 WRONG_TOKEN = "not-the-token-but-long-enough-9d2"
 

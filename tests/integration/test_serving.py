@@ -26,7 +26,7 @@ from edgefleet.config import ModelSpec  # noqa: E402
 from edgefleet.platform.edge_node import ACTOR_NAMESPACE, actor_name  # noqa: E402
 from tests.conftest import TEST_TOKEN, call_until_back, rejoin  # noqa: E402
 
-pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("serving_fleet"), pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 QUESTION = "What is the capital of France?"
 
 

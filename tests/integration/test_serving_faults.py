@@ -30,7 +30,7 @@ from edgefleet.platform.edge_node import ACTOR_NAMESPACE, actor_name  # noqa: E4
 from edgefleet.platform.topology import edge_labels  # noqa: E402
 from tests.conftest import TEST_TOKEN, call_until_back, rejoin  # noqa: E402
 
-pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("serving_fleet"), pytest.mark.slow, pytest.mark.fleet_faults]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.fleet_faults]
 TOTAL, CONCURRENCY, DEADLINE_S = 500, 16, 20.0
 VICTIM = "edge-2"
 KILL_AFTER, REJOIN_AFTER = 150, 300  # requests finished before the kill, and before the node comes back

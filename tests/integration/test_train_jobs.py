@@ -12,7 +12,7 @@ from edgefleet.train.data import write_demo_shards  # noqa: E402
 from edgefleet.train.dp import LocalHyper  # noqa: E402
 from edgefleet.train.jobs import run_local_update  # noqa: E402
 
-pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("training_fleet"), pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 HP = LocalHyper(lr=1e-2, batch_size=32, physical_batch=16, max_steps=4, epochs=10.0)
 
 
