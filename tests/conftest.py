@@ -140,6 +140,11 @@ def fleet(fleet_config: EdgefleetConfig) -> Iterator:
 
     # Metrics reach the endpoints every second instead of every 10 s, so the metrics tests wait less.
     os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")
+    # The GCS marks a killed raylet dead after 3 failed health checks 1 s apart (~5 s) instead of 5
+    # checks 3 s apart (~14 s): the fault tests wait for that before a site comes back. A raylet
+    # that is merely slow on 2 cores still has each check's 10 s timeout.
+    os.environ.setdefault("RAY_health_check_period_ms", "1000")
+    os.environ.setdefault("RAY_health_check_failure_threshold", "3")
     f = start_local_fleet(fleet_config)
     yield f
     f.shutdown()
