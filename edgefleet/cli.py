@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import warnings
 from importlib import metadata
 from pathlib import Path
@@ -221,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     from edgefleet.client.errors import EdgefleetClientError
 
     args = parse(argv)
+    # A shell without job control starts a background command (`edgefleet up &` in a script, CI)
+    # with SIGINT ignored, and Python leaves it ignored: Ctrl-C or `kill -INT` would never stop it.
+    if threading.current_thread() is threading.main_thread():  # main() called from a thread: not ours to set
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     # transformers' deprecation notices about its own internals say nothing a user can act on
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
     try:

@@ -266,11 +266,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     def _request_stop(signum: int, _frame: object) -> None:
         stop["now"] = True
 
-    signal.signal(signal.SIGTERM, _request_stop)
-    # A shell without job control starts a background command (`edgefleet up &` in a script, CI)
-    # with SIGINT ignored, and Python then leaves it ignored: Ctrl-C or `kill -INT` would never stop it.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     fleet = _start_fleet(cfg)
+    # After the fleet: the embedded fleet's Ray node installs its own SIGTERM handler (exit 1 after
+    # draining); ours stops the way Ctrl-C does, with every step below.
+    signal.signal(signal.SIGTERM, _request_stop)
     mlflow_proc = None
     state = _state_file(cfg)
     try:
@@ -310,6 +309,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not orphan the MLflow UI
         print("stopping...", flush=True)
         state.unlink(missing_ok=True)
         if mlflow_proc is not None:

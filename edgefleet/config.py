@@ -262,14 +262,17 @@ class PortsConfig(_Strict):
         default=52365,
         ge=1,
         le=65535,
-        description="the head's dashboard agent, which runs submitted Ray Jobs (move it to run two fleets on a host)",
+        description="the embedded fleet head's dashboard agent, which runs submitted Ray Jobs",
     )
 
     @model_validator(mode="after")
     def _distinct(self) -> PortsConfig:
-        ports = [getattr(self, name) for name in type(self).model_fields]
-        if len(set(ports)) != len(ports):
-            raise ValueError(f"ports must be distinct, got {ports}")
+        by_port: dict[int, list[str]] = {}
+        for name in type(self).model_fields:
+            by_port.setdefault(getattr(self, name), []).append(name)
+        clashes = [f"{' and '.join(names)} are all {port}" for port, names in by_port.items() if len(names) > 1]
+        if clashes:
+            raise ValueError(f"ports must be distinct: {'; '.join(clashes)}")
         return self
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edgefleet.config import EdgefleetConfig, parse_config
+from edgefleet.config import EdgefleetConfig, PortsConfig, parse_config
 from edgefleet.security import digest
 
 TEST_TOKEN = "test-token-3f9a-77c1e0"  # the config holds only its hash (edgefleet.security)
@@ -24,9 +24,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports: every socket is held until all are bound, so none repeats."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
 
 
 def make_test_config_dict(num_edge: int = 3) -> dict:
@@ -44,15 +51,8 @@ def make_test_config_dict(num_edge: int = 3) -> dict:
         "ray": {"head_cpus": 1, "object_store_mb": 100, "dashboard": True},
         "federation": {"clients_per_round": min(3, num_edge), "min_clients": 1},
         "auth": {"tokens": [digest(TEST_TOKEN)]},
-        "ports": {
-            "grpc": free_port(),
-            "http": free_port(),
-            "dashboard": free_port(),
-            "mlflow_ui": free_port(),
-            "metrics": free_port(),
-            "grpc_internal": free_port(),
-            "dashboard_agent": free_port(),  # not Ray's default: `edgefleet up` in test_up runs beside this fleet
-        },
+        # every port free, dashboard_agent too: `edgefleet up` in test_up runs beside the session fleet
+        "ports": dict(zip(PortsConfig.model_fields, free_ports(len(PortsConfig.model_fields)), strict=True)),
     }
 
 
@@ -129,6 +129,20 @@ def side_app(data: dict, folder: Path, *, ready: Callable[[], bool] = lambda: Tr
             ray.kill(ray.get_actor(actor_name(node["id"], app), namespace=ACTOR_NAMESPACE))
 
 
+@contextlib.contextmanager
+def _environ(**values: str) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 @pytest.fixture(scope="session")
 def fleet_config() -> EdgefleetConfig:
     return parse_config(make_test_config_dict(), source="test fleet")
@@ -142,10 +156,10 @@ def fleet(fleet_config: EdgefleetConfig) -> Iterator:
     os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")
     # The GCS marks a killed raylet dead after 3 failed health checks 1 s apart (~5 s) instead of 5
     # checks 3 s apart (~14 s): the fault tests wait for that before a site comes back. A raylet
-    # that is merely slow on 2 cores still has each check's 10 s timeout.
-    os.environ.setdefault("RAY_health_check_period_ms", "1000")
-    os.environ.setdefault("RAY_health_check_failure_threshold", "3")
-    f = start_local_fleet(fleet_config)
+    # that is merely slow on 2 cores still has each check's 10 s timeout. The GCS reads them as it
+    # starts; set only meanwhile, so no later subprocess (`edgefleet up` in test_up) inherits them.
+    with _environ(RAY_health_check_period_ms="1000", RAY_health_check_failure_threshold="3"):
+        f = start_local_fleet(fleet_config)
     yield f
     f.shutdown()
 

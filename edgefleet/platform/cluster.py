@@ -98,6 +98,7 @@ def start_local_fleet(config: EdgefleetConfig, *, on_step: Step | None = None, l
     if config.ray.dashboard:
         head_args |= {"dashboard_host": "127.0.0.1", "dashboard_port": config.ports.dashboard}
     step("start head (GCS" + (" + dashboard)" if config.ray.dashboard else ")"))
+    cluster = None
     try:
         cluster = Cluster(initialize_head=True, head_node_args=head_args)
         for node in config.fleet.edge_nodes:
@@ -111,11 +112,14 @@ def start_local_fleet(config: EdgefleetConfig, *, on_step: Step | None = None, l
         step("wait for all raylets to register")
         cluster.wait_for_nodes(timeout=120)
         ray.init(address=cluster.address, log_to_driver=log_to_driver, logging_level="WARNING")
-    except Exception as exc:
-        try:
-            cluster.shutdown()  # never leave half a fleet running
-        except Exception:
-            pass
+    except BaseException as exc:  # Ctrl-C while it starts too: never leave half a fleet running
+        if cluster is not None:
+            try:
+                cluster.shutdown()
+            except Exception:
+                pass
+        if not isinstance(exc, Exception):
+            raise
         raise FleetError(f"embedded fleet failed to start: {exc}") from exc
     dashboard = f"http://{cluster.webui_url}" if config.ray.dashboard and cluster.webui_url else None
     return Fleet(address=cluster.address, dashboard_url=dashboard, embedded=True, _cluster=cluster)

@@ -88,14 +88,15 @@ def test_up_serves_smollm2_to_the_readme_snippets_then_ctrl_c_cleans_up(tmp_path
         assert out.returncode == 0, out.stderr
         return out.stdout
 
+    # Started as `edgefleet up &` in a script starts it, with SIGINT ignored (a suite run in the
+    # background once hung here): Ctrl-C must stop it all the same.
+    as_background_job = ["/bin/sh", "-c", 'trap "" INT; exec "$@"', "sh"]
     proc = subprocess.Popen(
-        [*cli, "up", "--no-mlflow-ui"],
+        [*as_background_job, *cli, "up", "--no-mlflow-ui"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         env=env,
-        # as `edgefleet up &` in a script starts it: SIGINT ignored (a backgrounded suite run once hung here)
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     try:
         output = _wait_for_line(proc, "edgefleet is up", timeout=420)

@@ -72,7 +72,8 @@ _OURS = {t for m in metrics.METRICS for t in m.tags}  # Ray adds WorkerId, Sessi
 
 def _federate_job_config(tmp_path: Path) -> Path:
     # Two of the fleet's three edge nodes take part: each client costs a Ray Train session per job
-    # (four processes, ~7 s of imports), and two are what secure aggregation needs.
+    # (four processes, ~7 s of imports), and two are what secure aggregation needs. Both train every
+    # round; sampling some of three across a crash and resume is test_coordinator_rounds' (in-process).
     data = make_test_config_dict(num_edge=2) | {"cache_dir": str(tmp_path / "cache")}
     data["federation"] = {
         "clients_per_round": 2,

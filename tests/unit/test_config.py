@@ -50,7 +50,9 @@ def test_no_file_and_empty_file_give_defaults(write_config):
         ({"routing": {"cost_order": ["edge", "edge"]}}, "routing.cost_order: tiers must not repeat"),
         ({"routing": {"policy": "fastest"}}, "routing.policy: Input should be 'sla', 'least_loaded'"),
         ({"privacy": {"noise_multiplier": 1.0}}, "set exactly one of target_epsilon and noise_multiplier"),
-        ({"ports": {"grpc": 8000, "http": 8000}}, "ports must be distinct"),
+        ({"ports": {"grpc": 8000, "http": 8000}}, "ports must be distinct: grpc and http are all 8000"),
+        # a default the user never wrote is named too: Ray's head agent holds 52365 unless moved
+        ({"ports": {"metrics": 52365}}, "ports must be distinct: metrics and dashboard_agent are all 52365"),
         ({"federation": {"clients_per_round": 5}}, "clients_per_round=5 exceeds the 3 edge nodes"),
         (
             {"fleet": {"edge_nodes": [{"id": "a", "labels": {"edgefleet.io/role": "cloud"}}]}},
