@@ -129,20 +129,6 @@ def side_app(data: dict, folder: Path, *, ready: Callable[[], bool] = lambda: Tr
             ray.kill(ray.get_actor(actor_name(node["id"], app), namespace=ACTOR_NAMESPACE))
 
 
-@contextlib.contextmanager
-def _environ(**values: str) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 @pytest.fixture(scope="session")
 def fleet_config() -> EdgefleetConfig:
     return parse_config(make_test_config_dict(), source="test fleet")
@@ -158,7 +144,9 @@ def fleet(fleet_config: EdgefleetConfig) -> Iterator:
     # checks 3 s apart (~14 s): the fault tests wait for that before a site comes back. A raylet
     # that is merely slow on 2 cores still has each check's 10 s timeout. The GCS reads them as it
     # starts; set only meanwhile, so no later subprocess (`edgefleet up` in test_up) inherits them.
-    with _environ(RAY_health_check_period_ms="1000", RAY_health_check_failure_threshold="3"):
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_health_check_period_ms", "1000")
+        env.setenv("RAY_health_check_failure_threshold", "3")
         f = start_local_fleet(fleet_config)
     yield f
     f.shutdown()
