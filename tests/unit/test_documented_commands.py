@@ -34,7 +34,9 @@ def _commands_in(text: str) -> set[str]:
             line = line.split(" #", 1)[0].strip()
             if re.match(r"(\.venv/bin/)?edgefleet ", line):
                 found.add(line)
-    return {c.split("|")[-1].strip().removeprefix(".venv/bin/") for c in found if not SYNOPSIS.search(c)}
+    # A trailing `&` is the shell's (a background job), not an argument.
+    commands = (c.split("|")[-1].strip().removesuffix("&").strip().removeprefix(".venv/bin/") for c in found)
+    return {c for c in commands if not SYNOPSIS.search(c)}
 
 
 _parser = functools.cache(build_parser)  # parsing leaves the parser as it was
