@@ -13,7 +13,7 @@
   (σ, q, steps) the ledger needs, the time the update took and the node it ran on;
 - ``reveal``: secure aggregation's step 4, the shares that let the coordinator unmask only the sum.
 
-Messages are plain dicts of str, numbers, bytes and numpy arrays, so they cross Ray queues as is.
+Messages are plain dicts of str, numbers, bytes and numpy arrays, so they cross the session mailbox (an actor) as is.
 """
 
 from __future__ import annotations

@@ -44,9 +44,8 @@ class JobResult:
 def _train_loop(config: dict[str, Any]) -> None:
     """Runs on each Train worker, on the client's node: one update, or one per task until told to stop.
 
-    With ``tasks`` / ``results`` queues in the config the run serves many rounds (a session): the
-    model and the data are loaded once and the accountant carries on in memory and in every
-    round's checkpoint.
+    With a ``mailbox`` in the config the run serves many rounds (a session): the model and the data
+    are loaded once and the accountant carries on in memory and in every round's checkpoint.
     """
     import ray.train
     import torch
@@ -68,13 +67,13 @@ def _train_loop(config: dict[str, Any]) -> None:
     privacy = PrivacyConfig.model_validate(config["privacy"]) if config["privacy"] else None
     distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     rank = ray.train.get_context().get_world_rank()
-    tasks, results = config.get("tasks"), config.get("results")
+    mailbox = config.get("mailbox")
     handler = config.get("handler")
     memory: dict[str, Any] = {}  # the handler's state between a session's tasks (e.g. a round's secrets)
     task: dict[str, Any] | None = {"adapter": config["adapter"], "hp": config["hp"]}
     while True:
-        if tasks is not None:
-            task = tasks.get(block=True) if rank == 0 else None
+        if mailbox is not None:
+            task = mailbox.next_task() if rank == 0 else None
             if distributed:  # every rank trains on the same task
                 box = [task]
                 dist.broadcast_object_list(box, src=0)
@@ -90,10 +89,10 @@ def _train_loop(config: dict[str, Any]) -> None:
         else:
             saved = _one_round(base, blocks, task, privacy, accountant_state, distributed, rank)
             accountant_state = saved["update"]["accountant_state"]
-        if tasks is None:
+        if mailbox is None:
             return
         if rank == 0:
-            results.put({**saved, "seq": task.get("seq")})
+            mailbox.put_answer({**saved, "seq": task.get("seq")})
 
 
 def _one_round(
@@ -291,14 +290,14 @@ def run_local_update(
 
 
 def await_answer(get: Any, seq: int, timeout_s: float, who: str, error: Any = lambda: None) -> dict[str, Any]:
-    """The answer to task ``seq`` from a results queue's ``get(block, timeout)``. An answer to an
+    """The answer to task ``seq`` from an answers queue's ``get(block, timeout)``. An answer to an
     older task (a straggler's, arriving after its caller gave up) is skipped, never taken for this one.
 
     Raises:
         TimeoutError: no answer to ``seq`` within ``timeout_s``.
         RuntimeError: the session said it stopped (``error()`` says why).
     """
-    import queue  # ray.util.queue.Empty is a queue.Empty
+    import queue
 
     deadline = time.monotonic() + timeout_s
     while True:
@@ -317,8 +316,9 @@ class LocalTrainingSession:
 
     A ``TorchTrainer.fit()`` costs ~12 s here before any training; a federation round must not pay
     that per client. The session starts the run once (in a background thread: ``fit()`` blocks),
-    then each :meth:`update` hands it the current global adapter through a Ray queue and gets the
-    update back the same way. Base model, data and privacy accountant stay loaded in the worker.
+    then each :meth:`update` hands it the current global adapter through the session's
+    :class:`~edgefleet.train.mailbox.Mailbox` and gets the update back the same way. Base model,
+    data and privacy accountant stay loaded in the worker.
 
     Example (on a fleet)::
 
@@ -345,12 +345,12 @@ class LocalTrainingSession:
         import itertools
         import threading
 
-        from ray.util.queue import Queue
+        from edgefleet.train.mailbox import Mailbox
 
         self.node_id, self.workers = node_id, workers
         self._seq = itertools.count(1)
-        self._tasks, self._results = Queue(actor_options={"num_cpus": 0}), Queue(actor_options={"num_cpus": 0})
-        extra = {"tasks": self._tasks, "results": self._results, "handler": handler}
+        self._mailbox = Mailbox()
+        extra = {"mailbox": self._mailbox, "handler": handler}
         self._trainer = _trainer(
             cfg,
             node_id,
@@ -379,7 +379,10 @@ class LocalTrainingSession:
             import ray
 
             if ray.is_initialized():  # after the driver disconnected, a put would silently re-connect it
-                self._results.put({"stopped": True})
+                try:
+                    self._mailbox.put_answer({"stopped": True})
+                except ray.exceptions.RayActorError:  # closed while the run still ended: nobody waits
+                    pass
 
     @property
     def alive(self) -> bool:
@@ -405,13 +408,15 @@ class LocalTrainingSession:
         if not self._thread.is_alive():
             raise RuntimeError(f"the training session on {self.node_id} has stopped: {self.error}")
         seq = next(self._seq)
-        self._tasks.put({**task, "seq": seq})
-        return await_answer(self._results.get, seq, timeout_s, self.node_id, lambda: self.error)
+        self._mailbox.put_task({**task, "seq": seq})
+        return await_answer(self._mailbox.get_answer, seq, timeout_s, self.node_id, lambda: self.error)
 
     def close(self, timeout_s: float = 60) -> None:
         if self._thread.is_alive():
-            self._tasks.put(None)
+            self._mailbox.put_task(None)
             self._thread.join(timeout_s)
+        if not self._thread.is_alive():  # else the run still ends on its own and says so in the mailbox
+            self._mailbox.close()
 
     def __enter__(self) -> LocalTrainingSession:
         return self

@@ -1,0 +1,71 @@
+"""A Train session's two channels, tasks to its worker and answers back, in one actor.
+
+``ray.util.queue.Queue`` is one actor per queue, so a session's two channels cost two worker
+processes (and they outlived the session). One async actor holds both, and goes with the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+from typing import Any
+
+
+class _MailboxActor:
+    def __init__(self) -> None:
+        self._tasks: asyncio.Queue[Any] = asyncio.Queue()
+        self._answers: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def put_task(self, task: Any) -> None:
+        self._tasks.put_nowait(task)
+
+    async def next_task(self) -> Any:
+        return await self._tasks.get()
+
+    async def put_answer(self, answer: Any) -> None:
+        self._answers.put_nowait(answer)
+
+    async def next_answer(self, timeout_s: float | None) -> tuple[bool, Any]:
+        try:  # a timed-out get is cancelled before it takes anything: no answer is lost
+            return True, await asyncio.wait_for(self._answers.get(), timeout_s)
+        except TimeoutError:
+            return False, None
+
+
+class Mailbox:
+    """The handle: it travels to the Train worker in the loop's config (an actor handle pickles)."""
+
+    def __init__(self) -> None:
+        import ray
+
+        self._actor = ray.remote(num_cpus=0)(_MailboxActor).remote()
+
+    def put_task(self, task: Any) -> None:
+        import ray
+
+        ray.get(self._actor.put_task.remote(task))
+
+    def next_task(self) -> Any:
+        """The worker's side: blocks until the owner hands it a task (None: stop)."""
+        import ray
+
+        return ray.get(self._actor.next_task.remote())
+
+    def put_answer(self, answer: Any) -> None:
+        import ray
+
+        ray.get(self._actor.put_answer.remote(answer))
+
+    def get_answer(self, block: bool = True, timeout: float | None = None) -> Any:
+        """The owner's side, shaped like ``queue.Queue.get``: raises :class:`queue.Empty` after ``timeout``."""
+        import ray
+
+        found, answer = ray.get(self._actor.next_answer.remote(timeout if block else 0))
+        if not found:
+            raise queue.Empty
+        return answer
+
+    def close(self) -> None:
+        import ray
+
+        ray.kill(self._actor)
