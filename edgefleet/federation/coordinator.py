@@ -202,6 +202,8 @@ class Coordinator:
 
     def _session(self, node: str) -> Any:
         if not self._session_ready(node):  # new, or its Train run died (worker killed, node lost): start anew
+            if node in self._sessions:
+                self._sessions.pop(node).close(timeout_s=0)  # its mailbox goes with it
             self._sessions[node] = self._start_client(node)
         return self._sessions[node]
 

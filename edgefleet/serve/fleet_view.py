@@ -1,6 +1,6 @@
 """The Gateway's live picture of its targets, turned into the Router's FleetView. Pure: no Ray.
 
-The Gateway feeds it stats heartbeats (every 100 ms), dispatches and outcomes. It records its own
+The Gateway feeds it stats heartbeats (every 100 ms; every 1 s once idle), dispatches and outcomes. It records its own
 dispatches at once, with their sizes, so two requests arriving together don't both pick the same
 "empty" node and the router can replay each target's batching over the work already sent; it
 opens a circuit breaker on a target after consecutive failures until a heartbeat succeeds.

@@ -365,6 +365,7 @@ class LocalTrainingSession:
             threads=threads,
         )
         self.error: BaseException | None = None
+        self._closing = False
         self._thread = threading.Thread(target=self._fit, name=f"train-session-{node_id}", daemon=True)
         self._thread.start()
 
@@ -383,6 +384,8 @@ class LocalTrainingSession:
                     self._mailbox.put_answer({"stopped": True})
                 except ray.exceptions.RayActorError:  # closed while the run still ended: nobody waits
                     pass
+                if self._closing:  # close() gave up waiting for the run to end: the mailbox goes now
+                    self._mailbox.close()
 
     @property
     def alive(self) -> bool:
@@ -412,10 +415,11 @@ class LocalTrainingSession:
         return await_answer(self._mailbox.get_answer, seq, timeout_s, self.node_id, lambda: self.error)
 
     def close(self, timeout_s: float = 60) -> None:
+        self._closing = True
         if self._thread.is_alive():
             self._mailbox.put_task(None)
             self._thread.join(timeout_s)
-        if not self._thread.is_alive():  # else the run still ends on its own and says so in the mailbox
+        if not self._thread.is_alive():  # else the run ends on its own (a straggler's task) and closes it
             self._mailbox.close()
 
     def __enter__(self) -> LocalTrainingSession:

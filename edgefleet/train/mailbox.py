@@ -26,9 +26,12 @@ class _MailboxActor:
         self._answers.put_nowait(answer)
 
     async def next_answer(self, timeout_s: float | None) -> tuple[bool, Any]:
-        try:  # a timed-out get is cancelled before it takes anything: no answer is lost
+        try:
+            if timeout_s is not None and timeout_s <= 0:  # wait_for(..., 0) would cancel even a ready get
+                return True, self._answers.get_nowait()
+            # a timed-out get is cancelled before it takes anything: no answer is lost
             return True, await asyncio.wait_for(self._answers.get(), timeout_s)
-        except TimeoutError:
+        except (TimeoutError, asyncio.QueueEmpty):
             return False, None
 
 
@@ -68,4 +71,5 @@ class Mailbox:
     def close(self) -> None:
         import ray
 
-        ray.kill(self._actor)
+        if ray.is_initialized():  # after ray.shutdown() the actor is gone with the cluster
+            ray.kill(self._actor)

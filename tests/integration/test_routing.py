@@ -12,7 +12,7 @@ ray = pytest.importorskip("ray")
 
 from edgefleet.client import AsyncClient, EdgefleetClientError  # noqa: E402
 from edgefleet.config import parse_config  # noqa: E402
-from tests.conftest import make_test_config_dict  # noqa: E402
+from tests.conftest import make_test_config_dict, remove_app  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 PROFILES = {"edge-1": "synthetic:0.5:25", "edge-2": "synthetic:0.5:25", "edge-3": "synthetic:0.5:150"}  # edge-3 slow
@@ -62,7 +62,10 @@ def test_sla_router_meets_tight_deadlines_that_round_robin_misses(served, fleet_
     for policy in ("sla", "round_robin"):
         cfg = synthetic_config(fleet_config, policy)
         deployment = deploy(cfg, timeout_s=120, log_level="WARNING")
-        results[policy] = asyncio.run(attainment(deployment.grpc_address, cfg.app))
+        try:
+            results[policy] = asyncio.run(attainment(deployment.grpc_address, cfg.app))
+        finally:
+            remove_app(cfg.app, [n.id for n in cfg.fleet.edge_nodes])
 
     print(f"SLO attainment over a burst of {BURST}: {results}")
     assert results["sla"] > results["round_robin"], results
