@@ -196,7 +196,7 @@ def test_with_the_cloud_gone_edges_serve_and_cloud_only_requests_end_clearly(fle
         os.kill(pid, signal.SIGKILL)
     try:
         with Client(served.grpc_address, token=TEST_TOKEN, max_retries=0) as client:
-            time.sleep(1.5)  # the Gateway's heartbeats notice (every 100 ms, 1 s timeout)
+            time.sleep(2.5)  # the Gateway's heartbeats notice (every 100 ms, 1 s when idle; 1 s timeout)
             ask = lambda i: client.generate(f"still {i}?", max_new_tokens=8, site=f"edge-{i % 3 + 1}", timeout=10)  # noqa: E731
             edge_answers = [_timed(lambda i=i: ask(i)) for i in range(9)]
             cloud_only, cloud_s = _timed(lambda: client.generate("cloud?", max_new_tokens=8, route="cloud", timeout=10))
