@@ -70,17 +70,13 @@ from edgefleet.serve.router import (
     RouteRequest,
     make_router,
 )
+from edgefleet.serve.stats_poller import StatsPoller
 
 
 class LookupGone(Exception):
     """An EdgeNode actor name that no longer resolves (the actor is gone for good)."""
 
 
-STATS_PERIOD_S = 0.1  # FleetView staleness bound while requests come; a stats call costs ~1 ms
-# With no request for IDLE_AFTER_S the polls slow down: 10 a second per target cost an idle app
-# ~0.1 of a core (on 2 cores, two idle apps slowed everything else by a third). The next request
-# wakes the poller at once.
-IDLE_STATS_PERIOD_S, IDLE_AFTER_S = 1.0, 5.0
 # Failures of a target (not of the request) that another target may not share: fail over.
 RETRYABLE = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, BackPressureError, LookupGone)
 
@@ -211,9 +207,7 @@ class Gateway:
         self.hedges = HedgeBudget(share=0.05)  # at most 5% of requests get a hedge
         self.recent = RecentOutcomes(window_s=60.0)
         self.started = int(time.time())  # /v1/models' `created`
-        self._refresher: asyncio.Task | None = None
-        self._last_request = time.monotonic()
-        self._woken: asyncio.Event | None = None  # set by a request: the poller's idle wait ends
+        self.poller = StatsPoller(self._refresh_all)
 
     # ------------------------------------------------------------------ gRPC
 
@@ -393,7 +387,7 @@ class Gateway:
         Raises:
             RequestError: invalid for the model, no target, or the target failed mid-stream.
         """
-        await self._ensure_refresher()
+        await self.poller.on_request()
         view = self.fleet.view()  # one snapshot for the choice and the hedge plan
         decision, route_request = self._decide(v, view)
         self.hedges.on_request()
@@ -621,7 +615,7 @@ class Gateway:
 
     async def fleet_status(self) -> dict[str, Any]:
         """This replica's live view of every target (what ``edgefleet status`` shows per node)."""
-        await self._ensure_refresher()
+        await self.poller.on_request()
         if not self.fleet.healthy:  # nothing heard yet: ask every target once instead of guessing
             await self._refresh_all()
         view = {t.target_id: t for t in self.fleet.view().targets}
@@ -641,33 +635,9 @@ class Gateway:
             }
         return out
 
-    def _idle(self) -> bool:
-        return time.monotonic() - self._last_request > IDLE_AFTER_S
-
-    async def _ensure_refresher(self) -> None:
-        """Start the stats poller, or wake it after an idle spell. Then the view may be ~1 s old (a
-        node may have died or come back meanwhile): the request waits up to 50 ms for a fresh one."""
-        was_idle = self._idle()
-        self._last_request = time.monotonic()
-        if self._refresher is None or self._refresher.done():
-            self._woken = asyncio.Event()
-            self._refresher = asyncio.get_running_loop().create_task(self._refresh_forever())
-        elif was_idle:
-            self._woken.set()
-            await asyncio.wait({asyncio.ensure_future(self._refresh_all())}, timeout=0.05)
-
     async def _refresh_all(self) -> None:
+        """Every target's stats into the fleet view (the poller's schedule: ``serve/stats_poller.py``)."""
         await asyncio.gather(*(self._refresh(t) for t in self.fleet.target_ids), return_exceptions=True)
-
-    async def _refresh_forever(self) -> None:
-        while True:
-            await self._refresh_all()
-            if self._idle():
-                self._woken.clear()
-                with contextlib.suppress(TimeoutError):  # a request ends the wait early
-                    await asyncio.wait_for(self._woken.wait(), IDLE_STATS_PERIOD_S)
-            else:
-                await asyncio.sleep(STATS_PERIOD_S)
 
     async def _refresh(self, target_id: str) -> None:
         try:

@@ -7,6 +7,7 @@ processes (and they outlived the session). One async actor holds both, and goes 
 from __future__ import annotations
 
 import asyncio
+import functools
 import queue
 from typing import Any
 
@@ -35,13 +36,18 @@ class _MailboxActor:
             return False, None
 
 
+@functools.cache
+def _actor_class() -> Any:
+    import ray
+
+    return ray.remote(num_cpus=0)(_MailboxActor)  # made once, not exported again for every session
+
+
 class Mailbox:
     """The handle: it travels to the Train worker in the loop's config (an actor handle pickles)."""
 
     def __init__(self) -> None:
-        import ray
-
-        self._actor = ray.remote(num_cpus=0)(_MailboxActor).remote()
+        self._actor = _actor_class().remote()
 
     def put_task(self, task: Any) -> None:
         import ray
