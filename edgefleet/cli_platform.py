@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +28,7 @@ from edgefleet import cli_audit, cli_federate, cli_models, cli_status, cli_train
 from edgefleet.cli_tables import show
 from edgefleet.config import EdgefleetConfig, load_config
 from edgefleet.errors import ConfigError, FleetError
+from edgefleet.mlflow import server as mlflow_server
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -228,32 +228,11 @@ def _start_mlflow_ui(cfg: EdgefleetConfig) -> tuple[subprocess.Popen | None, str
         return None, uri  # a real tracking server already serves its own UI
     (cfg.cache_dir / "mlflow").mkdir(parents=True, exist_ok=True)
     port = cfg.ports.mlflow_ui
-    artifacts = str(cfg.cache_dir / "mlflow" / "artifacts")
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--backend-store-uri",
-        uri,
-        "--default-artifact-root",
-        artifacts,
-    ]
     log = (cfg.cache_dir / "mlflow" / "server.log").open("ab")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = mlflow_server.spawn(uri, cfg.cache_dir / "mlflow" / "artifacts", port, log=log)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
     with console.status("starting MLflow UI"):
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                urllib.request.urlopen(url + "/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
+        mlflow_server.wait_healthy(proc, url, timeout_s=60)
     if proc.poll() is not None:
         raise FleetError(f"mlflow server exited with code {proc.returncode}; see {log.name}")
     return proc, url

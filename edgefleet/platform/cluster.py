@@ -83,6 +83,10 @@ def start_local_fleet(config: EdgefleetConfig, *, on_step: Step | None = None, l
     if ray.is_initialized():
         raise FleetError("Ray is already initialised in this process; call Fleet.shutdown() first")
     _quiet_ray_env()
+    # The raylets started here, and so every worker, inherit this process's environment. On one
+    # machine no node is preempted, and Ray Train's preemption watcher is one more process (~3 s
+    # of CPU to start) per training session, and each federated client has one.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     step = on_step or (lambda _name: None)
     store = config.ray.object_store_mb * _MB
     head_args: dict[str, Any] = {

@@ -100,6 +100,7 @@ def _distill_loop(config: dict[str, Any]) -> None:
         )
     teacher.eval().requires_grad_(False)
     blocks = chunk_for_causal_lm(public_corpus(), tok, config["block_size"])
+    _skip_the_cpu_shared_memory_kernel(deepspeed, torch)
     deepspeed.init_distributed(dist_backend="gloo")  # already set up by Train: joins it
     ds_config = {
         "train_micro_batch_size_per_gpu": config["batch_size"],
@@ -130,6 +131,16 @@ def _distill_loop(config: dict[str, Any]) -> None:
         ray.train.report(
             {"kl_first": kls[0], "kl_last": kls[-1]}, checkpoint=Checkpoint.from_directory(d) if rank == 0 else None
         )
+
+
+def _skip_the_cpu_shared_memory_kernel(deepspeed: Any, torch: Any) -> None:
+    """Without a GPU, DeepSpeed's first ``init_distributed`` probes a C++ compiler for each of its ops,
+    then JIT-compiles a shared-memory allreduce kernel: ~60 s of CPU on a fresh host (measured on 2
+    cores; cached in ~/.cache/torch_extensions after). A few CPU workers' allreduce of a small student
+    does not repay that, and gloo does it without. The probe's result is only read to decide on that
+    kernel (``deepspeed.comm.torch.build_shm_op``), so an empty one skips both. GPUs use NCCL anyway."""
+    if not torch.cuda.is_available() and "__compatible_ops__" not in vars(deepspeed.ops):
+        deepspeed.ops.__compatible_ops__ = {}
 
 
 def run_distillation(

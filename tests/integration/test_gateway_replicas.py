@@ -1,8 +1,11 @@
-"""A Gateway replica crashes under load: with two replicas, clients retry UNAVAILABLE before the
-first token and every request still succeeds, on the other replica.
+"""The app a Serve config builds (``edgefleet.serve.app:build_app``, what KubeRay's RayService runs),
+as a second app on the session fleet ("replicas": one tiny edge node, ``ingress.gateway_replicas: 2``),
+so the session app's Gateway stays whole for the tests that follow.
 
-A separate Serve app ("replicas", one tiny edge node, ``ingress.gateway_replicas: 2``) keeps the
-session app's Gateway whole for the tests that follow. Serve then replaces the killed replica.
+- A Gateway replica crashes under load: clients retry UNAVAILABLE before the first token and every
+  request still succeeds, on the other replica. Serve then replaces the killed replica.
+- Then the builder's other half: a redeploy reconciles the app's detached edge actors (swap the model
+  live, do nothing when nothing changed, move to another node).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from edgefleet.client import Client, EdgefleetClientError  # noqa: E402
-from tests.conftest import TEST_TOKEN, make_test_config_dict, side_app  # noqa: E402
+from tests.conftest import TEST_TOKEN, make_test_config_dict, remove_app, side_app  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 APP = "replicas"
@@ -35,10 +38,13 @@ def _gateway_pids() -> list[int]:
     )
 
 
+def _app_config() -> dict:
+    return make_test_config_dict(num_edge=1) | {"app": APP, "ingress": {"gateway_replicas": 2}}
+
+
 @pytest.fixture(scope="module")
 def two_gateways(served, tmp_path_factory):
-    data = make_test_config_dict(num_edge=1) | {"app": APP, "ingress": {"gateway_replicas": 2}}
-    with side_app(data, tmp_path_factory.mktemp(APP), ready=lambda: len(_gateway_pids()) == 2):
+    with side_app(_app_config(), tmp_path_factory.mktemp(APP), ready=lambda: len(_gateway_pids()) == 2):
         yield served
 
 
@@ -82,3 +88,35 @@ def test_a_crashed_gateway_replica_costs_a_retry_not_a_request(two_gateways):
     ):
         assert time.monotonic() < deadline, (serve.status().applications[APP], _gateway_pids())
         time.sleep(1)
+
+
+def test_the_built_app_serves_then_a_redeploy_reconciles_its_detached_edge_actors(two_gateways, write_config):
+    from edgefleet.config import load_config
+    from edgefleet.platform.edge_node import ACTOR_NAMESPACE, actor_name
+    from edgefleet.serve.app import build_app, reconcile_edge_actors
+
+    with Client(two_gateways.grpc_address, token=TEST_TOKEN, application=APP, default_timeout=60) as client:
+        answer = client.generate("What is the capital of France?", max_new_tokens=4, site="edge-1", route="edge")
+    assert answer.node_id == "edge-1" and answer.completion_tokens > 0
+    data = _app_config()
+    with pytest.raises(ValueError, match="only a 'config'"):
+        build_app({"config": str(write_config(data)), "typo": 1})
+    actor = ray.get_actor(actor_name("edge-1", APP), namespace=ACTOR_NAMESPACE)
+
+    # A redeploy with the model changed: the same actor swaps to it, live.
+    data["fleet"]["edge_nodes"][0]["model"] = {"source": "tiny:1", "quantization": "none"}
+    cfg = load_config(write_config(data, "changed.yaml"))
+    assert reconcile_edge_actors(cfg) == {"edge-1": "swapped"}
+    info = ray.get(actor.info.remote())
+    assert info["model_version"] == "tiny-seed1" and info["spec"]["source"] == "tiny:1"
+    assert reconcile_edge_actors(cfg) == {"edge-1": "serving"}  # nothing changed: nothing done
+
+    # A redeploy that moves the app to edge-2: edge-1's actor goes, edge-2's comes.
+    data["fleet"]["edge_nodes"][0]["id"] = "edge-2"
+    try:
+        moved = reconcile_edge_actors(load_config(write_config(data, "moved.yaml")))
+        assert moved == {"edge-1": "removed", "edge-2": "serving"}
+        with pytest.raises(ValueError):
+            ray.get_actor(actor_name("edge-1", APP), namespace=ACTOR_NAMESPACE)
+    finally:  # the fixture removes the app and the actors its config names: edge-1's, gone by now
+        remove_app(APP, ["edge-2"])

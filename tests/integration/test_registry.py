@@ -8,9 +8,6 @@ rounds in the outbox until it answers, then they are published in order, with th
 from __future__ import annotations
 
 import subprocess
-import sys
-import time
-import urllib.request
 
 import mlflow
 import pytest
@@ -91,33 +88,13 @@ def test_rounds_become_versions_with_lineage_the_gate_moves_champion_and_plain_m
 
 
 def start_server(port: int, tmp_path) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
-            "--default-artifact-root",
-            str(tmp_path / "artifacts"),
-            "--workers",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    from edgefleet.mlflow import server
+
+    proc = server.spawn(
+        f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "artifacts", port, log=subprocess.DEVNULL, workers=1
     )
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read()
-            return proc
-        except OSError:
-            time.sleep(0.5)
+    if server.wait_healthy(proc, f"http://127.0.0.1:{port}", timeout_s=90):
+        return proc
     proc.kill()
     raise AssertionError("mlflow server did not answer /health within 90 s")
 
