@@ -13,14 +13,45 @@ import yaml
 
 from edgefleet.config import EdgefleetConfig, PortsConfig, parse_config
 from edgefleet.security import digest
+from tests.background import Background
 
 TEST_TOKEN = "test-token-3f9a-77c1e0"  # the config holds only its hash (edgefleet.security)
 
 
+_BACKGROUND = pytest.StashKey[Background]()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests that kill fleet nodes run last: if a node fails to come back, no other test is left
-    waiting on it (a Train job on a missing node's label would wait for it)."""
-    items.sort(key=lambda item: item.get_closest_marker("fleet_faults") is not None)  # stable: file order kept
+    """Start the selected tests' background inputs (a test module's ``BACKGROUND`` jobs, see
+    tests/background.py) and order the session: tests that use them run late, so the inputs have
+    most of the session's idle time to be computed in; tests that kill fleet nodes run last, so if a
+    node fails to come back no other test is left waiting on it (a Train job on a missing node's
+    label would wait for it). The sort is stable: file order is kept otherwise."""
+    jobs = {name: job for item in items for name, job in _background_of(item).items()}
+    config.stash[_BACKGROUND] = background = Background(jobs)
+    if not config.option.collectonly:
+        background.start()
+    items.sort(
+        key=lambda item: (
+            item.get_closest_marker("fleet_faults") is not None,
+            bool(_background_of(item)),
+        )
+    )
+
+
+def _background_of(item: pytest.Item) -> dict:
+    return getattr(getattr(item, "module", None), "BACKGROUND", {})
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _BACKGROUND in config.stash:
+        config.stash[_BACKGROUND].shutdown()
+
+
+@pytest.fixture(scope="session")
+def background(request: pytest.FixtureRequest) -> Background:
+    """The session's background inputs: ``background.result(name)`` waits for one."""
+    return request.config.stash[_BACKGROUND]
 
 
 def free_port() -> int:

@@ -22,9 +22,12 @@ import psutil
 import pytest
 import yaml
 
+from edgefleet.config import default_cache_dir
+from tests.background import FETCH_SMOLLM2
 from tests.conftest import make_test_config_dict
 
 pytestmark = pytest.mark.slow
+BACKGROUND = FETCH_SMOLLM2
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -63,7 +66,7 @@ def readme_snippet(marker: str) -> str:
     return match.group(1)
 
 
-def test_up_serves_smollm2_to_the_readme_snippets_then_ctrl_c_cleans_up(tmp_path: Path):
+def test_up_serves_smollm2_to_the_readme_snippets_then_ctrl_c_cleans_up(tmp_path: Path, background):
     data = make_test_config_dict(num_edge=1)
     # Every target answers with SmolLM2, so the snippets' answers do not depend on where the router
     # sends them (a tiny random-weight cloud once answered the HTTP snippet with noise).
@@ -72,7 +75,8 @@ def test_up_serves_smollm2_to_the_readme_snippets_then_ctrl_c_cleans_up(tmp_path
     data["fleet"]["cloud"]["model"] = smollm2
     data["fleet"]["edge_nodes"][0]["num_cpus"] = 2
     data["auth"] = {"tokens": []}  # open, as on a developer's machine: the snippets carry no token
-    data["cache_dir"] = str(Path(os.environ.get("EDGEFLEET_CACHE", Path.home() / ".cache" / "edgefleet")))
+    background.result("smollm2")  # fetched into the user's cache while earlier tests ran
+    data["cache_dir"] = str(default_cache_dir())
     grpc_port, http_port = data["ports"]["grpc"], data["ports"]["http"]
     cfg_path = tmp_path / "fleet.yaml"
     cfg_path.write_text(yaml.safe_dump(data))

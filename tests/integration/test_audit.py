@@ -6,13 +6,10 @@ would prove nothing.
 """
 
 import dataclasses
+import functools
 import math
-import multiprocessing
-import time
-from concurrent.futures import ProcessPoolExecutor
 
 import pytest
-import torch
 
 from edgefleet.audit.run import AuditConfig, run_audit
 from edgefleet.audit.stats import verdict
@@ -21,21 +18,22 @@ pytestmark = pytest.mark.slow
 CI = AuditConfig(repeats=2, canaries=32)  # 64 members / 64 non-members: provable ε up to ≈ 2.6
 # a broken run's margin over the claim grows with the canaries: 96 / 96 (ceiling ≈ 3.2), ~8 s a repeat
 RECORD_ONLY = dataclasses.replace(CI, repeats=3, settings=("record_dp",))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# ~2 min of one core in all, run in the background from the session's start (tests/background.py);
+# the user-level setting is the slowest, so it is a job of its own.
+BACKGROUND = {
+    "audit: user-level": functools.partial(run_audit, dataclasses.replace(CI, settings=("user_dp",))),
+    "audit: others": functools.partial(
+        run_audit, dataclasses.replace(CI, settings=tuple(s for s in CI.settings if s != "user_dp"))
+    ),
+    "audit: no noise": functools.partial(run_audit, RECORD_ONLY, noise_scale=0.0),
+    "audit: no clipping": functools.partial(run_audit, RECORD_ONLY, clip_override=math.inf),
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class Audit:
     results: tuple
     verdict: object
-    seconds: float
     broken: dict  # the record-level audit of a broken mechanism, by fault: "no noise", "no clipping"
 
     @property
@@ -44,23 +42,11 @@ class Audit:
 
 
 @pytest.fixture(scope="module")
-def audit():
-    """The CI audit, judged as one, and the audits of two broken mechanisms, ~2 min of one core in
-    all. The machine has 2 cores: two more processes run the user-level setting (the slowest) and
-    the broken ones while this one runs the other two settings."""
-    started = time.perf_counter()
-    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
-        user_level = pool.submit(run_audit, dataclasses.replace(CI, settings=("user_dp",)))
-        broken = {
-            "no noise": pool.submit(run_audit, RECORD_ONLY, noise_scale=0.0),
-            "no clipping": pool.submit(run_audit, RECORD_ONLY, clip_override=math.inf),
-        }
-        report = run_audit(dataclasses.replace(CI, settings=tuple(s for s in CI.settings if s != "user_dp")))
-        results = report.results + user_level.result(timeout=900).results
-        seconds = time.perf_counter() - started
-        return Audit(
-            results, verdict(list(results)), seconds, {k: f.result(timeout=900).results[0] for k, f in broken.items()}
-        )
+def audit(background):
+    """The CI audit, judged as one, and the audits of two broken mechanisms."""
+    results = background.result("audit: others").results + background.result("audit: user-level").results
+    broken = {fault: background.result(f"audit: {fault}").results[0] for fault in ("no noise", "no clipping")}
+    return Audit(results, verdict(list(results)), broken)
 
 
 def _by_name(report):
@@ -69,10 +55,7 @@ def _by_name(report):
 
 def test_the_audit_passes_and_the_control_leaks_clearly(audit):
     r = _by_name(audit)
-    print(
-        {n: (round(x.auc, 3), round(x.epsilon_lower, 2), round(x.epsilon_claimed, 3)) for n, x in r.items()},
-        f"{audit.seconds:.0f} s",
-    )
+    print({n: (round(x.auc, 3), round(x.epsilon_lower, 2), round(x.epsilon_claimed, 3)) for n, x in r.items()})
 
     assert audit.passed, audit.verdict.reasons
     assert r["no_dp"].auc > 0.85 and r["no_dp"].epsilon_lower > 1.5

