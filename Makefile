@@ -26,10 +26,8 @@ $(BIN)/python:
 # uv (from PyPI) installs in ~1 min what pip took ~2.5 min over on 2 cores; a clean clone pays it in
 # every CI run. uv does not read pip's settings, so the two this machine type relies on are handed
 # on: the wheel folder that holds the CPU torch build (find-links) and the constraints that cap it.
-# Bytecode is compiled at install, as pip does: with PYTHONDONTWRITEBYTECODE set (as on CI) every
-# Ray worker would otherwise compile torch, transformers and ray from source each time it starts.
 PIP_SETTING = $(shell $(BIN)/python -m pip config list 2>/dev/null | sed -n "s/^global\.$(1)='\(.*\)'$$/\1/p")
-UV_ARGS = --python $(BIN)/python --quiet --compile-bytecode \
+UV_ARGS = --python $(BIN)/python --quiet \
 	$(addprefix --find-links ,$(sort $(PIP_FIND_LINKS) $(call PIP_SETTING,find-links))) \
 	$(addprefix --constraint ,$(sort $(PIP_CONSTRAINT) $(call PIP_SETTING,constraint)))
 
@@ -37,8 +35,19 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet uv
 	$(BIN)/uv pip install $(UV_ARGS) $(TORCH)
 	$(BIN)/uv pip install $(UV_ARGS) -e '.[platform,dev]'
-	$(BIN)/python -m compileall -q edgefleet  # the editable source too, for the same reason
+	$(BIN)/python -m compileall -q -j 0 edgefleet
+	-$(BIN)/python -m compileall -qq -j 0 $(SITE)/torch $(SITE)/ray
 	touch $@
+
+# Bytecode. Compiling the whole venv at install (uv's --compile-bytecode, as pip does) took ~95 s of
+# CPU for 25,800 modules, of which a test run imports about a third. So the modules that every
+# process imports at once as the fleet starts (torch, ray, edgefleet) are compiled at install, and
+# the others as they are first imported: PYTHONDONTWRITEBYTECODE, set on this machine type (as on
+# CI), is cleared for every command here. With it set and nothing compiled, each Ray worker would
+# compile torch, transformers and Ray from source as it starts: the suite ran twice as slowly. A few
+# files in torch use newer-Python syntax that nothing imports, so compileall's status is ignored there.
+export PYTHONDONTWRITEBYTECODE :=
+SITE = $(shell $(BIN)/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 
 model: setup
 	$(BIN)/edgefleet models fetch

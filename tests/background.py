@@ -3,10 +3,10 @@
 The suite runs on 2 cores and leaves them idle about a fifth of its time: Ray tests wait on a round
 deadline, on a raylet's death being noticed, on a process to start. Two inputs take ~3 min of one
 core and no Ray: the privacy audit's trainings and SmolLM2's conversion from its GGUF. When the
-session starts, they are submitted to two worker processes at idle priority (``SCHED_IDLE``: a core
+tests start, they are submitted to two worker processes at idle priority (``SCHED_IDLE``: a core
 runs them only when nothing else wants it, so the other tests' timings are not disturbed), and the
 tests that use them run late in the session (``conftest.pytest_collection_modifyitems``). A test
-that finds its input unfinished raises the workers back to normal priority and waits for it.
+that finds its input unfinished just waits: while it waits the cores are the workers'.
 """
 
 from __future__ import annotations
@@ -28,7 +28,10 @@ FETCH_SMOLLM2 = {"smollm2": functools.partial(ensure_smollm2, default_cache_dir(
 
 
 def _idle_worker() -> None:
-    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):  # not Linux, or not permitted: the jobs still run, at normal priority
+        pass
     import torch
 
     torch.set_num_threads(1)  # two workers, two cores: one thread each
@@ -43,7 +46,7 @@ class Background:
     _futures: dict[str, Future] = field(default_factory=dict)
 
     def start(self) -> None:
-        if not self.jobs:
+        if not self.jobs or self._pool is not None:
             return
         self._pool = ProcessPoolExecutor(
             min(2, len(self.jobs)), mp_context=multiprocessing.get_context("spawn"), initializer=_idle_worker
@@ -51,21 +54,28 @@ class Background:
         self._futures = {name: self._pool.submit(job) for name, job in self.jobs.items()}
 
     def result(self, name: str, timeout_s: float = 900) -> Any:
-        future = self._futures[name]
-        if not future.done():
-            self._raise_priority()  # a test is waiting on it now: it no longer yields to the others
-        return future.result(timeout=timeout_s)
-
-    def _raise_priority(self) -> None:
-        import psutil
-
-        for child in psutil.Process().children():
-            try:
-                if os.sched_getscheduler(child.pid) == os.SCHED_IDLE:
-                    os.sched_setscheduler(child.pid, os.SCHED_OTHER, os.sched_param(0))
-            except (OSError, psutil.Error):  # not permitted (no CAP_SYS_NICE), or gone: it just takes longer
-                pass
+        if name not in self._futures:  # not started (a plugin reordered or re-ran the session): compute it here
+            return self.jobs[name]()
+        try:
+            return self._futures[name].result(timeout=timeout_s)
+        finally:
+            if all(f.done() for f in self._futures.values()):  # the workers hold torch: give the memory back
+                self.shutdown()
 
     def shutdown(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        """Stop now, jobs still running included: a session that ends early (-x, Ctrl-C, a failed
+        fixture) must not wait minutes at exit for inputs no test will read."""
+        if self._pool is None:
+            return
+        import psutil
+
+        pids = [p.pid for p in (getattr(self._pool, "_processes", None) or {}).values() if p.pid]
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = None
+        for pid in pids:
+            try:
+                worker = psutil.Process(pid)
+                for process in [*worker.children(recursive=True), worker]:  # `pip download`'s too
+                    process.kill()
+            except psutil.Error:  # already gone
+                pass

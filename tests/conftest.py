@@ -21,22 +21,25 @@ TEST_TOKEN = "test-token-3f9a-77c1e0"  # the config holds only its hash (edgefle
 _BACKGROUND = pytest.StashKey[Background]()
 
 
+@pytest.hookimpl(trylast=True)  # after -k, -m and --deselect have had their say
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Start the selected tests' background inputs (a test module's ``BACKGROUND`` jobs, see
-    tests/background.py) and order the session: tests that use them run late, so the inputs have
-    most of the session's idle time to be computed in; tests that kill fleet nodes run last, so if a
-    node fails to come back no other test is left waiting on it (a Train job on a missing node's
-    label would wait for it). The sort is stable: file order is kept otherwise."""
-    jobs = {name: job for item in items for name, job in _background_of(item).items()}
-    config.stash[_BACKGROUND] = background = Background(jobs)
-    if not config.option.collectonly:
+    """Tests that use background inputs (a test module's ``BACKGROUND`` jobs, see tests/background.py)
+    run late, so the inputs have most of the session's idle time to be computed in; tests that kill
+    fleet nodes run last, so if a node fails to come back no other test is left waiting on it (a
+    Train job on a missing node's label would wait for it). The sort is stable: file order is kept
+    otherwise."""
+    items.sort(key=lambda item: (item.get_closest_marker("fleet_faults") is not None, bool(_background_of(item))))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> None:
+    """Start the background jobs of the tests about to run (none for --collect-only, --setup-plan,
+    or a session whose collection failed)."""
+    jobs = {name: job for item in session.items for name, job in _background_of(item).items()}
+    session.config.stash[_BACKGROUND] = background = Background(jobs)
+    opt = session.config.option
+    if not (opt.collectonly or getattr(opt, "setupplan", False) or session.testsfailed):
         background.start()
-    items.sort(
-        key=lambda item: (
-            item.get_closest_marker("fleet_faults") is not None,
-            bool(_background_of(item)),
-        )
-    )
 
 
 def _background_of(item: pytest.Item) -> dict:

@@ -22,7 +22,8 @@ NO_JOB_RUNNER = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 def spawn(
     backend_uri: str, artifacts: Path, port: int, *, log: IO[bytes] | int, workers: int | None = None
 ) -> subprocess.Popen:
-    """Start ``mlflow server`` on 127.0.0.1:``port`` in its own session (Ctrl-C is ours to forward)."""
+    """Start ``mlflow server`` on 127.0.0.1:``port`` in its own session (Ctrl-C is ours to forward;
+    ``os.killpg(proc.pid, ...)`` reaches its uvicorn workers too)."""
     cmd = [
         sys.executable,
         "-m",
@@ -39,7 +40,7 @@ def spawn(
     ]
     if workers is not None:
         cmd += ["--workers", str(workers)]
-    env = {**os.environ, **NO_JOB_RUNNER}
+    env = {**NO_JOB_RUNNER, **os.environ}  # a user who set it explicitly keeps their setting
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 

@@ -14,8 +14,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +72,25 @@ def _quiet_ray_env() -> None:
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
 
+@contextlib.contextmanager
+def _raylet_env() -> Iterator[None]:
+    """What the embedded raylets, and so their workers, are started with; this process keeps its own.
+
+    On one machine no node is preempted, and Ray Train's preemption watcher is one more process
+    (~3 s of CPU to start) per training session: each federated client has one. Set for the raylets
+    only: Ray Train copies a variable it finds in the driver's environment into every Train worker's
+    runtime env, and a worker with a runtime env of its own cannot be a prestarted one."""
+    settings = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+    saved = {k: os.environ.get(k) for k in settings}
+    os.environ.update({k: v for k, v in settings.items() if saved[k] is None})  # the user's setting wins
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+
+
 def start_local_fleet(config: EdgefleetConfig, *, on_step: Step | None = None, log_to_driver: bool = True) -> Fleet:
     """Start the embedded fleet described by ``config.fleet`` and connect this process to it.
 
@@ -83,10 +103,6 @@ def start_local_fleet(config: EdgefleetConfig, *, on_step: Step | None = None, l
     if ray.is_initialized():
         raise FleetError("Ray is already initialised in this process; call Fleet.shutdown() first")
     _quiet_ray_env()
-    # The raylets started here, and so every worker, inherit this process's environment. On one
-    # machine no node is preempted, and Ray Train's preemption watcher is one more process (~3 s
-    # of CPU to start) per training session, and each federated client has one.
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     step = on_step or (lambda _name: None)
     store = config.ray.object_store_mb * _MB
     head_args: dict[str, Any] = {
@@ -104,15 +120,21 @@ def start_local_fleet(config: EdgefleetConfig, *, on_step: Step | None = None, l
     step("start head (GCS" + (" + dashboard)" if config.ray.dashboard else ")"))
     cluster = None
     try:
-        cluster = Cluster(initialize_head=True, head_node_args=head_args)
-        for node in config.fleet.edge_nodes:
-            step(f"start raylet {node.id} (edge, {node.num_cpus} CPU)")
+        with _raylet_env():
+            cluster = Cluster(initialize_head=True, head_node_args=head_args)
+            for node in config.fleet.edge_nodes:
+                step(f"start raylet {node.id} (edge, {node.num_cpus} CPU)")
+                cluster.add_node(
+                    num_cpus=node.num_cpus,
+                    object_store_memory=store,
+                    labels=edge_labels(node.id, node.labels),
+                    wait=False,
+                )
+            cloud = config.fleet.cloud
+            step(f"start raylet {cloud.id} (cloud, {cloud.num_cpus} CPU)")
             cluster.add_node(
-                num_cpus=node.num_cpus, object_store_memory=store, labels=edge_labels(node.id, node.labels), wait=False
+                num_cpus=cloud.num_cpus, object_store_memory=store, labels=cloud_labels(cloud.id), wait=False
             )
-        cloud = config.fleet.cloud
-        step(f"start raylet {cloud.id} (cloud, {cloud.num_cpus} CPU)")
-        cluster.add_node(num_cpus=cloud.num_cpus, object_store_memory=store, labels=cloud_labels(cloud.id), wait=False)
         step("wait for all raylets to register")
         cluster.wait_for_nodes(timeout=120)
         ray.init(address=cluster.address, log_to_driver=log_to_driver, logging_level="WARNING")

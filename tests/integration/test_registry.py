@@ -7,6 +7,9 @@ rounds in the outbox until it answers, then they are published in order, with th
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 
 import mlflow
@@ -95,8 +98,10 @@ def start_server(port: int, tmp_path) -> subprocess.Popen:
     )
     if server.wait_healthy(proc, f"http://127.0.0.1:{port}", timeout_s=90):
         return proc
-    proc.kill()
-    raise AssertionError("mlflow server did not answer /health within 90 s")
+    exited = proc.poll()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # its uvicorn worker too, which would keep the port
+    raise AssertionError(f"mlflow server exited with {exited}" if exited is not None else "no /health within 90 s")
 
 
 def test_against_a_real_mlflow_server_rounds_that_end_while_it_is_down_wait_in_the_outbox(tmp_path, adapter_dir):
