@@ -193,6 +193,10 @@ def fleet(fleet_config: EdgefleetConfig) -> Iterator:
     with pytest.MonkeyPatch.context() as env:
         env.setenv("RAY_health_check_period_ms", "1000")
         env.setenv("RAY_health_check_failure_threshold", "3")
+        # Every Ray process sends the GCS its tasks' state changes each second, for the dashboard's
+        # task view and `ray list tasks`; no test reads them (actors and placement groups are GCS
+        # tables of their own), and under traffic the Gateway's stats polls alone make ~40 actor calls a second.
+        env.setenv("RAY_task_events_report_interval_ms", "0")
         f = start_local_fleet(fleet_config)
     yield f
     f.shutdown()

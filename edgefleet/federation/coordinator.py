@@ -180,15 +180,23 @@ class Coordinator:
 
     def run(self, rounds: int) -> list[RoundResult]:
         """Run until ``rounds`` rounds are complete in this run directory (resuming if some are)."""
-        if self.evaluator is None:
-            self.on_step("loading the base model and held-out data")
-            self.evaluator = load_evaluator(self.cfg, self.hp)
-        if not self.store.adapter_path(0).is_file():
-            self.store.save_adapter(0, self.evaluator.initial_adapter())
-        if self.state["initial_loss"] is None:
-            self.state["initial_loss"] = self.evaluator.loss(self.store.load_adapter(0))
-            self.store.save(self.state)
         try:
+            if len(self.state["completed"]) < rounds and _asks_clients(self.state["current"]):
+                # A client's session takes ~30 s to come up (its processes import torch, Ray Train
+                # and Opacus): start them now, and load and evaluate the base model meanwhile. The
+                # round's first step asks every candidate anyway.
+                excluded = (self.state["current"] or {}).get("excluded", {})
+                for node in self.nodes:
+                    if node not in excluded:
+                        self._session(node)
+            if self.evaluator is None:
+                self.on_step("loading the base model and held-out data")
+                self.evaluator = load_evaluator(self.cfg, self.hp)
+            if not self.store.adapter_path(0).is_file():
+                self.store.save_adapter(0, self.evaluator.initial_adapter())
+            if self.state["initial_loss"] is None:
+                self.state["initial_loss"] = self.evaluator.loss(self.store.load_adapter(0))
+                self.store.save(self.state)
             while len(self.state["completed"]) < rounds:
                 self._round()
         finally:
@@ -214,7 +222,7 @@ class Coordinator:
     def _round(self) -> None:
         cur = self.state["current"]
         while True:
-            if cur is None or cur["status"] in ("sampled", "keyed", "training", "failed"):
+            if _asks_clients(cur):
                 self._attempts(cur)
                 cur = self.state["current"]
             if cur["status"] == "revealed":
@@ -524,6 +532,12 @@ class Coordinator:
         self.state["completed"].append(cur["result"])
         self.state["current"] = None
         self.store.save(self.state)
+
+
+def _asks_clients(current: dict[str, Any] | None) -> bool:
+    """Whether the run's next step is an attempt at a round (it asks the clients), not a step that
+    finishes an aggregated round from disk."""
+    return current is None or current["status"] in ("sampled", "keyed", "training", "failed")
 
 
 def _t(x: np.ndarray) -> Any:

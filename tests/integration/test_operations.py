@@ -130,7 +130,13 @@ def operated(served, fleet, fleet_config, tmp_path_factory):
         out["rollout"] = _roll_out_the_new_champion(fleet_config, cfg_path)
         with Client(served.grpc_address, token=TEST_TOKEN, default_timeout=120) as client:
             _traffic(client, n=6)  # the last minute's SLA window, on the rolled-out model
-        out["status"] = json.loads(_cli(cfg_path, "status", "--json", "--address", fleet.address).stdout)
+        # What an operator runs next, side by side (each CLI mostly imports; the fleet is idle now)
+        with ThreadPoolExecutor(3) as pool:
+            status = pool.submit(_cli, cfg_path, "status", "--json", "--address", fleet.address)
+            table = pool.submit(_cli, cfg_path, "status", "--once", "--address", fleet.address, columns=200)
+            unknown = pool.submit(_cli, cfg_path, "models", "show", "99", ok=False)
+            out["status"], out["status_table"] = json.loads(status.result().stdout), table.result().stdout
+            out["unknown_version"] = unknown.result()
         time.sleep(3)  # two more report intervals: the last gauges reach the endpoints
         scraper.once()
         yield out
@@ -314,9 +320,14 @@ def _roll_out_the_new_champion(fleet_config, cfg_path: Path):
         ray.get([edges[n.id].swap_model.remote(n.model) for n in fleet_config.fleet.edge_nodes])
 
 
-def _cli(cfg_path: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
+def _cli(cfg_path: Path, *args: str, ok: bool = True, columns: int | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": str(columns)} if columns else None
     out = subprocess.run(
-        [sys.executable, "-m", "edgefleet.cli", "-c", str(cfg_path), *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "edgefleet.cli", "-c", str(cfg_path), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
     )
     assert out.returncode == 0 or not ok, out.stderr[-3000:]
     return out
@@ -366,7 +377,7 @@ def test_every_committed_round_became_exactly_one_registry_version(operated):
     assert sorted(v["tags"]["edgefleet.round"] for v in versions) == ["1"]
     assert all(v["tags"]["edgefleet.run"] == "ray-job" for v in versions)
     assert "candidate" in versions[-1]["aliases"]
-    unknown = _cli(operated["cfg_path"], "models", "show", "99", ok=False)
+    unknown = operated["unknown_version"]  # `edgefleet models show 99`
     assert unknown.returncode == 2 and "no version 99" in unknown.stderr and len(unknown.stderr.splitlines()) == 1
 
 
@@ -429,24 +440,7 @@ def test_status_json_shows_every_node_live_with_round_champion_and_epsilon(opera
     assert all(e["budget"] == budget and e["spent"] < budget for e in status["epsilon"].values())
 
 
-def test_status_table_prints_once_for_scripts(operated, fleet):
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "edgefleet.cli",
-            "-c",
-            str(operated["cfg_path"]),
-            "status",
-            "--once",
-            "--address",
-            fleet.address,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "COLUMNS": "200"},
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
+def test_status_table_prints_once_for_scripts(operated):
+    out = operated["status_table"]  # `edgefleet status --once` at 200 columns
     for text in ("edgefleet fleet", "edge-1", "cloud", "serving", "round 1 of run ray-job", "champion"):
-        assert text in out.stdout, out.stdout
+        assert text in out, out
