@@ -125,6 +125,7 @@ class Coordinator:
         self.nodes = [n.id for n in cfg.fleet.edge_nodes]
         self._start_client = clients or ray_sessions(cfg)
         self._sessions: dict[str, Any] = {}
+        self._unanswered: set[str] = set()  # sessions started that have not answered yet: maybe still starting
         self.evaluator = evaluator
         self.client_delays = client_delays or {}
         self.crash_after = crash_after
@@ -207,12 +208,14 @@ class Coordinator:
         for s in self._sessions.values():
             s.close(timeout_s=5)
         self._sessions.clear()
+        self._unanswered.clear()
 
     def _session(self, node: str) -> Any:
         if not self._session_ready(node):  # new, or its Train run died (worker killed, node lost): start anew
             if node in self._sessions:
                 self._sessions.pop(node).close(timeout_s=0)  # its mailbox goes with it
             self._sessions[node] = self._start_client(node)
+            self._unanswered.add(node)
         return self._sessions[node]
 
     def _session_ready(self, node: str) -> bool:
@@ -265,7 +268,9 @@ class Coordinator:
         """Send each client its task at once; (answers, client → why no answer) by ``timeout_s``."""
 
         def one(c: str) -> dict[str, Any]:
-            return self._session(c).call(task(c), timeout_s=timeout_s)
+            answer = self._session(c).call(task(c), timeout_s=timeout_s)
+            self._unanswered.discard(c)  # its session is up
+            return answer
 
         answers, failed = {}, {}
         with ThreadPoolExecutor(max(1, len(clients))) as pool:
@@ -303,7 +308,7 @@ class Coordinator:
         self.on_step(f"round {round_id}: sampling clients")
         candidates = [n for n in self.nodes if n not in excluded]
         # A plan that starts a client's session (first round, or after its run died) waits for the start.
-        starting = not all(self._session_ready(c) for c in candidates)
+        starting = any(c in self._unanswered or not self._session_ready(c) for c in candidates)
         plan_timeout = SESSION_START_S if starting else min(PLAN_TIMEOUT_S, self.fed.round_timeout_s)
         plans, unavailable = self._ask(candidates, lambda c: {"op": "plan", "hp": hp}, plan_timeout)
         over_budget = sorted(c for c, p in plans.items() if not self.ledger.can_take_part(c, Release(**p["release"])))
