@@ -69,12 +69,16 @@ class Background:
             return
         import psutil
 
-        pids = [p.pid for p in (getattr(self._pool, "_processes", None) or {}).values() if p.pid]
+        workers = []  # taken before the pool lets them go: a psutil.Process never kills a reused pid
+        for p in (getattr(self._pool, "_processes", None) or {}).values():
+            try:
+                workers.append(psutil.Process(p.pid))
+            except (psutil.Error, TypeError):  # already gone, or never started
+                pass
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._pool = None
-        for pid in pids:
+        for worker in workers:
             try:
-                worker = psutil.Process(pid)
                 for process in [*worker.children(recursive=True), worker]:  # `pip download`'s too
                     process.kill()
             except psutil.Error:  # already gone

@@ -189,7 +189,10 @@ class Coordinator:
                 excluded = (self.state["current"] or {}).get("excluded", {})
                 for node in self.nodes:
                     if node not in excluded:
-                        self._session(node)
+                        try:
+                            self._session(node)
+                        except Exception:  # noqa: BLE001 - e.g. its node is down: the plan asks again and records why
+                            pass
             if self.evaluator is None:
                 self.on_step("loading the base model and held-out data")
                 self.evaluator = load_evaluator(self.cfg, self.hp)
@@ -311,6 +314,8 @@ class Coordinator:
         starting = any(c in self._unanswered or not self._session_ready(c) for c in candidates)
         plan_timeout = SESSION_START_S if starting else min(PLAN_TIMEOUT_S, self.fed.round_timeout_s)
         plans, unavailable = self._ask(candidates, lambda c: {"op": "plan", "hp": hp}, plan_timeout)
+        if starting:  # each had its start-up time: one still silent is slow or stuck, not starting
+            self._unanswered.difference_update(candidates)
         over_budget = sorted(c for c, p in plans.items() if not self.ledger.can_take_part(c, Release(**p["release"])))
         eligible = sorted(c for c in plans if c not in over_budget)
         k = min(self.fed.clients_per_round, len(eligible))

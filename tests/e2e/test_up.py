@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
@@ -85,6 +86,9 @@ def test_up_serves_smollm2_to_the_readme_snippets_then_ctrl_c_cleans_up(tmp_path
     cli = [sys.executable, "-m", "edgefleet.cli", "--config", str(cfg_path)]
     swap_ports = {"127.0.0.1:9000": f"127.0.0.1:{grpc_port}", "127.0.0.1:8000": f"127.0.0.1:{http_port}"}
 
+    def run(args: list[str], timeout: float) -> subprocess.CompletedProcess:
+        return subprocess.run(args, capture_output=True, text=True, env=env, timeout=timeout)
+
     def run_snippet(marker: str) -> str:
         code = readme_snippet(marker)
         for old, new in swap_ports.items():
@@ -106,27 +110,26 @@ def test_up_serves_smollm2_to_the_readme_snippets_then_ctrl_c_cleans_up(tmp_path
     try:
         output = _wait_for_line(proc, "edgefleet is up", timeout=420)
         raylets = [p for p in psutil.Process(proc.pid).children(recursive=True) if p.name() == "raylet"]
-        sdk_answer = run_snippet("sdk-example")
-        openai_answer = run_snippet("openai-example")
-        generated = subprocess.run(
-            [
-                *cli,
-                "generate",
-                "What is the capital of France?",
-                "--timeout",
-                "60",
-                "--target",
-                f"127.0.0.1:{grpc_port}",
-                "--route",
-                "edge",  # pinned, so served_by below is not a guess about the router
-            ],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=180,
-        )
-        status = subprocess.run([*cli, "status"], capture_output=True, text=True, env=env, timeout=120)
-        status_json = subprocess.run([*cli, "status", "--json"], capture_output=True, text=True, env=env, timeout=120)
+        generate = [
+            *cli,
+            "generate",
+            "What is the capital of France?",
+            "--timeout",
+            "60",
+            "--target",
+            f"127.0.0.1:{grpc_port}",
+            "--route",
+            "edge",  # pinned, so served_by below is not a guess about the router
+        ]
+        # A user's first commands, side by side (each is mostly a Python start); `status` after, as it
+        # reports edge-1's tokens/s from that traffic.
+        with ThreadPoolExecutor(3) as pool:
+            sdk_run, openai_run = pool.submit(run_snippet, "sdk-example"), pool.submit(run_snippet, "openai-example")
+            generated_run = pool.submit(run, generate, timeout=180)
+            sdk_answer, openai_answer, generated = sdk_run.result(), openai_run.result(), generated_run.result()
+            status_run = pool.submit(run, [*cli, "status"], timeout=120)
+            json_run = pool.submit(run, [*cli, "status", "--json"], timeout=120)
+            status, status_json = status_run.result(), json_run.result()
         dashboard_apps = json.loads(
             urllib.request.urlopen(
                 f"http://127.0.0.1:{data['ports']['dashboard']}/api/serve/applications/", timeout=30

@@ -142,6 +142,30 @@ def test_a_robust_rule_in_the_clear_and_fedadam_under_secure_aggregation_both_tr
         assert results[-1].held_out_loss < coord.state["initial_loss"], name
 
 
+def test_a_client_whose_session_cannot_start_is_left_out_of_the_round_not_fatal(tmp_path):
+    """edge-3's node is down as the run starts: starting its session raises at once. The sessions are
+    started before the base model is evaluated; that failure must not end the run, only leave edge-3 out."""
+    from edgefleet.train.jobs import NodeUnavailable
+
+    cfg = federation_config(tmp_path, local_steps=2)
+    base, tok = load_trainable(cfg.fleet.edge_nodes[0].model, cfg.cache_dir)
+
+    tried: list[str] = []
+
+    def clients(node):
+        tried.append(node)
+        if node == "edge-3":
+            raise NodeUnavailable("edge-3: no live raylet carries its label")
+        return InProcessClient(cfg, node, base, tok)
+
+    coord = Coordinator(cfg, tmp_path / "run", clients=clients, evaluator=load_evaluator(cfg, local_hyper(cfg)))
+
+    (result,) = coord.run(1)
+
+    assert result.sampled == result.finished == ["edge-1", "edge-2"]
+    assert tried.count("edge-3") == 2  # at the early start, then again when the round's plan asked it
+
+
 class _Crashed(BaseException):
     """The coordinator's process died here: nothing after this step ran (BaseException: no handler catches it)."""
 
