@@ -74,7 +74,8 @@ def _fleet_of(config: str) -> tuple[str, Path | None]:
     return f"{host}:{cfg.ports.grpc}", cert
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
+def _client(args: argparse.Namespace):
+    """The SDK client for ``generate`` and ``feedback``."""
     from edgefleet.client import Client
 
     # The fleet to talk to: --target, else the config's (-c or $EDGEFLEET_CONFIG), else the default.
@@ -92,12 +93,23 @@ def cmd_generate(args: argparse.Namespace) -> int:
     target = target or DEFAULT_TARGET
     ca, flag = (args.ca, "--ca") if args.ca else (cert, f"auth.tls_cert of {args.config}")
     roots = _read_pem(ca, flag) if ca else None
-    with Client(
+    return Client(
         target,
         token=args.token or os.environ.get("EDGEFLEET_TOKEN"),
         tls=bool(args.tls or roots),
         root_certificates=roots,
-    ) as client:
+    )
+
+
+def cmd_feedback(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        node = client.feedback(args.request_id, good=args.good, correction=args.correction, timeout=args.timeout)
+    print(f"kept on {node}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    with _client(args) as client:
         chunks = client.stream(
             args.prompt,
             max_new_tokens=args.max_new_tokens,
@@ -121,21 +133,36 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_generate(sub: argparse._SubParsersAction) -> None:
-    gen = sub.add_parser("generate", help="stream one answer from a running fleet over gRPC")
-    gen.add_argument("prompt")
+def _add_connection(gen: argparse.ArgumentParser) -> None:
     gen.add_argument(
         "--target", help=f"gRPC address (default: the config's ports.grpc on 127.0.0.1, else {DEFAULT_TARGET})"
     )
+    gen.add_argument("--token", help="bearer token (default: $EDGEFLEET_TOKEN)")
+    gen.add_argument("--tls", action="store_true", help="connect with TLS (system roots, or --ca)")
+    gen.add_argument("--ca", help="PEM certificate(s) to trust, e.g. the gRPC front's self-signed cert.pem")
+    gen.set_defaults(uses_address=False)
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    gen = sub.add_parser("generate", help="stream one answer from a running fleet over gRPC")
+    gen.add_argument("prompt")
+    _add_connection(gen)
     gen.add_argument("--timeout", type=float, default=None, help="seconds: the gRPC deadline and the SLA")
     gen.add_argument("--max-new-tokens", type=int, default=128)
     gen.add_argument("--temperature", type=float, default=0.0)
     gen.add_argument("--route", choices=["auto", "edge", "cloud"], default="auto")
     gen.add_argument("--site", default="", help="your locality hint, e.g. edge-1")
-    gen.add_argument("--token", help="bearer token (default: $EDGEFLEET_TOKEN)")
-    gen.add_argument("--tls", action="store_true", help="connect with TLS (system roots, or --ca)")
-    gen.add_argument("--ca", help="PEM certificate(s) to trust, e.g. the gRPC front's self-signed cert.pem")
-    gen.set_defaults(func=cmd_generate, uses_address=False)
+    gen.set_defaults(func=cmd_generate)
+
+    fb = sub.add_parser("feedback", help="rate an answer (kept on its site's edge node, trains its private updates)")
+    fb.add_argument("request_id", help="the answer's request id")
+    rating = fb.add_mutually_exclusive_group(required=True)
+    rating.add_argument("--good", dest="good", action="store_true", default=None)
+    rating.add_argument("--bad", dest="good", action="store_false")
+    fb.add_argument("--correction", help="the answer it should have been")
+    fb.add_argument("--timeout", type=float, default=10.0, help="seconds")
+    _add_connection(fb)
+    fb.set_defaults(func=cmd_feedback)
 
 
 def _add_platform_stubs(sub: argparse._SubParsersAction, missing: str) -> None:

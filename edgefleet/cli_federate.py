@@ -88,6 +88,9 @@ def run_rounds(
         status.update(f"round {result.round}: registering the model in MLflow")
         version = publish(result, adapter_path)
         where = f"model version {version}" if version else "MLflow unreachable: kept in the outbox"
+        if version:
+            tags = publish.registry.show(version).get("tags", {})
+            where += f" ({tags.get('edgefleet.gate', '?')}: {tags.get('edgefleet.gate_reason', '')})"
         out.print(_round_line(result) + f" → {where}")
 
     coordinator = Coordinator(cfg, run_dir, crash_after=crash_after, on_step=status.update, on_round=on_round)
@@ -99,7 +102,7 @@ def run_rounds(
         )
     with status:
         results = coordinator.run(rounds)
-    show(out, rounds_table(results, coordinator.state["initial_loss"], cfg))
+    show(out, rounds_table(results, coordinator.state["initial_loss"], cfg, coordinator.state.get("initial_quality")))
     return results
 
 
@@ -149,6 +152,8 @@ def registry_hook(cfg: EdgefleetConfig, run: str, coordinator: Any) -> Any:
             user_epsilon=result.user_epsilon,
             base_model=base_model,
             params=params,
+            scores=_user_scores(result.quality),
+            base_task_score=(coord.state.get("initial_quality") or {}).get("task_score"),
         )
         with tempfile.TemporaryDirectory() as tmp:
             peft_dir = export_adapter(coord.evaluator.base, load_file(str(adapter_path)), coord.hp, Path(tmp) / "peft")
@@ -159,30 +164,58 @@ def registry_hook(cfg: EdgefleetConfig, run: str, coordinator: Any) -> Any:
             metrics.champion_of(registry)
         return version
 
+    publish.registry = registry
     return publish
+
+
+def _user_scores(quality: Any) -> dict[str, Any] | None:
+    if quality is None:
+        return None
+    return {"task_score": quality.task_score, "divergence": quality.divergence, "facts_lost": list(quality.facts_lost)}
 
 
 def _round_line(r: Any) -> str:
     late = f", stragglers: {', '.join(f'{c} ({why})' for c, why in r.stragglers.items())}" if r.stragglers else ""
+    q = r.quality
+    users = (
+        f", task score {q.task_score:.3f}, divergence {q.divergence:.4f}, facts {q.facts_kept}/{q.facts_total}"
+        if q is not None
+        else ""
+    )
     return (
         f"round {r.round}: {len(r.finished)}/{len(r.sampled)} clients, train loss {r.train_loss:.3f}, "
-        f"held-out perplexity {r.perplexity:.2f}, {r.wall_s:.1f} s{late}"
+        f"held-out perplexity {r.perplexity:.2f}{users}, {r.wall_s:.1f} s{late}"
     )
 
 
-def rounds_table(results: list[Any], initial_loss: float, cfg: EdgefleetConfig) -> Table:
+def rounds_table(
+    results: list[Any], initial_loss: float, cfg: EdgefleetConfig, initial_quality: dict[str, Any] | None = None
+) -> Table:
     import math
 
     nodes = [n.id for n in cfg.fleet.edge_nodes]
-    table = Table(title=f"federated rounds (held-out perplexity before round 1: {math.exp(initial_loss):.2f})")
-    for col in ("round", "clients", "train loss", "held-out ppl", *(f"ε {n}" for n in nodes), "user-level ε", "wall s"):
+    before = f"held-out perplexity before round 1: {math.exp(initial_loss):.2f}"
+    if initial_quality:
+        before += f"; the base model's task score {initial_quality['task_score']:.3f}"
+    table = Table(title=f"federated rounds ({before})")
+    users = ("task score", "divergence") if any(r.quality for r in results) else ()
+    for col in ("round", "clients", "train loss", "held-out ppl", *users, *(f"ε {n}" for n in nodes), "user-level ε"):
         table.add_column(col, justify="right")
+    table.add_column("wall s", justify="right")
     for r in results:
         clients = ", ".join(r.finished) + (f" [yellow](dropped {', '.join(r.stragglers)})" if r.stragglers else "")
         eps = [f"{r.epsilon[n]:.2f}" + ("" if n in r.finished else " [dim](sat out)") for n in nodes]
         user = f"{r.user_epsilon:.2f}" if r.user_epsilon is not None else "-"
+        scores = (f"{r.quality.task_score:.3f}", f"{r.quality.divergence:.4f}") if r.quality else ("-", "-")
         table.add_row(
-            str(r.round), clients, f"{r.train_loss:.3f}", f"{r.perplexity:.2f}", *eps, user, f"{r.wall_s:.1f}"
+            str(r.round),
+            clients,
+            f"{r.train_loss:.3f}",
+            f"{r.perplexity:.2f}",
+            *(scores if users else ()),
+            *eps,
+            user,
+            f"{r.wall_s:.1f}",
         )
     return table
 

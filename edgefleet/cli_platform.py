@@ -176,6 +176,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 )
             show(console, table)
             _rush_hour(client)
+            demo_federation.collect_feedback(cfg, client, console)
         demo_deadlines.run(cfg, token, console)
         demo_federation.run(cfg, _fetch_model, console)
     finally:

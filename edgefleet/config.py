@@ -201,7 +201,7 @@ class FederationConfig(_Strict):
     user_dp: UserDPConfig | None = Field(default=None, description="add user-level DP on top of DP-SGD")
     local_steps: int = Field(default=6, ge=1, description="optimizer steps of each client's local update")
     batch_size: int = Field(default=16, ge=1, description="expected logical batch of the local update")
-    block_size: int = Field(default=64, ge=8, le=4096, description="tokens per training sample")
+    block_size: int = Field(default=96, ge=8, le=4096, description="tokens per training sample (a chat exchange)")
     lr: float = Field(default=5e-3, gt=0, description="local learning rate")
     held_out_blocks: int = Field(default=32, ge=1, description="held-out samples the global model is scored on")
     seed: int = 0
@@ -223,6 +223,12 @@ class MLflowConfig(_Strict):
     model_name: str = Field(default="edgefleet-edge-llm", min_length=1, description="the registered model")
     promotion_margin: float = Field(
         default=0.0, ge=0, description="held-out loss a candidate must beat the champion's by to become champion"
+    )
+    task_margin: float = Field(
+        default=0.0, ge=0, description="task score a candidate must beat the champion's (or the base's) by"
+    )
+    max_divergence: float = Field(
+        default=0.05, gt=0, description="regression guard: mean KL per token from the base on general chat, at most"
     )
     canary_nodes: list[str] = Field(
         default_factory=list, description="edge nodes that take a new champion first; empty: the first edge node"
@@ -338,6 +344,17 @@ class IngressConfig(_Strict):
     )
 
 
+class FeedbackConfig(_Strict):
+    """Users' ratings and corrections, kept on their own edge node (platform/feedback.py)."""
+
+    keep_answers_s: float = Field(default=3600.0, gt=0, description="how long an answer waits for its feedback")
+    max_answers: int = Field(default=10_000, ge=1, description="answers a node keeps for feedback, at most")
+    max_answer_bytes: int = Field(default=64 << 20, ge=1024, description="… and their bytes, at most")
+    max_correction_chars: int = Field(default=4000, ge=1, description="a longer correction is refused")
+    retention_days: float = Field(default=30.0, gt=0, description="stored feedback older than this is deleted")
+    max_rows: int = Field(default=100_000, ge=1, description="stored feedback per node, at most (oldest go first)")
+
+
 class EdgefleetConfig(_Strict):
     fleet: FleetConfig = Field(default_factory=FleetConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
@@ -348,6 +365,7 @@ class EdgefleetConfig(_Strict):
     ports: PortsConfig = Field(default_factory=PortsConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     ingress: IngressConfig = Field(default_factory=IngressConfig)
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
     cache_dir: Path = Field(default_factory=default_cache_dir)
     app: str = Field(
         default="edgefleet",

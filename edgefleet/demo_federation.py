@@ -14,12 +14,36 @@ from edgefleet.cli_tables import show
 from edgefleet.config import EdgefleetConfig
 
 
-def run(cfg: EdgefleetConfig, fetch_model: Any, console: Console) -> None:
-    """Federated DP rounds across the edge nodes, on the documentation topics each one holds."""
-    from edgefleet.cli_models import _registry, versions_table
+def collect_feedback(cfg: EdgefleetConfig, client: Any, console: Console) -> None:
+    """Each site's simulated users ask about their own domain and rate the answers through the API."""
+    from rich.progress import Progress
 
-    console.rule("federated learning: the edge nodes improve the model on text that never leaves them")
+    from edgefleet.eval.sites import site_domains
+    from edgefleet.eval.users import ask_and_rate
+
+    console.rule("users rate their answers: the feedback stays on their site's edge node")
+    domains = site_domains([n.id for n in cfg.fleet.edge_nodes], seed=cfg.federation.seed)
+    sites = {n.id: n.site for n in cfg.fleet.edge_nodes}
+    total = sum(len(d.asked) for d in domains.values())
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("users asking and rating", total=total)
+        said = ask_and_rate(client, domains, sites, on_answer=lambda: bar.advance(task))
+    table = Table(title="feedback through the API (client.feedback → Gateway → the site's edge node, on disk)")
+    for col in ("site", "questions", "rated good", "corrected", "kept on"):
+        table.add_column(col)
+    for s in said:
+        table.add_row(s.site, str(s.asked), str(s.good), str(s.corrected), ", ".join(sorted(s.kept_on)))
+    show(console, table)
+
+
+def run(cfg: EdgefleetConfig, fetch_model: Any, console: Console) -> None:
+    """Federated DP rounds across the edge nodes, on each site's documents and its users' feedback."""
+    from edgefleet.cli_models import _registry, versions_table
+    from edgefleet.eval.sites import write_site_data
+
+    console.rule("federated learning: the edge nodes learn from their users; nothing they said leaves them")
     cli_federate.prepare(cfg, fetch_model)
+    write_site_data(cfg, seed=cfg.federation.seed)
     run_dir = cfg.cache_dir / "federation" / time.strftime("demo-%Y%m%d-%H%M%S")
     cli_federate.run_rounds(cfg, run_dir, cfg.federation.rounds, out=console)
     registry = _registry(cfg)
@@ -27,11 +51,25 @@ def run(cfg: EdgefleetConfig, fetch_model: Any, console: Console) -> None:
     champion = registry.champion_version()
     if champion is not None:
         rollout(cfg, registry, champion, console)
+        ask_the_champion(cfg, console)
     console.print(
         f"MLflow UI: `edgefleet up` serves it on http://127.0.0.1:{cfg.ports.mlflow_ui} "
         f"(store: {cfg.tracking_uri}); load the champion with "
         f'mlflow.pyfunc.load_model("models:/{cfg.mlflow.model_name}@champion")'
     )
+
+
+def ask_the_champion(cfg: EdgefleetConfig, console: Console) -> None:
+    """The rolled-out champion, asked a general question its training never saw."""
+    import ray
+
+    from edgefleet.platform.edge_node import ACTOR_NAMESPACE, actor_name
+
+    question = "What is the capital of France?"
+    node = cfg.fleet.edge_nodes[0].id
+    actor = ray.get_actor(actor_name(node, cfg.app), namespace=ACTOR_NAMESPACE)
+    answer = ray.get(actor.generate.remote(question, max_new_tokens=24), timeout=120)
+    console.print(f"[bold]{node}, serving the champion:[/] {question} → {answer['text'].strip()}")
 
 
 def rollout(cfg: EdgefleetConfig, registry: Any, version: str, console: Console) -> None:

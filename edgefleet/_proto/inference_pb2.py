@@ -25,23 +25,25 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x65\x64gefleet/v1/inference.proto\x12\x0c\x65\x64gefleet.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xdb\x02\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12+\n\x08messages\x18\x02 \x03(\x0b\x32\x19.edgefleet.v1.ChatMessage\x12\x16\n\x0emax_new_tokens\x18\x03 \x01(\r\x12\x13\n\x0btemperature\x18\x04 \x01(\x02\x12\r\n\x05top_p\x18\x05 \x01(\x02\x12\x11\n\x04seed\x18\x06 \x01(\x04H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x08 \x01(\r\x12(\n\x08priority\x18\t \x01(\x0e\x32\x16.edgefleet.v1.Priority\x12\"\n\x05route\x18\n \x01(\x0e\x32\x13.edgefleet.v1.Route\x12\x0c\n\x04site\x18\x0b \x01(\t\x12\x12\n\nrequest_id\x18\x0c \x01(\t\x12 \n\x04mode\x18\r \x01(\x0e\x32\x12.edgefleet.v1.ModeB\x07\n\x05_seed\"=\n\x08ServedBy\x12 \n\x04tier\x18\x01 \x01(\x0e\x32\x12.edgefleet.v1.Tier\x12\x0f\n\x07node_id\x18\x02 \x01(\t\">\n\x07Timings\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x0f\n\x07ttft_ms\x18\x02 \x01(\x01\x12\x10\n\x08total_ms\x18\x03 \x01(\x01\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\"\xe1\x02\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\"\n\x05usage\x18\x03 \x01(\x0b\x32\x13.edgefleet.v1.Usage\x12)\n\tserved_by\x18\x04 \x01(\x0b\x32\x16.edgefleet.v1.ServedBy\x12\x12\n\nmodel_name\x18\x05 \x01(\t\x12\x15\n\rmodel_version\x18\x06 \x01(\t\x12&\n\x07timings\x18\x07 \x01(\x0b\x32\x15.edgefleet.v1.Timings\x12\x0f\n\x07sla_met\x18\x08 \x01(\x08\x12\x31\n\rfinish_reason\x18\t \x01(\x0e\x32\x1a.edgefleet.v1.FinishReason\x12\x14\n\x0croute_reason\x18\n \x01(\t\x12\x14\n\x0cpredicted_ms\x18\x0b \x01(\x01\x12\x19\n\x11network_simulated\x18\x0c \x01(\x08\"\x80\x01\n\rGenerateChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\r\n\x05index\x18\x03 \x01(\r\x12\r\n\x05\x66inal\x18\x04 \x01(\x08\x12/\n\x07summary\x18\x05 \x01(\x0b\x32\x1e.edgefleet.v1.GenerateResponse*8\n\x05Route\x12\x0e\n\nROUTE_AUTO\x10\x00\x12\x0e\n\nROUTE_EDGE\x10\x01\x12\x0f\n\x0bROUTE_CLOUD\x10\x02*D\n\x08Priority\x12\x13\n\x0fPRIORITY_NORMAL\x10\x00\x12\x10\n\x0cPRIORITY_LOW\x10\x01\x12\x11\n\rPRIORITY_HIGH\x10\x02*;\n\x04Tier\x12\x14\n\x10TIER_UNSPECIFIED\x10\x00\x12\r\n\tTIER_EDGE\x10\x01\x12\x0e\n\nTIER_CLOUD\x10\x02*_\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02*?\n\x04Mode\x12\x10\n\x0cMODE_DEFAULT\x10\x00\x12\x14\n\x10MODE_BEST_EFFORT\x10\x01\x12\x0f\n\x0bMODE_STRICT\x10\x02\x32\xad\x01\n\x10InferenceService\x12I\n\x08Generate\x12\x1d.edgefleet.v1.GenerateRequest\x1a\x1e.edgefleet.v1.GenerateResponse\x12N\n\x0eGenerateStream\x12\x1d.edgefleet.v1.GenerateRequest\x1a\x1b.edgefleet.v1.GenerateChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x65\x64gefleet/v1/inference.proto\x12\x0c\x65\x64gefleet.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xdb\x02\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12+\n\x08messages\x18\x02 \x03(\x0b\x32\x19.edgefleet.v1.ChatMessage\x12\x16\n\x0emax_new_tokens\x18\x03 \x01(\r\x12\x13\n\x0btemperature\x18\x04 \x01(\x02\x12\r\n\x05top_p\x18\x05 \x01(\x02\x12\x11\n\x04seed\x18\x06 \x01(\x04H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x08 \x01(\r\x12(\n\x08priority\x18\t \x01(\x0e\x32\x16.edgefleet.v1.Priority\x12\"\n\x05route\x18\n \x01(\x0e\x32\x13.edgefleet.v1.Route\x12\x0c\n\x04site\x18\x0b \x01(\t\x12\x12\n\nrequest_id\x18\x0c \x01(\t\x12 \n\x04mode\x18\r \x01(\x0e\x32\x12.edgefleet.v1.ModeB\x07\n\x05_seed\"=\n\x08ServedBy\x12 \n\x04tier\x18\x01 \x01(\x0e\x32\x12.edgefleet.v1.Tier\x12\x0f\n\x07node_id\x18\x02 \x01(\t\">\n\x07Timings\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x0f\n\x07ttft_ms\x18\x02 \x01(\x01\x12\x10\n\x08total_ms\x18\x03 \x01(\x01\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\"\xe1\x02\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\"\n\x05usage\x18\x03 \x01(\x0b\x32\x13.edgefleet.v1.Usage\x12)\n\tserved_by\x18\x04 \x01(\x0b\x32\x16.edgefleet.v1.ServedBy\x12\x12\n\nmodel_name\x18\x05 \x01(\t\x12\x15\n\rmodel_version\x18\x06 \x01(\t\x12&\n\x07timings\x18\x07 \x01(\x0b\x32\x15.edgefleet.v1.Timings\x12\x0f\n\x07sla_met\x18\x08 \x01(\x08\x12\x31\n\rfinish_reason\x18\t \x01(\x0e\x32\x1a.edgefleet.v1.FinishReason\x12\x14\n\x0croute_reason\x18\n \x01(\t\x12\x14\n\x0cpredicted_ms\x18\x0b \x01(\x01\x12\x19\n\x11network_simulated\x18\x0c \x01(\x08\"\x80\x01\n\rGenerateChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\r\n\x05index\x18\x03 \x01(\r\x12\r\n\x05\x66inal\x18\x04 \x01(\x08\x12/\n\x07summary\x18\x05 \x01(\x0b\x32\x1e.edgefleet.v1.GenerateResponse\"_\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12$\n\x06rating\x18\x02 \x01(\x0e\x32\x14.edgefleet.v1.Rating\x12\x12\n\ncorrection\x18\x03 \x01(\t\"7\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t*8\n\x05Route\x12\x0e\n\nROUTE_AUTO\x10\x00\x12\x0e\n\nROUTE_EDGE\x10\x01\x12\x0f\n\x0bROUTE_CLOUD\x10\x02*D\n\x08Priority\x12\x13\n\x0fPRIORITY_NORMAL\x10\x00\x12\x10\n\x0cPRIORITY_LOW\x10\x01\x12\x11\n\rPRIORITY_HIGH\x10\x02*;\n\x04Tier\x12\x14\n\x10TIER_UNSPECIFIED\x10\x00\x12\r\n\tTIER_EDGE\x10\x01\x12\x0e\n\nTIER_CLOUD\x10\x02*_\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02*?\n\x04Mode\x12\x10\n\x0cMODE_DEFAULT\x10\x00\x12\x14\n\x10MODE_BEST_EFFORT\x10\x01\x12\x0f\n\x0bMODE_STRICT\x10\x02*A\n\x06Rating\x12\x16\n\x12RATING_UNSPECIFIED\x10\x00\x12\x0f\n\x0bRATING_GOOD\x10\x01\x12\x0e\n\nRATING_BAD\x10\x02\x32\xf8\x01\n\x10InferenceService\x12I\n\x08Generate\x12\x1d.edgefleet.v1.GenerateRequest\x1a\x1e.edgefleet.v1.GenerateResponse\x12N\n\x0eGenerateStream\x12\x1d.edgefleet.v1.GenerateRequest\x1a\x1b.edgefleet.v1.GenerateChunk0\x01\x12I\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x1d.edgefleet.v1.FeedbackRequest\x1a\x1e.edgefleet.v1.FeedbackResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'edgefleet._proto.inference_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROUTE']._serialized_start=1115
-  _globals['_ROUTE']._serialized_end=1171
-  _globals['_PRIORITY']._serialized_start=1173
-  _globals['_PRIORITY']._serialized_end=1241
-  _globals['_TIER']._serialized_start=1243
-  _globals['_TIER']._serialized_end=1302
-  _globals['_FINISHREASON']._serialized_start=1304
-  _globals['_FINISHREASON']._serialized_end=1399
-  _globals['_MODE']._serialized_start=1401
-  _globals['_MODE']._serialized_end=1464
+  _globals['_ROUTE']._serialized_start=1269
+  _globals['_ROUTE']._serialized_end=1325
+  _globals['_PRIORITY']._serialized_start=1327
+  _globals['_PRIORITY']._serialized_end=1395
+  _globals['_TIER']._serialized_start=1397
+  _globals['_TIER']._serialized_end=1456
+  _globals['_FINISHREASON']._serialized_start=1458
+  _globals['_FINISHREASON']._serialized_end=1553
+  _globals['_MODE']._serialized_start=1555
+  _globals['_MODE']._serialized_end=1618
+  _globals['_RATING']._serialized_start=1620
+  _globals['_RATING']._serialized_end=1685
   _globals['_CHATMESSAGE']._serialized_start=46
   _globals['_CHATMESSAGE']._serialized_end=90
   _globals['_GENERATEREQUEST']._serialized_start=93
@@ -56,6 +58,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATERESPONSE']._serialized_end=982
   _globals['_GENERATECHUNK']._serialized_start=985
   _globals['_GENERATECHUNK']._serialized_end=1113
-  _globals['_INFERENCESERVICE']._serialized_start=1467
-  _globals['_INFERENCESERVICE']._serialized_end=1640
+  _globals['_FEEDBACKREQUEST']._serialized_start=1115
+  _globals['_FEEDBACKREQUEST']._serialized_end=1210
+  _globals['_FEEDBACKRESPONSE']._serialized_start=1212
+  _globals['_FEEDBACKRESPONSE']._serialized_end=1267
+  _globals['_INFERENCESERVICE']._serialized_start=1688
+  _globals['_INFERENCESERVICE']._serialized_end=1936
 # @@protoc_insertion_point(module_scope)

@@ -37,6 +37,12 @@ class Mode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODE_DEFAULT: _ClassVar[Mode]
     MODE_BEST_EFFORT: _ClassVar[Mode]
     MODE_STRICT: _ClassVar[Mode]
+
+class Rating(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RATING_UNSPECIFIED: _ClassVar[Rating]
+    RATING_GOOD: _ClassVar[Rating]
+    RATING_BAD: _ClassVar[Rating]
 ROUTE_AUTO: Route
 ROUTE_EDGE: Route
 ROUTE_CLOUD: Route
@@ -52,6 +58,9 @@ FINISH_REASON_LENGTH: FinishReason
 MODE_DEFAULT: Mode
 MODE_BEST_EFFORT: Mode
 MODE_STRICT: Mode
+RATING_UNSPECIFIED: Rating
+RATING_GOOD: Rating
+RATING_BAD: Rating
 
 class ChatMessage(_message.Message):
     __slots__ = ("role", "content")
@@ -158,3 +167,21 @@ class GenerateChunk(_message.Message):
     final: bool
     summary: GenerateResponse
     def __init__(self, request_id: _Optional[str] = ..., text: _Optional[str] = ..., index: _Optional[int] = ..., final: _Optional[bool] = ..., summary: _Optional[_Union[GenerateResponse, _Mapping]] = ...) -> None: ...
+
+class FeedbackRequest(_message.Message):
+    __slots__ = ("request_id", "rating", "correction")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    RATING_FIELD_NUMBER: _ClassVar[int]
+    CORRECTION_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    rating: Rating
+    correction: str
+    def __init__(self, request_id: _Optional[str] = ..., rating: _Optional[_Union[Rating, str]] = ..., correction: _Optional[str] = ...) -> None: ...
+
+class FeedbackResponse(_message.Message):
+    __slots__ = ("request_id", "node_id")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    node_id: str
+    def __init__(self, request_id: _Optional[str] = ..., node_id: _Optional[str] = ...) -> None: ...

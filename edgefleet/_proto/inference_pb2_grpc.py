@@ -45,6 +45,11 @@ class InferenceServiceStub:
                 request_serializer=edgefleet_dot_v1_dot_inference__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=edgefleet_dot_v1_dot_inference__pb2.GenerateChunk.FromString,
                 _registered_method=True)
+        self.Feedback = channel.unary_unary(
+                '/edgefleet.v1.InferenceService/Feedback',
+                request_serializer=edgefleet_dot_v1_dot_inference__pb2.FeedbackRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_inference__pb2.FeedbackResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServiceServicer:
@@ -64,6 +69,16 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Feedback(self, request, context):
+        """A user's rating of an answer, and optionally the answer it should have been. It is kept on the
+        edge node of the request's site (the node that served it when no site was given), never at
+        the cloud, for as long as that node keeps the answer (feedback.keep_answers_s). NOT_FOUND:
+        no node has the answer (unknown or expired request_id, or a cloud answer with no site).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -76,6 +91,11 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.GenerateStream,
                     request_deserializer=edgefleet_dot_v1_dot_inference__pb2.GenerateRequest.FromString,
                     response_serializer=edgefleet_dot_v1_dot_inference__pb2.GenerateChunk.SerializeToString,
+            ),
+            'Feedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Feedback,
+                    request_deserializer=edgefleet_dot_v1_dot_inference__pb2.FeedbackRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_inference__pb2.FeedbackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +152,33 @@ class InferenceService:
             '/edgefleet.v1.InferenceService/GenerateStream',
             edgefleet_dot_v1_dot_inference__pb2.GenerateRequest.SerializeToString,
             edgefleet_dot_v1_dot_inference__pb2.GenerateChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Feedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.InferenceService/Feedback',
+            edgefleet_dot_v1_dot_inference__pb2.FeedbackRequest.SerializeToString,
+            edgefleet_dot_v1_dot_inference__pb2.FeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -152,6 +152,20 @@ def prepare_call(
     return PreparedCall(request, timeout_s)
 
 
+def feedback_request(completion: Completion | str, good: bool, correction: str | None) -> pb.FeedbackRequest:
+    """Check the arguments of ``feedback`` and build the request; raises ``InvalidRequest``."""
+    request_id = completion.request_id if isinstance(completion, Completion) else completion
+    if not isinstance(request_id, str) or not request_id:
+        raise InvalidRequest(f"feedback needs a Completion or its request_id, got {completion!r}")
+    if not isinstance(good, bool):
+        raise InvalidRequest(f"good must be True or False, got {good!r}")
+    if correction is not None and not isinstance(correction, str):
+        raise InvalidRequest(f"correction must be a str, got {correction!r}")
+    return pb.FeedbackRequest(
+        request_id=request_id, rating=pb.RATING_GOOD if good else pb.RATING_BAD, correction=correction or ""
+    )
+
+
 def to_completion(response: pb.GenerateResponse, *, text: str | None = None) -> Completion:
     """Convert a ``GenerateResponse``; ``text`` stands in when the response's own text is empty."""
     return Completion(

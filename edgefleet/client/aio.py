@@ -13,7 +13,14 @@ from typing import Any
 import grpc
 
 from edgefleet._proto import inference_pb2_grpc
-from edgefleet.client._common import PreparedCall, Settings, StreamAssembler, prepare_call, to_completion
+from edgefleet.client._common import (
+    PreparedCall,
+    Settings,
+    StreamAssembler,
+    feedback_request,
+    prepare_call,
+    to_completion,
+)
 from edgefleet.client._retry import RetryPolicy
 from edgefleet.client.errors import EdgefleetClientError, from_rpc_error
 from edgefleet.client.types import Chunk, Completion
@@ -183,6 +190,48 @@ class AsyncClient:
                     raise error from rpc_error
             else:
                 return to_completion(response)
+            await asyncio.sleep(delay)
+
+    async def feedback(
+        self, completion: Completion | str, *, good: bool, correction: str | None = None, timeout: float | None = None
+    ) -> str:
+        """Rate an answer, optionally with the answer it should have been. The rating is kept on the
+        edge node of the request's site (never at the cloud) and trains only that node's private updates.
+
+        Args:
+            completion: The answer (or its ``request_id``), within the server's ``feedback.keep_answers_s``.
+            good: Whether the answer was good.
+            correction: The right answer, if it was not.
+            timeout: In s; None means ``default_timeout``.
+
+        Returns:
+            The id of the edge node that keeps the feedback.
+
+        Raises:
+            NotFound: No edge node keeps that answer (unknown, expired, or a cloud answer with no site).
+            InvalidRequest: The arguments are invalid, e.g. a correction over the server's limit.
+            Unauthenticated, Unavailable, RPCError: as for ``generate``.
+
+        Example:
+            >>> with Client("127.0.0.1:9000") as c:  # doctest: +SKIP
+            ...     done = c.generate("What is the capital of France?", site="edge-1")
+            ...     c.feedback(done, good=False, correction="Paris.")
+            'edge-1'
+        """
+        request = feedback_request(completion, good, correction)
+        stub = self._open_stub()
+        timeout_s = self._settings.default_timeout if timeout is None else timeout
+        attempts = self._settings.attempts(timeout_s)
+        while True:
+            try:
+                response = await stub.Feedback(request, timeout=timeout_s, metadata=self._settings.metadata)
+            except grpc.RpcError as rpc_error:
+                error = from_rpc_error(rpc_error)
+                delay = attempts.retry_delay_s(error)
+                if delay is None:
+                    raise error from rpc_error
+            else:
+                return response.node_id
             await asyncio.sleep(delay)
 
     def stream(

@@ -76,6 +76,11 @@ class Unavailable(EdgefleetClientError):
     """
 
 
+class NotFound(EdgefleetClientError):
+    """No such thing on the server: an answer to rate that no edge node keeps (unknown or expired
+    request id), or, from Serve's proxy, an application it does not serve."""
+
+
 class RPCError(EdgefleetClientError):
     """Any other gRPC failure; ``code`` keeps the status name (e.g. ``"INTERNAL"``)."""
 
@@ -87,6 +92,7 @@ _BY_STATUS: dict[grpc.StatusCode, type[EdgefleetClientError]] = {
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
     grpc.StatusCode.PERMISSION_DENIED: Unauthenticated,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.NOT_FOUND: NotFound,
 }
 
 

@@ -41,6 +41,7 @@ import numpy as np
 from edgefleet import metrics
 from edgefleet.config import EdgefleetConfig
 from edgefleet.errors import EdgefleetError
+from edgefleet.eval.scores import Quality
 from edgefleet.federation import strategies as S
 from edgefleet.federation.ledger import PrivacyLedger, Release, composed_epsilon
 from edgefleet.federation.run_setup import Evaluator, load_evaluator, local_hyper, ray_sessions
@@ -79,6 +80,14 @@ class RoundResult:
     client_train_s: dict[str, float] = field(default_factory=dict)  # pure compute per client
     client_step_s: dict[str, float] = field(default_factory=dict)  # the whole train step on the node
     ran_on: dict[str, str | None] = field(default_factory=dict)  # client → the node label its update ran on
+    # What users get (eval/scores.py), when the sites have held-out questions: task score and guard
+    quality: Quality | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.quality, dict):  # read back from the run's JSON state
+            object.__setattr__(
+                self, "quality", Quality(**{**self.quality, "facts_lost": tuple(self.quality["facts_lost"])})
+            )
 
 
 class Coordinator:
@@ -162,6 +171,7 @@ class Coordinator:
             "completed": [],
             "current": None,
             "initial_loss": None,
+            "initial_quality": None,  # the base model's Quality: what the first version must beat
             "user_dp_history": [],
         }
 
@@ -200,6 +210,8 @@ class Coordinator:
                 self.store.save_adapter(0, self.evaluator.initial_adapter())
             if self.state["initial_loss"] is None:
                 self.state["initial_loss"] = self.evaluator.loss(self.store.load_adapter(0))
+                quality = self.evaluator.quality(self.store.load_adapter(0))
+                self.state["initial_quality"] = asdict(quality) if quality else None
                 self.store.save(self.state)
             while len(self.state["completed"]) < rounds:
                 self._round()
@@ -496,7 +508,10 @@ class Coordinator:
     def _evaluate(self, cur: dict[str, Any]) -> None:
         self.on_step(f"round {cur['round']}: held-out evaluation")
         mark = time.perf_counter()
-        cur["held_out_loss"] = self.evaluator.loss(self.store.load_adapter(cur["round"]))
+        adapter = self.store.load_adapter(cur["round"])
+        cur["held_out_loss"] = self.evaluator.loss(adapter)
+        quality = self.evaluator.quality(adapter)
+        cur["quality"] = asdict(quality) if quality else None
         cur["phases"]["evaluate"] = time.perf_counter() - mark
         self._persist("evaluated")
 
@@ -525,6 +540,7 @@ class Coordinator:
             client_train_s={c: clients[c]["train_s"] for c in cur["finished"]},
             client_step_s={c: clients[c]["step_s"] for c in cur["finished"]},
             ran_on={c: clients[c].get("ran_on") for c in cur["finished"]},
+            quality=cur.get("quality"),
         )
         self.state["current"] = {"round": cur["round"], "attempt": cur["attempt"], "result": asdict(result)}
         self._persist("committed")

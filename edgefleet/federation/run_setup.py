@@ -18,6 +18,21 @@ class Evaluator:
     base: Any
     blocks: Any
     hp: Any
+    judge: Any = None  # eval/scores.QualityJudge when the sites have held-out questions, else None
+
+    def quality(self, adapter: dict[str, Any]) -> Any:
+        """The adapter's :class:`~edgefleet.eval.scores.Quality` (None without held-out questions)."""
+        if self.judge is None:
+            return None
+        import torch
+
+        from edgefleet.train.dp import load_adapter, lora_model
+
+        with torch.random.fork_rng():
+            torch.manual_seed(self.hp.seed)
+            model = lora_model(self.base, self.hp)
+        load_adapter(model, adapter)
+        return self.judge.score(model)
 
     def initial_adapter(self) -> dict[str, Any]:
         import torch
@@ -35,8 +50,10 @@ class Evaluator:
 
 
 def load_evaluator(cfg: EdgefleetConfig, hp: Any) -> Evaluator:
+    from edgefleet.eval.scores import QualityJudge
+    from edgefleet.eval.sites import eval_dir
     from edgefleet.platform.models import load_trainable
-    from edgefleet.train.data import chunk_for_causal_lm, held_out_dir, read_texts
+    from edgefleet.train.data import chunk_for_causal_lm, held_out_dir, read_chat_examples, read_texts
 
     sources = {n.model.source for n in cfg.fleet.edge_nodes}
     if len(sources) != 1:
@@ -44,7 +61,9 @@ def load_evaluator(cfg: EdgefleetConfig, hp: Any) -> Evaluator:
     base, tok = load_trainable(cfg.fleet.edge_nodes[0].model, cfg.cache_dir)
     fed = cfg.federation
     blocks = chunk_for_causal_lm(read_texts(held_out_dir(cfg)), tok, fed.block_size)[: fed.held_out_blocks]
-    return Evaluator(base, blocks, hp)
+    questions = read_chat_examples(eval_dir(cfg.cache_dir))
+    judge = QualityJudge(base, tok, questions, fed.block_size) if questions else None
+    return Evaluator(base, blocks, hp, judge)
 
 
 def local_hyper(cfg: EdgefleetConfig) -> Any:

@@ -8,9 +8,12 @@
   pyfunc that generates text (:mod:`pyfunc_model`), tagged with its lineage: run, round, strategy,
   participating clients (the nodes whose data contributed), (ε, δ), the parent version and the base
   model. It gets the alias ``candidate``. Aliases, never the deprecated stages.
-- **Promotion gate** (:func:`gate`, pure): ``champion`` moves to the candidate only if its held-out
-  loss beats the champion's by ``margin`` and every client is within its privacy budget. The
-  decision and its reason are tags on the version.
+- **Promotion gate** (:func:`gate`, pure): ``champion`` moves to the candidate only if every client
+  is within its privacy budget and it is better for users: its task score (``eval/scores.py``)
+  beats the champion's (the base model's, for the first version) by ``task_margin``, its divergence
+  from the base on general chat stays within ``max_divergence`` and it still answers every fact the
+  base answers. Without held-out questions, the held-out loss must beat the champion's by
+  ``margin``. The decision, its reason and the scores are tags on the version.
 - **Outbox.** If the tracking server does not answer when a round ends, the round goes to a local
   outbox and is published, in order, the next time the server answers. Nothing is lost.
 
@@ -39,10 +42,36 @@ class GateDecision:
     reason: str
 
 
-def gate(candidate_loss: float, champion_loss: float | None, *, margin: float, within_budget: bool) -> GateDecision:
-    """Whether a candidate becomes champion: better held-out loss by ``margin``, and nobody over budget."""
+@dataclass(frozen=True)
+class UserScores:
+    """A version's scores for users (see ``eval/scores.py``), as the gate weighs them."""
+
+    task_score: float
+    divergence: float
+    facts_lost: tuple[str, ...] = ()
+
+
+def gate(
+    candidate_loss: float,
+    champion_loss: float | None,
+    *,
+    margin: float,
+    within_budget: bool,
+    scores: UserScores | None = None,
+    to_beat: float | None = None,
+    task_margin: float = 0.0,
+    max_divergence: float = math.inf,
+) -> GateDecision:
+    """Whether a candidate becomes champion.
+
+    With ``scores``: its task score must beat ``to_beat`` (the champion's, else the base model's) by
+    ``task_margin``, and the regression guard must hold. Without: held-out loss, better by ``margin``.
+    Nobody may be over budget either way.
+    """
     if not within_budget:
         return GateDecision(False, "a client is over its privacy budget")
+    if scores is not None:
+        return _gate_on_users(scores, to_beat, task_margin, max_divergence)
     if not math.isfinite(candidate_loss):
         return GateDecision(False, f"held-out loss is {candidate_loss}")
     if champion_loss is None:
@@ -54,6 +83,22 @@ def gate(candidate_loss: float, champion_loss: float | None, *, margin: float, w
     return GateDecision(
         False, f"held-out loss {candidate_loss:.4f} does not beat champion {champion_loss:.4f} by {margin:g}"
     )
+
+
+def _gate_on_users(s: UserScores, to_beat: float | None, task_margin: float, max_divergence: float) -> GateDecision:
+    if not math.isfinite(s.task_score):
+        return GateDecision(False, f"task score is {s.task_score}")
+    if s.facts_lost:
+        return GateDecision(False, f"regression: no longer answers {'; '.join(s.facts_lost)!r}")
+    if not s.divergence <= max_divergence:
+        return GateDecision(
+            False, f"regression: divergence from the base on general chat {s.divergence:.4f} > {max_divergence:g}"
+        )
+    if to_beat is None:
+        return GateDecision(True, f"first version: task score {s.task_score:.4f}")
+    if s.task_score >= to_beat + task_margin:
+        return GateDecision(True, f"task score {s.task_score:.4f} beats {to_beat:.4f} by ≥ {task_margin:g}; guard held")
+    return GateDecision(False, f"task score {s.task_score:.4f} does not beat {to_beat:.4f} by {task_margin:g}")
 
 
 @dataclass(frozen=True)
@@ -73,6 +118,14 @@ class RoundRecord:
     user_epsilon: float | None
     base_model: dict[str, Any]  # the ModelSpec the adapter applies to
     params: dict[str, Any]
+    scores: dict[str, Any] | None = None  # UserScores' fields, when the sites have held-out questions
+    base_task_score: float | None = None  # the base model's: what a first version must beat
+
+    @property
+    def user_scores(self) -> UserScores | None:
+        if self.scores is None:
+            return None
+        return UserScores(self.scores["task_score"], self.scores["divergence"], tuple(self.scores["facts_lost"]))
 
 
 class TrackingUnavailable(RuntimeError):
@@ -80,8 +133,18 @@ class TrackingUnavailable(RuntimeError):
 
 
 class ModelRegistry:
-    def __init__(self, tracking_uri: str, model_name: str, *, outbox: str | Path, margin: float = 0.0) -> None:
+    def __init__(
+        self,
+        tracking_uri: str,
+        model_name: str,
+        *,
+        outbox: str | Path,
+        margin: float = 0.0,
+        task_margin: float = 0.0,
+        max_divergence: float = math.inf,
+    ) -> None:
         self.uri, self.name, self.margin = tracking_uri, model_name, margin
+        self.task_margin, self.max_divergence = task_margin, max_divergence
         self.outbox = Path(outbox)
 
     @classmethod
@@ -92,6 +155,8 @@ class ModelRegistry:
             cfg.mlflow.model_name,
             outbox=cfg.cache_dir / "mlflow" / "outbox",
             margin=cfg.mlflow.promotion_margin,
+            task_margin=cfg.mlflow.task_margin,
+            max_divergence=cfg.mlflow.max_divergence,
         )
 
     # ------------------------------------------------------------ plumbing
@@ -164,6 +229,10 @@ class ModelRegistry:
         }
         if r.user_epsilon is not None:
             metrics["user_epsilon"] = r.user_epsilon
+        scores = r.user_scores
+        if scores is not None:
+            metrics |= {"task_score": scores.task_score, "divergence": scores.divergence}
+            metrics["facts_lost"] = float(len(scores.facts_lost))
         for key, value in metrics.items():
             if value is not None and math.isfinite(value):
                 client.log_metric(run_id, key, value, step=step)
@@ -200,16 +269,27 @@ class ModelRegistry:
         }
         if r.user_epsilon is not None:
             tags["edgefleet.user_epsilon"] = f"{r.user_epsilon:.4f}"
+        if scores is not None:
+            tags["edgefleet.task_score"] = f"{scores.task_score:.6f}"
+            tags["edgefleet.divergence"] = f"{scores.divergence:.6f}"
+            tags["edgefleet.facts_lost"] = json.dumps(list(scores.facts_lost))
         for key, value in tags.items():
             client.set_model_version_tag(self.name, version, key, value)
         client.set_registered_model_alias(self.name, CANDIDATE, version)
         champion = self._champion(client)
         champion_loss = float(champion.tags["edgefleet.held_out_loss"]) if champion else None
+        to_beat = r.base_task_score
+        if champion is not None and "edgefleet.task_score" in champion.tags:
+            to_beat = float(champion.tags["edgefleet.task_score"])
         decision = gate(
             r.held_out_loss,
             champion_loss,
             margin=self.margin,
             within_budget=all(e <= r.budget_epsilon for e in r.epsilon.values()),
+            scores=scores,
+            to_beat=to_beat,
+            task_margin=self.task_margin,
+            max_divergence=self.max_divergence,
         )
         client.set_model_version_tag(self.name, version, "edgefleet.gate", "promoted" if decision.promote else "held")
         client.set_model_version_tag(self.name, version, "edgefleet.gate_reason", decision.reason)

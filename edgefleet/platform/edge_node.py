@@ -13,7 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgefleet.config import EdgeNodeConfig
+from edgefleet.config import BatchingConfig, EdgeNodeConfig, FeedbackConfig, ModelSpec
+from edgefleet.platform.feedback import FEEDBACK_FILE, Answer, FeedbackStore, Rating, RecentAnswers
 from edgefleet.platform.model_server import ModelServer
 from edgefleet.platform.topology import node_selector
 
@@ -28,6 +29,41 @@ class EdgeNode(ModelServer):
     """Serves one edge node's model. Construct through :func:`spawn_edge_node`, not directly."""
 
     tier = "edge"
+
+    def __init__(
+        self,
+        node_id: str,
+        spec: ModelSpec,
+        cache_dir: str | None,
+        batching: BatchingConfig | None = None,
+        data_dir: str | None = None,
+        feedback: FeedbackConfig | None = None,
+    ) -> None:
+        super().__init__(node_id, spec, cache_dir, batching)
+        fb = feedback or FeedbackConfig()
+        self.recent = RecentAnswers(fb.keep_answers_s, fb.max_answers, fb.max_answer_bytes)
+        # Feedback lives on this node's disk, beside its training data; a restarted actor keeps it.
+        self.feedback_store = (
+            FeedbackStore(Path(data_dir) / FEEDBACK_FILE, retention_days=fb.retention_days, max_rows=fb.max_rows)
+            if data_dir
+            else None
+        )
+
+    def remember(self, answer: Answer) -> None:
+        """Keep an answer this node is home to (it served it, or it serves the request's site) so
+        that its user's feedback can be joined to it later."""
+        self.recent.add(answer)
+
+    def feedback(self, request_id: str, rating: Rating) -> bool:
+        """Store ``rating`` of the answer ``request_id`` on this node's disk; False: this node does
+        not hold that answer (never its own, or expired)."""
+        import time
+
+        answer = self.recent.get(request_id, time.time())
+        if answer is None or self.feedback_store is None:
+            return False
+        self.feedback_store.add(answer, rating)
+        return True
 
     async def generate_stream(self, request: dict[str, Any]):
         """Events of one request, streamed through Ray's streaming generator."""
@@ -76,6 +112,15 @@ class EdgeNode(ModelServer):
         }
 
 
+def data_dir_of(node: EdgeNodeConfig, cache_dir: Path | None) -> Path:
+    """The node's private data directory: its training data and its users' feedback."""
+    if node.data_dir is not None:
+        return node.data_dir
+    if cache_dir is None:
+        raise ValueError(f"node {node.id} has no data_dir and there is no cache dir to put one in")
+    return Path(cache_dir) / "data" / node.id
+
+
 def spawn_edge_node(
     node: EdgeNodeConfig,
     *,
@@ -84,6 +129,7 @@ def spawn_edge_node(
     name: str | None = None,
     app: str = "edgefleet",
     detached: bool = False,
+    feedback: FeedbackConfig | None = None,
 ) -> Any:
     """Start the EdgeNode actor for ``node`` on the raylet labelled with its id; returns the handle.
 
@@ -104,5 +150,12 @@ def spawn_edge_node(
             max_concurrency=256,  # an async actor: requests wait in the engine's batcher, not in Ray
             **({"lifetime": "detached", "get_if_exists": True} if detached else {}),
         )
-        .remote(node.id, node.model, str(cache_dir) if cache_dir else None, node.batching)
+        .remote(
+            node.id,
+            node.model,
+            str(cache_dir) if cache_dir else None,
+            node.batching,
+            str(data_dir_of(node, cache_dir)) if cache_dir or node.data_dir else None,
+            feedback,
+        )
     )

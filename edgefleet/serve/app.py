@@ -102,7 +102,10 @@ def reconcile_edge_actors(cfg: EdgefleetConfig, *, timeout_s: float = 600) -> di
         if entry["namespace"] == ACTOR_NAMESPACE and entry["name"].startswith(prefix) and node_id not in wanted:
             ray.kill(ray.get_actor(entry["name"], namespace=ACTOR_NAMESPACE))
             outcome[node_id] = "removed"
-    actors = {i: spawn_edge_node(n, cache_dir=cfg.cache_dir, app=cfg.app, detached=True) for i, n in wanted.items()}
+    actors = {
+        i: spawn_edge_node(n, cache_dir=cfg.cache_dir, app=cfg.app, detached=True, feedback=cfg.feedback)
+        for i, n in wanted.items()
+    }
     refs = {actors[i].info.remote(): i for i in wanted}
     ready, late = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
     for ref in late:
@@ -125,7 +128,10 @@ def deploy(cfg: EdgefleetConfig, *, timeout_s: float = 600, log_level: str = "IN
     ``log_level="WARNING"`` keeps Serve's per-request access log out of a scripted demo's output.
     """
     start_serve(cfg, log_level=log_level)
-    actors = {n.id: spawn_edge_node(n, cache_dir=cfg.cache_dir, app=cfg.app) for n in cfg.fleet.edge_nodes}
+    actors = {
+        n.id: spawn_edge_node(n, cache_dir=cfg.cache_dir, app=cfg.app, feedback=cfg.feedback)
+        for n in cfg.fleet.edge_nodes
+    }
     ray.get([a.info.remote() for a in actors.values()], timeout=timeout_s)  # models loaded
     gateway = _gateway_app(cfg, log_level=log_level)
     prefix = "/" if cfg.app == APP_NAME else f"/{cfg.app}"  # HTTP: the default app owns /v1

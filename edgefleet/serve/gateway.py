@@ -12,7 +12,6 @@ the first token a failure ends the stream (tokens already sent cannot be taken b
 import asyncio
 import contextlib
 import json
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -30,6 +29,7 @@ from edgefleet import metrics
 from edgefleet._proto import inference_pb2 as pb
 from edgefleet.config import EdgefleetConfig
 from edgefleet.platform.edge_node import ACTOR_NAMESPACE, actor_name
+from edgefleet.platform.feedback import Answer
 from edgefleet.platform.network import SimulatedLoss, SimulatedWan
 from edgefleet.security import digest, matches
 from edgefleet.serve import openai_http
@@ -38,9 +38,11 @@ from edgefleet.serve.hedge_race import race
 from edgefleet.serve.hedging import HedgeBudget, plan_hedge
 from edgefleet.serve.openai_http import (
     DOCUMENTED_RESPONSES,
+    FEEDBACK_RESPONSES,
     SSE_DONE,
     ChatBody,
     CompletionBody,
+    FeedbackBody,
     ModelCard,
     ModelList,
     chat_messages,
@@ -51,6 +53,7 @@ from edgefleet.serve.openai_http import (
 )
 from edgefleet.serve.quotas import RateLimiter
 from edgefleet.serve.requests import (
+    REQUEST_ID,
     RETRY_AFTER_MS,
     RateLimited,
     RequestError,
@@ -58,6 +61,7 @@ from edgefleet.serve.requests import (
     invalid,
     planned_tokens,
     validate,
+    validate_feedback,
     validate_proto,
 )
 from edgefleet.serve.router import (
@@ -88,6 +92,24 @@ openai_http.install(app)
 # that exist at that moment.
 
 
+class _Homes:
+    """request id → the edge node that keeps its answer, the newest ``capacity`` of them."""
+
+    def __init__(self, capacity: int) -> None:
+        from collections import OrderedDict
+
+        self.capacity, self._nodes = capacity, OrderedDict()
+
+    def put(self, request_id: str, node: str) -> None:
+        self._nodes[request_id] = node
+        self._nodes.move_to_end(request_id)
+        while len(self._nodes) > self.capacity:
+            self._nodes.popitem(last=False)
+
+    def get(self, request_id: str) -> str | None:
+        return self._nodes.get(request_id)
+
+
 class _Unavailable(Exception):
     """A target refused before sending anything (e.g. draining): try the next one."""
 
@@ -106,9 +128,6 @@ _REJECTED = {
     grpc.StatusCode.UNAVAILABLE: "no_target",
     grpc.StatusCode.RESOURCE_EXHAUSTED: "overloaded",
 }
-
-
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 def _for_item(err: RequestError, item: int | None) -> RequestError:
@@ -208,6 +227,10 @@ class Gateway:
         self.recent = RecentOutcomes(window_s=60.0)
         self.started = int(time.time())  # /v1/models' `created`
         self.poller = StatsPoller(self._refresh_all)
+        self.site_nodes = {}  # a site's edge node: where its users' answers and feedback are kept
+        for n in self.cfg.fleet.edge_nodes:
+            self.site_nodes.setdefault(n.site, n.id)
+        self.homes = _Homes(capacity=self.cfg.feedback.max_answers)  # request id → node that keeps it
 
     # ------------------------------------------------------------------ gRPC
 
@@ -242,7 +265,29 @@ class Gateway:
             _set_status(grpc_context, err)
             raise err from None  # a stream that just ends reports OK; raising makes Serve send the code
 
+    async def Feedback(self, request: pb.FeedbackRequest, grpc_context=None) -> pb.FeedbackResponse:  # noqa: N802
+        try:
+            self._authorize(_bearer_from_grpc(grpc_context))
+            if not isinstance(request, pb.FeedbackRequest):  # bytes the proxy could not decode
+                raise invalid("request", f"body is not an edgefleet.v1.FeedbackRequest: {request.reason}")
+            good = {pb.RATING_GOOD: True, pb.RATING_BAD: False}.get(request.rating)
+            node = await self._feedback(request.request_id, good, request.correction)
+            return pb.FeedbackResponse(request_id=request.request_id, node_id=node)
+        except Exception as exc:  # noqa: BLE001
+            _set_status(grpc_context, _as_request_error(exc))
+            return pb.FeedbackResponse()
+
     # ------------------------------------------------------------------ OpenAI-compatible HTTP
+
+    @app.post("/v1/feedback", responses=FEEDBACK_RESPONSES)
+    async def feedback(self, body: FeedbackBody, authorization: str | None = Header(default=None)):
+        """Rate an answer by its completion ``id``, optionally with the answer it should have been."""
+        try:
+            self._authorize(_bearer_from_http(authorization))
+            node = await self._feedback(body.id, body.rating == "good", body.correction or "")
+        except Exception as exc:  # noqa: BLE001
+            return error_response(_as_request_error(exc))
+        return {"id": body.id, "node_id": node}
 
     @app.post("/v1/chat/completions", responses=DOCUMENTED_RESPONSES)
     async def chat_completions(
@@ -268,7 +313,7 @@ class Gateway:
         rid = request.headers.get("x-request-id") or uuid.uuid4().hex
         try:
             caller = self._authenticate(_bearer_from_http(authorization))
-            if not _REQUEST_ID.fullmatch(rid):  # it becomes the completion's id, in logs and metrics tags
+            if not REQUEST_ID.fullmatch(rid):  # it becomes the completion's id, in logs and metrics tags
                 raise invalid("x-request-id", "must be 1-128 characters of A-Z a-z 0-9 . _ : -")
             if kind == "chat":
                 inputs = [(None, chat_messages(body.messages), None)]
@@ -370,6 +415,7 @@ class Gateway:
                     elif event["type"] == "end":
                         ended = True
                         metrics.request_served(event, v.deadline_ms, clock)
+                        self._remember(v, event)
                         self.recent.record(
                             event["node_id"], event["completion_tokens"], event["sla_met"] if v.deadline_ms else None
                         )
@@ -653,6 +699,58 @@ class Gateway:
         except Exception:  # dead, restarting or slow: route around it until it answers again
             self.fleet.heartbeat(target_id, None)
             self.handles.pop(target_id, None)
+
+    # ------------------------------------------------------------------ feedback
+
+    def _home(self, v: Validated, end: dict[str, Any]) -> str | None:
+        """Where a request's answer and its feedback are kept: the edge node of the caller's site,
+        else the edge node that served it; a cloud answer with no site has no home."""
+        return self.site_nodes.get(v.site) or (end["node_id"] if end.get("tier") == "edge" else None)
+
+    def _remember(self, v: Validated, end: dict[str, Any]) -> None:
+        home = self._home(v, end)
+        if home is None:
+            return
+        question = next((m["content"] for m in reversed(v.messages) if m["role"] == "user"), "")
+        answer = Answer(v.request_id, v.site or home, question, end["text"], end["model_version"], time.time())
+        self.homes.put(v.request_id, home)
+        try:  # fire and forget: the answer is already the caller's, keeping it must not delay it
+            self._actor(home).remember.options(enable_task_events=False).remote(answer)
+        except Exception:  # noqa: BLE001 - a home node that is down loses this answer's feedback only
+            self.handles.pop(home, None)
+
+    async def _feedback(self, request_id: str, good: bool | None, correction: str) -> str:
+        """Store a rating on the node that keeps the answer; returns that node's id.
+
+        The node that kept it is known to the replica that answered; another replica (or this one
+        after a restart) asks every edge node, and only the one holding the answer stores it.
+        """
+        rating = validate_feedback(request_id, good, correction, self.cfg)
+        hinted = self.homes.get(request_id)
+        nodes = [hinted] if hinted else list(self.site_nodes.values())
+        for attempt in range(2):
+            calls = {n: self._store_feedback(n, request_id, rating) for n in nodes}
+            results = await asyncio.gather(*calls.values())
+            for node, stored in zip(calls, results, strict=True):
+                if stored:
+                    return node
+            if attempt == 0 and hinted:  # the hint was stale (a restarted node): ask everyone once
+                nodes = [n for n in self.site_nodes.values() if n != hinted]
+                continue
+            break
+        raise RequestError(
+            grpc.StatusCode.NOT_FOUND,
+            f"request_id: no edge node keeps an answer {request_id!r} (unknown, older than "
+            f"feedback.keep_answers_s={self.cfg.feedback.keep_answers_s:g}, or served by the cloud with no site)",
+            "request_id",
+        )
+
+    async def _store_feedback(self, node: str, request_id: str, rating: Any) -> bool:
+        try:
+            return await asyncio.wait_for(self._actor(node).feedback.remote(request_id, rating), timeout=10.0)
+        except Exception:  # noqa: BLE001 - a node that is down holds nothing we can reach
+            self.handles.pop(node, None)
+            return False
 
     def _authorize(self, token: str | None) -> None:
         """Check the bearer token, then spend one request of its rate limit."""

@@ -31,6 +31,13 @@ def _generate_request(data: bytes) -> pb.GenerateRequest | UndecodableRequest:
         return UndecodableRequest(str(exc))
 
 
+def _feedback_request(data: bytes) -> pb.FeedbackRequest | UndecodableRequest:
+    try:
+        return pb.FeedbackRequest.FromString(data)
+    except DecodeError as exc:
+        return UndecodableRequest(str(exc))
+
+
 def add_inference_servicer(servicer, server) -> None:  # noqa: ANN001 - grpc's own untyped signature
     handlers = {
         "Generate": grpc.unary_unary_rpc_method_handler(
@@ -42,6 +49,11 @@ def add_inference_servicer(servicer, server) -> None:  # noqa: ANN001 - grpc's o
             servicer.GenerateStream,
             request_deserializer=_generate_request,
             response_serializer=pb.GenerateChunk.SerializeToString,
+        ),
+        "Feedback": grpc.unary_unary_rpc_method_handler(
+            servicer.Feedback,
+            request_deserializer=_feedback_request,
+            response_serializer=pb.FeedbackResponse.SerializeToString,
         ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))

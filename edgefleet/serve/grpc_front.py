@@ -18,6 +18,7 @@ internal (a NetworkPolicy on KubeRay), or TLS can be walked around.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ import grpc
 
 from edgefleet.serve.grpc_api import SERVICE
 
-UNARY, STREAM = "Generate", "GenerateStream"
+UNARY, STREAM, FEEDBACK = "Generate", "GenerateStream", "Feedback"
 # Metadata grpc sets itself on each hop; forwarding it would duplicate or contradict the new call's own.
 _HOP_BY_HOP = ("user-agent", "grpc-")
 
@@ -67,7 +68,8 @@ class FrontServer:
         self._channel = grpc.aio.insecure_channel(self.upstream)
         self._server = grpc.aio.server(options=[("grpc.max_receive_message_length", self._max)])
         handlers = {
-            UNARY: grpc.unary_unary_rpc_method_handler(self._unary),  # no (de)serializers: bytes pass through
+            UNARY: grpc.unary_unary_rpc_method_handler(partial(self._unary, UNARY)),  # bytes pass through as is
+            FEEDBACK: grpc.unary_unary_rpc_method_handler(partial(self._unary, FEEDBACK)),
             STREAM: grpc.unary_stream_rpc_method_handler(self._stream),
         }
         self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
@@ -91,8 +93,8 @@ class FrontServer:
             "timeout": remaining if remaining is not None and remaining < 1e9 else None,
         }
 
-    async def _unary(self, body: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        call = self._channel.unary_unary(f"/{SERVICE}/{UNARY}")(body, **self._call_kwargs(context))
+    async def _unary(self, method: str, body: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        call = self._channel.unary_unary(f"/{SERVICE}/{method}")(body, **self._call_kwargs(context))
         try:
             return await call
         except grpc.aio.AioRpcError as exc:

@@ -203,6 +203,21 @@ def _prompt_text(text: Any, where: str) -> str:
     return text
 
 
+class FeedbackBody(BaseModel):
+    """A user's rating of a completion, by the completion's ``id``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$", description="the completion's id")
+    rating: Literal["good", "bad"]
+    correction: str | None = Field(default=None, description="the answer it should have been")
+
+
+class FeedbackStored(BaseModel):
+    id: str
+    node_id: str = Field(description="the edge node that keeps it")
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
@@ -355,3 +370,11 @@ def sse_chunk(
 
 
 SSE_DONE = "data: [DONE]\n\n"
+
+FEEDBACK_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": FeedbackStored, "description": "stored on the edge node that keeps the answer"},
+    400: DOCUMENTED_RESPONSES[400],
+    401: DOCUMENTED_RESPONSES[401],
+    404: {"model": ErrorBody, "description": "no edge node keeps that answer (unknown or expired id)"},
+    429: DOCUMENTED_RESPONSES[429],
+}

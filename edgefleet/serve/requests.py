@@ -7,6 +7,7 @@ limit) happen in the engine, which answers with the same INVALID_ARGUMENT.
 from __future__ import annotations
 
 import math
+import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,7 @@ import grpc
 
 from edgefleet._proto import inference_pb2 as pb
 from edgefleet.config import MAX_NEW_TOKENS_LIMIT, EdgefleetConfig
+from edgefleet.platform.feedback import Rating
 
 DEFAULT_MAX_NEW_TOKENS = 128  # gRPC's max_new_tokens=0 (the proto documents "server default")
 MIN_TEMPERATURE = 0.01  # below this softmax overflows to NaN and the whole batch would fail
@@ -26,6 +28,7 @@ HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
     grpc.StatusCode.UNAUTHENTICATED: 401,
     grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
     grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
     grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
@@ -233,3 +236,24 @@ def validate_proto(req: pb.GenerateRequest, cfg: EdgefleetConfig) -> Validated:
         cfg=cfg,
         mode=_MODES[req.mode],
     )
+
+
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def validate_feedback(request_id: str, good: bool | None, correction: str, cfg: EdgefleetConfig) -> Rating:
+    """A rating as the home node stores it.
+
+    Raises:
+        RequestError: INVALID_ARGUMENT, naming the field (request_id, rating or correction).
+    """
+    if not REQUEST_ID.fullmatch(request_id or ""):
+        raise invalid("request_id", "must be 1-128 characters of A-Z a-z 0-9 . _ : -")
+    if good is None:
+        raise invalid("rating", "say good or bad")
+    limit = cfg.feedback.max_correction_chars
+    if len(correction) > limit:
+        raise invalid("correction", f"{len(correction)} characters exceed feedback.max_correction_chars={limit}")
+    if correction and not correction.strip():
+        raise invalid("correction", "must hold a non-blank character")
+    return Rating(good=good, correction=correction.strip())

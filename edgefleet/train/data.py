@@ -62,7 +62,9 @@ def split_topics(
 
 
 def node_data_dir(cfg: EdgefleetConfig, node: EdgeNodeConfig) -> Path:
-    return node.data_dir or cfg.cache_dir / "data" / node.id
+    from edgefleet.platform.edge_node import data_dir_of
+
+    return data_dir_of(node, cfg.cache_dir)
 
 
 def held_out_dir(cfg: EdgefleetConfig) -> Path:
@@ -92,10 +94,76 @@ def _write_jsonl(path: Path, rows: list[dict[str, str]]) -> None:
     tmp.replace(path)
 
 
+CHAT_SUFFIX = ".chat.jsonl"  # {"question": ..., "answer": ...} per line: chat examples, not plain text
+
+
 def _text_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.rglob("*") if p.suffix in (".txt", ".jsonl") and p.is_file())
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.suffix in (".txt", ".jsonl") and not p.name.endswith(CHAT_SUFFIX) and p.is_file()
+    )
+
+
+def write_chat_examples(path: Path, examples: Sequence[Any]) -> None:
+    """Chat examples (``train/chat.ChatExample``) as a ``.chat.jsonl`` file a node trains on."""
+    if not path.name.endswith(CHAT_SUFFIX):
+        raise ValueError(f"{path}: a chat examples file ends with {CHAT_SUFFIX}")
+    _write_jsonl(path, [{"question": e.question, "answer": e.answer} for e in examples])
+
+
+def read_chat_examples(folder: Path) -> list[Any]:
+    """The chat examples a node holds: its ``.chat.jsonl`` files, then its users' feedback (answers
+    rated good, and corrections). Raises ValueError naming the file and line of a bad row."""
+    from edgefleet.platform.feedback import FEEDBACK_FILE, FeedbackStore
+    from edgefleet.train.chat import ChatExample
+
+    out = []
+    for path in sorted(folder.rglob(f"*{CHAT_SUFFIX}")) if folder.is_dir() else []:
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{n}: not JSON ({exc.msg})") from None
+            if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("question", "answer")):
+                raise ValueError(f'{path}:{n}: expected an object with string "question" and "answer" fields')
+            out.append(ChatExample(row["question"], row["answer"]))
+    if (folder / FEEDBACK_FILE).is_file():
+        out.extend(ChatExample(q, a) for q, a in FeedbackStore(folder / FEEDBACK_FILE).examples())
+    return out
+
+
+def training_samples(folder: Path, tokenizer: Any, block_size: int) -> Any:
+    """Everything a node trains on, as one tensor: its text documents cut into blocks, and its chat
+    examples (documents as questions and answers, its users' feedback) rendered with the chat template,
+    the loss on the answers only. Text alone: ``(N, block_size)``; with chat: ``(N, 2, block_size)``.
+
+    Raises:
+        FileNotFoundError: the folder holds neither text nor chat examples.
+    """
+    import torch
+
+    from edgefleet.train.chat import render_chat
+
+    parts = []
+    if _text_files(folder):
+        parts.append(chunk_for_causal_lm(read_texts(folder), tokenizer, block_size))
+    chats = read_chat_examples(folder)
+    if chats:
+        try:
+            parts.append(render_chat(chats, tokenizer, block_size))
+        except ValueError:  # none fits this block size: the text (if any) is still there to learn
+            pass
+    if not parts:
+        raise FileNotFoundError(f"{folder}: nothing to train on (no text, chat examples or usable feedback)")
+    if len(parts) == 1:
+        return parts[0]
+    text, chat = parts
+    return torch.cat([torch.stack([text, text], dim=1), chat])  # text blocks learn every token
 
 
 def read_texts(folder: Path) -> list[str]:

@@ -362,6 +362,8 @@ def _epoch(
     """One pass over the loader, stopping at ``steps`` optimizer steps. Returns (steps done, samples seen)."""
     from contextlib import nullcontext
 
+    from edgefleet.train.chat import sample_losses
+
     if private:
         from opacus.utils.batch_memory_manager import BatchMemoryManager
 
@@ -369,12 +371,12 @@ def _epoch(
     else:
         context = nullcontext(loader)
     with context as batches:
-        for (ids,) in batches:
+        for (ids,) in batches:  # (N, T) text blocks or (N, 2, T) chat samples (train/chat.py)
             if len(ids) == 0:  # Poisson sampling can draw an empty batch: nothing to release
                 continue
             if private:
                 optimizer.zero_grad(set_to_none=True)
-                loss = model(input_ids=ids, labels=ids).loss
+                loss = sample_losses(model, ids).mean()
                 loss.backward()
                 optimizer.step()  # a no-op until the logical batch's last physical chunk
                 stepped = not optimizer._is_last_step_skipped
@@ -383,7 +385,7 @@ def _epoch(
                 optimizer.zero_grad(set_to_none=True)
                 loss = 0.0
                 for chunk in ids.split(hp.physical_batch):  # the same memory bound, accumulated
-                    part = model(input_ids=chunk, labels=chunk).loss * (len(chunk) / len(ids))
+                    part = sample_losses(model, chunk).mean() * (len(chunk) / len(ids))
                     part.backward()
                     loss += part.detach()
                 optimizer.step()
@@ -428,8 +430,11 @@ def export_adapter(base: Any, adapter: dict[str, Any], hp: LocalHyper, out_dir: 
 def held_out_loss(
     base: Any, adapter: dict[str, Any] | None, blocks: Any, hp: LocalHyper = DEFAULT_HYPER, batch: int = 32
 ) -> float:
-    """Mean next-token loss of base + adapter on ``blocks`` (no gradients)."""
+    """Mean next-token loss of base + adapter on ``blocks`` (no gradients): per sample over its
+    labelled tokens, then over samples."""
     import torch
+
+    from edgefleet.train.chat import sample_losses
 
     with torch.random.fork_rng():
         torch.manual_seed(hp.seed)
@@ -439,6 +444,6 @@ def held_out_loss(
     total = n = 0.0
     with torch.no_grad():
         for chunk in blocks.split(batch):
-            total += float(model(input_ids=chunk, labels=chunk).loss) * len(chunk)
+            total += float(sample_losses(model, chunk).sum())
             n += len(chunk)
     return total / n

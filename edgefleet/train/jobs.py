@@ -53,12 +53,16 @@ def _train_loop(config: dict[str, Any]) -> None:
 
     from edgefleet.config import ModelSpec
     from edgefleet.platform.models import load_trainable
-    from edgefleet.train.data import chunk_for_causal_lm, read_texts
+    from edgefleet.train.data import training_samples
 
     torch.set_num_threads(config["threads"])
     spec = ModelSpec.model_validate(config["model"])
     base, tok = load_trainable(spec, Path(config["cache_dir"]))
-    blocks = chunk_for_causal_lm(read_texts(Path(config["data_dir"])), tok, config["block_size"])
+
+    def load_samples() -> Any:
+        return training_samples(Path(config["data_dir"]), tok, config["block_size"])
+
+    blocks = load_samples()
     accountant_state = config["accountant_state"]
     resumed = ray.train.get_checkpoint()
     if resumed is not None:  # a restarted job: what was already spent still counts
@@ -81,6 +85,11 @@ def _train_loop(config: dict[str, Any]) -> None:
             if task is None:
                 return
         if task.get("op"):  # a step of a protocol the session's owner defines (federation)
+            if task["op"] == "plan":  # a new round: what users said since the last one counts now
+                try:
+                    blocks = load_samples()
+                except Exception:  # noqa: BLE001 - unreadable now: train on what was there
+                    pass
             context = {"node_id": config["node_id"], "privacy": privacy, "memory": memory, "rank": rank}
             try:
                 saved = handler(base, blocks, task, context)

@@ -34,6 +34,7 @@ from edgefleet.client import (
     DeadlineExceeded,
     EdgefleetClientError,
     InvalidRequest,
+    NotFound,
     Overloaded,
     RPCError,
     Unauthenticated,
@@ -401,7 +402,7 @@ def test_a_plaintext_client_cannot_talk_to_a_tls_server(tls_server: tuple[Served
         (grpc.StatusCode.RESOURCE_EXHAUSTED, Overloaded),
         (grpc.StatusCode.UNAUTHENTICATED, Unauthenticated),
         (grpc.StatusCode.PERMISSION_DENIED, Unauthenticated),
-        (grpc.StatusCode.NOT_FOUND, RPCError),  # e.g. Serve's proxy, for an unknown application
+        (grpc.StatusCode.NOT_FOUND, NotFound),  # an unknown answer to rate, or (Serve's proxy) application
         (grpc.StatusCode.INTERNAL, RPCError),
     ],
 )
@@ -655,9 +656,9 @@ def public_methods(cls: type) -> dict[str, list[inspect.Parameter]]:
 def test_the_sync_and_async_clients_are_twins():
     sync_api, async_api = public_methods(Client), public_methods(AsyncClient)
 
-    assert sorted(sync_api) == sorted(async_api) == ["__init__", "close", "generate", "stream"]
+    assert sorted(sync_api) == sorted(async_api) == ["__init__", "close", "feedback", "generate", "stream"]
     assert sync_api == async_api  # names, kinds, defaults and annotations of every parameter
-    assert inspect.iscoroutinefunction(AsyncClient.generate) and inspect.iscoroutinefunction(AsyncClient.close)
+    assert all(inspect.iscoroutinefunction(getattr(AsyncClient, m)) for m in ("generate", "close", "feedback"))
     assert not inspect.iscoroutinefunction(AsyncClient.stream)  # it checks its arguments at once
     assert inspect.signature(Client.generate).parameters == inspect.signature(Client.stream).parameters
 

@@ -1,0 +1,132 @@
+"""Scores that say whether a model got better for users, not only lower in perplexity.
+
+- **Task score**: the mean log-likelihood per token of the reference answers to held-out questions
+  of the sites' domains (``eval/sites.py``), under the chat template. Higher is better; it rises
+  when the model answers the sites' questions more like their users expect.
+- **Regression guard**: general chat the base model handles must survive an update.
+  - *Divergence*: the mean KL(base ‖ candidate) per token over the base model's own greedy answers
+    to general prompts (teacher-forced, so one forward pass each). 0 for the base itself.
+  - *Facts*: of a few factual questions, those the base answers right (its answer holds the
+    expected word) must still be answered right by the candidate, greedily.
+
+The base's answers are computed once per :class:`QualityJudge`; each candidate then costs a few
+forward passes and one short batched generation. No Ray, no MLflow: the coordinator calls it, tests
+call it directly.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgefleet.train.chat import ChatExample, render_chat
+
+GENERAL_PROMPTS = (
+    "Write one sentence about the sea.",
+    "How do I boil an egg?",
+    "Give me a tip for a job interview.",
+    "What is a good name for a cat?",
+    "Explain what a rainbow is.",
+    "Say hello to my friend Anna.",
+)
+# (question, the word a right answer holds: a regex, case-insensitive)
+FACTS = (
+    ("What is the capital of France?", r"\bParis\b"),
+    ("What is the capital of Japan?", r"\bTokyo\b"),
+    ("How many days are there in a week?", r"\b(7|seven)\b"),
+    ("What is the opposite of hot?", r"\bcold\b"),
+)
+GUARD_ANSWER_TOKENS = 32
+FACT_ANSWER_TOKENS = 24
+
+
+@dataclass(frozen=True)
+class Quality:
+    """One model's scores (see the module docstring)."""
+
+    task_score: float  # mean log-likelihood per reference-answer token: higher is better
+    divergence: float  # mean KL(base ‖ model) per token on the base's answers: 0 is the base
+    facts_kept: int  # of the facts the base answers right
+    facts_total: int
+    facts_lost: tuple[str, ...] = field(default=())  # the questions it no longer answers right
+
+
+@dataclass
+class QualityJudge:
+    """Scores adapters over one base model. ``held_out``: the sites' held-out questions with their
+    reference answers; ``block_size``: the longest exchange scored."""
+
+    base: Any
+    tokenizer: Any
+    held_out: Sequence[ChatExample]
+    block_size: int = 128
+    _reference: Any = None  # (samples, base log-probs) of the guard prompts, computed once
+    _facts: list[tuple[str, str]] | None = None  # the facts the base answers right
+
+    def score(self, model: Any) -> Quality:
+        """The scores of ``model`` (the base with an adapter applied, or the base itself)."""
+        import torch
+
+        model.eval()
+        with torch.no_grad():
+            task = -float(_mean_losses(model, render_chat(self.held_out, self.tokenizer, self.block_size)))
+            divergence = self._divergence(model)
+            facts = self._base_facts()
+            lost = tuple(q for q, pattern in facts if not re.search(pattern, self._answers(model, [q])[0], re.I))
+        return Quality(task, divergence, len(facts) - len(lost), len(facts), lost)
+
+    def _base_facts(self) -> list[tuple[str, str]]:
+        if self._facts is None:
+            answers = self._answers(self.base, [q for q, _ in FACTS])
+            self._facts = [(q, p) for (q, p), a in zip(FACTS, answers, strict=True) if re.search(p, a, re.I)]
+        return self._facts
+
+    def _divergence(self, model: Any) -> float:
+        import torch.nn.functional as F  # noqa: N812
+
+        if self._reference is None:
+            answers = self._answers(self.base, list(GENERAL_PROMPTS), GUARD_ANSWER_TOKENS)
+            samples = render_chat(
+                [ChatExample(q, a) for q, a in zip(GENERAL_PROMPTS, answers, strict=True) if a.strip()],
+                self.tokenizer,
+                self.block_size,
+            )
+            self._reference = samples, F.log_softmax(self.base(input_ids=samples[:, 0]).logits.float(), dim=-1)
+        samples, base_logp = self._reference
+        logp = F.log_softmax(model(input_ids=samples[:, 0]).logits.float(), dim=-1)
+        # the positions that predict an answer token: where the next token's label is set
+        mask = (samples[:, 1, 1:] != -100).float()
+        kl = (base_logp[:, :-1].exp() * (base_logp[:, :-1] - logp[:, :-1])).sum(-1)
+        return float((kl * mask).sum() / mask.sum().clamp(min=1))
+
+    def _answers(self, model: Any, questions: list[str], max_new_tokens: int = FACT_ANSWER_TOKENS) -> list[str]:
+        """Greedy answers, batched (left-padded)."""
+        import torch
+
+        from edgefleet.train.chat import prompt_ids
+
+        tok = self.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        prompts = [prompt_ids(tok, q) for q in questions]
+        width = max(map(len, prompts))
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad,
+        )
+        return [tok.decode(row[width:], skip_special_tokens=True) for row in out]
+
+
+def _mean_losses(model: Any, samples: Any, batch: int = 16) -> float:
+    from edgefleet.train.chat import sample_losses
+
+    total = 0.0
+    for chunk in samples.split(batch):
+        total += float(sample_losses(model, chunk).sum())
+    return total / len(samples)

@@ -1,0 +1,171 @@
+"""Users' feedback on their answers, kept on their own edge node: the input of the learning loop.
+
+Two stores, both on the edge node (in its EdgeNode actor), both bounded:
+
+- :class:`RecentAnswers`, in memory: the prompt and answer of each request the node is home to,
+  for ``feedback.keep_answers_s``, at most ``max_answers`` of them and ``max_answer_bytes`` in all,
+  so that a rating or a correction that comes later can be joined to what was asked and answered;
+- :class:`FeedbackStore`, on disk: SQLite under the node's data directory (``feedback.sqlite``,
+  write-ahead log, synchronous FULL: a stored rating survives a crash or a restart), pruned to
+  ``retention_days`` and ``max_rows``. Nothing reads it but the node's own training session
+  (``edgefleet.train.data.training_samples``), so its text leaves the node only inside a DP
+  local update.
+
+No Ray here: the EdgeNode actor owns one of each; tests use them directly.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> store = FeedbackStore(pathlib.Path(tempfile.mkdtemp()) / "feedback.sqlite")
+    >>> answer = Answer("r1", "site-a", "What is 2+2?", "5", "v1", at=0.0)
+    >>> store.add(answer, Rating(good=False, correction="4"), now=1.0)
+    >>> store.examples()
+    [('What is 2+2?', '4')]
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+FEEDBACK_FILE = "feedback.sqlite"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A served answer, as its home node keeps it for feedback."""
+
+    request_id: str
+    site: str
+    question: str  # the conversation's last user turn: what a training example asks
+    text: str
+    model_version: str
+    at: float  # time.time() when it was served
+
+    @property
+    def size(self) -> int:
+        return len(self.question.encode()) + len(self.text.encode()) + len(self.request_id)
+
+
+@dataclass(frozen=True)
+class Rating:
+    """What a user said of an answer: good or bad, and optionally the answer it should have been."""
+
+    good: bool
+    correction: str = ""
+
+
+class RecentAnswers:
+    """Answers awaiting feedback: oldest out first, by age, count and bytes. Thread-safe."""
+
+    def __init__(self, keep_s: float, max_answers: int, max_bytes: int) -> None:
+        self.keep_s, self.max_answers, self.max_bytes = keep_s, max_answers, max_bytes
+        self._answers: OrderedDict[str, Answer] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def add(self, answer: Answer) -> None:
+        if answer.size > self.max_bytes:
+            return  # one answer bigger than the whole budget is not kept
+        with self._lock:
+            old = self._answers.pop(answer.request_id, None)
+            if old is not None:
+                self._bytes -= old.size
+            self._answers[answer.request_id] = answer
+            self._bytes += answer.size
+            self._evict(answer.at)
+
+    def get(self, request_id: str, now: float) -> Answer | None:
+        with self._lock:
+            self._evict(now)
+            return self._answers.get(request_id)
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+    def _evict(self, now: float) -> None:
+        while self._answers:
+            oldest = next(iter(self._answers.values()))
+            too_old = now - oldest.at > self.keep_s
+            if not (too_old or len(self._answers) > self.max_answers or self._bytes > self.max_bytes):
+                return
+            self._answers.popitem(last=False)
+            self._bytes -= oldest.size
+
+
+class FeedbackStore:
+    """Ratings and corrections joined to their answers, in SQLite on the node's disk."""
+
+    def __init__(self, path: Path, *, retention_days: float = 30.0, max_rows: int = 100_000) -> None:
+        self.path, self.retention_s, self.max_rows = Path(path), retention_days * 86_400, max_rows
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS feedback ("
+                " request_id TEXT PRIMARY KEY, at REAL NOT NULL, site TEXT NOT NULL, question TEXT NOT NULL,"
+                " answer TEXT NOT NULL, good INTEGER NOT NULL, correction TEXT NOT NULL, model_version TEXT NOT NULL)"
+            )
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)  # autocommit; `with` = a transaction
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")  # fsync on every commit: a stored rating survives a crash
+        return db
+
+    def add(self, answer: Answer, rating: Rating, *, now: float | None = None) -> None:
+        """Store (or replace: a user may change their mind) the rating of ``answer``, then prune."""
+        now = time.time() if now is None else now
+        db = self._connect()
+        try:
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                db.execute(
+                    "INSERT OR REPLACE INTO feedback VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        answer.request_id,
+                        now,
+                        answer.site,
+                        answer.question,
+                        answer.text,
+                        int(rating.good),
+                        rating.correction,
+                        answer.model_version,
+                    ),
+                )
+                db.execute("DELETE FROM feedback WHERE at < ?", (now - self.retention_s,))
+                db.execute(
+                    "DELETE FROM feedback WHERE request_id NOT IN"
+                    " (SELECT request_id FROM feedback ORDER BY at DESC LIMIT ?)",
+                    (self.max_rows,),
+                )
+                db.execute("COMMIT")
+        finally:
+            db.close()
+
+    def counts(self) -> tuple[int, int]:
+        """(good, bad) ratings kept."""
+        db = self._connect()
+        try:
+            good, total = db.execute("SELECT COALESCE(SUM(good), 0), COUNT(*) FROM feedback").fetchone()
+        finally:
+            db.close()
+        return int(good), int(total) - int(good)
+
+    def examples(self) -> list[tuple[str, str]]:
+        """(question, answer) pairs to learn from: answers rated good, and the corrections users gave
+        (a bad rating without one teaches nothing here: there is no answer to learn)."""
+        db = self._connect()
+        try:
+            rows = db.execute("SELECT question, answer, good, correction FROM feedback ORDER BY at").fetchall()
+        finally:
+            db.close()
+        out = []
+        for question, answer, good, correction in rows:
+            if correction:
+                out.append((question, correction))
+            elif good:
+                out.append((question, answer))
+        return out
