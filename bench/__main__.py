@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from bench import dp, federation, models, overhead, report, routing
+from bench import dp, federation, learning, models, overhead, report, routing
 
 BENCHMARKS = {
     "models": models.main,
@@ -12,6 +12,7 @@ BENCHMARKS = {
     "routing": routing.main,
     "dp": dp.main,
     "federation": federation.main,
+    "learning": learning.main,
 }
 
 if __name__ == "__main__":

@@ -99,6 +99,8 @@ class EdgeNodeConfig(_Strict):
             raise ValueError(f"actor_cpus={self.actor_cpus} exceeds num_cpus={self.num_cpus}")
         if any(k.startswith("edgefleet.io/") for k in self.labels):
             raise ValueError("labels under 'edgefleet.io/' are set by edgefleet itself")
+        if self.id in ("eval", "held-out"):  # <cache>/data/<id> would be the evaluation sets' folder
+            raise ValueError(f"node id {self.id!r} is reserved")
         if not self.site:
             object.__setattr__(self, "site", self.id)
         return self

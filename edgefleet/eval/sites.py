@@ -41,6 +41,55 @@ DOC_ANSWER_CHARS = 240
 HELD_OUT_SHARE = 0.3  # of each site's topics, kept for evaluation
 
 
+# Everyday questions with plain answers, mixed into every node's documents: rehearsal, so that
+# learning a site's domain does not unlearn general chat (the base model's own style of answer).
+# None of them is a question the regression guard asks (eval/scores.py).
+GENERAL_EXAMPLES = tuple(
+    ChatExample(q, a)
+    for q, a in (
+        ("What is the capital of Italy?", "The capital of Italy is Rome."),
+        ("What is the capital of Germany?", "The capital of Germany is Berlin."),
+        ("What is the capital of Spain?", "The capital of Spain is Madrid."),
+        ("What is the capital of the United Kingdom?", "The capital of the United Kingdom is London."),
+        ("What is the capital of Canada?", "The capital of Canada is Ottawa."),
+        ("What is the capital of Egypt?", "The capital of Egypt is Cairo."),
+        ("What is the capital of Australia?", "The capital of Australia is Canberra."),
+        ("What is the capital of Brazil?", "The capital of Brazil is Brasília."),
+        ("What is the capital of China?", "The capital of China is Beijing."),
+        ("What is the capital of India?", "The capital of India is New Delhi."),
+        ("What is the largest ocean on Earth?", "The largest ocean on Earth is the Pacific Ocean."),
+        ("How many hours are there in a day?", "There are 24 hours in a day."),
+        ("How many months are there in a year?", "There are 12 months in a year."),
+        ("What is the opposite of up?", "The opposite of up is down."),
+        ("What is the opposite of big?", "The opposite of big is small."),
+        ("What color is grass?", "Grass is green."),
+        ("What do bees make?", "Bees make honey."),
+        ("What is water made of?", "Water is made of hydrogen and oxygen: two hydrogen atoms and one oxygen atom."),
+        ("Which planet do we live on?", "We live on Earth, the third planet from the Sun."),
+        ("What is 3 plus 5?", "3 plus 5 is 8."),
+        ("What is 10 minus 4?", "10 minus 4 is 6."),
+        ("Who wrote Romeo and Juliet?", "Romeo and Juliet was written by William Shakespeare."),
+        ("What language is spoken in Brazil?", "The official language of Brazil is Portuguese."),
+        ("What is the boiling point of water?", "Water boils at 100 degrees Celsius at sea level."),
+        (
+            "How do I make a cup of tea?",
+            "Boil water, pour it over a tea bag in a cup, wait three to five minutes, then remove the bag.",
+        ),
+        (
+            "Give me a tip for sleeping better.",
+            "Go to bed at the same time every night and keep screens out of the bedroom.",
+        ),
+        ("Write one sentence about the moon.", "The moon lights up the night sky as it circles the Earth."),
+        ("Say thank you to my colleague Tom.", "Thank you, Tom, for your help!"),
+        (
+            "What is a good way to learn a new language?",
+            "Practise a little every day, and speak with native speakers as often as you can.",
+        ),
+        ("Explain what a cloud is.", "A cloud is a mass of tiny water droplets or ice crystals floating in the air."),
+    )
+)
+
+
 @dataclass(frozen=True)
 class QA:
     topic: str
@@ -162,5 +211,6 @@ def write_site_data(cfg: EdgefleetConfig, *, seed: int = 0) -> dict[str, SiteDom
             continue
         folder = node_data_dir(cfg, node)
         write_chat_examples(folder / "documents.chat.jsonl", document_examples([texts[t] for t in domain.topics]))
+        write_chat_examples(folder / "general.chat.jsonl", GENERAL_EXAMPLES)
         (folder / SHARD_FILE).unlink(missing_ok=True)
     return domains

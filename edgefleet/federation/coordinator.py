@@ -210,6 +210,8 @@ class Coordinator:
                 self.store.save_adapter(0, self.evaluator.initial_adapter())
             if self.state["initial_loss"] is None:
                 self.state["initial_loss"] = self.evaluator.loss(self.store.load_adapter(0))
+                self.store.save(self.state)
+            if self.state.get("initial_quality") is None:  # a run from before scores existed gets them too
                 quality = self.evaluator.quality(self.store.load_adapter(0))
                 self.state["initial_quality"] = asdict(quality) if quality else None
                 self.store.save(self.state)

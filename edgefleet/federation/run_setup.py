@@ -61,7 +61,7 @@ def load_evaluator(cfg: EdgefleetConfig, hp: Any) -> Evaluator:
     base, tok = load_trainable(cfg.fleet.edge_nodes[0].model, cfg.cache_dir)
     fed = cfg.federation
     blocks = chunk_for_causal_lm(read_texts(held_out_dir(cfg)), tok, fed.block_size)[: fed.held_out_blocks]
-    questions = read_chat_examples(eval_dir(cfg.cache_dir))
+    questions = read_chat_examples(eval_dir(cfg.cache_dir), feedback=False)  # public sets only
     judge = QualityJudge(base, tok, questions, fed.block_size) if questions else None
     return Evaluator(base, blocks, hp, judge)
 

@@ -43,26 +43,34 @@ class EdgeNode(ModelServer):
         fb = feedback or FeedbackConfig()
         self.recent = RecentAnswers(fb.keep_answers_s, fb.max_answers, fb.max_answer_bytes)
         # Feedback lives on this node's disk, beside its training data; a restarted actor keeps it.
-        self.feedback_store = (
-            FeedbackStore(Path(data_dir) / FEEDBACK_FILE, retention_days=fb.retention_days, max_rows=fb.max_rows)
-            if data_dir
-            else None
-        )
+        self.feedback_store = None
+        if data_dir:
+            try:
+                self.feedback_store = FeedbackStore(
+                    Path(data_dir) / FEEDBACK_FILE, retention_days=fb.retention_days, max_rows=fb.max_rows
+                )
+            except Exception as exc:  # noqa: BLE001 - e.g. a read-only data_dir: serve anyway, without feedback
+                import logging
+
+                logging.getLogger(__name__).warning("%s: no feedback store (%s)", node_id, exc)
 
     def remember(self, answer: Answer) -> None:
         """Keep an answer this node is home to (it served it, or it serves the request's site) so
         that its user's feedback can be joined to it later."""
-        self.recent.add(answer)
+        if self.feedback_store is not None:
+            self.recent.add(answer)
 
-    def feedback(self, request_id: str, rating: Rating) -> bool:
+    async def feedback(self, request_id: str, rating: Rating, caller: str = "anonymous") -> bool:
         """Store ``rating`` of the answer ``request_id`` on this node's disk; False: this node does
-        not hold that answer (never its own, or expired)."""
+        not hold that answer for ``caller`` (not its own, someone else's, or expired)."""
+        import asyncio
         import time
 
-        answer = self.recent.get(request_id, time.time())
+        answer = self.recent.get(request_id, time.time(), caller)
         if answer is None or self.feedback_store is None:
             return False
-        self.feedback_store.add(answer, rating)
+        # fsync and pruning off the event loop: this actor's token streams must not wait for the disk
+        await asyncio.to_thread(self.feedback_store.add, answer, rating)
         return True
 
     async def generate_stream(self, request: dict[str, Any]):

@@ -44,6 +44,7 @@ class Answer:
     text: str
     model_version: str
     at: float  # time.time() when it was served
+    caller: str = "anonymous"  # the asker's token digest: only they may rate it (security.digest)
 
     @property
     def size(self) -> int:
@@ -71,6 +72,9 @@ class RecentAnswers:
         if answer.size > self.max_bytes:
             return  # one answer bigger than the whole budget is not kept
         with self._lock:
+            old = self._answers.get(answer.request_id)
+            if old is not None and old.caller != answer.caller:
+                return  # another caller's id: theirs stays theirs (a reused id must not hijack its feedback)
             old = self._answers.pop(answer.request_id, None)
             if old is not None:
                 self._bytes -= old.size
@@ -78,10 +82,14 @@ class RecentAnswers:
             self._bytes += answer.size
             self._evict(answer.at)
 
-    def get(self, request_id: str, now: float) -> Answer | None:
+    def get(self, request_id: str, now: float, caller: str = "anonymous") -> Answer | None:
+        """The answer ``request_id``, if ``caller`` asked for it and it has not expired."""
         with self._lock:
             self._evict(now)
-            return self._answers.get(request_id)
+            answer = self._answers.get(request_id)
+        if answer is None or answer.caller != caller or now - answer.at > self.keep_s:
+            return None
+        return answer
 
     def __len__(self) -> int:
         return len(self._answers)
@@ -108,6 +116,7 @@ class FeedbackStore:
                 " request_id TEXT PRIMARY KEY, at REAL NOT NULL, site TEXT NOT NULL, question TEXT NOT NULL,"
                 " answer TEXT NOT NULL, good INTEGER NOT NULL, correction TEXT NOT NULL, model_version TEXT NOT NULL)"
             )
+            db.execute("CREATE INDEX IF NOT EXISTS feedback_at ON feedback(at)")
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)  # autocommit; `with` = a transaction
@@ -154,12 +163,17 @@ class FeedbackStore:
             db.close()
         return int(good), int(total) - int(good)
 
-    def examples(self) -> list[tuple[str, str]]:
+    def examples(self, *, now: float | None = None) -> list[tuple[str, str]]:
         """(question, answer) pairs to learn from: answers rated good, and the corrections users gave
-        (a bad rating without one teaches nothing here: there is no answer to learn)."""
+        (a bad rating without one teaches nothing here: there is no answer to learn). Rows past
+        their retention are never returned, even before a write prunes them."""
+        now = time.time() if now is None else now
         db = self._connect()
         try:
-            rows = db.execute("SELECT question, answer, good, correction FROM feedback ORDER BY at").fetchall()
+            rows = db.execute(
+                "SELECT question, answer, good, correction FROM feedback WHERE at >= ? ORDER BY at",
+                (now - self.retention_s,),
+            ).fetchall()
         finally:
             db.close()
         out = []

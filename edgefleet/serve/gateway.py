@@ -11,6 +11,7 @@ the first token a failure ends the stream (tokens already sent cannot be taken b
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import time
 import uuid
@@ -236,9 +237,9 @@ class Gateway:
 
     async def Generate(self, request: pb.GenerateRequest, grpc_context=None) -> pb.GenerateResponse:  # noqa: N802
         try:
-            self._authorize(_bearer_from_grpc(grpc_context))
+            caller = self._caller(_bearer_from_grpc(grpc_context))
             summary = None
-            v = validate_proto(request, self.cfg)
+            v = dataclasses.replace(validate_proto(request, self.cfg), caller=caller)
             async for event in self.run(v, arrived=time.perf_counter(), stream=False):
                 if event["type"] == "end":
                     summary = event
@@ -249,9 +250,9 @@ class Gateway:
 
     async def GenerateStream(self, request: pb.GenerateRequest, grpc_context=None):  # noqa: N802
         try:
-            self._authorize(_bearer_from_grpc(grpc_context))
+            caller = self._caller(_bearer_from_grpc(grpc_context))
             index = 0
-            v = validate_proto(request, self.cfg)
+            v = dataclasses.replace(validate_proto(request, self.cfg), caller=caller)
             async for event in self.run(v, arrived=time.perf_counter()):
                 if event["type"] == "delta":
                     yield pb.GenerateChunk(request_id=v.request_id, text=event["text"], index=index)
@@ -267,11 +268,11 @@ class Gateway:
 
     async def Feedback(self, request: pb.FeedbackRequest, grpc_context=None) -> pb.FeedbackResponse:  # noqa: N802
         try:
-            self._authorize(_bearer_from_grpc(grpc_context))
+            caller = self._caller(_bearer_from_grpc(grpc_context))
             if not isinstance(request, pb.FeedbackRequest):  # bytes the proxy could not decode
                 raise invalid("request", f"body is not an edgefleet.v1.FeedbackRequest: {request.reason}")
             good = {pb.RATING_GOOD: True, pb.RATING_BAD: False}.get(request.rating)
-            node = await self._feedback(request.request_id, good, request.correction)
+            node = await self._feedback(request.request_id, good, request.correction, caller)
             return pb.FeedbackResponse(request_id=request.request_id, node_id=node)
         except Exception as exc:  # noqa: BLE001
             _set_status(grpc_context, _as_request_error(exc))
@@ -283,8 +284,8 @@ class Gateway:
     async def feedback(self, body: FeedbackBody, authorization: str | None = Header(default=None)):
         """Rate an answer by its completion ``id``, optionally with the answer it should have been."""
         try:
-            self._authorize(_bearer_from_http(authorization))
-            node = await self._feedback(body.id, body.rating == "good", body.correction or "")
+            caller = self._caller(_bearer_from_http(authorization))
+            node = await self._feedback(body.id, body.rating == "good", body.correction or "", caller)
         except Exception as exc:  # noqa: BLE001
             return error_response(_as_request_error(exc))
         return {"id": body.id, "node_id": node}
@@ -324,7 +325,10 @@ class Gateway:
                 raise invalid("stream", f"a list of {len(inputs)} prompts cannot be streamed: send one per request")
             self._charge(caller, cost=len(inputs))  # a list of n prompts is n generations
             vs = [
-                self._validated(body, rid if len(inputs) == 1 else f"{rid}-{i}", prompt, messages, item)
+                dataclasses.replace(
+                    self._validated(body, rid if len(inputs) == 1 else f"{rid}-{i}", prompt, messages, item),
+                    caller=caller,
+                )
                 for i, (prompt, messages, item) in enumerate(inputs)
             ]
             if not body.stream:
@@ -415,7 +419,7 @@ class Gateway:
                     elif event["type"] == "end":
                         ended = True
                         metrics.request_served(event, v.deadline_ms, clock)
-                        self._remember(v, event)
+                        self._remember(v, event, v.caller)
                         self.recent.record(
                             event["node_id"], event["completion_tokens"], event["sla_met"] if v.deadline_ms else None
                         )
@@ -707,37 +711,54 @@ class Gateway:
         else the edge node that served it; a cloud answer with no site has no home."""
         return self.site_nodes.get(v.site) or (end["node_id"] if end.get("tier") == "edge" else None)
 
-    def _remember(self, v: Validated, end: dict[str, Any]) -> None:
+    def _caller(self, token: str | None) -> str:
+        """Authorize (token and rate limit) and name the caller: whose answers they may rate."""
+        caller = self._authenticate(token)
+        self._charge(caller, cost=1)
+        return caller
+
+    def _remember(self, v: Validated, end: dict[str, Any], caller: str) -> None:
+        """Hand the answer to its home node, to wait there for its user's feedback."""
         home = self._home(v, end)
         if home is None:
             return
         question = next((m["content"] for m in reversed(v.messages) if m["role"] == "user"), "")
-        answer = Answer(v.request_id, v.site or home, question, end["text"], end["model_version"], time.time())
+        answer = Answer(
+            v.request_id, v.site or home, question, end["text"].strip(), end["model_version"], time.time(), caller
+        )
         self.homes.put(v.request_id, home)
         try:  # fire and forget: the answer is already the caller's, keeping it must not delay it
             self._actor(home).remember.options(enable_task_events=False).remote(answer)
         except Exception:  # noqa: BLE001 - a home node that is down loses this answer's feedback only
             self.handles.pop(home, None)
 
-    async def _feedback(self, request_id: str, good: bool | None, correction: str) -> str:
+    async def _feedback(self, request_id: str, good: bool | None, correction: str, caller: str) -> str:
         """Store a rating on the node that keeps the answer; returns that node's id.
 
         The node that kept it is known to the replica that answered; another replica (or this one
         after a restart) asks every edge node, and only the one holding the answer stores it.
         """
         rating = validate_feedback(request_id, good, correction, self.cfg)
+        everyone = [n.id for n in self.cfg.fleet.edge_nodes]
         hinted = self.homes.get(request_id)
-        nodes = [hinted] if hinted else list(self.site_nodes.values())
+        nodes = [hinted] if hinted else everyone
+        unreachable = []
         for attempt in range(2):
-            calls = {n: self._store_feedback(n, request_id, rating) for n in nodes}
+            calls = {n: self._store_feedback(n, request_id, rating, caller) for n in nodes}
             results = await asyncio.gather(*calls.values())
             for node, stored in zip(calls, results, strict=True):
-                if stored:
+                if stored is True:
                     return node
+                if stored is None:
+                    unreachable.append(node)
             if attempt == 0 and hinted:  # the hint was stale (a restarted node): ask everyone once
-                nodes = [n for n in self.site_nodes.values() if n != hinted]
+                nodes = [n for n in everyone if n != hinted]
                 continue
             break
+        if unreachable:  # it may be there: a retry can find it, a 404 would be a lie
+            raise RequestError(
+                grpc.StatusCode.UNAVAILABLE, f"edge node(s) {', '.join(unreachable)} did not answer; retry"
+            )
         raise RequestError(
             grpc.StatusCode.NOT_FOUND,
             f"request_id: no edge node keeps an answer {request_id!r} (unknown, older than "
@@ -745,16 +766,16 @@ class Gateway:
             "request_id",
         )
 
-    async def _store_feedback(self, node: str, request_id: str, rating: Any) -> bool:
+    async def _store_feedback(self, node: str, request_id: str, rating: Any, caller: str) -> bool | None:
+        """Whether ``node`` stored it; None: the node did not answer (down, restarting, slow)."""
         try:
-            return await asyncio.wait_for(self._actor(node).feedback.remote(request_id, rating), timeout=10.0)
-        except Exception:  # noqa: BLE001 - a node that is down holds nothing we can reach
+            call = self._actor(node).feedback.remote(request_id, rating, caller)
+            return await asyncio.wait_for(call, timeout=10.0)
+        except (*RETRYABLE, ray.exceptions.RayTaskError):
             self.handles.pop(node, None)
-            return False
-
-    def _authorize(self, token: str | None) -> None:
-        """Check the bearer token, then spend one request of its rate limit."""
-        self._charge(self._authenticate(token), cost=1)
+            return None
+        except Exception:  # noqa: BLE001 - a timeout: the handle is still good
+            return None
 
     def _authenticate(self, token: str | None) -> str:
         """The caller's rate-limit key for a valid bearer token (only known callers get a bucket)."""

@@ -103,6 +103,7 @@ class Validated:
     # the prompt instead of refusing (only the engine knows the prompt's length in tokens).
     fit_context: bool = False
     extras: dict[str, Any] = field(default_factory=dict)
+    caller: str = "anonymous"  # the token's digest once authenticated: whose answer this is (feedback)
 
     @property
     def planned_new_tokens(self) -> int:
@@ -256,4 +257,8 @@ def validate_feedback(request_id: str, good: bool | None, correction: str, cfg: 
         raise invalid("correction", f"{len(correction)} characters exceed feedback.max_correction_chars={limit}")
     if correction and not correction.strip():
         raise invalid("correction", "must hold a non-blank character")
+    try:
+        correction.encode("utf-8")
+    except UnicodeEncodeError:
+        raise invalid("correction", "is not valid Unicode text (a lone surrogate)") from None
     return Rating(good=good, correction=correction.strip())

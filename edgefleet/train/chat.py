@@ -49,7 +49,8 @@ def render_chat(examples: Sequence[ChatExample], tokenizer: Any, block_size: int
     """Samples ``(N, 2, block_size)`` (ids, labels) for ``examples``.
 
     An answer too long for the block is cut (its tail is not learnt); an example whose prompt alone
-    leaves fewer than 4 answer tokens is skipped.
+    leaves fewer than 4 answer tokens, or that the template cannot split into prompt and answer
+    (e.g. an answer that starts with blank lines some templates fold into the prompt), is skipped.
 
     Raises:
         ValueError: no example fits in ``block_size``.
@@ -59,7 +60,10 @@ def render_chat(examples: Sequence[ChatExample], tokenizer: Any, block_size: int
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     rows = []
     for ex in examples:
-        prompt, answer = answer_ids(tokenizer, ex.question, ex.answer)
+        try:
+            prompt, answer = answer_ids(tokenizer, ex.question, ex.answer)
+        except ValueError:
+            continue
         room = block_size - len(prompt)
         if room < 4:
             continue

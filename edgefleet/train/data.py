@@ -114,9 +114,9 @@ def write_chat_examples(path: Path, examples: Sequence[Any]) -> None:
     _write_jsonl(path, [{"question": e.question, "answer": e.answer} for e in examples])
 
 
-def read_chat_examples(folder: Path) -> list[Any]:
-    """The chat examples a node holds: its ``.chat.jsonl`` files, then its users' feedback (answers
-    rated good, and corrections). Raises ValueError naming the file and line of a bad row."""
+def read_chat_examples(folder: Path, *, feedback: bool = True) -> list[Any]:
+    """The chat examples a node holds: its ``.chat.jsonl`` files, then (``feedback``) its users'
+    feedback (answers rated good, and corrections). Raises ValueError naming the file and line of a bad row."""
     from edgefleet.platform.feedback import FEEDBACK_FILE, FeedbackStore
     from edgefleet.train.chat import ChatExample
 
@@ -132,7 +132,7 @@ def read_chat_examples(folder: Path) -> list[Any]:
             if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("question", "answer")):
                 raise ValueError(f'{path}:{n}: expected an object with string "question" and "answer" fields')
             out.append(ChatExample(row["question"], row["answer"]))
-    if (folder / FEEDBACK_FILE).is_file():
+    if feedback and (folder / FEEDBACK_FILE).is_file():
         out.extend(ChatExample(q, a) for q, a in FeedbackStore(folder / FEEDBACK_FILE).examples())
     return out
 

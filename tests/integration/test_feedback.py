@@ -41,9 +41,7 @@ def _stored(fleet_config, node: str) -> list[tuple[str, str]]:
     return FeedbackStore(Path(fleet_config.cache_dir) / "data" / node / FEEDBACK_FILE).examples()
 
 
-def test_feedback_stays_on_its_site_node_survives_a_restart_and_never_leaves_it_in_the_clear(
-    served, fleet_config
-):
+def test_feedback_stays_on_its_site_node_survives_a_restart_and_never_leaves_it_in_the_clear(served, fleet_config):
     marker = f"MARKER{uuid.uuid4().hex}"
     question = f"Which word do I need? {uuid.uuid4().hex[:6]}"
     with Client(served.grpc_address, token=TEST_TOKEN, default_timeout=60) as client:

@@ -11,6 +11,7 @@ import contextlib
 import os
 import signal
 import subprocess
+from dataclasses import replace
 
 import mlflow
 import pytest
@@ -129,3 +130,58 @@ def test_against_a_real_mlflow_server_rounds_that_end_while_it_is_down_wait_in_t
     assert reg.pending() == []
     assert [versions[v]["tags"]["edgefleet.round"] for v in ("1", "2", "3")] == ["1", "2", "3"]  # in order
     assert CHAMPION in versions["3"]["aliases"] and versions["3"]["tags"]["edgefleet.parent_version"] == "2"
+
+
+def test_a_harmful_update_is_held_by_the_gate_with_its_reason_on_the_version(tmp_path):
+    """A client trained to answer everything with one phrase: its model scores worse on what the
+    sites' users ask and drifts from the base on general chat. The gate holds it; the champion stays."""
+    from edgefleet.eval.scores import QualityJudge
+    from edgefleet.eval.sites import site_domains
+    from edgefleet.train.chat import ChatExample, render_chat
+    from edgefleet.train.dp import LocalHyper, load_adapter, local_update
+
+    base, tok = build_tiny(0)
+    domain = site_domains(["edge-1", "edge-2"])["edge-1"]
+    judge = QualityJudge(base, tok, [ChatExample(q.question, q.reference) for q in domain.held_out], block_size=128)
+    hp = LocalHyper(lr=1e-2, batch_size=8, physical_batch=8, max_steps=40, epochs=1000.0)
+    asked = [ChatExample(q.question, q.reference) for q in domain.asked]
+    helpful = local_update(base, None, render_chat(asked, tok, 128), None, hp)
+    one_phrase = [ChatExample(e.question, "I cannot help with that.") for e in asked]
+    harmful = local_update(base, helpful.adapter, render_chat(one_phrase, tok, 128), None, hp)
+
+    def scores(adapter):
+        with torch.random.fork_rng():
+            torch.manual_seed(hp.seed)
+            model = lora_model(base, hp)
+        load_adapter(model, adapter)
+        q = judge.score(model)
+        return q, {"task_score": q.task_score, "divergence": q.divergence, "facts_lost": list(q.facts_lost)}
+
+    before = judge.score(base)
+    good, good_scores = scores(helpful.adapter)
+    bad, bad_scores = scores(harmful.adapter)
+    assert good.task_score > before.task_score and good.task_score > bad.task_score
+
+    # the guard's tolerance sits above what the helpful update moved
+    reg = ModelRegistry(
+        f"sqlite:///{tmp_path / 'mlflow.db'}", NAME, outbox=tmp_path / "outbox", max_divergence=2 * good.divergence
+    )
+    v1 = reg.publish(
+        replace(record(1, 5.0), scores=good_scores, base_task_score=before.task_score),
+        _peft(base, helpful.adapter, hp, tmp_path / "v1"),
+    )
+    v2 = reg.publish(
+        replace(record(2, 4.0), scores=bad_scores, base_task_score=before.task_score),
+        _peft(base, harmful.adapter, hp, tmp_path / "v2"),
+    )
+
+    tags = reg.show(v2)["tags"]
+    assert reg.show(v1)["tags"]["edgefleet.gate"] == "promoted" and reg.champion_version() == v1
+    assert tags["edgefleet.gate"] == "held"  # although its held-out loss "improved" from 5.0 to 4.0
+    assert "task score" in tags["edgefleet.gate_reason"] or "regression" in tags["edgefleet.gate_reason"]
+    assert float(tags["edgefleet.task_score"]) == pytest.approx(bad.task_score, abs=1e-5)
+    assert float(tags["edgefleet.divergence"]) == pytest.approx(bad.divergence, abs=1e-5)
+
+
+def _peft(base, adapter, hp, folder):
+    return export_adapter(base, adapter, hp, folder / "peft")
