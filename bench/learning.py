@@ -2,7 +2,8 @@
 
 Three sites (the demo's: ``eval/sites.py``), each training on its documents as questions and
 answers, the general rehearsal examples, and its users' corrections to the questions they asked
-(the demo's simulated users rate every base answer bad and send the reference). Three FedAvg rounds of the default local update
+(the demo's simulated users rate every base answer bad and send the reference).
+Three FedAvg rounds of the default local update
 (``federation.local_steps`` DP-SGD steps of ``batch_size`` × ``block_size``), in one process with
 the platform's own functions (``train/dp.py``, ``federation/strategies.py``, ``eval/scores.py``):
 
