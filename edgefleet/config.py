@@ -202,7 +202,7 @@ class FederationConfig(_Strict):
     secure_aggregation: bool = True
     user_dp: UserDPConfig | None = Field(default=None, description="add user-level DP on top of DP-SGD")
     local_steps: int = Field(default=6, ge=1, description="optimizer steps of each client's local update")
-    batch_size: int = Field(default=16, ge=1, description="expected logical batch of the local update")
+    batch_size: int = Field(default=8, ge=1, description="expected logical batch of the local update")
     block_size: int = Field(default=96, ge=8, le=4096, description="tokens per training sample (a chat exchange)")
     lr: float = Field(default=5e-3, gt=0, description="local learning rate")
     held_out_blocks: int = Field(default=32, ge=1, description="held-out samples the global model is scored on")

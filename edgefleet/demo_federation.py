@@ -72,6 +72,25 @@ def ask_the_champion(cfg: EdgefleetConfig, console: Console) -> None:
     console.print(f"[bold]{node}, serving the champion:[/] {question} → {answer['text'].strip()}")
 
 
+def chat_probe_texts(cfg: EdgefleetConfig, n: int = 8) -> list[str]:
+    """The sites' held-out questions with their reference answers, as the edge model's chat template
+    renders them: the canary probe then scores what the gate scored (chat), not documentation text."""
+    from edgefleet.eval.sites import eval_dir
+    from edgefleet.platform.models import load_trainable
+    from edgefleet.train.data import read_chat_examples
+
+    examples = read_chat_examples(eval_dir(cfg.cache_dir), feedback=False)[:n]
+    if not examples:
+        return []
+    _, tok = load_trainable(cfg.fleet.edge_nodes[0].model, cfg.cache_dir)
+    return [
+        tok.apply_chat_template(
+            [{"role": "user", "content": e.question}, {"role": "assistant", "content": e.answer}], tokenize=False
+        )
+        for e in examples
+    ]
+
+
 def rollout(cfg: EdgefleetConfig, registry: Any, version: str, console: Console) -> None:
     """The champion goes to one canary edge node first, is judged against the rest, then everywhere."""
     from edgefleet.serve.rollout import RolloutController
@@ -83,7 +102,7 @@ def rollout(cfg: EdgefleetConfig, registry: Any, version: str, console: Console)
         registry,
         canaries=[canary],
         window_s=min(5.0, cfg.mlflow.rollout_window_s),
-        probe_texts=read_texts(held_out_dir(cfg))[:4],
+        probe_texts=chat_probe_texts(cfg) or read_texts(held_out_dir(cfg))[:4],
         deadline_ms=10_000,
     )
     with console.status(f"rolling out {cfg.mlflow.model_name} v{version}: canary {canary}, then the rest"):

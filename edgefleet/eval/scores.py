@@ -17,7 +17,7 @@ call it directly.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +62,9 @@ class QualityJudge:
     tokenizer: Any
     held_out: Sequence[ChatExample]
     block_size: int = 128
+    # The model as the edge nodes serve it (adapter merged, int8): facts are checked on that form,
+    # since quantisation alone can flip an answer whose first token is a near tie.
+    served: Callable[[Any], Any] | None = None
     _reference: Any = None  # (samples, base log-probs) of the guard prompts, computed once
     _facts: list[tuple[str, str]] | None = None  # the facts the base answers right
 
@@ -74,12 +77,14 @@ class QualityJudge:
             task = -float(_mean_losses(model, render_chat(self.held_out, self.tokenizer, self.block_size)))
             divergence = self._divergence(model)
             facts = self._base_facts()
-            lost = tuple(q for q, pattern in facts if not re.search(pattern, self._answers(model, [q])[0], re.I))
+            as_served = self.served(model) if self.served else model
+            answers = self._answers(as_served, [q for q, _ in facts]) if facts else []
+            lost = tuple(q for (q, pattern), a in zip(facts, answers, strict=True) if not re.search(pattern, a, re.I))
         return Quality(task, divergence, len(facts) - len(lost), len(facts), lost)
 
     def _base_facts(self) -> list[tuple[str, str]]:
         if self._facts is None:
-            answers = self._answers(self.base, [q for q, _ in FACTS])
+            answers = self._answers(self.served(self.base) if self.served else self.base, [q for q, _ in FACTS])
             self._facts = [(q, p) for (q, p), a in zip(FACTS, answers, strict=True) if re.search(p, a, re.I)]
         return self._facts
 
@@ -130,3 +135,24 @@ def _mean_losses(model: Any, samples: Any, batch: int = 16) -> float:
     for chunk in samples.split(batch):
         total += float(sample_losses(model, chunk).sum())
     return total / len(samples)
+
+
+def served_form(quantization: str) -> Callable[[Any], Any]:
+    """A scored model (the base, or a throwaway peft model over a copy of it) as an edge node serves
+    it: the adapter merged into the weights, then quantised as ``quantization`` says."""
+
+    def convert(model: Any) -> Any:
+        import copy
+
+        import torch
+
+        from edgefleet.platform.models import quantize_int8
+
+        merged = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+        if quantization == "int8":
+            return quantize_int8(merged)  # a quantised copy: the base stays as it was
+        if quantization == "bf16":
+            return copy.deepcopy(merged).to(torch.bfloat16)
+        return merged
+
+    return convert

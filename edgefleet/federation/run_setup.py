@@ -50,7 +50,7 @@ class Evaluator:
 
 
 def load_evaluator(cfg: EdgefleetConfig, hp: Any) -> Evaluator:
-    from edgefleet.eval.scores import QualityJudge
+    from edgefleet.eval.scores import QualityJudge, served_form
     from edgefleet.eval.sites import eval_dir
     from edgefleet.platform.models import load_trainable
     from edgefleet.train.data import chunk_for_causal_lm, held_out_dir, read_chat_examples, read_texts
@@ -62,7 +62,8 @@ def load_evaluator(cfg: EdgefleetConfig, hp: Any) -> Evaluator:
     fed = cfg.federation
     blocks = chunk_for_causal_lm(read_texts(held_out_dir(cfg)), tok, fed.block_size)[: fed.held_out_blocks]
     questions = read_chat_examples(eval_dir(cfg.cache_dir), feedback=False)  # public sets only
-    judge = QualityJudge(base, tok, questions, fed.block_size) if questions else None
+    served = served_form(cfg.fleet.edge_nodes[0].model.quantization)
+    judge = QualityJudge(base, tok, questions, fed.block_size, served) if questions else None
     return Evaluator(base, blocks, hp, judge)
 
 
