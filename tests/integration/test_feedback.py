@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import pickle
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -19,7 +20,14 @@ ray = pytest.importorskip("ray")
 
 from edgefleet._proto import inference_pb2 as pb  # noqa: E402
 from edgefleet._proto import inference_pb2_grpc as pbg  # noqa: E402
-from edgefleet.client import AsyncClient, Client, InvalidRequest, NotFound, Unauthenticated  # noqa: E402
+from edgefleet.client import (  # noqa: E402
+    AsyncClient,
+    Client,
+    InvalidRequest,
+    NotFound,
+    Unauthenticated,
+    Unavailable,
+)
 from edgefleet.platform.edge_node import ACTOR_NAMESPACE, actor_name  # noqa: E402
 from edgefleet.platform.feedback import FEEDBACK_FILE, FeedbackStore  # noqa: E402
 from tests.conftest import TEST_TOKEN, call_until_back  # noqa: E402
@@ -97,14 +105,18 @@ def test_feedback_stays_on_its_site_node_survives_a_restart_and_never_leaves_it_
     edge2 = ray.get_actor(actor_name("edge-2"), namespace=ACTOR_NAMESPACE)
     ray.kill(edge2, no_restart=False)
     call_until_back(lambda: edge2.info.remote(), within_s=120)
+    kept_after_restart = False
     with Client(served.grpc_address, token=TEST_TOKEN, default_timeout=60) as client:
-        again = client.generate("One more?", site="edge-2", max_new_tokens=4, route="edge")
-        for _ in range(20):  # the Gateway's first call may still hit the old actor's handle
-            try:
-                assert client.feedback(again, good=False, correction="Later.") == "edge-2"
-                break
-            except NotFound:
-                again = client.generate("One more?", site="edge-2", max_new_tokens=4, route="edge")
+        for _ in range(60):  # until the Gateway routes to the restarted node again (its model reloads)
+            again = client.generate("One more?", site="edge-2", max_new_tokens=4, route="edge")
+            if again.node_id == "edge-2":
+                try:
+                    kept_after_restart = client.feedback(again, good=False, correction="Later.") == "edge-2"
+                    break
+                except (NotFound, Unavailable):  # its answer went to the node while it was down
+                    pass
+            time.sleep(0.5)
+    assert kept_after_restart
     stored = _stored(fleet_config, "edge-2")
     assert (question, f"You need {marker}.") in stored and ("One more?", "Later.") in stored
 
