@@ -61,13 +61,30 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
+# Below the kernel's ephemeral range (32768-60999) and above Ray's worker ports (10002-19999): a
+# port the OS hands out (bind to 0) is ephemeral, and any outgoing connection made before the
+# server binds it (a Ray worker dialling the GCS) may take it as its local port. CI once lost
+# Serve's gRPC proxy, and 98 tests with it, to that race.
+_PORT_RANGE = (20000, 32000)
+
+
 def free_ports(n: int) -> list[int]:
-    """``n`` distinct free ports: every socket is held until all are bound, so none repeats."""
+    """``n`` distinct free ports outside the ephemeral range: each one is checked by binding it, and
+    every socket is held until all are bound, so none repeats."""
+    import random
+
+    rng = random.Random()
     with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
+        ports: list[int] = []
+        while len(ports) < n:
+            port = rng.randrange(*_PORT_RANGE)
+            s = stack.enter_context(socket.socket())
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            ports.append(port)
+        return ports
 
 
 def make_test_config_dict(num_edge: int = 3) -> dict:
