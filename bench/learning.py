@@ -32,7 +32,7 @@ THREADS = int(os.environ.get("BENCH_THREADS", "2"))
 MODES = ("none", "sample", "user")
 
 
-def _sites(tok: Any, block: int) -> tuple[dict[str, Any], list[Any]]:
+def _sites(tok: Any, block: int) -> tuple[dict[str, Any], dict[str, list[Any]]]:
     from edgefleet.eval.sites import GENERAL_EXAMPLES, document_examples, site_domains
     from edgefleet.train.chat import ChatExample, render_chat
     from edgefleet.train.data import demo_topics
@@ -44,7 +44,7 @@ def _sites(tok: Any, block: int) -> tuple[dict[str, Any], list[Any]]:
         corrections = [ChatExample(q.question, q.reference) for q in d.asked]
         documents = document_examples([texts[t] for t in d.topics])
         data[node] = render_chat(documents + list(GENERAL_EXAMPLES) + corrections, tok, block)
-    held = [ChatExample(q.question, q.reference) for d in domains.values() for q in d.held_out]
+    held = {node: [ChatExample(q.question, q.reference) for q in d.held_out] for node, d in domains.items()}
     return data, held
 
 
@@ -73,7 +73,8 @@ def run_mode(mode: str, base: Any, tok: Any, cfg: Any) -> list[dict[str, Any]]:
             model = lora_model(base, hp)
         load_adapter(model, adapter)
         q = judge.score(model)
-        row = {"mode": mode, "round": r, "task_score": q.task_score, "divergence": q.divergence}
+        row = {"mode": mode, "round": r, "task_score": q.task_score, "answer_match": q.answer_match}
+        row |= {"divergence": q.divergence}
         return row | {"facts_kept": q.facts_kept, "facts_total": q.facts_total, "train_s": seconds}
 
     rows = [score(0, 0.0)]
@@ -93,7 +94,12 @@ def run_mode(mode: str, base: Any, tok: Any, cfg: Any) -> list[dict[str, Any]]:
         step = unflatten(mean, updates[0].delta, names)
         adapter = {k: v + step[k] if k in step else v for k, v in adapter.items()}
         rows.append(score(r, time.perf_counter() - started))
-        print(f"{mode} round {r}: task score {rows[-1]['task_score']:.4f}, divergence {rows[-1]['divergence']:.4f}")
+        last = rows[-1]
+        print(
+            f"{mode} round {r}: task score {last['task_score']:.4f}, answers right {last['answer_match']:.0%}, "
+            f"divergence {last['divergence']:.4f}",
+            flush=True,
+        )
     return rows
 
 
@@ -113,15 +119,18 @@ def plot(rows: list[dict[str, Any]], path: Any) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(14, 4))
     for mode in MODES:
         mine = sorted((r for r in rows if r["mode"] == mode), key=lambda r: r["round"])
         if mine:
-            left.plot([r["round"] for r in mine], [r["task_score"] for r in mine], marker="o", label=mode)
-            right.plot([r["round"] for r in mine], [r["divergence"] for r in mine], marker="o", label=mode)
+            rounds = [r["round"] for r in mine]
+            left.plot(rounds, [r["task_score"] for r in mine], marker="o", label=mode)
+            middle.plot(rounds, [100 * r.get("answer_match", float("nan")) for r in mine], marker="o", label=mode)
+            right.plot(rounds, [r["divergence"] for r in mine], marker="o", label=mode)
     left.set(xlabel="round", ylabel="task score (log-lik / answer token, higher is better)", title="what users ask")
+    middle.set(xlabel="round", ylabel="% of held-out questions", title="greedy answers a user rates good")
     right.set(xlabel="round", ylabel="KL from base per token", title="regression guard: general chat")
-    for ax in (left, right):
+    for ax in (left, middle, right):
         ax.grid(alpha=0.3)
         ax.legend(title="DP")
     fig.tight_layout()
@@ -149,12 +158,13 @@ def main(modes: tuple[str, ...] = MODES) -> None:
     shares = {m: kept_share(rows, m) for m in ("sample", "user")}
     print_table(
         f"learning loop on SmolLM2: {ROUNDS} FedAvg rounds of 3 sites (ε={cfg.privacy.target_epsilon:g}/round)",
-        ["DP", "round", "task score", "divergence", "facts kept", "train s"],
+        ["DP", "round", "task score", "answers right", "divergence", "facts kept", "train s"],
         [
             [
                 r["mode"],
                 r["round"],
                 r["task_score"],
+                f"{r['answer_match']:.0%}",
                 r["divergence"],
                 f"{r['facts_kept']}/{r['facts_total']}",
                 r["train_s"],

@@ -172,16 +172,17 @@ def registry_hook(cfg: EdgefleetConfig, run: str, coordinator: Any) -> Any:
 
 
 def _user_scores(quality: Any) -> dict[str, Any] | None:
-    if quality is None:
-        return None
-    return {"task_score": quality.task_score, "divergence": quality.divergence, "facts_lost": list(quality.facts_lost)}
+    from dataclasses import asdict
+
+    return None if quality is None else asdict(quality)
 
 
 def _round_line(r: Any) -> str:
     late = f", stragglers: {', '.join(f'{c} ({why})' for c, why in r.stragglers.items())}" if r.stragglers else ""
     q = r.quality
     users = (
-        f", task score {q.task_score:.3f}, divergence {q.divergence:.4f}, facts {q.facts_kept}/{q.facts_total}"
+        f", task score {q.task_score:.3f}, answers right {q.answer_match:.0%}, divergence {q.divergence:.4f}, "
+        f"facts {q.facts_kept}/{q.facts_total}"
         if q is not None
         else ""
     )
@@ -200,8 +201,10 @@ def rounds_table(
     before = f"held-out perplexity before round 1: {math.exp(initial_loss):.2f}"
     if initial_quality:
         before += f"; the base model's task score {initial_quality['task_score']:.3f}"
+        match = initial_quality.get("answer_match")
+        before += f", answers right {match:.0%}" if match is not None and match == match else ""
     table = Table(title=f"federated rounds ({before})")
-    users = ("task score", "divergence") if any(r.quality for r in results) else ()
+    users = ("task score", "answers right", "divergence") if any(r.quality for r in results) else ()
     for col in ("round", "clients", "train loss", "held-out ppl", *users, *(f"ε {n}" for n in nodes), "user-level ε"):
         table.add_column(col, justify="right")
     table.add_column("wall s", justify="right")
@@ -209,7 +212,8 @@ def rounds_table(
         clients = ", ".join(r.finished) + (f" [yellow](dropped {', '.join(r.stragglers)})" if r.stragglers else "")
         eps = [f"{r.epsilon[n]:.2f}" + ("" if n in r.finished else " [dim](sat out)") for n in nodes]
         user = f"{r.user_epsilon:.2f}" if r.user_epsilon is not None else "-"
-        scores = (f"{r.quality.task_score:.3f}", f"{r.quality.divergence:.4f}") if r.quality else ("-", "-")
+        q = r.quality
+        scores = (f"{q.task_score:.3f}", f"{q.answer_match:.0%}", f"{q.divergence:.4f}") if q else ("-",) * 3
         table.add_row(
             str(r.round),
             clients,

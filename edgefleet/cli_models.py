@@ -115,6 +115,7 @@ def watch_champion(cfg: EdgefleetConfig, out: Console, err: Console) -> Any:
 
     if len(cfg.fleet.edge_nodes) < 2:
         return None
+    from edgefleet.eval.sites import probe_chats
     from edgefleet.mlflow.registry import ModelRegistry
     from edgefleet.serve.rollout import ChampionWatcher, RolloutController
     from edgefleet.train.data import demo_topics
@@ -124,7 +125,7 @@ def watch_champion(cfg: EdgefleetConfig, out: Console, err: Console) -> Any:
         ModelRegistry.from_config(cfg),
         canaries=cfg.mlflow.canary_nodes or None,
         window_s=cfg.mlflow.rollout_window_s,
-        probe_texts=list(demo_topics().values())[:4],
+        probe=probe_chats(cfg.cache_dir) or list(demo_topics().values())[:4],
     )
 
     def report(r: Any) -> None:

@@ -178,7 +178,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             _rush_hour(client)
             demo_federation.collect_feedback(cfg, client, console)
         demo_deadlines.run(cfg, token, console)
-        demo_federation.run(cfg, _fetch_model, console)
+        with Client(served.grpc_address, token=token, default_timeout=120) as client:
+            demo_federation.run(cfg, _fetch_model, console, client)
     finally:
         fleet.shutdown()
     console.print("fleet stopped")

@@ -4,6 +4,8 @@ MLflow registry, and the champion's canary rollout to the edge nodes."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from rich.console import Console
@@ -12,6 +14,8 @@ from rich.table import Table
 from edgefleet import cli_federate
 from edgefleet.cli_tables import show
 from edgefleet.config import EdgefleetConfig
+
+LIVE_QUESTIONS_PER_SITE = 12  # asked again while the canary is watched: enough ratings per group to judge on
 
 
 def collect_feedback(cfg: EdgefleetConfig, client: Any, console: Console) -> None:
@@ -36,8 +40,9 @@ def collect_feedback(cfg: EdgefleetConfig, client: Any, console: Console) -> Non
     show(console, table)
 
 
-def run(cfg: EdgefleetConfig, fetch_model: Any, console: Console) -> None:
-    """Federated DP rounds across the edge nodes, on each site's documents and its users' feedback."""
+def run(cfg: EdgefleetConfig, fetch_model: Any, console: Console, client: Any = None) -> None:
+    """Federated DP rounds across the edge nodes, on each site's documents and its users' feedback;
+    then the champion's canary rollout, judged with the users (``client``) rating the answers."""
     from edgefleet.cli_models import _registry, versions_table
     from edgefleet.eval.sites import write_site_data
 
@@ -50,7 +55,7 @@ def run(cfg: EdgefleetConfig, fetch_model: Any, console: Console) -> None:
     show(console, versions_table(registry.versions(), cfg.mlflow.model_name))
     champion = registry.champion_version()
     if champion is not None:
-        rollout(cfg, registry, champion, console)
+        rollout(cfg, registry, champion, console, client)
         ask_the_champion(cfg, console)
     console.print(
         f"MLflow UI: `edgefleet up` serves it on http://127.0.0.1:{cfg.ports.mlflow_ui} "
@@ -72,46 +77,38 @@ def ask_the_champion(cfg: EdgefleetConfig, console: Console) -> None:
     console.print(f"[bold]{node}, serving the champion:[/] {question} → {answer['text'].strip()}")
 
 
-def chat_probe_texts(cfg: EdgefleetConfig, n: int = 8) -> list[str]:
-    """The sites' held-out questions with their reference answers, as the edge model's chat template
-    renders them: the canary probe then scores what the gate scored (chat), not documentation text."""
-    from edgefleet.eval.sites import eval_dir
-    from edgefleet.platform.models import load_trainable
-    from edgefleet.train.data import read_chat_examples
-
-    examples = read_chat_examples(eval_dir(cfg.cache_dir), feedback=False)[:n]
-    if not examples:
-        return []
-    _, tok = load_trainable(cfg.fleet.edge_nodes[0].model, cfg.cache_dir)
-    return [
-        tok.apply_chat_template(
-            [{"role": "user", "content": e.question}, {"role": "assistant", "content": e.answer}], tokenize=False
-        )
-        for e in examples
-    ]
-
-
-def rollout(cfg: EdgefleetConfig, registry: Any, version: str, console: Console) -> None:
-    """The champion goes to one canary edge node first, is judged against the rest, then everywhere."""
+def rollout(cfg: EdgefleetConfig, registry: Any, version: str, console: Console, client: Any = None) -> None:
+    """The champion goes to one canary edge node first, is judged against the rest, then everywhere.
+    While the canary is watched, each site's users ask again and rate what they get (``client``)."""
+    from edgefleet.eval.sites import probe_chats, site_domains
+    from edgefleet.eval.users import ask_and_rate
     from edgefleet.serve.rollout import RolloutController
     from edgefleet.train.data import held_out_dir, read_texts
 
     canary = (cfg.mlflow.canary_nodes or [cfg.fleet.edge_nodes[0].id])[0]
+    live_traffic = None
+    if client is not None:
+        domains = site_domains([n.id for n in cfg.fleet.edge_nodes], seed=cfg.federation.seed)
+        again = {n: replace(d, asked=d.asked[:LIVE_QUESTIONS_PER_SITE]) for n, d in domains.items()}
+        sites = {n.id: n.site for n in cfg.fleet.edge_nodes}
+        live_traffic = partial(ask_and_rate, client, again, sites)
     ctl = RolloutController(
         cfg,
         registry,
         canaries=[canary],
         window_s=min(5.0, cfg.mlflow.rollout_window_s),
-        probe_texts=chat_probe_texts(cfg) or read_texts(held_out_dir(cfg))[:4],
+        probe=probe_chats(cfg.cache_dir) or read_texts(held_out_dir(cfg))[:4],
         deadline_ms=10_000,
+        live_traffic=live_traffic,
     )
     with console.status(f"rolling out {cfg.mlflow.model_name} v{version}: canary {canary}, then the rest"):
         report = ctl.roll_out(version)
     table = Table(title=f"canary rollout of v{version}: {'promoted' if report.verdict.promote else 'rolled back'}")
-    for col in ("group", "requests", "errors", "SLA met", "probe loss"):
+    for col in ("group", "requests", "errors", "SLA met", "chat probe loss", "users' ratings good"):
         table.add_column(col)
     for name, g in (("canary " + ", ".join(report.canaries), report.canary), ("the rest", report.rest)):
-        table.add_row(name, str(g.requests), str(g.errors), f"{g.attainment:.0%}", f"{g.probe_loss:.3f}")
+        rated = f"{g.ratings.good}/{g.ratings.total}" if g.ratings.total else "-"
+        table.add_row(name, str(g.requests), str(g.errors), f"{g.attainment:.0%}", f"{g.probe_loss:.3f}", rated)
     show(console, table)
     console.print(f"verdict: {report.verdict.reason}")
     for node, serving in report.serving.items():

@@ -3,6 +3,9 @@
 - **Task score**: the mean log-likelihood per token of the reference answers to held-out questions
   of the sites' domains (``eval/sites.py``), under the chat template. Higher is better; it rises
   when the model answers the sites' questions more like their users expect.
+- **Answer match**: the share of those questions whose greedy answer, from the model as the edge
+  nodes serve it, a site's user would rate good (token F1 against the reference ≥ 0.5, the
+  simulated users' own rule: ``eval/users.py``). Both, per site and overall.
 - **Regression guard**: general chat the base model handles must survive an update.
   - *Divergence*: the mean KL(base ‖ candidate) per token over the base model's own greedy answers
     to general prompts (teacher-forced, so one forward pass each). 0 for the base itself.
@@ -16,8 +19,9 @@ call it directly.
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +44,17 @@ FACTS = (
 )
 GUARD_ANSWER_TOKENS = 32
 FACT_ANSWER_TOKENS = 24
+TASK_ANSWER_TOKENS = 48  # what the simulated users ask for (eval/users.py)
+
+
+@dataclass(frozen=True)
+class SiteScore:
+    """One site's held-out questions, scored."""
+
+    site: str
+    questions: int
+    task_score: float  # mean log-likelihood per reference-answer token
+    answer_match: float  # share of greedy answers a user would rate good
 
 
 @dataclass(frozen=True)
@@ -51,16 +66,30 @@ class Quality:
     facts_kept: int  # of the facts the base answers right
     facts_total: int
     facts_lost: tuple[str, ...] = field(default=())  # the questions it no longer answers right
+    answer_match: float = math.nan  # share of held-out questions answered as users want, greedily
+    per_site: tuple[SiteScore, ...] = ()
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Quality:
+        """Read back from a run's JSON state (lists where tuples were)."""
+        return cls(
+            **{
+                **data,
+                "facts_lost": tuple(data.get("facts_lost", ())),
+                "per_site": tuple(SiteScore(**s) for s in data.get("per_site", ())),
+            }
+        )
 
 
 @dataclass
 class QualityJudge:
-    """Scores adapters over one base model. ``held_out``: the sites' held-out questions with their
-    reference answers; ``block_size``: the longest exchange scored."""
+    """Scores adapters over one base model. ``held_out``: each site's held-out questions with their
+    reference answers (:func:`edgefleet.eval.sites.held_out_by_site`); ``block_size``: the longest
+    exchange scored."""
 
     base: Any
     tokenizer: Any
-    held_out: Sequence[ChatExample]
+    held_out: Mapping[str, Sequence[ChatExample]]
     block_size: int = 128
     # The model as the edge nodes serve it (adapter merged, int8): facts are checked on that form,
     # since quantisation alone can flip an answer whose first token is a near tie.
@@ -68,19 +97,42 @@ class QualityJudge:
     _reference: Any = None  # (samples, base log-probs) of the guard prompts, computed once
     _facts: list[tuple[str, str]] | None = None  # the facts the base answers right
 
+    def __post_init__(self) -> None:
+        self.held_out = {site: list(qs) for site, qs in self.held_out.items() if qs}
+        if not self.held_out:
+            raise ValueError("a quality judge needs held-out questions to score")
+
     def score(self, model: Any) -> Quality:
         """The scores of ``model`` (the base with an adapter applied, or the base itself)."""
         import torch
 
+        from edgefleet.eval.users import GOOD_F1, token_f1
+
         model.eval()
         with torch.no_grad():
-            task = -float(_mean_losses(model, render_chat(self.held_out, self.tokenizer, self.block_size)))
+            as_served = self.served(model) if self.served else model
+            sites, weighted, rendered = [], 0.0, 0
+            for site, questions in self.held_out.items():
+                samples = render_chat(questions, self.tokenizer, self.block_size)
+                task = -_mean_losses(model, samples)
+                answers = self._answers(as_served, [q.question for q in questions], TASK_ANSWER_TOKENS)
+                right = sum(token_f1(a, q.answer) >= GOOD_F1 for a, q in zip(answers, questions, strict=True))
+                sites.append(SiteScore(site, len(questions), task, right / len(questions)))
+                weighted, rendered = weighted + task * len(samples), rendered + len(samples)
             divergence = self._divergence(model)
             facts = self._base_facts()
-            as_served = self.served(model) if self.served else model
             answers = self._answers(as_served, [q for q, _ in facts]) if facts else []
             lost = tuple(q for (q, pattern), a in zip(facts, answers, strict=True) if not re.search(pattern, a, re.I))
-        return Quality(task, divergence, len(facts) - len(lost), len(facts), lost)
+        asked = sum(s.questions for s in sites)
+        return Quality(
+            task_score=weighted / rendered,
+            divergence=divergence,
+            facts_kept=len(facts) - len(lost),
+            facts_total=len(facts),
+            facts_lost=lost,
+            answer_match=sum(s.answer_match * s.questions for s in sites) / asked,
+            per_site=tuple(sites),
+        )
 
     def _base_facts(self) -> list[tuple[str, str]]:
         if self._facts is None:

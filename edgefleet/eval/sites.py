@@ -193,6 +193,25 @@ def eval_dir(cache_dir: Path) -> Path:
     return Path(cache_dir) / "data" / "eval"
 
 
+def held_out_by_site(cache_dir: Path) -> dict[str, list[ChatExample]]:
+    """Each site's held-out questions with their reference answers, as :func:`write_site_data` left
+    them in :func:`eval_dir` (empty before it ran)."""
+    from edgefleet.train.data import read_chat_examples
+
+    suffix = ".chat.jsonl"
+    folder = eval_dir(cache_dir)
+    files = sorted(folder.glob(f"*{suffix}"))
+    return {p.name.removesuffix(suffix): read_chat_examples(p, feedback=False) for p in files}
+
+
+def probe_chats(cache_dir: Path, n: int = 12) -> list[ChatExample]:
+    """A canary rollout's quality probe: up to ``n`` held-out questions with their reference
+    answers, taken from every site in turn."""
+    per_site = list(held_out_by_site(cache_dir).values())
+    turns = [site[i] for i in range(max(map(len, per_site), default=0)) for site in per_site if i < len(site)]
+    return turns[:n]
+
+
 def write_site_data(cfg: EdgefleetConfig, *, seed: int = 0) -> dict[str, SiteDomain]:
     """Each node's documents as chat examples in its data directory (in place of the plain-text
     shard ``edgefleet train data`` writes), and each site's held-out questions in :func:`eval_dir`.

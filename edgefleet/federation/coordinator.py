@@ -85,9 +85,7 @@ class RoundResult:
 
     def __post_init__(self) -> None:
         if isinstance(self.quality, dict):  # read back from the run's JSON state
-            object.__setattr__(
-                self, "quality", Quality(**{**self.quality, "facts_lost": tuple(self.quality["facts_lost"])})
-            )
+            object.__setattr__(self, "quality", Quality.from_json(self.quality))
 
 
 class Coordinator:

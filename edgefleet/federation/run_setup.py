@@ -51,9 +51,9 @@ class Evaluator:
 
 def load_evaluator(cfg: EdgefleetConfig, hp: Any) -> Evaluator:
     from edgefleet.eval.scores import QualityJudge, served_form
-    from edgefleet.eval.sites import eval_dir
+    from edgefleet.eval.sites import held_out_by_site
     from edgefleet.platform.models import load_trainable
-    from edgefleet.train.data import chunk_for_causal_lm, held_out_dir, read_chat_examples, read_texts
+    from edgefleet.train.data import chunk_for_causal_lm, held_out_dir, read_texts
 
     sources = {n.model.source for n in cfg.fleet.edge_nodes}
     if len(sources) != 1:
@@ -61,9 +61,9 @@ def load_evaluator(cfg: EdgefleetConfig, hp: Any) -> Evaluator:
     base, tok = load_trainable(cfg.fleet.edge_nodes[0].model, cfg.cache_dir)
     fed = cfg.federation
     blocks = chunk_for_causal_lm(read_texts(held_out_dir(cfg)), tok, fed.block_size)[: fed.held_out_blocks]
-    questions = read_chat_examples(eval_dir(cfg.cache_dir), feedback=False)  # public sets only
+    questions = held_out_by_site(cfg.cache_dir)  # public evaluation sets only, no user data
     served = served_form(cfg.fleet.edge_nodes[0].model.quantization)
-    judge = QualityJudge(base, tok, questions, fed.block_size, served) if questions else None
+    judge = QualityJudge(base, tok, questions, fed.block_size, served) if any(questions.values()) else None
     return Evaluator(base, blocks, hp, judge)
 
 

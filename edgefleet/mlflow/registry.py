@@ -32,6 +32,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from edgefleet.eval.scores import SiteScore
+
 EXPERIMENT = "edgefleet-federation"
 CANDIDATE, CHAMPION = "candidate", "champion"
 
@@ -49,6 +51,8 @@ class UserScores:
     task_score: float
     divergence: float
     facts_lost: tuple[str, ...] = ()
+    answer_match: float | None = None  # reported, not gated: greedy answers are noisier than the task score
+    per_site: tuple[SiteScore, ...] = ()
 
 
 def gate(
@@ -118,14 +122,16 @@ class RoundRecord:
     user_epsilon: float | None
     base_model: dict[str, Any]  # the ModelSpec the adapter applies to
     params: dict[str, Any]
-    scores: dict[str, Any] | None = None  # UserScores' fields, when the sites have held-out questions
+    scores: dict[str, Any] | None = None  # eval.scores.Quality's fields, when the sites have held-out questions
     base_task_score: float | None = None  # the base model's: what a first version must beat
 
     @property
     def user_scores(self) -> UserScores | None:
         if self.scores is None:
             return None
-        return UserScores(self.scores["task_score"], self.scores["divergence"], tuple(self.scores["facts_lost"]))
+        s = self.scores
+        per_site = tuple(SiteScore(**site) for site in s.get("per_site", ()))
+        return UserScores(s["task_score"], s["divergence"], tuple(s["facts_lost"]), s.get("answer_match"), per_site)
 
 
 class TrackingUnavailable(RuntimeError):
@@ -233,6 +239,9 @@ class ModelRegistry:
         if scores is not None:
             metrics |= {"task_score": scores.task_score, "divergence": scores.divergence}
             metrics["facts_lost"] = float(len(scores.facts_lost))
+            metrics["answer_match"] = scores.answer_match
+            for site in scores.per_site:
+                metrics |= {f"task_score.{site.site}": site.task_score, f"answer_match.{site.site}": site.answer_match}
         for key, value in metrics.items():
             if value is not None and math.isfinite(value):
                 client.log_metric(run_id, key, value, step=step)
@@ -241,6 +250,16 @@ class ModelRegistry:
             card.write_text(model_card(r))
             mlflow.log_artifacts(str(adapter_dir), artifact_path=f"round-{r.round}/adapter")
             mlflow.log_artifact(str(card), artifact_path=f"round-{r.round}")
+            if scores is not None and scores.per_site:  # the UI's artifact view shows it as a table
+                mlflow.log_table(
+                    {
+                        "site": [s.site for s in scores.per_site],
+                        "held-out questions": [s.questions for s in scores.per_site],
+                        "task score": [s.task_score for s in scores.per_site],
+                        "answers right": [s.answer_match for s in scores.per_site],
+                    },
+                    artifact_file=f"round-{r.round}/evaluation.json",
+                )
             spec = adapter_dir.parent / "base_model.json"
             spec.write_text(json.dumps(r.base_model))
             info = mlflow.pyfunc.log_model(
@@ -273,6 +292,8 @@ class ModelRegistry:
             tags["edgefleet.task_score"] = f"{scores.task_score:.6f}"
             tags["edgefleet.divergence"] = f"{scores.divergence:.6f}"
             tags["edgefleet.facts_lost"] = json.dumps(list(scores.facts_lost))
+            if scores.answer_match is not None:
+                tags["edgefleet.answer_match"] = f"{scores.answer_match:.4f}"
         for key, value in tags.items():
             client.set_model_version_tag(self.name, version, key, value)
         client.set_registered_model_alias(self.name, CANDIDATE, version)

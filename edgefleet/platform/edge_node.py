@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.config import BatchingConfig, EdgeNodeConfig, FeedbackConfig, ModelSpec
-from edgefleet.platform.feedback import FEEDBACK_FILE, Answer, FeedbackStore, Rating, RecentAnswers
+from edgefleet.platform.feedback import FEEDBACK_FILE, Answer, FeedbackStore, Rating, RecentAnswers, Tally
 from edgefleet.platform.model_server import ModelServer
 from edgefleet.platform.topology import node_selector
 
@@ -72,6 +72,14 @@ class EdgeNode(ModelServer):
         # fsync and pruning off the event loop: this actor's token streams must not wait for the disk
         await asyncio.to_thread(self.feedback_store.add, answer, rating)
         return True
+
+    async def feedback_tally(self, since: float) -> dict[str, Tally]:
+        """Counts only, by the model version that served the rated answer: no text leaves the node."""
+        import asyncio
+
+        if self.feedback_store is None:
+            return {}
+        return await asyncio.to_thread(self.feedback_store.tally, since)
 
     async def generate_stream(self, request: dict[str, Any]):
         """Events of one request, streamed through Ray's streaming generator."""

@@ -21,15 +21,19 @@ import asyncio
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgefleet.config import MAX_NEW_TOKENS_LIMIT
 from edgefleet.platform.models import LoadedModel
 
+if TYPE_CHECKING:
+    from edgefleet.train.chat import ChatExample
+
 DEFAULT_MAX_NEW_TOKENS = 128
+CHAT_PROBE_BLOCK = 128  # tokens: a chat template's own prompt (SmolLM2's system turn) plus a short answer
 EWMA_ALPHA = 0.2  # weight of the newest sample: reacts within ~5 batches, smooths single outliers
 
 
@@ -304,9 +308,11 @@ class GenerationEngine:
         loaded = await asyncio.get_running_loop().run_in_executor(self._executor, load)
         return self.swap(loaded)
 
-    async def probe_loss(self, texts: list[str], block: int = 64) -> float:
-        """Mean next-token loss of the served model on ``texts`` (a fixed quality probe), on the torch thread."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, _probe_loss, self.loaded, texts, block)
+    async def probe_loss(self, probe: Sequence[str] | Sequence[ChatExample], block: int = 64) -> float:
+        """The served model's mean loss on a fixed quality probe, on the torch thread: on chat
+        exchanges, the loss of the reference answers given their questions (what a user would get);
+        on plain texts, every token's."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, _probe_loss, self.loaded, probe, block)
 
     def swap(self, loaded: LoadedModel) -> str:
         """Serve ``loaded`` from the next batch on; batches already running finish on the old one."""
@@ -465,10 +471,18 @@ def _ewma(old: float | None, new: float) -> float:
     return new if old is None else (1 - EWMA_ALPHA) * old + EWMA_ALPHA * new
 
 
-def _probe_loss(loaded: LoadedModel, texts: list[str], block: int) -> float:
+def _probe_loss(loaded: LoadedModel, probe: Sequence[str] | Sequence[ChatExample], block: int) -> float:
     import torch
 
-    ids = [loaded.tokenizer(t, return_tensors="pt").input_ids[0][:block] for t in texts]
+    from edgefleet.train.chat import ChatExample, render_chat, sample_losses
+
+    chats = [p for p in probe if isinstance(p, ChatExample)]
+    if chats:
+        # the answer's tokens only, in a block the chat template's own prompt leaves room in
+        samples = render_chat(chats, loaded.tokenizer, max(block, CHAT_PROBE_BLOCK))
+        with torch.inference_mode():
+            return float(sample_losses(loaded.model, samples).mean())
+    ids = [loaded.tokenizer(t, return_tensors="pt").input_ids[0][:block] for t in probe]
     total = count = 0.0
     with torch.inference_mode():
         for row in ids:

@@ -59,6 +59,21 @@ class Rating:
     correction: str = ""
 
 
+@dataclass(frozen=True)
+class Tally:
+    """How many ratings were good and bad (e.g. of one model version's answers, since a time)."""
+
+    good: int = 0
+    bad: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.good + self.bad
+
+    def __add__(self, other: Tally) -> Tally:
+        return Tally(self.good + other.good, self.bad + other.bad)
+
+
 class RecentAnswers:
     """Answers awaiting feedback: oldest out first, by age, count and bytes. Thread-safe."""
 
@@ -162,6 +177,20 @@ class FeedbackStore:
         finally:
             db.close()
         return int(good), int(total) - int(good)
+
+    def tally(self, since: float) -> dict[str, Tally]:
+        """Ratings given since ``since`` (time.time()), by the model version that served the answer:
+        a canary rollout compares the new version's share of good ratings with the old one's."""
+        db = self._connect()
+        try:
+            rows = db.execute(
+                "SELECT model_version, COALESCE(SUM(good), 0), COUNT(*) FROM feedback WHERE at >= ?"
+                " GROUP BY model_version",
+                (since,),
+            ).fetchall()
+        finally:
+            db.close()
+        return {version: Tally(int(good), int(count) - int(good)) for version, good, count in rows}
 
     def examples(self, *, now: float | None = None) -> list[tuple[str, str]]:
         """(question, answer) pairs to learn from: answers rated good, and the corrections users gave

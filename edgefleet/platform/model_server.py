@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgefleet import metrics
 from edgefleet.config import BatchingConfig, ModelSpec
+
+if TYPE_CHECKING:
+    from edgefleet.train.chat import ChatExample
 
 
 class ModelServer:
@@ -99,8 +102,8 @@ class ModelServer:
         adapter = found.rename(folder / model_uri.removeprefix("models:/").replace("/", "-v"))
         return await self.swap_model(base.model_copy(update={"adapter": adapter}))
 
-    async def probe_loss(self, texts: list[str]) -> float:
-        return await self.engine.probe_loss(texts)
+    async def probe_loss(self, probe: list[str] | list[ChatExample]) -> float:
+        return await self.engine.probe_loss(probe)
 
     def inject_delay(self, seconds: float) -> None:
         """Fault drill: hold every new request ``seconds`` before it reaches the engine, as a slow or

@@ -6,8 +6,11 @@ When ``champion`` moves to a new version, :class:`RolloutController`:
    adapter from MLflow and loads it beside the old model; requests already running finish on the
    old one, so nothing in flight is dropped);
 2. for the window, sends the same probe requests to canaries and to the rest, and measures each
-   group's SLA attainment and error rate, plus a fixed quality probe: the served model's loss on a
-   probe set of texts;
+   group's SLA attainment and error rate; then
+   - a chat probe: each served model's loss on reference answers to held-out user questions
+     (the answer tokens only, as the promotion gate scores them), and
+   - live feedback: the share of good ratings users gave, during the window, to the new version's
+     answers against the old one's (counts only cross from the nodes, never text);
 3. judges (:func:`judge`, pure) and either promotes (the rest swap too) or rolls back (the canaries
    swap back, ``champion`` returns to the previous version, and the reason is tagged).
 """
@@ -15,12 +18,16 @@ When ``champion`` moves to a new version, :class:`RolloutController`:
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from edgefleet import metrics
 from edgefleet.config import EdgefleetConfig
+from edgefleet.platform.feedback import Tally
+from edgefleet.train.chat import ChatExample
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,7 @@ class GroupHealth:
     errors: int
     sla_met: int
     probe_loss: float
+    ratings: Tally = Tally()  # users' ratings of this group's model version, during the window
 
     @property
     def error_rate(self) -> float:
@@ -40,12 +48,18 @@ class GroupHealth:
     def attainment(self) -> float:
         return self.sla_met / self.requests if self.requests else 1.0
 
+    @property
+    def good_share(self) -> float:
+        return self.ratings.good / self.ratings.total if self.ratings.total else float("nan")
+
 
 @dataclass(frozen=True)
 class RolloutLimits:
     max_error_rate_increase: float = 0.05  # canary error rate may exceed the rest's by this much
     max_attainment_drop: float = 0.10  # canary SLA attainment may trail the rest's by this much
     max_probe_loss_increase: float = 0.05  # nats per token on the probe set
+    max_good_share_drop: float = 0.15  # canary users' share of good ratings may trail the rest's by this much
+    min_ratings: int = 10  # per group: fewer ratings than this are too few to judge on (they are reported)
 
 
 @dataclass(frozen=True)
@@ -55,7 +69,8 @@ class Verdict:
 
 
 def judge(canary: GroupHealth, rest: GroupHealth, limits: RolloutLimits = RolloutLimits()) -> Verdict:
-    """Promote unless the canaries did measurably worse than the rest on errors, SLA or quality."""
+    """Promote unless the canaries did measurably worse than the rest on errors, SLA, the chat
+    probe, or (when both groups have enough of them) their users' ratings."""
     problems = []
     if canary.error_rate > rest.error_rate + limits.max_error_rate_increase:
         problems.append(f"error rate {canary.error_rate:.1%} vs {rest.error_rate:.1%}")
@@ -63,12 +78,21 @@ def judge(canary: GroupHealth, rest: GroupHealth, limits: RolloutLimits = Rollou
         problems.append(f"SLA attainment {canary.attainment:.1%} vs {rest.attainment:.1%}")
     if not canary.probe_loss <= rest.probe_loss + limits.max_probe_loss_increase:  # NaN fails too
         problems.append(f"probe loss {canary.probe_loss:.3f} vs {rest.probe_loss:.3f}")
+    enough = min(canary.ratings.total, rest.ratings.total) >= limits.min_ratings
+    if enough and canary.good_share < rest.good_share - limits.max_good_share_drop:
+        problems.append(f"users rated {canary.good_share:.0%} of answers good vs {rest.good_share:.0%}")
+    feedback = (
+        f"users' good ratings {canary.good_share:.0%} (rest {rest.good_share:.0%})"
+        if enough
+        else f"too few ratings to judge on ({canary.ratings.total} canary, {rest.ratings.total} rest; "
+        f"{limits.min_ratings} each needed)"
+    )
     if problems:
-        return Verdict(False, "canary regressed: " + "; ".join(problems))
+        return Verdict(False, "canary regressed: " + "; ".join(problems) + f"; {feedback}")
     return Verdict(
         True,
         f"canary held up: error rate {canary.error_rate:.1%}, SLA {canary.attainment:.1%}, "
-        f"probe loss {canary.probe_loss:.3f} (rest {rest.probe_loss:.3f})",
+        f"probe loss {canary.probe_loss:.3f} (rest {rest.probe_loss:.3f}), {feedback}",
     )
 
 
@@ -94,19 +118,26 @@ class RolloutController:
         *,
         canaries: list[str] | None = None,
         window_s: float = 10.0,
-        probe_texts: list[str],
+        probe: Sequence[ChatExample] | Sequence[str],
         deadline_ms: float = 5000.0,
         limits: RolloutLimits = RolloutLimits(),
         max_new_tokens: int = 8,
+        live_traffic: Callable[[], Any] | None = None,
     ) -> None:
+        """``probe``: the quality probe, held-out chat exchanges (:func:`edgefleet.eval.sites.probe_chats`)
+        or, where there are none, plain texts. ``live_traffic``: run in a thread while the canaries
+        are watched, and the window lasts until it returns (the demo's and the tests' simulated
+        users; in production, real users' traffic and ratings need no driver)."""
+        if not probe:
+            raise ValueError("a canary rollout needs a quality probe: held-out chat exchanges or texts")
         self.cfg, self.registry = cfg, registry
         nodes = [n.id for n in cfg.fleet.edge_nodes]
         self.canaries = canaries or nodes[:1]
         self.rest = [n for n in nodes if n not in self.canaries]
         if not self.rest:
             raise ValueError("a canary rollout needs at least one edge node outside the canary set to compare with")
-        self.window_s, self.probe_texts, self.deadline_ms = window_s, probe_texts, deadline_ms
-        self.limits, self.max_new_tokens = limits, max_new_tokens
+        self.window_s, self.probe, self.deadline_ms = window_s, list(probe), deadline_ms
+        self.limits, self.max_new_tokens, self.live_traffic = limits, max_new_tokens, live_traffic
 
     def _actors(self) -> dict[str, Any]:
         import ray
@@ -135,7 +166,8 @@ class RolloutController:
         await asyncio.gather(
             *(actors[n].swap_to_registry.remote(base[n], uri, self.registry.uri) for n in self.canaries)
         )
-        canary, rest = await self._observe(actors)
+        candidate = {(await actors[n].info.remote())["model_version"] for n in self.canaries}
+        canary, rest = await self._observe(actors, candidate)
         verdict = judge(canary, rest, self.limits)
         if verdict.promote:
             await asyncio.gather(
@@ -157,28 +189,39 @@ class RolloutController:
         metrics.champion_of(self.registry)
         return RolloutReport(version, self.canaries, verdict, canary, rest, serving=after, before=before)
 
-    async def _observe(self, actors: dict[str, Any]) -> tuple[GroupHealth, GroupHealth]:
-        """Probe both groups the same way for the window; then their quality probe."""
+    async def _observe(self, actors: dict[str, Any], candidate: set[str]) -> tuple[GroupHealth, GroupHealth]:
+        """Probe both groups the same way for the window; then the chat probe and users' ratings.
+
+        Ratings are counted by the model version that served the rated answer, wherever it is
+        stored (feedback lives at the user's site node, whichever node answered)."""
         counts = {n: [0, 0, 0] for n in actors}  # requests, errors, sla met
+        started = time.time()
+        traffic = threading.Thread(target=self.live_traffic, name="rollout-live-traffic", daemon=True)
+        if self.live_traffic is not None:
+            traffic.start()
         deadline = time.monotonic() + self.window_s
         i = 0
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline or traffic.is_alive():
             prompt = PROBE_PROMPTS[i % len(PROBE_PROMPTS)]
             i += 1
             await asyncio.gather(*(self._probe(actors[n], prompt, counts[n]) for n in actors))
         losses = dict(
-            zip(
-                actors,
-                await asyncio.gather(*(actors[n].probe_loss.remote(self.probe_texts) for n in actors)),
-                strict=True,
-            )
+            zip(actors, await asyncio.gather(*(actors[n].probe_loss.remote(self.probe) for n in actors)), strict=True)
         )
+        tallies = await asyncio.gather(*(actors[n].feedback_tally.remote(started) for n in actors))
+        new, old = Tally(), Tally()
+        for by_version in tallies:
+            for version, tally in by_version.items():
+                if version in candidate:
+                    new += tally
+                else:
+                    old += tally
 
-        def group(nodes: list[str]) -> GroupHealth:
+        def group(nodes: list[str], ratings: Tally) -> GroupHealth:
             total = [sum(counts[n][i] for n in nodes) for i in range(3)]
-            return GroupHealth(*total, probe_loss=sum(losses[n] for n in nodes) / len(nodes))
+            return GroupHealth(*total, probe_loss=sum(losses[n] for n in nodes) / len(nodes), ratings=ratings)
 
-        return group(self.canaries), group(self.rest)
+        return group(self.canaries, new), group(self.rest, old)
 
     async def _probe(self, actor: Any, prompt: str, count: list[int]) -> None:
         started = time.perf_counter()

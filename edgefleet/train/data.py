@@ -115,13 +115,16 @@ def write_chat_examples(path: Path, examples: Sequence[Any]) -> None:
 
 
 def read_chat_examples(folder: Path, *, feedback: bool = True) -> list[Any]:
-    """The chat examples a node holds: its ``.chat.jsonl`` files, then (``feedback``) its users'
-    feedback (answers rated good, and corrections). Raises ValueError naming the file and line of a bad row."""
+    """The chat examples a node holds: its ``.chat.jsonl`` files (or the one file ``folder`` names),
+    then (``feedback``) its users' feedback (answers rated good, and corrections).
+
+    Raises ValueError naming the file and line of a bad row."""
     from edgefleet.platform.feedback import FEEDBACK_FILE, FeedbackStore
     from edgefleet.train.chat import ChatExample
 
     out = []
-    for path in sorted(folder.rglob(f"*{CHAT_SUFFIX}")) if folder.is_dir() else []:
+    paths = [folder] if folder.is_file() else sorted(folder.rglob(f"*{CHAT_SUFFIX}")) if folder.is_dir() else []
+    for path in paths:
         for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
             if not line.strip():
                 continue

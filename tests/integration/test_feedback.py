@@ -49,7 +49,9 @@ def _stored(fleet_config, node: str) -> list[tuple[str, str]]:
     return FeedbackStore(Path(fleet_config.cache_dir) / "data" / node / FEEDBACK_FILE).examples()
 
 
-def test_feedback_stays_on_its_site_node_survives_a_restart_and_never_leaves_it_in_the_clear(served, fleet_config):
+def test_feedback_stays_on_its_site_node_survives_a_restart_and_never_leaves_it_in_the_clear(
+    served, fleet_config, tmp_path
+):
     marker = f"MARKER{uuid.uuid4().hex}"
     question = f"Which word do I need? {uuid.uuid4().hex[:6]}"
     with Client(served.grpc_address, token=TEST_TOKEN, default_timeout=60) as client:
@@ -133,6 +135,25 @@ def test_feedback_stays_on_its_site_node_survives_a_restart_and_never_leaves_it_
     task = {"op": "train", "hp": hp.__dict__, "adapter": None}
     out = handle(base, samples, task, {"node_id": "edge-2", "privacy": fleet_config.privacy, "memory": {}})
     assert marker.encode() not in pickle.dumps(out)
+    # nor in the MLflow store or the artifacts of the version an update trained on it becomes
+    import mlflow.artifacts
+    from mlflow import MlflowClient
+
+    from edgefleet.mlflow.registry import ModelRegistry
+    from edgefleet.train.dp import export_adapter, local_update
+    from tests.integration.test_registry import NAME, record
+
+    trained = local_update(base, None, samples, fleet_config.privacy, hp)
+    mlflow_dir = tmp_path / "mlflow"
+    registry = ModelRegistry(f"sqlite:///{mlflow_dir / 'mlflow.db'}", NAME, outbox=mlflow_dir / "outbox")
+    version = registry.publish(record(1, 5.0, run="marker"), export_adapter(base, trained.adapter, hp, tmp_path / "a"))
+    assert version is not None
+    run_id = MlflowClient(registry.uri).get_model_version(NAME, version).run_id
+    mlflow.artifacts.download_artifacts(f"models:/{NAME}/{version}", dst_path=str(mlflow_dir / "model"))
+    mlflow.artifacts.download_artifacts(run_id=run_id, dst_path=str(mlflow_dir / "run"))
+    scanned = [p for p in mlflow_dir.rglob("*") if p.is_file()]
+    assert any(p.name == "adapter_config.json" for p in scanned) and any(p.suffix == ".db" for p in scanned)
+    assert not [p.name for p in scanned if marker.encode() in p.read_bytes()]
     # nor is it in any log of the fleet (Gateway, nodes, proxies, GCS)
     logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
     leaked = [p.name for p in logs.rglob("*") if p.is_file() and marker.encode() in p.read_bytes()]

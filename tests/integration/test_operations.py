@@ -311,7 +311,7 @@ def _roll_out_the_new_champion(fleet_config, cfg_path: Path):
         champion = versions[-1]["version"]
         registry.promote(champion, "operations test")
     ctl = RolloutController(
-        fleet_config, registry, canaries=["edge-1"], window_s=2.0, probe_texts=list(demo_topics().values())[:2]
+        fleet_config, registry, canaries=["edge-1"], window_s=2.0, probe=list(demo_topics().values())[:2]
     )
     try:
         return ctl.roll_out(champion)

@@ -11,7 +11,7 @@ import contextlib
 import os
 import signal
 import subprocess
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import mlflow
 import pytest
@@ -142,7 +142,9 @@ def test_a_harmful_update_is_held_by_the_gate_with_its_reason_on_the_version(tmp
 
     base, tok = build_tiny(0)
     domain = site_domains(["edge-1", "edge-2"])["edge-1"]
-    judge = QualityJudge(base, tok, [ChatExample(q.question, q.reference) for q in domain.held_out], block_size=128)
+    judge = QualityJudge(
+        base, tok, {"edge-1": [ChatExample(q.question, q.reference) for q in domain.held_out]}, block_size=128
+    )
     hp = LocalHyper(lr=1e-2, batch_size=8, physical_batch=8, max_steps=40, epochs=1000.0)
     asked = [ChatExample(q.question, q.reference) for q in domain.asked]
     helpful = local_update(base, None, render_chat(asked, tok, 128), None, hp)
@@ -155,7 +157,7 @@ def test_a_harmful_update_is_held_by_the_gate_with_its_reason_on_the_version(tmp
             model = lora_model(base, hp)
         load_adapter(model, adapter)
         q = judge.score(model)
-        return q, {"task_score": q.task_score, "divergence": q.divergence, "facts_lost": list(q.facts_lost)}
+        return q, asdict(q)
 
     before = judge.score(base)
     good, good_scores = scores(helpful.adapter)
@@ -181,6 +183,14 @@ def test_a_harmful_update_is_held_by_the_gate_with_its_reason_on_the_version(tmp
     assert "task score" in tags["edgefleet.gate_reason"] or "regression" in tags["edgefleet.gate_reason"]
     assert float(tags["edgefleet.task_score"]) == pytest.approx(bad.task_score, abs=1e-5)
     assert float(tags["edgefleet.divergence"]) == pytest.approx(bad.divergence, abs=1e-5)
+    assert float(tags["edgefleet.answer_match"]) == pytest.approx(bad.answer_match, abs=1e-4)
+    # the scores in the version's MLflow run: metrics per site, and the evaluation table
+    client = mlflow.MlflowClient(reg.uri)
+    run = client.get_run(tags["edgefleet.mlflow_run_id"])
+    assert run.data.metrics["task_score.edge-1"] == pytest.approx(bad.per_site[0].task_score, abs=1e-5)
+    assert "answer_match.edge-1" in run.data.metrics and "answer_match" in run.data.metrics
+    table = client.load_table(run.info.experiment_id, "round-2/evaluation.json", run_ids=[run.info.run_id])
+    assert list(table["site"]) == ["edge-1"] and list(table["held-out questions"]) == [len(domain.held_out)]
 
 
 def _peft(base, adapter, hp, folder):

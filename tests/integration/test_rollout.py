@@ -1,8 +1,10 @@
 """Canary rollout on the session fleet's EdgeNode actors (tiny models), with the registry in SQLite.
 
 A version whose held-out score passed the gate but whose weights are broken (a forced regression)
-is caught on the canary by the quality probe: the canary swaps back, `champion` returns to the
-previous version and the reason is tagged. A sound version is promoted to every edge node.
+is caught on the canary by the chat probe: the canary swaps back, `champion` returns to the
+previous version and the reason is tagged. A sound version whose users rate its answers worse than
+the old version's (live feedback through the SDK) is rolled back too. A sound version the users do
+not mind is promoted to every edge node.
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ import pytest
 import ray
 import torch
 
+from edgefleet.client import Client
+from edgefleet.eval.sites import GENERAL_EXAMPLES
 from edgefleet.mlflow.registry import CHAMPION, ModelRegistry
 from edgefleet.platform.edge_node import ACTOR_NAMESPACE, actor_name
 from edgefleet.platform.models import build_tiny
 from edgefleet.serve.rollout import RolloutController
-from edgefleet.train.data import demo_topics
 from edgefleet.train.dp import DEFAULT_HYPER, adapter_state, export_adapter, lora_model
+from tests.conftest import TEST_TOKEN
 from tests.integration.test_registry import NAME, record
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -41,11 +45,30 @@ def serving(cfg):
     }
 
 
+def users(served, version: str, *, dislike: bool):
+    """The sites' users ask and rate each answer until the canaries' ``version`` and the rest have
+    12 ratings each; they rate every answer good, except (``dislike``) the new version's."""
+
+    def ask_and_rate() -> None:
+        rated = {True: 0, False: 0}  # served by the new version?
+        with Client(served.grpc_address, token=TEST_TOKEN, default_timeout=60) as client:
+            for i in range(60):
+                if min(rated.values()) >= 12:
+                    return
+                done = client.generate(f"Question {i}?", site=("edge-1", "edge-2")[i % 2], max_new_tokens=4)
+                new = done.model_version.endswith(f"{NAME}-v{version}")
+                liked = not (dislike and new)
+                client.feedback(done, good=liked, correction="" if liked else "A better answer.")
+                rated[new] += 1
+
+    return ask_and_rate
+
+
 def test_a_forced_regression_is_rolled_back_and_a_sound_version_promoted(served, fleet_config, tmp_path):
     reg = ModelRegistry(f"sqlite:///{tmp_path / 'mlflow.db'}", NAME, outbox=tmp_path / "outbox")
     good, broken = adapter(tmp_path, "good", 1e-3), adapter(tmp_path, "broken", 3.0)
-    texts = list(demo_topics().values())[:4]
-    ctl = RolloutController(fleet_config, reg, canaries=["edge-1"], window_s=2.0, probe_texts=texts)
+    probe = list(GENERAL_EXAMPLES[:4])
+    ctl = RolloutController(fleet_config, reg, canaries=["edge-1"], window_s=2.0, probe=probe)
     actors = {
         n.id: ray.get_actor(actor_name(n.id, fleet_config.app), namespace=ACTOR_NAMESPACE)
         for n in fleet_config.fleet.edge_nodes
@@ -65,11 +88,24 @@ def test_a_forced_regression_is_rolled_back_and_a_sound_version_promoted(served,
         assert now["edge-1"].endswith(f"+adapter:{NAME}-v1")  # the canary serves version 1 again
         assert "+adapter" not in now["edge-2"] and "+adapter" not in now["edge-3"]  # never touched
 
+        # sound weights, but its users rate its answers bad while the old version's are rated good
         assert reg.publish(record(3, 3.0, run="rollout"), good) == "3"
+        ctl.live_traffic = users(served, "3", dislike=True)
         report = ctl.roll_out("3")
 
+        print(report.verdict, report.canary, report.rest)
+        assert not report.verdict.promote and "users rated 0% of answers good vs 100%" in report.verdict.reason
+        assert report.canary.ratings.bad >= 12 and report.rest.ratings.good >= 12
+        assert report.canary.probe_loss <= report.rest.probe_loss + 0.05  # the chat probe alone let it pass
+        assert CHAMPION in reg.show("1")["aliases"] and serving(fleet_config)["edge-1"].endswith(f"{NAME}-v1")
+
+        assert reg.publish(record(4, 2.0, run="rollout"), good) == "4"
+        ctl.live_traffic = users(served, "4", dislike=False)
+        report = ctl.roll_out("4")
+
         assert report.verdict.promote, report.verdict.reason
-        assert all(v.endswith(f"+adapter:{NAME}-v3") for v in serving(fleet_config).values())  # on every node
-        assert "promoted to all edge nodes" in reg.show("3")["tags"]["edgefleet.rollout"]
+        assert "users' good ratings 100% (rest 100%)" in report.verdict.reason
+        assert all(v.endswith(f"+adapter:{NAME}-v4") for v in serving(fleet_config).values())  # on every node
+        assert "promoted to all edge nodes" in reg.show("4")["tags"]["edgefleet.rollout"]
     finally:  # the session fleet goes back to its configured models for the tests that follow
         ray.get([actors[n.id].swap_model.remote(n.model) for n in fleet_config.fleet.edge_nodes])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from edgefleet.platform.feedback import Answer, FeedbackStore, Rating, RecentAnswers
+from dataclasses import replace
+
+from edgefleet.platform.feedback import Answer, FeedbackStore, Rating, RecentAnswers, Tally
 from edgefleet.train.data import training_samples
 
 
@@ -62,3 +64,13 @@ def test_a_node_trains_on_its_feedback_and_documents_as_chat_with_the_loss_on_an
     assert samples.dim() == 3 and text_rows and len(chat_rows) == 1
     learnt = tok.decode([t for t in chat_rows[0][1].tolist() if t != IGNORE])
     assert learnt.startswith("Fixed.") and "question 1?" not in learnt  # the answer only, not the prompt
+
+
+def test_a_tally_counts_ratings_since_a_time_by_the_version_that_answered(tmp_path):
+    store = FeedbackStore(tmp_path / "feedback.sqlite")
+    store.add(_answer(0), Rating(good=False), now=5.0)  # before the window
+    store.add(_answer(1), Rating(good=True), now=10.0)
+    store.add(replace(_answer(2), model_version="v2"), Rating(good=False, correction="x"), now=11.0)
+    store.add(replace(_answer(3), model_version="v2"), Rating(good=True), now=12.0)
+    assert store.tally(since=10.0) == {"v1": Tally(good=1, bad=0), "v2": Tally(good=1, bad=1)}
+    assert store.tally(since=13.0) == {} and (Tally(1, 2) + Tally(3, 4)).total == 10

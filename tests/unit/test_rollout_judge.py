@@ -1,7 +1,9 @@
-"""The rollout's verdict: canaries that err, miss their SLA or score worse on the probe set are rolled back."""
+"""The rollout's verdict: canaries that err, miss their SLA, score worse on the chat probe or get
+worse ratings from their users are rolled back."""
 
 import math
 
+from edgefleet.platform.feedback import Tally
 from edgefleet.serve.rollout import GroupHealth, RolloutLimits, judge
 
 REST = GroupHealth(requests=30, errors=0, sla_met=30, probe_loss=4.00)
@@ -25,6 +27,18 @@ def test_errors_and_missed_slas_roll_back():
 def test_a_nan_probe_never_passes_and_limits_are_configurable():
     assert not judge(GroupHealth(30, 0, 30, math.nan), REST).promote
     assert judge(GroupHealth(30, 0, 30, 4.3), REST, RolloutLimits(max_probe_loss_increase=0.5)).promote
+
+
+def test_users_rating_the_canary_worse_roll_it_back_once_there_are_enough_ratings():
+    rated = GroupHealth(30, 0, 30, 4.0, ratings=Tally(good=18, bad=2))  # 90% good
+    verdict = judge(GroupHealth(30, 0, 30, 4.0, ratings=Tally(good=6, bad=14)), rated)
+    assert not verdict.promote and "users rated 30% of answers good vs 90%" in verdict.reason
+    assert judge(GroupHealth(30, 0, 30, 4.0, ratings=Tally(good=16, bad=4)), rated).promote  # within 15 points
+    few = judge(GroupHealth(30, 0, 30, 4.0, ratings=Tally(good=0, bad=9)), rated)  # 9 < min_ratings
+    assert few.promote and "too few ratings to judge on (9 canary, 20 rest" in few.reason
+    assert not judge(
+        GroupHealth(30, 0, 30, 4.0, ratings=Tally(good=0, bad=9)), rated, RolloutLimits(min_ratings=5)
+    ).promote
 
 
 class FakeRegistry:

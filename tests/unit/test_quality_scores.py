@@ -1,0 +1,38 @@
+"""The quality judge's scores on a tiny model: the base diverges from itself by nothing, and the
+answer-match rate counts a greedy answer as right exactly when a user would rate it good."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgefleet.eval.scores import Quality, QualityJudge
+from edgefleet.platform.models import build_tiny
+from edgefleet.train.chat import ChatExample
+
+QUESTIONS = ("What is a list?", "What is a dict?", "What is a set?")
+
+
+def test_answers_that_match_the_reference_count_per_site_and_overall():
+    base, tok = build_tiny(0)
+    probe = QualityJudge(base, tok, {"any": [ChatExample(q, "x") for q in QUESTIONS]})
+    greedy = probe._answers(base, list(QUESTIONS), 48)  # what the model answers, greedily
+    sites = {
+        "own-words": [ChatExample(q, a) for q, a in zip(QUESTIONS, greedy, strict=True) if a.strip()],
+        "other-words": [ChatExample(q, "zebra quartz umbrella") for q in QUESTIONS],
+    }
+    assert sites["own-words"], "the tiny model answered nothing to compare with"
+    q = QualityJudge(base, tok, sites).score(base)
+
+    by_site = {s.site: s for s in q.per_site}
+    assert by_site["own-words"].answer_match == 1.0 and by_site["other-words"].answer_match == 0.0
+    own = len(sites["own-words"])
+    assert q.answer_match == pytest.approx(own / (own + len(QUESTIONS)))
+    assert by_site["own-words"].task_score > by_site["other-words"].task_score  # its own words are likelier
+    assert q.divergence == pytest.approx(0.0, abs=1e-6)  # the base against itself
+    assert Quality.from_json({**q.__dict__, "per_site": [s.__dict__ for s in q.per_site]}) == q
+
+
+def test_a_judge_without_questions_is_refused():
+    base, tok = build_tiny(0)
+    with pytest.raises(ValueError, match="held-out questions"):
+        QualityJudge(base, tok, {"edge-1": []})
