@@ -125,7 +125,7 @@ def watch_champion(cfg: EdgefleetConfig, out: Console, err: Console) -> Any:
         ModelRegistry.from_config(cfg),
         canaries=cfg.mlflow.canary_nodes or None,
         window_s=cfg.mlflow.rollout_window_s,
-        probe=probe_chats(cfg.cache_dir) or list(demo_topics().values())[:4],
+        probe=probe_chats(cfg) or list(demo_topics().values())[:4],
     )
 
     def report(r: Any) -> None:

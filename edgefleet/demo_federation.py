@@ -97,7 +97,7 @@ def rollout(cfg: EdgefleetConfig, registry: Any, version: str, console: Console,
         registry,
         canaries=[canary],
         window_s=min(5.0, cfg.mlflow.rollout_window_s),
-        probe=probe_chats(cfg.cache_dir) or read_texts(held_out_dir(cfg))[:4],
+        probe=probe_chats(cfg) or read_texts(held_out_dir(cfg))[:4],
         deadline_ms=10_000,
         live_traffic=live_traffic,
     )

@@ -13,7 +13,8 @@
     expected word) must still be answered right by the candidate, greedily.
 
 The base's answers are computed once per :class:`QualityJudge`; each candidate then costs a few
-forward passes and one short batched generation. No Ray, no MLflow: the coordinator calls it, tests
+forward passes and short batched greedy generations (one per site, one for the facts) on the
+served (e.g. int8) copy. No Ray, no MLflow: the coordinator calls it, tests
 call it directly.
 """
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from edgefleet.train.chat import ChatExample, render_chat
@@ -57,6 +58,9 @@ class SiteScore:
     answer_match: float  # share of greedy answers a user would rate good
 
 
+_SITE_FIELDS = {f.name for f in fields(SiteScore)}
+
+
 @dataclass(frozen=True)
 class Quality:
     """One model's scores (see the module docstring)."""
@@ -71,12 +75,16 @@ class Quality:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Quality:
-        """Read back from a run's JSON state (lists where tuples were)."""
+        """Read back from a run's JSON state (lists where tuples were; fields this version does not
+        know are left out, fields an older state lacks take their defaults)."""
+        known = {f.name for f in fields(cls)}
         return cls(
             **{
-                **data,
+                **{k: v for k, v in data.items() if k in known},
                 "facts_lost": tuple(data.get("facts_lost", ())),
-                "per_site": tuple(SiteScore(**s) for s in data.get("per_site", ())),
+                "per_site": tuple(
+                    SiteScore(**{k: v for k, v in s.items() if k in _SITE_FIELDS}) for s in data.get("per_site", ())
+                ),
             }
         )
 
@@ -113,7 +121,11 @@ class QualityJudge:
             as_served = self.served(model) if self.served else model
             sites, weighted, rendered = [], 0.0, 0
             for site, questions in self.held_out.items():
-                samples = render_chat(questions, self.tokenizer, self.block_size)
+                try:
+                    samples = render_chat(questions, self.tokenizer, self.block_size)
+                except ValueError:  # none of this site's questions fits a block: it cannot be scored
+                    sites.append(SiteScore(site, len(questions), math.nan, math.nan))
+                    continue
                 task = -_mean_losses(model, samples)
                 answers = self._answers(as_served, [q.question for q in questions], TASK_ANSWER_TOKENS)
                 right = sum(token_f1(a, q.answer) >= GOOD_F1 for a, q in zip(answers, questions, strict=True))
@@ -123,14 +135,17 @@ class QualityJudge:
             facts = self._base_facts()
             answers = self._answers(as_served, [q for q, _ in facts]) if facts else []
             lost = tuple(q for (q, pattern), a in zip(facts, answers, strict=True) if not re.search(pattern, a, re.I))
-        asked = sum(s.questions for s in sites)
+        if not rendered:
+            raise ValueError(f"none of the held-out questions fits in a block of {self.block_size} tokens")
+        scored = [s for s in sites if math.isfinite(s.task_score)]
+        asked = sum(s.questions for s in scored)
         return Quality(
             task_score=weighted / rendered,
             divergence=divergence,
             facts_kept=len(facts) - len(lost),
             facts_total=len(facts),
             facts_lost=lost,
-            answer_match=sum(s.answer_match * s.questions for s in sites) / asked,
+            answer_match=sum(s.answer_match * s.questions for s in scored) / asked,
             per_site=tuple(sites),
         )
 

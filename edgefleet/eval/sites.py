@@ -193,21 +193,21 @@ def eval_dir(cache_dir: Path) -> Path:
     return Path(cache_dir) / "data" / "eval"
 
 
-def held_out_by_site(cache_dir: Path) -> dict[str, list[ChatExample]]:
-    """Each site's held-out questions with their reference answers, as :func:`write_site_data` left
-    them in :func:`eval_dir` (empty before it ran)."""
+def held_out_by_site(cfg: EdgefleetConfig) -> dict[str, list[ChatExample]]:
+    """Each edge node's held-out questions with their reference answers (``<node>.chat.jsonl`` in
+    :func:`eval_dir`, as :func:`write_site_data` or an operator left them); nodes without one, and
+    files of nodes no longer in the fleet, are left out."""
     from edgefleet.train.data import read_chat_examples
 
-    suffix = ".chat.jsonl"
-    folder = eval_dir(cache_dir)
-    files = sorted(folder.glob(f"*{suffix}"))
-    return {p.name.removesuffix(suffix): read_chat_examples(p, feedback=False) for p in files}
+    folder = eval_dir(cfg.cache_dir)
+    files = {n.id: folder / f"{n.id}.chat.jsonl" for n in cfg.fleet.edge_nodes}
+    return {node: read_chat_examples(path, feedback=False) for node, path in files.items() if path.is_file()}
 
 
-def probe_chats(cache_dir: Path, n: int = 12) -> list[ChatExample]:
+def probe_chats(cfg: EdgefleetConfig, n: int = 12) -> list[ChatExample]:
     """A canary rollout's quality probe: up to ``n`` held-out questions with their reference
     answers, taken from every site in turn."""
-    per_site = list(held_out_by_site(cache_dir).values())
+    per_site = list(held_out_by_site(cfg).values())
     turns = [site[i] for i in range(max(map(len, per_site), default=0)) for site in per_site if i < len(site)]
     return turns[:n]
 

@@ -61,7 +61,7 @@ def load_evaluator(cfg: EdgefleetConfig, hp: Any) -> Evaluator:
     base, tok = load_trainable(cfg.fleet.edge_nodes[0].model, cfg.cache_dir)
     fed = cfg.federation
     blocks = chunk_for_causal_lm(read_texts(held_out_dir(cfg)), tok, fed.block_size)[: fed.held_out_blocks]
-    questions = held_out_by_site(cfg.cache_dir)  # public evaluation sets only, no user data
+    questions = held_out_by_site(cfg)  # public evaluation sets only, no user data
     served = served_form(cfg.fleet.edge_nodes[0].model.quantization)
     judge = QualityJudge(base, tok, questions, fed.block_size, served) if any(questions.values()) else None
     return Evaluator(base, blocks, hp, judge)

@@ -250,7 +250,10 @@ class ModelRegistry:
             card.write_text(model_card(r))
             mlflow.log_artifacts(str(adapter_dir), artifact_path=f"round-{r.round}/adapter")
             mlflow.log_artifact(str(card), artifact_path=f"round-{r.round}")
-            if scores is not None and scores.per_site:  # the UI's artifact view shows it as a table
+            table = f"round-{r.round}/evaluation.json"
+            logged = {f.path for f in client.list_artifacts(run_id, f"round-{r.round}")}
+            # the UI's artifact view shows it as a table; log_table appends, so a retried publish skips it
+            if scores is not None and scores.per_site and table not in logged:
                 mlflow.log_table(
                     {
                         "site": [s.site for s in scores.per_site],
@@ -258,7 +261,7 @@ class ModelRegistry:
                         "task score": [s.task_score for s in scores.per_site],
                         "answers right": [s.answer_match for s in scores.per_site],
                     },
-                    artifact_file=f"round-{r.round}/evaluation.json",
+                    artifact_file=table,
                 )
             spec = adapter_dir.parent / "base_model.json"
             spec.write_text(json.dumps(r.base_model))
@@ -292,7 +295,7 @@ class ModelRegistry:
             tags["edgefleet.task_score"] = f"{scores.task_score:.6f}"
             tags["edgefleet.divergence"] = f"{scores.divergence:.6f}"
             tags["edgefleet.facts_lost"] = json.dumps(list(scores.facts_lost))
-            if scores.answer_match is not None:
+            if scores.answer_match is not None and math.isfinite(scores.answer_match):
                 tags["edgefleet.answer_match"] = f"{scores.answer_match:.4f}"
         for key, value in tags.items():
             client.set_model_version_tag(self.name, version, key, value)

@@ -76,10 +76,14 @@ class EdgeNode(ModelServer):
     async def feedback_tally(self, since: float) -> dict[str, Tally]:
         """Counts only, by the model version that served the rated answer: no text leaves the node."""
         import asyncio
+        import sqlite3
 
         if self.feedback_store is None:
             return {}
-        return await asyncio.to_thread(self.feedback_store.tally, since)
+        try:
+            return await asyncio.to_thread(self.feedback_store.tally, since)
+        except sqlite3.Error:  # a damaged or removed store: no counts, serving goes on
+            return {}
 
     async def generate_stream(self, request: dict[str, Any]):
         """Events of one request, streamed through Ray's streaming generator."""

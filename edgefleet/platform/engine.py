@@ -477,6 +477,8 @@ def _probe_loss(loaded: LoadedModel, probe: Sequence[str] | Sequence[ChatExample
     from edgefleet.train.chat import ChatExample, render_chat, sample_losses
 
     chats = [p for p in probe if isinstance(p, ChatExample)]
+    if chats and len(chats) != len(probe):
+        raise ValueError("a probe is chat exchanges or plain texts, not both")
     if chats:
         # the answer's tokens only, in a block the chat template's own prompt leaves room in
         samples = render_chat(chats, loaded.tokenizer, max(block, CHAT_PROBE_BLOCK))

@@ -9,7 +9,7 @@ Two stores, both on the edge node (in its EdgeNode actor), both bounded:
   write-ahead log, synchronous FULL: a stored rating survives a crash or a restart), pruned to
   ``retention_days`` and ``max_rows``. Nothing reads it but the node's own training session
   (``edgefleet.train.data.training_samples``), so its text leaves the node only inside a DP
-  local update.
+  local update; a canary rollout reads counts of it (:meth:`FeedbackStore.tally`), never text.
 
 No Ray here: the EdgeNode actor owns one of each; tests use them directly.
 
@@ -32,6 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 FEEDBACK_FILE = "feedback.sqlite"
+# One exchange bigger than this is not kept for feedback: a training example is a few hundred
+# tokens, and max_rows of these bound the store on disk.
+MAX_EXCHANGE_BYTES = 256 << 10
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ class Answer:
 
     @property
     def size(self) -> int:
-        return len(self.question.encode()) + len(self.text.encode()) + len(self.request_id)
+        return sum(len(s.encode()) for s in (self.question, self.text, self.request_id, self.site, self.caller))
 
 
 @dataclass(frozen=True)
@@ -84,8 +87,8 @@ class RecentAnswers:
         self._lock = threading.Lock()
 
     def add(self, answer: Answer) -> None:
-        if answer.size > self.max_bytes:
-            return  # one answer bigger than the whole budget is not kept
+        if answer.size > min(self.max_bytes, MAX_EXCHANGE_BYTES):
+            return  # too big to learn from whole, or bigger than the whole budget: not kept
         with self._lock:
             old = self._answers.get(answer.request_id)
             if old is not None and old.caller != answer.caller:
@@ -120,18 +123,22 @@ class RecentAnswers:
 
 
 class FeedbackStore:
-    """Ratings and corrections joined to their answers, in SQLite on the node's disk."""
+    """Ratings and corrections joined to their answers, in SQLite on the node's disk.
+
+    A rating is keyed by its caller and request id: a caller may change their mind (the newer
+    rating replaces theirs), but an id another caller reuses never touches it."""
 
     def __init__(self, path: Path, *, retention_days: float = 30.0, max_rows: int = 100_000) -> None:
         self.path, self.retention_s, self.max_rows = Path(path), retention_days * 86_400, max_rows
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
             db.execute(
-                "CREATE TABLE IF NOT EXISTS feedback ("
-                " request_id TEXT PRIMARY KEY, at REAL NOT NULL, site TEXT NOT NULL, question TEXT NOT NULL,"
-                " answer TEXT NOT NULL, good INTEGER NOT NULL, correction TEXT NOT NULL, model_version TEXT NOT NULL)"
+                "CREATE TABLE IF NOT EXISTS ratings ("
+                " caller TEXT NOT NULL, request_id TEXT NOT NULL, at REAL NOT NULL, site TEXT NOT NULL,"
+                " question TEXT NOT NULL, answer TEXT NOT NULL, good INTEGER NOT NULL, correction TEXT NOT NULL,"
+                " model_version TEXT NOT NULL, PRIMARY KEY (caller, request_id))"
             )
-            db.execute("CREATE INDEX IF NOT EXISTS feedback_at ON feedback(at)")
+            db.execute("CREATE INDEX IF NOT EXISTS ratings_at ON ratings(at)")
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)  # autocommit; `with` = a transaction
@@ -147,8 +154,9 @@ class FeedbackStore:
             with db:
                 db.execute("BEGIN IMMEDIATE")
                 db.execute(
-                    "INSERT OR REPLACE INTO feedback VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT OR REPLACE INTO ratings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
+                        answer.caller,
                         answer.request_id,
                         now,
                         answer.site,
@@ -159,10 +167,9 @@ class FeedbackStore:
                         answer.model_version,
                     ),
                 )
-                db.execute("DELETE FROM feedback WHERE at < ?", (now - self.retention_s,))
+                db.execute("DELETE FROM ratings WHERE at < ?", (now - self.retention_s,))
                 db.execute(
-                    "DELETE FROM feedback WHERE request_id NOT IN"
-                    " (SELECT request_id FROM feedback ORDER BY at DESC LIMIT ?)",
+                    "DELETE FROM ratings WHERE rowid NOT IN (SELECT rowid FROM ratings ORDER BY at DESC LIMIT ?)",
                     (self.max_rows,),
                 )
                 db.execute("COMMIT")
@@ -173,7 +180,7 @@ class FeedbackStore:
         """(good, bad) ratings kept."""
         db = self._connect()
         try:
-            good, total = db.execute("SELECT COALESCE(SUM(good), 0), COUNT(*) FROM feedback").fetchone()
+            good, total = db.execute("SELECT COALESCE(SUM(good), 0), COUNT(*) FROM ratings").fetchone()
         finally:
             db.close()
         return int(good), int(total) - int(good)
@@ -184,7 +191,7 @@ class FeedbackStore:
         db = self._connect()
         try:
             rows = db.execute(
-                "SELECT model_version, COALESCE(SUM(good), 0), COUNT(*) FROM feedback WHERE at >= ?"
+                "SELECT model_version, COALESCE(SUM(good), 0), COUNT(*) FROM ratings WHERE at >= ?"
                 " GROUP BY model_version",
                 (since,),
             ).fetchall()
@@ -200,7 +207,7 @@ class FeedbackStore:
         db = self._connect()
         try:
             rows = db.execute(
-                "SELECT question, answer, good, correction FROM feedback WHERE at >= ? ORDER BY at",
+                "SELECT question, answer, good, correction FROM ratings WHERE at >= ? ORDER BY at",
                 (now - self.retention_s,),
             ).fetchall()
         finally:

@@ -21,6 +21,7 @@ from edgefleet.platform.feedback import Rating
 DEFAULT_MAX_NEW_TOKENS = 128  # gRPC's max_new_tokens=0 (the proto documents "server default")
 MIN_TEMPERATURE = 0.01  # below this softmax overflows to NaN and the whole batch would fail
 ROLES = {"system", "user", "assistant"}
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # a caller's own id: echoed, logged, a feedback key
 _ROUTES = {pb.ROUTE_AUTO: "auto", pb.ROUTE_EDGE: "edge", pb.ROUTE_CLOUD: "cloud"}
 _PRIORITIES = {pb.PRIORITY_NORMAL: "normal", pb.PRIORITY_LOW: "low", pb.PRIORITY_HIGH: "high"}
 _MODES = {pb.MODE_DEFAULT: "default", pb.MODE_BEST_EFFORT: "best_effort", pb.MODE_STRICT: "strict"}
@@ -150,6 +151,10 @@ def validate(
     Without ``max_new_tokens`` a request gets :data:`DEFAULT_MAX_NEW_TOKENS`, or, given
     ``fit_context_cap`` (the OpenAI API's default), as many as the model's context leaves, at most that.
     """
+    if len(site or "") > 128 or not (site or "").isprintable():
+        raise invalid("site", "must be at most 128 printable characters")
+    if request_id and not REQUEST_ID.fullmatch(request_id):
+        raise invalid("request_id", "must be 1-128 characters of A-Z a-z 0-9 . _ : -")
     if prompt and messages:
         raise invalid("messages", "set either prompt or messages, not both")
     if messages:
@@ -237,9 +242,6 @@ def validate_proto(req: pb.GenerateRequest, cfg: EdgefleetConfig) -> Validated:
         cfg=cfg,
         mode=_MODES[req.mode],
     )
-
-
-REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 def validate_feedback(request_id: str, good: bool | None, correction: str, cfg: EdgefleetConfig) -> Rating:

@@ -18,6 +18,7 @@ When ``champion`` moves to a new version, :class:`RolloutController`:
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -123,6 +124,7 @@ class RolloutController:
         limits: RolloutLimits = RolloutLimits(),
         max_new_tokens: int = 8,
         live_traffic: Callable[[], Any] | None = None,
+        max_live_traffic_s: float = 600.0,
     ) -> None:
         """``probe``: the quality probe, held-out chat exchanges (:func:`edgefleet.eval.sites.probe_chats`)
         or, where there are none, plain texts. ``live_traffic``: run in a thread while the canaries
@@ -138,6 +140,7 @@ class RolloutController:
             raise ValueError("a canary rollout needs at least one edge node outside the canary set to compare with")
         self.window_s, self.probe, self.deadline_ms = window_s, list(probe), deadline_ms
         self.limits, self.max_new_tokens, self.live_traffic = limits, max_new_tokens, live_traffic
+        self.max_live_traffic_s = max_live_traffic_s
 
     def _actors(self) -> dict[str, Any]:
         import ray
@@ -163,12 +166,18 @@ class RolloutController:
         base = {n.id: n.model for n in self.cfg.fleet.edge_nodes}
         before = {n: (await actors[n].info.remote())["model_version"] for n in actors}
         metrics.rollout_state(self.registry.name, "canary")
-        await asyncio.gather(
-            *(actors[n].swap_to_registry.remote(base[n], uri, self.registry.uri) for n in self.canaries)
-        )
-        candidate = {(await actors[n].info.remote())["model_version"] for n in self.canaries}
-        canary, rest = await self._observe(actors, candidate)
-        verdict = judge(canary, rest, self.limits)
+        try:
+            await asyncio.gather(
+                *(actors[n].swap_to_registry.remote(base[n], uri, self.registry.uri) for n in self.canaries)
+            )
+            candidate = {(await actors[n].info.remote())["model_version"] for n in self.canaries}
+            canary, rest, note = await self._observe(actors, candidate, {before[n] for n in self.rest})
+            verdict = judge(canary, rest, self.limits)
+            if note:
+                verdict = Verdict(verdict.promote, f"{verdict.reason}; {note}")
+        except Exception as exc:  # noqa: BLE001 - a window that failed judges nothing: roll back, say why
+            canary = rest = GroupHealth(0, 0, 0, math.nan)
+            verdict = Verdict(False, f"the canary window failed, rolled back unjudged: {type(exc).__name__}: {exc}")
         if verdict.promote:
             await asyncio.gather(
                 *(actors[n].swap_to_registry.remote(base[n], uri, self.registry.uri) for n in self.rest)
@@ -189,39 +198,61 @@ class RolloutController:
         metrics.champion_of(self.registry)
         return RolloutReport(version, self.canaries, verdict, canary, rest, serving=after, before=before)
 
-    async def _observe(self, actors: dict[str, Any], candidate: set[str]) -> tuple[GroupHealth, GroupHealth]:
+    async def _observe(
+        self, actors: dict[str, Any], candidate: set[str], old: set[str]
+    ) -> tuple[GroupHealth, GroupHealth, str]:
         """Probe both groups the same way for the window; then the chat probe and users' ratings.
+        Returns the canaries' health, the rest's, and a note on anything that went wrong around it.
 
         Ratings are counted by the model version that served the rated answer, wherever it is
-        stored (feedback lives at the user's site node, whichever node answered)."""
+        stored (feedback lives at the user's site node, whichever node answered): the canaries'
+        new version (``candidate``) against what the rest serve (``old``); others (the cloud's,
+        answers from before a swap) are left out."""
         counts = {n: [0, 0, 0] for n in actors}  # requests, errors, sla met
         started = time.time()
-        traffic = threading.Thread(target=self.live_traffic, name="rollout-live-traffic", daemon=True)
+        failed: list[BaseException] = []
+
+        def drive() -> None:
+            try:
+                self.live_traffic()
+            except BaseException as exc:  # noqa: BLE001 - reported in the verdict, not lost in a thread
+                failed.append(exc)
+
+        traffic = threading.Thread(target=drive, name="rollout-live-traffic", daemon=True)
         if self.live_traffic is not None:
             traffic.start()
         deadline = time.monotonic() + self.window_s
+        hard_stop = deadline + self.max_live_traffic_s  # a hung driver does not hold the rollout forever
         i = 0
-        while time.monotonic() < deadline or traffic.is_alive():
+        while (time.monotonic() < deadline or traffic.is_alive()) and time.monotonic() < hard_stop:
             prompt = PROBE_PROMPTS[i % len(PROBE_PROMPTS)]
             i += 1
             await asyncio.gather(*(self._probe(actors[n], prompt, counts[n]) for n in actors))
         losses = dict(
             zip(actors, await asyncio.gather(*(actors[n].probe_loss.remote(self.probe) for n in actors)), strict=True)
         )
-        tallies = await asyncio.gather(*(actors[n].feedback_tally.remote(started) for n in actors))
-        new, old = Tally(), Tally()
+        tallies = await asyncio.gather(
+            *(actors[n].feedback_tally.remote(started) for n in actors), return_exceptions=True
+        )
+        new, was = Tally(), Tally()
+        unread = [n for n, t in zip(actors, tallies, strict=True) if isinstance(t, BaseException)]
         for by_version in tallies:
-            for version, tally in by_version.items():
+            for version, tally in by_version.items() if isinstance(by_version, dict) else ():
                 if version in candidate:
                     new += tally
-                else:
-                    old += tally
+                elif version in old:
+                    was += tally
 
         def group(nodes: list[str], ratings: Tally) -> GroupHealth:
             total = [sum(counts[n][i] for n in nodes) for i in range(3)]
             return GroupHealth(*total, probe_loss=sum(losses[n] for n in nodes) / len(nodes), ratings=ratings)
 
-        return group(self.canaries, new), group(self.rest, old)
+        notes = [f"live traffic failed: {type(failed[0]).__name__}: {failed[0]}"] if failed else []
+        if traffic.is_alive():
+            notes.append(f"live traffic still running after {self.max_live_traffic_s:.0f} s past the window")
+        if unread:
+            notes.append(f"no ratings read from {', '.join(unread)}")
+        return group(self.canaries, new), group(self.rest, was), "; ".join(notes)
 
     async def _probe(self, actor: Any, prompt: str, count: list[int]) -> None:
         started = time.perf_counter()

@@ -19,6 +19,7 @@ from edgefleet.mlflow.registry import CHAMPION, ModelRegistry
 from edgefleet.platform.edge_node import ACTOR_NAMESPACE, actor_name
 from edgefleet.platform.models import build_tiny
 from edgefleet.serve.rollout import RolloutController
+from edgefleet.train.chat import ChatExample
 from edgefleet.train.dp import DEFAULT_HYPER, adapter_state, export_adapter, lora_model
 from tests.conftest import TEST_TOKEN
 from tests.integration.test_registry import NAME, record
@@ -107,5 +108,14 @@ def test_a_forced_regression_is_rolled_back_and_a_sound_version_promoted(served,
         assert "users' good ratings 100% (rest 100%)" in report.verdict.reason
         assert all(v.endswith(f"+adapter:{NAME}-v4") for v in serving(fleet_config).values())  # on every node
         assert "promoted to all edge nodes" in reg.show("4")["tags"]["edgefleet.rollout"]
+
+        # the window itself fails (a probe no node can score): the canary goes back, unjudged
+        assert reg.publish(record(5, 1.0, run="rollout"), good) == "5"
+        ctl.live_traffic, ctl.probe = None, [ChatExample("word " * 400, "x")]
+        report = ctl.roll_out("5")
+
+        assert not report.verdict.promote and "window failed, rolled back unjudged" in report.verdict.reason
+        assert CHAMPION in reg.show("4")["aliases"]
+        assert all(v.endswith(f"+adapter:{NAME}-v4") for v in serving(fleet_config).values())
     finally:  # the session fleet goes back to its configured models for the tests that follow
         ray.get([actors[n.id].swap_model.remote(n.model) for n in fleet_config.fleet.edge_nodes])

@@ -124,6 +124,10 @@ def test_cli_reports_bad_config_briefly_and_exits_2(write_config):
         ({"seed": -1}, "seed"),
         ({"temperature": 1e-300}, "temperature"),
         ({"stop": ["x" * 300]}, "stop"),
+        ({"request_id": "a/b"}, "request_id"),  # a caller's id keys its feedback: no odd characters
+        ({"request_id": "x" * 129}, "request_id"),
+        ({"site": "s" * 129}, "site"),  # kept with each answer for feedback: bounded
+        ({"site": "a\nb"}, "site"),
     ],
 )
 def test_request_validation_rejects_values_that_would_break_a_batch(kwargs, field):

@@ -74,3 +74,20 @@ def test_a_tally_counts_ratings_since_a_time_by_the_version_that_answered(tmp_pa
     store.add(replace(_answer(3), model_version="v2"), Rating(good=True), now=12.0)
     assert store.tally(since=10.0) == {"v1": Tally(good=1, bad=0), "v2": Tally(good=1, bad=1)}
     assert store.tally(since=13.0) == {} and (Tally(1, 2) + Tally(3, 4)).total == 10
+
+
+def test_another_caller_reusing_a_request_id_never_replaces_a_stored_rating(tmp_path):
+    store = FeedbackStore(tmp_path / "feedback.sqlite")
+    alice = replace(_answer(1), caller="alice")
+    store.add(alice, Rating(good=False, correction="alice's fix"), now=1.0)
+    store.add(replace(alice, caller="bob", question="bob's question"), Rating(good=False, correction="junk"), now=2.0)
+    store.add(alice, Rating(good=False, correction="alice's better fix"), now=3.0)  # alice changed her mind
+    assert sorted(store.examples(now=4.0)) == [("bob's question", "junk"), ("question 1?", "alice's better fix")]
+
+
+def test_an_exchange_too_big_to_learn_from_is_not_kept():
+    from edgefleet.platform.feedback import MAX_EXCHANGE_BYTES
+
+    recent = RecentAnswers(keep_s=10, max_answers=10, max_bytes=1 << 30)
+    recent.add(replace(_answer(1), site="s" * MAX_EXCHANGE_BYTES))  # the site counts too
+    assert recent.get("r1", now=0) is None

@@ -3,6 +3,8 @@ answer-match rate counts a greedy answer as right exactly when a user would rate
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from edgefleet.eval.scores import Quality, QualityJudge
@@ -36,3 +38,14 @@ def test_a_judge_without_questions_is_refused():
     base, tok = build_tiny(0)
     with pytest.raises(ValueError, match="held-out questions"):
         QualityJudge(base, tok, {"edge-1": []})
+
+
+def test_a_site_whose_questions_cannot_be_rendered_is_reported_not_fatal():
+    base, tok = build_tiny(0)
+    sites = {"fits": [ChatExample(q, "An answer.") for q in QUESTIONS], "too-long": [ChatExample("word " * 400, "x")]}
+    q = QualityJudge(base, tok, sites, block_size=64).score(base)
+    by_site = {s.site: s for s in q.per_site}
+    assert math.isnan(by_site["too-long"].task_score) and math.isfinite(q.task_score)
+    assert q.task_score == pytest.approx(by_site["fits"].task_score) and q.answer_match == by_site["fits"].answer_match
+    with pytest.raises(ValueError, match="none of the held-out questions fits"):
+        QualityJudge(base, tok, {"too-long": sites["too-long"]}, block_size=64).score(base)
