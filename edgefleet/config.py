@@ -406,7 +406,12 @@ class EdgefleetConfig(_Strict):
 
     @property
     def tracking_uri(self) -> str:
-        return self.mlflow.tracking_uri or f"sqlite:///{self.cache_dir / 'mlflow' / 'mlflow.db'}"
+        # the config's, else MLflow's own variable, else a SQLite store under the cache dir
+        return (
+            self.mlflow.tracking_uri
+            or os.environ.get("MLFLOW_TRACKING_URI", "")
+            or f"sqlite:///{self.cache_dir / 'mlflow' / 'mlflow.db'}"
+        )
 
 
 def _describe(err: dict[str, Any]) -> str:

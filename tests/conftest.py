@@ -15,6 +15,17 @@ from edgefleet.config import EdgefleetConfig, PortsConfig, parse_config
 from edgefleet.security import digest
 from tests.background import Background
 
+# MLflow's set_tracking_uri also exports MLFLOW_TRACKING_URI (for its subprocesses), and a config
+# without mlflow.tracking_uri honours that variable: one test's store must not leak into the next.
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+@pytest.fixture(autouse=True)
+def _no_tracking_uri_from_an_earlier_test() -> Iterator[None]:
+    yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
 TEST_TOKEN = "test-token-3f9a-77c1e0"  # the config holds only its hash (edgefleet.security)
 
 

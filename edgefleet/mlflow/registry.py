@@ -218,6 +218,9 @@ class ModelRegistry:
     def _publish(self, r: RoundRecord, adapter_dir: Path) -> str:
         import mlflow
 
+        import edgefleet
+        from edgefleet.mlflow import pyfunc_model
+
         client = self._client()
         existing = client.search_model_versions(
             f"name = '{self.name}' and tag.`edgefleet.run` = '{r.run}' and tag.`edgefleet.round` = '{r.round}'"
@@ -242,9 +245,6 @@ class ModelRegistry:
             metrics["answer_match"] = scores.answer_match
             for site in scores.per_site:
                 metrics |= {f"task_score.{site.site}": site.task_score, f"answer_match.{site.site}": site.answer_match}
-        for key, value in metrics.items():
-            if value is not None and math.isfinite(value):
-                client.log_metric(run_id, key, value, step=step)
         with mlflow.start_run(run_id=run_id):
             card = adapter_dir.parent / "MODEL_CARD.md"
             card.write_text(model_card(r))
@@ -267,12 +267,17 @@ class ModelRegistry:
             spec.write_text(json.dumps(r.base_model))
             info = mlflow.pyfunc.log_model(
                 name=f"round-{r.round}",
-                python_model=_python_model(),
+                python_model=pyfunc_model.EdgefleetLLM(),
                 artifacts={"adapter": str(adapter_dir), "spec": str(spec)},
-                pip_requirements=["edgefleet", "torch", "transformers", "peft"],
+                code_paths=[str(Path(edgefleet.__file__).parent)],  # the code that loads it travels with it
+                pip_requirements=pyfunc_model.requirements(),
+                signature=pyfunc_model.signature(),
                 registered_model_name=self.name,
                 await_registration_for=60,
             )
+        for key, value in metrics.items():  # the round's metrics, linked to the model it logged
+            if value is not None and math.isfinite(value):
+                client.log_metric(run_id, key, value, step=step, model_id=info.model_id)
         version = str(info.registered_model_version)
         parent = self._parent(client, r)
         tags = {
@@ -324,15 +329,28 @@ class ModelRegistry:
         return version
 
     def _run_id(self, client: Any, r: RoundRecord) -> str:
+        import mlflow
+
         experiment = client.get_experiment_by_name(EXPERIMENT)
-        experiment_id = experiment.experiment_id if experiment else client.create_experiment(EXPERIMENT)
+        experiment_id = (
+            experiment.experiment_id
+            if experiment
+            else client.create_experiment(EXPERIMENT, artifact_location=self._artifact_location())
+        )
         runs = client.search_runs([experiment_id], f"tags.`edgefleet.run` = '{r.run}'", max_results=1)
         if runs:
             return runs[0].info.run_id
-        run = client.create_run(experiment_id, run_name=r.run, tags={"edgefleet.run": r.run})
-        for key, value in r.params.items():
-            client.log_param(run.info.run_id, key, value)
+        # mlflow.start_run, not client.create_run: the run carries MLflow's system tags (user, source, git)
+        with mlflow.start_run(experiment_id=experiment_id, run_name=r.run, tags={"edgefleet.run": r.run}) as run:
+            mlflow.log_params(r.params)
         return run.info.run_id
+
+    def _artifact_location(self) -> str | None:
+        """Beside a SQLite store (MLflow would use ./mlruns of whatever directory the command ran
+        in); a tracking server decides for itself."""
+        if not self.uri.startswith("sqlite:///"):
+            return None
+        return (Path(self.uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
 
     def _parent(self, client: Any, r: RoundRecord) -> str | None:
         if r.round > 1:
@@ -433,12 +451,6 @@ class ModelRegistry:
 
     def tag(self, version: str, key: str, value: str) -> None:
         self._client().set_model_version_tag(self.name, str(version), key, value)
-
-
-def _python_model() -> Any:
-    from edgefleet.mlflow.pyfunc_model import EdgefleetLLM
-
-    return EdgefleetLLM()
 
 
 def model_card(r: RoundRecord) -> str:

@@ -8,10 +8,16 @@ rounds in the outbox until it answers, then they are published in order, with th
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
-from dataclasses import asdict, replace
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -124,6 +130,17 @@ def test_against_a_real_mlflow_server_rounds_that_end_while_it_is_down_wait_in_t
         assert len(out) == 1
         reg.promote("2", "operator's choice")  # the promote verb through the server too
         assert CHAMPION in reg.show("2")["aliases"] and reg.show("2")["tags"]["edgefleet.previous_champion"] == "3"
+        # `mlflow models serve` on the champion: the signature's params schema lets max_new_tokens through
+        served = _mlflow_models_serve(uri, f"models:/{NAME}@{CHAMPION}", tmp_path / "serve.log")
+        try:
+            _, tok = build_tiny(0)
+            short, longer = (_invoke(served, {"max_new_tokens": n}) for n in (1, 12))
+            assert len(tok(short, add_special_tokens=False).input_ids) <= 1 < len(tok(longer).input_ids)
+            bad = _invoke(served, {"max_new_tokens": "many"}, ok=False)
+            assert "max_new_tokens" in bad  # a param of the wrong type is refused by name, not ignored
+        finally:
+            served.proc.terminate()
+            served.proc.wait(timeout=30)
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -195,3 +212,44 @@ def test_a_harmful_update_is_held_by_the_gate_with_its_reason_on_the_version(tmp
 
 def _peft(base, adapter, hp, folder):
     return export_adapter(base, adapter, hp, folder / "peft")
+
+
+@dataclass
+class _Served:
+    proc: subprocess.Popen
+    url: str
+
+
+def _mlflow_models_serve(tracking_uri: str, model_uri: str, log: Path) -> _Served:
+    """`mlflow models serve --env-manager local` on a free loopback port, once it answers /ping."""
+    port, venv_bin = free_port(), Path(sys.executable).parent  # as from an activated venv: uvicorn on PATH
+    proc = subprocess.Popen(
+        [str(venv_bin / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local"]
+        + ["-h", "127.0.0.1", "-p", str(port), "-w", "1"],
+        env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": f"{venv_bin}:{os.environ.get('PATH', '')}"},
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("wb"),
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        with contextlib.suppress(OSError):
+            if urllib.request.urlopen(f"{url}/ping", timeout=5).status == 200:
+                return _Served(proc, url)
+        time.sleep(0.5)
+    proc.kill()
+    said = log.read_text(errors="replace")[-3000:]
+    raise AssertionError(f"mlflow models serve never answered /ping (exit code {proc.poll()}):\n{said}")
+
+
+def _invoke(served: _Served, params: dict, *, ok: bool = True) -> str:
+    body = json.dumps({"inputs": ["What is the capital of France?"], "params": params}).encode()
+    req = urllib.request.Request(f"{served.url}/invocations", data=body, headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            assert ok, "a bad request was served"
+            return json.loads(resp.read())["predictions"][0]
+    except urllib.error.HTTPError as err:
+        said = err.read().decode()
+        assert not ok, said
+        return said

@@ -186,3 +186,14 @@ def test_canary_nodes_must_be_edge_nodes_and_leave_some_to_compare_with():
     with pytest.raises(ConfigError, match="leave at least one edge node"):
         parse_config({"mlflow": {"canary_nodes": ["edge-1", "edge-2", "edge-3"]}})
     assert parse_config({"mlflow": {"canary_nodes": ["edge-2"]}}).mlflow.canary_nodes == ["edge-2"]
+
+
+def test_the_tracking_uri_is_the_configs_else_mlflows_variable_else_sqlite_in_the_cache(monkeypatch, tmp_path):
+    from edgefleet.config import parse_config
+
+    monkeypatch.setenv("EDGEFLEET_CACHE", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert parse_config({}).tracking_uri == f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert parse_config({}).tracking_uri == "http://127.0.0.1:5999"
+    assert parse_config({"mlflow": {"tracking_uri": "http://127.0.0.1:5000"}}).tracking_uri == "http://127.0.0.1:5000"
