@@ -202,7 +202,7 @@ def rounds_table(
     if initial_quality:
         before += f"; the base model's task score {initial_quality['task_score']:.3f}"
         match = initial_quality.get("answer_match")
-        before += f", answers right {match:.0%}" if match is not None and match == match else ""
+        before += f", answers right {match:.0%}" if match is not None and math.isfinite(match) else ""
     table = Table(title=f"federated rounds ({before})")
     users = ("task score", "answers right", "divergence") if any(r.quality for r in results) else ()
     for col in ("round", "clients", "train loss", "held-out ppl", *users, *(f"ε {n}" for n in nodes), "user-level ε"):

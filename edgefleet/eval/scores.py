@@ -57,8 +57,9 @@ class SiteScore:
     task_score: float  # mean log-likelihood per reference-answer token
     answer_match: float  # share of greedy answers a user would rate good
 
-
-_SITE_FIELDS = {f.name for f in fields(SiteScore)}
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SiteScore:
+        return cls(**{f.name: data[f.name] for f in fields(cls)})
 
 
 @dataclass(frozen=True)
@@ -82,9 +83,7 @@ class Quality:
             **{
                 **{k: v for k, v in data.items() if k in known},
                 "facts_lost": tuple(data.get("facts_lost", ())),
-                "per_site": tuple(
-                    SiteScore(**{k: v for k, v in s.items() if k in _SITE_FIELDS}) for s in data.get("per_site", ())
-                ),
+                "per_site": tuple(SiteScore.from_json(s) for s in data.get("per_site", ())),
             }
         )
 

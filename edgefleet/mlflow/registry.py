@@ -130,7 +130,7 @@ class RoundRecord:
         if self.scores is None:
             return None
         s = self.scores
-        per_site = tuple(SiteScore(**site) for site in s.get("per_site", ()))
+        per_site = tuple(SiteScore.from_json(site) for site in s.get("per_site", ()))
         return UserScores(s["task_score"], s["divergence"], tuple(s["facts_lost"]), s.get("answer_match"), per_site)
 
 
