@@ -230,8 +230,8 @@ def _queue_burst(client: Client) -> None:
 
 def _federate_as_ray_job(fleet_config, cfg_path: Path, tmp: Path, name: str, crash_after: str = "") -> dict:
     """`ray job submit -- edgefleet federate --rounds 1 --run ray-job`; with ``crash_after`` its driver
-    SIGKILLs itself at that step (edgefleet.cli_federate.CRASH_ENV, set through the job's runtime env)."""
-    from edgefleet.cli_federate import CRASH_ENV
+    SIGKILLs itself at that step (edgefleet.cli.federate.CRASH_ENV, set through the job's runtime env)."""
+    from edgefleet.cli.federate import CRASH_ENV
 
     ray_cli = Path(sys.executable).parent / "ray"
     job_id = f"edgefleet-federate-{name}-{int(time.time())}"

@@ -75,7 +75,7 @@ def test_sla_router_meets_tight_deadlines_that_round_robin_misses(served, fleet_
 def test_demo_scene_keeps_the_tight_request_on_the_edge_and_sends_the_long_one_to_the_cloud(served, fleet_config):
     from rich.console import Console
 
-    from edgefleet import demo_deadlines
+    from edgefleet.cli.demo import deadlines as demo_deadlines
     from tests.conftest import TEST_TOKEN
 
     tight, long = demo_deadlines.run(fleet_config, TEST_TOKEN, Console(quiet=True))

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from edgefleet.cli import CONFIG_ENV, build_parser, main, version
+from edgefleet.cli.main import CONFIG_ENV, build_parser, main, version
 
 
 @pytest.mark.parametrize(
@@ -68,7 +68,7 @@ BASE_INSTALL = textwrap.dedent(
                 raise ModuleNotFoundError(f"No module named {name!r}", name=name)
 
     sys.meta_path.insert(0, NotInstalled())
-    from edgefleet.cli import main
+    from edgefleet.cli.main import main
     sys.exit(main(sys.argv[1:]))
     """
 )

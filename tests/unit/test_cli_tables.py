@@ -7,7 +7,7 @@ import io
 from rich.console import Console
 from rich.table import Table
 
-from edgefleet.cli_tables import show
+from edgefleet.cli.tables import show
 
 WHY = "edge-1 predicted 312 ms within the 2500 ms deadline at the lowest cost (edge before cloud)"
 

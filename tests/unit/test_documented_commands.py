@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet.cli import build_parser, main, parse
+from edgefleet.cli.main import build_parser, main, parse
 from edgefleet.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from edgefleet.cli_status import build_status, render
+from edgefleet.cli.status import build_status, render
 from edgefleet.platform.topology import FleetNode
 from edgefleet.serve.fleet_view import RecentOutcomes
 
@@ -136,7 +136,7 @@ def test_status_refuses_a_non_positive_interval():
 
     import pytest
 
-    from edgefleet.cli_status import add_arguments
+    from edgefleet.cli.status import add_arguments
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgefleet.cli import main
+from edgefleet.cli.main import main
 from edgefleet.client.errors import Overloaded, from_rpc_error
 from edgefleet.config import parse_config
 from edgefleet.errors import ConfigError

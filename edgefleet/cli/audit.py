@@ -15,14 +15,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from edgefleet.cli.fleet import console
 from edgefleet.config import load_config
 from edgefleet.errors import ConfigError
 
-console = Console(highlight=False)
 SETTING_LABELS = {"no_dp": "no DP (control)", "record_dp": "record-level DP-SGD", "user_dp": "user-level DP-FedAvg"}
 
 

@@ -181,6 +181,32 @@ def show(cfg: EdgefleetConfig, args: argparse.Namespace, console: Console) -> No
             pass
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    import ray
+
+    from edgefleet.cli.fleet import console, running_address
+    from edgefleet.config import load_config
+    from edgefleet.errors import FleetError
+    from edgefleet.platform.cluster import connect
+
+    cfg = load_config(args.config, ray_address=args.address)
+    address = running_address(cfg)
+    if not address:
+        raise FleetError("no running fleet found: start one with `edgefleet up`, or pass --address")
+    connect(address, log_to_driver=False)
+    try:
+        show(cfg, args, console)
+    finally:
+        ray.shutdown()  # only disconnect: status never stops a fleet
+    return 0
+
+
+def add_parser(sub: Any) -> None:
+    status = sub.add_parser("status", help="the live fleet: health, queues, tokens/s, SLA, round, champion, ε")
+    add_arguments(status)
+    status.set_defaults(func=cmd_status, supports_json=True)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--once", action="store_true", help="print the table once instead of refreshing it")
     parser.add_argument("--interval", type=_positive, default=2.0, help="seconds between refreshes (default 2)")

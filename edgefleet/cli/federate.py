@@ -17,32 +17,30 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from edgefleet.cli_tables import show
+from edgefleet.cli.fleet import console, fetch_model, join_or_start
+from edgefleet.cli.tables import show
 from edgefleet.config import EdgefleetConfig, load_config
 from edgefleet.errors import ConfigError
 
-console = Console(highlight=False)
 CRASH_ENV = "EDGEFLEET_CRASH_AFTER"  # "<round>:<step>": fault injection for the resume tests
 
 
-def add_parser(sub: Any, fetch_model: Any, start_fleet: Any, state_file: Any) -> None:
+def add_parser(sub: Any) -> None:
     fed = sub.add_parser("federate", help="federated DP rounds across the edge nodes (secure aggregation, ledger)")
     fed.add_argument("--rounds", type=int, default=None, help="rounds to complete (default: federation.rounds)")
     fed.add_argument("--run", help="run name under <cache>/federation/; an existing run is resumed")
-    fed.set_defaults(func=lambda a: cmd_federate(a, fetch_model, start_fleet, state_file))
+    fed.set_defaults(func=cmd_federate)
 
 
-def cmd_federate(args: argparse.Namespace, fetch_model: Any, start_fleet: Any, state_file: Any) -> int:
-    from edgefleet.cli_train import _join_or_start
-
+def cmd_federate(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, ray_address=args.address or os.environ.get("RAY_ADDRESS"))
     rounds = args.rounds if args.rounds is not None else cfg.federation.rounds
     if rounds < 1:
         raise ConfigError("--rounds must be >= 1")
     crash = _crash_point(os.environ.get(CRASH_ENV))
     run_dir = cfg.cache_dir / "federation" / (args.run or time.strftime("run-%Y%m%d-%H%M%S"))
-    prepare(cfg, fetch_model)
-    fleet, owned = _join_or_start(cfg, start_fleet, state_file, log_to_driver=False)
+    prepare(cfg)
+    fleet, owned = join_or_start(cfg, log_to_driver=False)
     try:
         run_rounds(cfg, run_dir, rounds, crash_after=crash)
     finally:
@@ -51,7 +49,7 @@ def cmd_federate(args: argparse.Namespace, fetch_model: Any, start_fleet: Any, s
     return 0
 
 
-def prepare(cfg: EdgefleetConfig, fetch_model: Any) -> None:
+def prepare(cfg: EdgefleetConfig) -> None:
     """The clients' data directories and the base model, before any round."""
     from edgefleet.train.data import write_demo_shards
 

@@ -14,7 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from edgefleet.cli_tables import show
+from edgefleet.cli.tables import show
 from edgefleet.config import EdgefleetConfig
 
 APP = "demo-deadlines"

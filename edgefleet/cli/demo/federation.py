@@ -11,8 +11,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from edgefleet import cli_federate
-from edgefleet.cli_tables import show
+from edgefleet.cli import federate
+from edgefleet.cli.tables import show
 from edgefleet.config import EdgefleetConfig
 
 LIVE_QUESTIONS_PER_SITE = 12  # asked again while the canary is watched: enough ratings per group to judge on
@@ -40,18 +40,18 @@ def collect_feedback(cfg: EdgefleetConfig, client: Any, console: Console) -> Non
     show(console, table)
 
 
-def run(cfg: EdgefleetConfig, fetch_model: Any, console: Console, client: Any = None) -> None:
+def run(cfg: EdgefleetConfig, console: Console, client: Any = None) -> None:
     """Federated DP rounds across the edge nodes, on each site's documents and its users' feedback;
     then the champion's canary rollout, judged with the users (``client``) rating the answers."""
-    from edgefleet.cli_models import _registry, versions_table
+    from edgefleet.cli.models import open_registry, versions_table
     from edgefleet.eval.sites import write_site_data
 
     console.rule("federated learning: the edge nodes learn from their users; nothing they said leaves them")
-    cli_federate.prepare(cfg, fetch_model)
+    federate.prepare(cfg)
     write_site_data(cfg, seed=cfg.federation.seed)
     run_dir = cfg.cache_dir / "federation" / time.strftime("demo-%Y%m%d-%H%M%S")
-    cli_federate.run_rounds(cfg, run_dir, cfg.federation.rounds, out=console)
-    registry = _registry(cfg)
+    federate.run_rounds(cfg, run_dir, cfg.federation.rounds, out=console)
+    registry = open_registry(cfg)
     show(console, versions_table(registry.versions(), cfg.mlflow.model_name))
     champion = registry.champion_version()
     if champion is not None:

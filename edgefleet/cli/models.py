@@ -13,14 +13,19 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from edgefleet.cli_tables import show
+from edgefleet.cli.fleet import console, fetch_model
+from edgefleet.cli.tables import show
 from edgefleet.config import EdgefleetConfig, load_config
 from edgefleet.errors import EdgefleetError
 
-console = Console(highlight=False)
 
-
-def add_commands(models: Any) -> None:
+def add_parser(sub: Any) -> None:
+    models = sub.add_parser("models", help="model cache and the MLflow registry").add_subparsers(
+        dest="models_command", required=True
+    )
+    fetch = models.add_parser("fetch", help="download and convert SmolLM2 into the cache")
+    fetch.add_argument("--source", default="smollm2", choices=["smollm2"])
+    fetch.set_defaults(func=cmd_fetch)
     ls = models.add_parser("list", help="registered versions with their aliases, gate decision and lineage")
     ls.set_defaults(func=cmd_list, supports_json=True)
     show = models.add_parser("show", help="one version's tags")
@@ -35,7 +40,13 @@ def add_commands(models: Any) -> None:
     rollback.set_defaults(func=cmd_rollback)
 
 
-def _registry(cfg: EdgefleetConfig) -> Any:
+def cmd_fetch(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, ray_address=args.address)
+    fetch_model(cfg, args.source)
+    return 0
+
+
+def open_registry(cfg: EdgefleetConfig) -> Any:
     from edgefleet.mlflow.registry import ModelRegistry, TrackingUnavailable
 
     registry = ModelRegistry.from_config(cfg)
@@ -75,7 +86,7 @@ def versions_table(versions: list[dict[str, Any]], name: str) -> Table:
 
 def cmd_list(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, ray_address=args.address)
-    versions = _registry(cfg).versions()
+    versions = open_registry(cfg).versions()
     if args.json:
         print(json.dumps(versions, indent=1))
     else:
@@ -85,7 +96,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, ray_address=args.address)
-    v = _guard(lambda: _registry(cfg).show(args.version))
+    v = _guard(lambda: open_registry(cfg).show(args.version))
     console.print(f"{cfg.mlflow.model_name} version {v['version']}  aliases: {', '.join(v['aliases']) or '-'}")
     for key, value in sorted(v["tags"].items()):
         console.print(f"  {key} = {value}")
@@ -94,14 +105,14 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_promote(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, ray_address=args.address)
-    _guard(lambda: _registry(cfg).promote(args.version, args.reason))
+    _guard(lambda: open_registry(cfg).promote(args.version, args.reason))
     console.print(f"{cfg.mlflow.model_name}@champion → version {args.version}")
     return 0
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, ray_address=args.address)
-    previous = _guard(lambda: _registry(cfg).rollback(args.reason))
+    previous = _guard(lambda: open_registry(cfg).rollback(args.reason))
     console.print(f"{cfg.mlflow.model_name}@champion rolled back to version {previous} ({args.reason})")
     return 0
 

@@ -2,7 +2,7 @@
 
 This module is the entry point and imports only the standard library and the SDK, so the base
 install (the wheel without extras: grpcio + protobuf) has a working ``edgefleet generate`` and
-``edgefleet --version``. The platform's commands live in ``edgefleet.cli_platform`` and are
+``edgefleet --version``. The platform's commands live in ``edgefleet.cli.commands`` and are
 registered only when the ``platform`` extra is installed; without it they answer in one line
 which extra to install.
 
@@ -209,13 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_generate(sub)
     try:
-        from edgefleet import cli_platform
+        from edgefleet.cli import commands
     except ImportError as exc:
         if (exc.name or "").split(".")[0] not in PLATFORM_PACKAGES:
             raise  # a broken install or a bug, not the base install
         _add_platform_stubs(sub, exc.name)
     else:
-        cli_platform.add_commands(sub)
+        commands.add_commands(sub)
     for child in _subparsers(parser):
         _add_global_options(child, top=False)
     return parser

@@ -8,20 +8,17 @@ the training loss, the held-out loss before and after, ε and the wall time.
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
-from edgefleet.cli_tables import show
+from edgefleet.cli.fleet import console, fetch_model, join_or_start
+from edgefleet.cli.tables import show
 from edgefleet.config import EdgefleetConfig, load_config
 from edgefleet.errors import ConfigError
 
-console = Console(highlight=False)
 
-
-def add_parser(sub: Any, fetch_model: Any, start_fleet: Any, state_file: Any) -> None:
+def add_parser(sub: Any) -> None:
     train = sub.add_parser("train", help="private training").add_subparsers(dest="train_command", required=True)
     data = train.add_parser("data", help="split the demo corpus by topic into each edge node's data directory")
     data.set_defaults(func=cmd_train_data)
@@ -34,7 +31,7 @@ def add_parser(sub: Any, fetch_model: Any, start_fleet: Any, state_file: Any) ->
     local.add_argument("--lr", type=float, default=2e-3)
     local.add_argument("--workers", type=int, default=1, choices=[1, 2], help="Train workers on the node (2: DPDDP)")
     local.add_argument("--no-dp", action="store_true", help="train without differential privacy (comparison only)")
-    local.set_defaults(func=lambda a: cmd_train_local(a, fetch_model, start_fleet, state_file))
+    local.set_defaults(func=cmd_train_local)
     distill = train.add_parser(
         "distill",
         help="distil the cloud model into the edge model on the cloud node (DeepSpeed ZeRO-2, public text only)",
@@ -43,7 +40,7 @@ def add_parser(sub: Any, fetch_model: Any, start_fleet: Any, state_file: Any) ->
     distill.add_argument(
         "--workers", type=int, default=2, help="Train workers on the cloud node (default: %(default)s)"
     )
-    distill.set_defaults(func=lambda a: cmd_train_distill(a, fetch_model, start_fleet, state_file))
+    distill.set_defaults(func=cmd_train_distill)
 
 
 def cmd_train_data(args: argparse.Namespace) -> int:
@@ -57,28 +54,7 @@ def cmd_train_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _join_or_start(
-    cfg: EdgefleetConfig, start_fleet: Any, state_file: Any, *, log_to_driver: bool = True
-) -> tuple[Any, bool]:
-    """The running fleet if there is one (joined, not owned), else an embedded one for this run.
-
-    ``log_to_driver=False`` keeps the workers' logs (Ray Train's are chatty) out of this terminal;
-    they stay in the Ray dashboard and the session's log files.
-    """
-    from edgefleet.platform.cluster import connect
-
-    address = cfg.ray.address
-    if not address and state_file(cfg).is_file():
-        address = json.loads(state_file(cfg).read_text())["address"]
-    if address:
-        try:
-            return connect(address, log_to_driver=log_to_driver), False
-        except Exception:  # noqa: BLE001 - a stale state file: start our own
-            console.print(f"[yellow]no fleet answers at {address}; starting the embedded one")
-    return start_fleet(cfg, log_to_driver=log_to_driver), True
-
-
-def cmd_train_local(args: argparse.Namespace, fetch_model: Any, start_fleet: Any, state_file: Any) -> int:
+def cmd_train_local(args: argparse.Namespace) -> int:
     from edgefleet.train.data import write_demo_shards
     from edgefleet.train.dp import LocalHyper
     from edgefleet.train.jobs import run_local_update
@@ -100,7 +76,7 @@ def cmd_train_local(args: argparse.Namespace, fetch_model: Any, start_fleet: Any
         max_steps=args.steps,
         epochs=100.0,
     )
-    fleet, owned = _join_or_start(cfg, start_fleet, state_file)
+    fleet, owned = join_or_start(cfg)
     try:
         with console.status(f"held-out loss of the current model ({node.model.source})"):
             held, base = _held_out(cfg, node, args.block_size)
@@ -165,7 +141,7 @@ def _held_out(cfg: EdgefleetConfig, node: Any, block_size: int, limit: int = 32)
     return chunk_for_causal_lm(read_texts(held_out_dir(cfg)), tok, block_size)[:limit], base
 
 
-def cmd_train_distill(args: argparse.Namespace, fetch_model: Any, start_fleet: Any, state_file: Any) -> int:
+def cmd_train_distill(args: argparse.Namespace) -> int:
     from edgefleet.train.distill import run_distillation
 
     cfg = load_config(args.config, ray_address=args.address)
@@ -179,7 +155,7 @@ def cmd_train_distill(args: argparse.Namespace, fetch_model: Any, start_fleet: A
             f"[yellow]teacher and student are both {teacher.source}: the KL starts near 0 "
             "(set a larger cloud model to distil from)"
         )
-    fleet, owned = _join_or_start(cfg, start_fleet, state_file)
+    fleet, owned = join_or_start(cfg)
     try:
         with console.status(f"DeepSpeed ZeRO-2 on the cloud node: {args.steps} steps, {args.workers} workers"):
             result = run_distillation(cfg, steps=args.steps, workers=args.workers, cpus_per_worker=0.5)
