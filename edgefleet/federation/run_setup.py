@@ -86,7 +86,7 @@ def ray_sessions(cfg: EdgefleetConfig, cpus_per_client: float = 0.25) -> Callabl
     """Client factory: a long-lived Ray Train session on the client's own node, serving its steps."""
 
     def start(node_id: str) -> Any:
-        from edgefleet.federation.client import handle
+        from edgefleet.federation.participant import handle
         from edgefleet.train.jobs import LocalTrainingSession
 
         return LocalTrainingSession(

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from edgefleet.config import parse_config
-from edgefleet.federation.client import handle
 from edgefleet.federation.coordinator import Coordinator, RoundFailed, load_evaluator, local_hyper
 from edgefleet.federation.ledger import composed_epsilon
+from edgefleet.federation.participant import handle
 from edgefleet.federation.secagg import decode
 from edgefleet.platform.models import load_trainable
 from edgefleet.train.data import chunk_for_causal_lm, node_data_dir, read_texts, write_demo_shards

@@ -123,7 +123,7 @@ def test_feedback_stays_on_its_site_node_survives_a_restart_and_never_leaves_it_
     assert (question, f"You need {marker}.") in stored and ("One more?", "Later.") in stored
 
     # it trains the node's next update, whose payload carries no text of it
-    from edgefleet.federation.client import handle
+    from edgefleet.federation.participant import handle
     from edgefleet.platform.models import build_tiny
     from edgefleet.train.data import training_samples
     from edgefleet.train.dp import LocalHyper
