@@ -45,13 +45,13 @@ from typing import Any
 
 from edgefleet.audit.stats import SettingResult, Verdict, epsilon_lower_bound, roc_auc, verdict
 from edgefleet.config import PrivacyConfig
+from edgefleet.train.accounting import noise_for
 from edgefleet.train.dp import (
     LocalHyper,
     adapter_state,
     load_adapter,
     local_update,
     lora_model,
-    noise_for,
     planned_steps,
     trainable_adapter_names,
 )
@@ -311,7 +311,7 @@ def _user_dp(
 
     # the coordinator's own math and accounting
     from edgefleet.federation import strategies as S
-    from edgefleet.federation.ledger import Release, composed_epsilon
+    from edgefleet.train.accounting import Release, composed_epsilon
 
     # σ for a replacement (sensitivity 2C) at the target ε is twice the add/remove one (sensitivity C)
     sigma = 2 * noise_for(PrivacyConfig(target_epsilon=cfg.epsilon, delta=cfg.delta), 1.0, cfg.rounds)

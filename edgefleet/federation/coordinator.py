@@ -43,10 +43,11 @@ from edgefleet.config import EdgefleetConfig
 from edgefleet.errors import EdgefleetError
 from edgefleet.eval.scores import Quality
 from edgefleet.federation import strategies as S
-from edgefleet.federation.ledger import PrivacyLedger, Release, composed_epsilon
+from edgefleet.federation.ledger import PrivacyLedger
 from edgefleet.federation.run_setup import Evaluator, load_evaluator, local_hyper, ray_sessions
 from edgefleet.federation.run_store import RunStore
 from edgefleet.federation.secagg import AdvertisedKeys, RevealedShare, SecAggError, SecAggServer
+from edgefleet.train.accounting import Release, composed_epsilon
 
 MAX_ATTEMPTS = 3  # per round, before the run gives up
 PLAN_TIMEOUT_S = 20.0  # a client that cannot say what it would spend in this long is unavailable

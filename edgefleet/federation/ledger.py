@@ -1,7 +1,8 @@
 """The privacy ledger: every client's composed (ε, δ), durable, and a budget nobody exceeds. No Ray.
 
 Per client it stores each round's DP-SGD release, (noise multiplier, sample rate, steps), and
-composes the whole history with Opacus' accountant (RDP or PRV), never by adding per-round ε's.
+composes the whole history with Opacus' accountant (RDP or PRV, :mod:`edgefleet.train.accounting`),
+never by adding per-round ε's.
 A client whose next round would take its composed ε past its budget is not eligible. Rows are
 keyed by (client, round, attempt), so a coordinator that restarts and records a release again counts
 it once, while a round that had to be retried after its first attempt's updates were seen counts both.
@@ -20,33 +21,14 @@ Example:
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass
 from pathlib import Path
+
+from edgefleet.train.accounting import Release, composed_epsilon
 
 SCHEMA = """CREATE TABLE IF NOT EXISTS releases (
     client TEXT NOT NULL, round INTEGER NOT NULL, attempt INTEGER NOT NULL DEFAULT 1,
     noise_multiplier REAL NOT NULL, sample_rate REAL NOT NULL, steps INTEGER NOT NULL,
     PRIMARY KEY (client, round, attempt))"""
-
-
-@dataclass(frozen=True)
-class Release:
-    """One round's DP-SGD on one client: what the accountant composes."""
-
-    noise_multiplier: float
-    sample_rate: float
-    steps: int
-
-    def __post_init__(self) -> None:
-        if self.noise_multiplier < 0 or not 0 < self.sample_rate <= 1 or self.steps < 0:
-            raise ValueError(f"invalid release {self}")
-
-
-def composed_epsilon(releases: list[Release], delta: float, accountant: str = "rdp") -> float:
-    """ε at ``delta`` after all ``releases``, composed by Opacus' accountant (∞ without noise)."""
-    from edgefleet.train.dp import composed_epsilon as compose
-
-    return compose([(r.noise_multiplier, r.sample_rate, r.steps) for r in releases], delta, accountant)
 
 
 class PrivacyLedger:
@@ -75,9 +57,6 @@ class PrivacyLedger:
     def can_take_part(self, client: str, release: Release) -> bool:
         """Whether ``client`` stays within its budget after one more ``release``."""
         return self.epsilon_if(client, release) <= self.budget
-
-    def eligible(self, clients: list[str], release: Release) -> list[str]:
-        return [c for c in clients if self.can_take_part(c, release)]
 
     def recorded(self, client: str, round_id: int, attempt: int = 1) -> bool:
         return (

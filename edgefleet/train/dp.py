@@ -20,7 +20,6 @@ settings, hyper-parameters); Ray Train jobs and the federation call it, tests ca
 from __future__ import annotations
 
 import copy
-import functools
 import math
 import os
 import time
@@ -28,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from edgefleet.config import PrivacyConfig
+from edgefleet.train.accounting import composed_epsilon, noise_for
 
 GradSampleMode = Literal["hooks", "functorch"]
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -145,66 +145,6 @@ def planned_steps(num_blocks: int, hp: LocalHyper) -> tuple[float, int]:
     return 1 / per_epoch, min(steps, hp.max_steps) if hp.max_steps else steps
 
 
-def noise_for(privacy: PrivacyConfig, sample_rate: float, steps: int) -> float:
-    """The noise multiplier: as configured, or solved so this update alone spends ``target_epsilon``."""
-    if privacy.noise_multiplier is not None:
-        return privacy.noise_multiplier
-    return _solve_noise(privacy.target_epsilon, privacy.delta, sample_rate, steps, privacy.accountant)
-
-
-@functools.lru_cache(maxsize=64)
-def _solve_noise(target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str) -> float:
-    # Opacus' search takes ~0.5 s here; a client asks the same question every round.
-    from opacus.accountants.utils import get_noise_multiplier
-
-    return get_noise_multiplier(
-        target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate, steps=steps, accountant=accountant
-    )
-
-
-def epsilon_of(privacy: PrivacyConfig, history: list) -> float:
-    return composed_epsilon(history, privacy.delta, privacy.accountant)
-
-
-def composed_epsilon(history: list, delta: float, accountant: str = "rdp") -> float:
-    """ε at ``delta`` after the DP-SGD releases ``history`` [(σ, q, steps)], as Opacus' accountant
-    composes them (∞ if any ran without noise).
-
-    RDP is Opacus' own arithmetic (``RDPAccountant.get_privacy_spent``: the sum of each release's
-    RDP curve, then the conversion to ε) with each release's curve cached: a curve costs ~0.3 s
-    here and the ledger asks for the same ones round after round. PRV goes through Opacus as is.
-    """
-    history = [(float(s), float(q), int(n)) for s, q, n in history if n > 0]
-    if not history:
-        return 0.0
-    if any(sigma == 0 for sigma, _, _ in history):
-        return math.inf
-    if accountant != "rdp":
-        from opacus.accountants import create_accountant
-
-        acc = create_accountant(accountant)
-        acc.history = history
-        return float(acc.get_epsilon(delta))
-    from opacus.accountants.analysis.rdp import get_privacy_spent
-    from opacus.accountants.rdp import RDPAccountant
-
-    rdp = sum(_rdp_curve(*h) for h in history)
-    eps, _ = get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta)
-    return float(eps)
-
-
-@functools.lru_cache(maxsize=4096)
-def _rdp_curve(noise_multiplier: float, sample_rate: float, steps: int) -> Any:
-    from opacus.accountants.analysis.rdp import compute_rdp
-    from opacus.accountants.rdp import RDPAccountant
-
-    curve = compute_rdp(
-        q=sample_rate, noise_multiplier=noise_multiplier, steps=steps, orders=RDPAccountant.DEFAULT_ALPHAS
-    )
-    curve.setflags(write=False)  # shared by every caller
-    return curve
-
-
 def local_update(
     base: Any,
     adapter: dict[str, Any] | None,
@@ -312,8 +252,9 @@ def local_update(
     state: dict[str, Any] = {}
     if engine is not None:
         state = dict(engine.accountant.state_dict())
-        delta_eps = epsilon_of(privacy, [(noise, sample_rate, done)])  # this update alone
-        eps_total = epsilon_of(privacy, engine.accountant.history)
+        # this update alone, then the accountant's whole history (earlier rounds and restarts included)
+        delta_eps = composed_epsilon([(noise, sample_rate, done)], privacy.delta, privacy.accountant)
+        eps_total = composed_epsilon(engine.accountant.history, privacy.delta, privacy.accountant)
     return LocalUpdate(
         delta={k: after[k] - before[k] for k in after},
         adapter=after,

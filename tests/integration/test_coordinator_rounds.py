@@ -14,7 +14,6 @@ import pytest
 
 from edgefleet.config import parse_config
 from edgefleet.federation.coordinator import Coordinator, RoundFailed, load_evaluator, local_hyper
-from edgefleet.federation.ledger import composed_epsilon
 from edgefleet.federation.participant import handle
 from edgefleet.federation.secagg import decode
 from edgefleet.platform.models import load_trainable
@@ -109,7 +108,7 @@ def test_user_level_dp_reports_its_own_guarantee_apart_and_releases_no_loss(tmp_
 
     results = coord.run(2)
 
-    from edgefleet.federation.ledger import Release
+    from edgefleet.train.accounting import Release, composed_epsilon
 
     expected = composed_epsilon([Release(1.0, 1.0, 1)] * 2, cfg.privacy.delta)  # q = 1: participants are public
     assert results[-1].user_epsilon == pytest.approx(expected)
