@@ -34,7 +34,7 @@ from edgefleet.platform.feedback import Answer
 from edgefleet.platform.network import SimulatedLoss, SimulatedWan
 from edgefleet.security import digest, matches
 from edgefleet.serve import openai_http
-from edgefleet.serve.fleet_view import FleetTracker, RecentOutcomes
+from edgefleet.serve.fleet_tracker import FleetTracker, RecentOutcomes
 from edgefleet.serve.hedge_race import race
 from edgefleet.serve.hedging import HedgeBudget, plan_hedge
 from edgefleet.serve.openai_http import (
@@ -53,18 +53,6 @@ from edgefleet.serve.openai_http import (
     sse_chunk,
 )
 from edgefleet.serve.quotas import RateLimiter
-from edgefleet.serve.requests import (
-    REQUEST_ID,
-    RETRY_AFTER_MS,
-    RateLimited,
-    RequestError,
-    Validated,
-    invalid,
-    planned_tokens,
-    validate,
-    validate_feedback,
-    validate_proto,
-)
 from edgefleet.serve.router import (
     DeadlineInfeasible,
     Decision,
@@ -76,6 +64,18 @@ from edgefleet.serve.router import (
     make_router,
 )
 from edgefleet.serve.stats_poller import StatsPoller
+from edgefleet.serve.validation import (
+    REQUEST_ID,
+    RETRY_AFTER_MS,
+    RateLimited,
+    RequestError,
+    Validated,
+    invalid,
+    planned_tokens,
+    validate,
+    validate_feedback,
+    validate_proto,
+)
 
 
 class LookupGone(Exception):

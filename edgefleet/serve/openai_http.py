@@ -22,7 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
-from edgefleet.serve.requests import MAX_NEW_TOKENS_LIMIT, MIN_TEMPERATURE, RequestError, invalid
+from edgefleet.serve.validation import MAX_NEW_TOKENS_LIMIT, MIN_TEMPERATURE, RequestError, invalid
 
 # The most prompts one /v1/completions request may hold: LangChain's OpenAI LLM sends its prompts in
 # lists of `batch_size`, 20 unless set (langchain_openai/llms/base.py, BaseOpenAI.batch_size).

@@ -87,9 +87,6 @@ class TargetState:
 class FleetView:
     targets: tuple[TargetState, ...]
 
-    def of_tier(self, tier: TierName) -> list[TargetState]:
-        return [t for t in self.targets if t.tier == tier]
-
 
 @dataclass(frozen=True)
 class RouteRequest:

@@ -131,7 +131,7 @@ def test_cli_reports_bad_config_briefly_and_exits_2(write_config):
     ],
 )
 def test_request_validation_rejects_values_that_would_break_a_batch(kwargs, field):
-    from edgefleet.serve.requests import RequestError, validate
+    from edgefleet.serve.validation import RequestError, validate
 
     base = dict(
         prompt="hi",

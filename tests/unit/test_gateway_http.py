@@ -14,7 +14,7 @@ from edgefleet.config import EdgefleetConfig
 from edgefleet.serve import gateway as gateway_module
 from edgefleet.serve.openai_http import CompletionBody
 from edgefleet.serve.quotas import RateLimiter
-from edgefleet.serve.requests import DEFAULT_MAX_NEW_TOKENS
+from edgefleet.serve.validation import DEFAULT_MAX_NEW_TOKENS
 
 GatewayClass = gateway_module.Gateway.func_or_class.__mro__[1]  # the class under Serve's ingress wrapper
 

@@ -20,7 +20,7 @@ from edgefleet.serve.openai_http import (
     full_response,
     prompts,
 )
-from edgefleet.serve.requests import DEFAULT_MAX_NEW_TOKENS, RequestError, validate
+from edgefleet.serve.validation import DEFAULT_MAX_NEW_TOKENS, RequestError, validate
 
 
 def _chat(*messages: dict) -> list[dict[str, str]]:

@@ -6,7 +6,7 @@ from rich.console import Console
 
 from edgefleet.cli.status import build_status, render
 from edgefleet.platform.topology import FleetNode
-from edgefleet.serve.fleet_view import RecentOutcomes
+from edgefleet.serve.fleet_tracker import RecentOutcomes
 
 
 def test_recent_outcomes_forget_what_is_older_than_the_window():

@@ -15,7 +15,7 @@ from edgefleet.config import parse_config
 from edgefleet.errors import ConfigError
 from edgefleet.security import digest, hash_token, is_token_hash, matches, new_token
 from edgefleet.serve.quotas import RateLimiter
-from edgefleet.serve.requests import RateLimited
+from edgefleet.serve.validation import RateLimited
 
 TOKEN = "a-caller-token-0123456789"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -103,7 +103,6 @@ class Validated:
     # max_new_tokens is only a cap: the engine lowers it to what the model's context leaves after
     # the prompt instead of refusing (only the engine knows the prompt's length in tokens).
     fit_context: bool = False
-    extras: dict[str, Any] = field(default_factory=dict)
     caller: str = "anonymous"  # the token's digest once authenticated: whose answer this is (feedback)
 
     @property

@@ -1,7 +1,7 @@
 """The Gateway's fleet bookkeeping is pure: dispatch counts, stats, and the circuit breaker."""
 
 from edgefleet.config import EdgefleetConfig
-from edgefleet.serve.fleet_view import BREAKER_FAILURES, FleetTracker
+from edgefleet.serve.fleet_tracker import BREAKER_FAILURES, FleetTracker
 from edgefleet.serve.router import Job
 
 
