@@ -7,7 +7,7 @@ every policy and the oracle sees exactly the requests the policies saw.
   for bursts) of a seeded request mix with tight and loose deadlines.
 - :func:`finish_times`: when each request on one target finishes, under the engine's batching
   (:mod:`edgefleet.serve.batch_model`, the same arithmetic the SLA router plans with, here with
-  the exact speeds :class:`edgefleet.platform.synthetic.SyntheticEngine` runs at).
+  the exact speeds :class:`edgefleet.platform.synthetic.SyntheticModel` runs at).
 - :func:`oracle`: a clairvoyant scheduler over the same trace. It knows every arrival and every
   exact service time in advance, admits a request only where it finishes in time without making
   any admitted request late, and refuses the rest so they cost nothing. It is the best of two such

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,6 +38,29 @@ def default_cache_dir() -> Path:
 class _Strict(BaseModel):
     # A typo in a YAML key must fail loudly rather than silently fall back to a default.
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class SyntheticProfile:
+    """The timing of a synthetic model (``ModelSpec.source = "synthetic:..."``): its tokens come out
+    on this schedule while the process sleeps (see :mod:`edgefleet.platform.synthetic`)."""
+
+    prefill_ms_per_token: float = 1.14  # SmolLM2 int8, 1 thread, measured here by `bench calibrate`
+    decode_ms_per_step: float = 19.3
+    batch_slowdown: float = 0.064  # (27.9 ms at 8 rows / 19.3 ms alone - 1) / 7
+    context_length: int = 4096
+
+    @classmethod
+    def parse(cls, source: str) -> SyntheticProfile:
+        """``synthetic`` or ``synthetic:<prefill ms/token>:<decode ms/step>[:<batch slowdown>]``."""
+        parts = source.split(":")[1:]
+        try:
+            values = [float(p) for p in parts]
+        except ValueError:
+            raise ValueError(f"synthetic source {source!r}: expected synthetic:<prefill_ms>:<decode_ms>") from None
+        if len(values) not in (0, 2, 3) or any(v < 0 for v in values):
+            raise ValueError(f"synthetic source {source!r}: expected two or three non-negative numbers")
+        return cls(*values) if values else cls()
 
 
 class NetworkProfile(_Strict):
@@ -68,8 +92,6 @@ class ModelSpec(_Strict):
         if v.startswith("tiny:") and not v[5:].isdigit():
             raise ValueError(f"'tiny:<seed>' needs a whole-number seed, got {v!r}")
         if v == "synthetic" or v.startswith("synthetic:"):
-            from edgefleet.platform.synthetic import SyntheticProfile  # no torch: safe at config time
-
             SyntheticProfile.parse(v)
         return v
 

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from edgefleet.config import MAX_NEW_TOKENS_LIMIT
 from edgefleet.platform.models import LoadedModel
@@ -35,6 +35,22 @@ if TYPE_CHECKING:
 DEFAULT_MAX_NEW_TOKENS = 128
 CHAT_PROBE_BLOCK = 128  # tokens: a chat template's own prompt (SmolLM2's system turn) plus a short answer
 EWMA_ALPHA = 0.2  # weight of the newest sample: reacts within ~5 batches, smooths single outliers
+
+
+@runtime_checkable
+class StepModel(Protocol):
+    """A model that runs its own batches, with no torch: the seam for backends that are not
+    transformers models (the synthetic one). The engine still does the batching and streaming."""
+
+    context_length: int  # tokens
+
+    def encode(self, messages: list[dict[str, str]], prefix: str) -> list[int]:
+        """The prompt's token ids; ``prefix``: the assistant's turn so far, to be continued."""
+        ...
+
+    def run_batch(self, prompts: list[list[int]], max_new_tokens: int, on_step: Callable[[list[int]], bool]) -> None:
+        """Hand each step's new token per row, (B,), to ``on_step``; stop when it returns False."""
+        ...
 
 
 @dataclass
@@ -103,13 +119,18 @@ class _BatchStreamer:
         if not self.prompt_seen:  # generate() first hands us the prompt ids: (B, T_prompt)
             self.prompt_seen = True
             return
+        self.step(value.tolist())  # value: (B,)
+
+    def step(self, tokens: list[int]) -> bool:
+        """One step's new token per row; whether any row still wants more."""
         now = time.perf_counter()
         first = self.last_step == self.started
         self.engine._observe_step(now - self.last_step, first=first, batch=len(self.slots), tokens=self.prompt_tokens)
         self.last_step = now
-        for slot, token in zip(self.slots, value.tolist(), strict=True):  # value: (B,)
+        for slot, token in zip(self.slots, tokens, strict=True):
             if not slot.done:
                 self._advance(slot, int(token))
+        return not all(s.done or s.req.cancelled for s in self.slots)
 
     def end(self) -> None:
         for slot in self.slots:
@@ -219,6 +240,8 @@ class GenerationEngine:
 
     @property
     def context_length(self) -> int:
+        if isinstance(self.loaded.model, StepModel):
+            return self.loaded.model.context_length
         return int(getattr(self.loaded.model.config, "max_position_embeddings", 2048))
 
     def validate(self, req: GenRequest) -> tuple[str, int] | str:
@@ -390,15 +413,8 @@ class GenerationEngine:
                 self.requests_done += len(slots)
 
     def _generate(self, slots: list[_Slot], loaded: LoadedModel) -> None:
-        import torch
-
-        tok = loaded.tokenizer
         started = time.perf_counter()
         prompts = [self._prompt(loaded, s.req) for s in slots]
-        width = max(map(len, prompts))
-        pad = tok.pad_token_id
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])  # (B, T) left-padded
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])  # (B, T)
         for s, p in zip(slots, prompts, strict=True):
             s.emit(
                 {
@@ -410,11 +426,39 @@ class GenerationEngine:
                     "model_version": loaded.version,
                 }
             )
+        with self._lock:
+            self.batches += 1
+        max_new_tokens = max(s.req.max_new_tokens for s in slots)
+        if isinstance(loaded.model, StepModel):
+            streamer = _BatchStreamer(self, slots, loaded.tokenizer, set(), max(map(len, prompts)))
+            loaded.model.run_batch(prompts, max_new_tokens, self._counted(streamer.step))
+        else:
+            streamer = self._run_transformers(slots, loaded, prompts, max_new_tokens)
+        streamer.end()
+
+    def _counted(self, step: Callable[[list[int]], bool]) -> Callable[[list[int]], bool]:
+        """A step model has no forward hook: count its steps as they come."""
+
+        def counted(tokens: list[int]) -> bool:
+            with self._lock:
+                self.forward_passes += 1
+            return step(tokens)
+
+        return counted
+
+    def _run_transformers(
+        self, slots: list[_Slot], loaded: LoadedModel, prompts: list[list[int]], max_new_tokens: int
+    ) -> _BatchStreamer:
+        import torch
+
+        tok = loaded.tokenizer
+        width = max(map(len, prompts))
+        pad = tok.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])  # (B, T) left-padded
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])  # (B, T)
         eos = loaded.model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         streamer = _BatchStreamer(self, slots, tok, eos_ids, width)
-        with self._lock:
-            self.batches += 1
         first = slots[0].req
         sampling: dict[str, Any] = {"do_sample": False}
         if first.temperature > 0:
@@ -427,11 +471,11 @@ class GenerationEngine:
                 attention_mask=mask,
                 streamer=streamer,
                 pad_token_id=pad,
-                max_new_tokens=max(s.req.max_new_tokens for s in slots),
+                max_new_tokens=max_new_tokens,
                 stopping_criteria=[_RowsDone(slots)],
                 **sampling,
             )
-        streamer.end()
+        return streamer
 
     def _observe_step(self, seconds: float, *, first: bool, batch: int, tokens: int) -> None:
         ms = seconds * 1000
@@ -449,6 +493,8 @@ class GenerationEngine:
 
     @staticmethod
     def _encode(loaded: LoadedModel, messages: list[dict[str, str]], prefix: str = "") -> list[int]:
+        if isinstance(loaded.model, StepModel):
+            return loaded.model.encode(messages, prefix)
         tok = loaded.tokenizer
         if prefix:  # resume the assistant's turn mid-way: the prompt ends with the text so far
             # Trailing whitespace stays out of the prompt: tokenizers fold it into the next word
@@ -460,11 +506,19 @@ class GenerationEngine:
         return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
 
     def _count_forward_passes(self, loaded: LoadedModel):
+        if isinstance(loaded.model, StepModel):
+            return _NoHook()  # counted per step instead: see _counted
+
         def hook(*_args: Any) -> None:
             with self._lock:
                 self.forward_passes += 1
 
         return loaded.model.register_forward_hook(hook)
+
+
+class _NoHook:
+    def remove(self) -> None:
+        pass
 
 
 def _ewma(old: float | None, new: float) -> float:

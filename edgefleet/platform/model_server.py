@@ -24,7 +24,6 @@ class ModelServer:
         self, node_id: str, spec: ModelSpec, cache_dir: str | None, batching: BatchingConfig | None = None
     ) -> None:
         from edgefleet.platform.engine import GenerationEngine
-        from edgefleet.platform.synthetic import SyntheticEngine
 
         self.node_id = node_id
         self.spec = spec  # what this node serves now; swap_model replaces it
@@ -32,9 +31,8 @@ class ModelServer:
         self._reported_model: tuple[str, str] | None = None  # last (model, version) put in the metrics
         self.cache_dir = Path(cache_dir) if cache_dir else None
         b = batching or BatchingConfig()
-        engine_cls = SyntheticEngine if _is_synthetic(spec) else GenerationEngine
         # load= builds the model on the engine's torch thread (see GenerationEngine).
-        self.engine = engine_cls(
+        self.engine = GenerationEngine(
             load=self._loader(spec), batch_window_ms=b.window_ms, batch_quiet_ms=b.quiet_ms, max_batch=b.max_batch
         )
 

@@ -6,14 +6,14 @@ import asyncio
 
 import pytest
 
-from edgefleet.config import ModelSpec, parse_config
+from edgefleet.config import ModelSpec, SyntheticProfile, parse_config
 from edgefleet.errors import ConfigError
-from edgefleet.platform.engine import GenRequest
-from edgefleet.platform.synthetic import SyntheticEngine, SyntheticProfile, load_synthetic
+from edgefleet.platform.engine import GenerationEngine, GenRequest
+from edgefleet.platform.synthetic import load_synthetic
 
 
-def engine(source: str = "synthetic:0.1:2") -> SyntheticEngine:
-    return SyntheticEngine(load=lambda: load_synthetic(source))
+def engine(source: str = "synthetic:0.1:2") -> GenerationEngine:
+    return GenerationEngine(load=lambda: load_synthetic(source))
 
 
 def chat(text: str) -> list[dict[str, str]]:
@@ -58,7 +58,7 @@ def test_concurrent_requests_share_steps_and_measure_slower_steps_in_bigger_batc
     assert 1 in steps and max(steps) > 1 and steps[max(steps)] > 3.0 and steps[1] >= 3.0  # sleeps are lower bounds
 
 
-async def _events(eng: SyntheticEngine, req: GenRequest) -> list[dict]:
+async def _events(eng: GenerationEngine, req: GenRequest) -> list[dict]:
     return [e async for e in eng.stream(req)]
 
 
