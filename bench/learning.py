@@ -5,7 +5,7 @@ answers, the general rehearsal examples, and its users' corrections to the quest
 (the demo's simulated users rate every base answer bad and send the reference).
 Three FedAvg rounds of the default local update
 (``federation.local_steps`` DP-SGD steps of ``batch_size`` × ``block_size``), in one process with
-the platform's own functions (``train/dp.py``, ``federation/strategies.py``, ``eval/scores.py``):
+the platform's own functions (``train/dp.py``, ``federation/payload.py`` and ``strategies.py``, ``eval/scores.py``):
 
 - ``none``: no DP (the ceiling);
 - ``sample``: DP-SGD per client at the default ε per round (``privacy.target_epsilon``);
@@ -54,8 +54,9 @@ def run_mode(mode: str, base: Any, tok: Any, cfg: Any) -> list[dict[str, Any]]:
 
     from edgefleet.config import UserDPConfig
     from edgefleet.eval.scores import QualityJudge
+    from edgefleet.federation import payload
     from edgefleet.federation.run_setup import local_hyper
-    from edgefleet.federation.strategies import clip_to_norm, dp_fedavg_from_sum, flatten, unflatten
+    from edgefleet.federation.strategies import DPFedAvg, FedAvg, flatten, unflatten
     from edgefleet.train.dp import adapter_state, load_adapter, local_update, lora_model, trainable_adapter_names
 
     fed = cfg.federation
@@ -77,6 +78,9 @@ def run_mode(mode: str, base: Any, tok: Any, cfg: Any) -> list[dict[str, Any]]:
         row |= {"divergence": q.divergence}
         return row | {"facts_kept": q.facts_kept, "facts_total": q.facts_total, "train_s": seconds}
 
+    strategy = FedAvg()  # weighted by samples
+    if mode == "user":
+        strategy = DPFedAvg(strategy, clip=user_dp.clip_norm, noise_multiplier=user_dp.noise_multiplier)
     rows = [score(0, 0.0)]
     rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
     for r in range(1, ROUNDS + 1):
@@ -84,13 +88,14 @@ def run_mode(mode: str, base: Any, tok: Any, cfg: Any) -> list[dict[str, Any]]:
         privacy = cfg.privacy if mode == "sample" else None
         updates = [local_update(base, adapter, samples, privacy, hp) for samples in data.values()]
         names = trainable_adapter_names(hp, updates[0].delta)
-        vectors = [flatten(u.delta, names) for u in updates]
-        if mode == "user":
-            clipped = sum(clip_to_norm(v, user_dp.clip_norm)[0] for v in vectors)
-            mean = dp_fedavg_from_sum(clipped, len(vectors), user_dp.clip_norm, user_dp.noise_multiplier, rng)
-        else:  # FedAvg weighted by samples
-            weights = [u.num_samples for u in updates]
-            mean = sum(w * v for w, v in zip(weights, vectors, strict=True)) / sum(weights)
+        # what the participants send and the coordinator aggregates (federation/payload.py, strategies.py)
+        sent = [
+            payload.encode_clipped(flatten(u.delta, names), clip=user_dp.clip_norm)
+            if mode == "user"
+            else payload.encode_weighted(flatten(u.delta, names), num_samples=u.num_samples, loss=u.loss)
+            for u in updates
+        ]
+        mean = strategy.aggregate(payload.decode(sum(sent)), None, sampled=len(sent), rng=rng)
         step = unflatten(mean, updates[0].delta, names)
         adapter = {k: v + step[k] if k in step else v for k, v in adapter.items()}
         rows.append(score(r, time.perf_counter() - started))

@@ -7,8 +7,9 @@ et al. 2020 and Nasr et al. 2021 (the statistics are in :mod:`edgefleet.audit.st
    distribution. k are inserted into one client's data (its ordinary text blocks stay there too),
    k are held out and never trained on. Each canary is exactly one training block, seen once per epoch.
 2. Train with the platform's own code: :func:`edgefleet.train.dp.local_update` (LoRA on the frozen
-   tiny Llama, Opacus DP-SGD) and, for user-level DP, the DP-FedAvg arithmetic of
-   :mod:`edgefleet.federation.strategies` exactly as the coordinator applies it. In-process, no Ray.
+   tiny Llama, Opacus DP-SGD) and, for user-level DP, the participant's payload
+   (:mod:`edgefleet.federation.payload`) and the coordinator's DP-FedAvg strategy
+   (:class:`edgefleet.federation.strategies.DPFedAvg`), the same code a round runs. In-process, no Ray.
 3. Score every canary: its loss on the secret digits after training minus before (lower: more
    likely a member). Pool the repeats; report the ROC AUC and the ε the scores prove.
 
@@ -28,8 +29,8 @@ Fault injection (for the audit's own tests; never set in a real audit): ``noise_
 noise actually added and ``clip_override`` is the norm actually clipped to, while the noise
 calibration and the accountant keep the configured σ and C, so the claimed ε is unchanged. For
 DP-SGD they act inside Opacus' ``DPOptimizer`` (its own clip and noise code runs, with the changed
-value, for the length of one update); for DP-FedAvg on the calls to ``clip_to_norm`` and
-``dp_fedavg_from_sum``.
+value, for the length of one update); for DP-FedAvg on the clip the payload is encoded with and
+the σ the strategy draws its noise with.
 """
 
 from __future__ import annotations
@@ -309,8 +310,9 @@ def _user_dp(
     import numpy as np
     import torch
 
-    # the coordinator's own math and accounting
-    from edgefleet.federation import strategies as S
+    # the code the federation runs: the participant's payload, the coordinator's strategy and accounting
+    from edgefleet.federation import payload
+    from edgefleet.federation.strategies import DPFedAvg, FedAvg, flatten, unflatten
     from edgefleet.train.accounting import Release, composed_epsilon
 
     # σ for a replacement (sensitivity 2C) at the target ε is twice the add/remove one (sensitivity C)
@@ -318,6 +320,8 @@ def _user_dp(
     with torch.random.fork_rng():  # every client's LoRA init, from the shared seed (A stays frozen)
         torch.manual_seed(hp.seed)
         adapter = adapter_state(lora_model(base, hp))
+    strategy = DPFedAvg(FedAvg(), clip=cfg.user_clip, noise_multiplier=sigma * noise_scale)
+    clip = cfg.user_clip if clip_override is None else clip_override
     losses = []
     for _ in range(cfg.rounds):
         total = names = None
@@ -327,12 +331,11 @@ def _user_dp(
                 on_progress(update.steps, "user_dp")
             losses.append(update.loss)
             names = trainable_adapter_names(hp, update.delta)  # B only under FFA-LoRA, as a client sends
-            clip = cfg.user_clip if clip_override is None else clip_override
-            vector, _ = S.clip_to_norm(S.flatten(update.delta, names), clip)
-            total = vector if total is None else total + vector
+            sent = payload.encode_clipped(flatten(update.delta, names), clip=clip)
+            total = sent if total is None else total + sent  # what secure aggregation would unmask
         rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))  # as the coordinator: unguessable
-        mean = S.dp_fedavg_from_sum(total, len(datasets), cfg.user_clip, sigma * noise_scale, rng)
-        delta = S.unflatten(mean, adapter, names)
+        mean = strategy.aggregate(payload.decode(total), None, sampled=len(datasets), rng=rng)
+        delta = unflatten(mean, adapter, names)
         adapter = {k: v + delta[k].to(v.dtype) if k in delta else v for k, v in adapter.items()}
     claimed = composed_epsilon([Release(sigma / 2, 1.0, cfg.rounds)], cfg.delta)
     return (

@@ -12,7 +12,7 @@ import argparse
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
@@ -21,6 +21,10 @@ from edgefleet.cli.fleet import console, fetch_model, join_or_start
 from edgefleet.cli.tables import show
 from edgefleet.config import EdgefleetConfig, load_config
 from edgefleet.errors import ConfigError
+
+if TYPE_CHECKING:
+    from edgefleet.eval.scores import Quality
+    from edgefleet.federation.round_state import RoundResult
 
 CRASH_ENV = "EDGEFLEET_CRASH_AFTER"  # "<round>:<step>": fault injection for the resume tests
 
@@ -68,6 +72,7 @@ def run_rounds(
 ) -> list[Any]:
     """Run (or resume) ``rounds`` rounds in ``run_dir``, printing a row as each one commits."""
     from edgefleet.federation.coordinator import Coordinator
+    from edgefleet.federation.publication import RoundPublisher
 
     fed, priv = cfg.federation, cfg.privacy
     dp = f"DP-SGD ε={priv.target_epsilon:g}/round" if priv.target_epsilon else f"DP-SGD σ={priv.noise_multiplier:g}"
@@ -80,22 +85,21 @@ def run_rounds(
         f" per client\n  state: {run_dir}"
     )
     status = out.status("starting")
-    publish = registry_hook(cfg, run_dir.name, lambda: coordinator)
+    publisher = RoundPublisher.from_config(cfg, run=run_dir.name)
 
-    def on_round(result: Any, adapter_path: Path) -> None:
-        status.update(f"round {result.round}: registering the model in MLflow")
-        version = publish(result, adapter_path)
+    def on_round(result: RoundResult, version: str | None) -> None:
         where = f"model version {version}" if version else "MLflow unreachable: kept in the outbox"
         if version:
             try:  # display only: the round is published whatever this says
-                tags = publish.registry.show(version).get("tags", {})
-                where += f" ({tags.get('edgefleet.gate', '?')}: {tags.get('edgefleet.gate_reason', '')})"
+                where += f" ({publisher.gate(version)})"
             except Exception:  # noqa: BLE001
                 pass
         out.print(_round_line(result) + f" → {where}")
 
-    coordinator = Coordinator(cfg, run_dir, crash_after=crash_after, on_step=status.update, on_round=on_round)
-    done, current = len(coordinator.completed), coordinator.state["current"]
+    coordinator = Coordinator(
+        cfg, run_dir, crash_after=crash_after, publisher=publisher, on_step=status.update, on_round=on_round
+    )
+    done, current = len(coordinator.completed), coordinator.state.current
     if done or current:
         out.print(
             (f"resuming after round {done}" if done else "resuming")
@@ -103,76 +107,9 @@ def run_rounds(
         )
     with status:
         results = coordinator.run(rounds)
-    show(out, rounds_table(results, coordinator.state["initial_loss"], cfg, coordinator.state.get("initial_quality")))
+    state = coordinator.state
+    show(out, rounds_table(results, state.initial_loss, cfg, state.initial_quality))
     return results
-
-
-def registry_hook(cfg: EdgefleetConfig, run: str, coordinator: Any) -> Any:
-    """``(RoundResult, adapter file) -> version | None``: each committed round into the MLflow registry."""
-    import tempfile
-
-    from edgefleet.mlflow.registry import ModelRegistry, RoundRecord
-    from edgefleet.train.dp import export_adapter
-
-    registry = ModelRegistry.from_config(cfg)
-    fed, priv = cfg.federation, cfg.privacy
-    base_model = cfg.fleet.edge_nodes[0].model.model_dump(mode="json", include={"source"})
-    params = {
-        "strategy": fed.strategy,
-        "clients_per_round": fed.clients_per_round,
-        "nodes": len(cfg.fleet.edge_nodes),
-        "secure_aggregation": fed.secure_aggregation,
-        "target_epsilon_per_round": priv.target_epsilon,
-        "noise_multiplier": priv.noise_multiplier,
-        "delta": priv.delta,
-        "max_grad_norm": priv.max_grad_norm,
-        "client_budget_epsilon": priv.client_budget_epsilon,
-        "accountant": priv.accountant,
-        "user_dp": fed.user_dp.model_dump() if fed.user_dp else None,
-        "local_steps": fed.local_steps,
-        "batch_size": fed.batch_size,
-        "lr": fed.lr,
-        "base_model": base_model["source"],
-    }
-
-    def publish(result: Any, adapter_path: Path) -> str | None:
-        from safetensors.torch import load_file
-
-        coord = coordinator()
-        record = RoundRecord(
-            run=run,
-            round=result.round,
-            strategy=fed.strategy,
-            clients=list(result.finished),
-            train_loss=result.train_loss,
-            held_out_loss=result.held_out_loss,
-            perplexity=result.perplexity,
-            epsilon=dict(result.epsilon),
-            delta=priv.delta,
-            budget_epsilon=priv.client_budget_epsilon,
-            user_epsilon=result.user_epsilon,
-            base_model=base_model,
-            params=params,
-            scores=_user_scores(result.quality),
-            base_task_score=(coord.state.get("initial_quality") or {}).get("task_score"),
-        )
-        with tempfile.TemporaryDirectory() as tmp:
-            peft_dir = export_adapter(coord.evaluator.base, load_file(str(adapter_path)), coord.hp, Path(tmp) / "peft")
-            version = registry.publish(record, peft_dir)
-        if version is not None:
-            from edgefleet import metrics
-
-            metrics.champion_of(registry)
-        return version
-
-    publish.registry = registry
-    return publish
-
-
-def _user_scores(quality: Any) -> dict[str, Any] | None:
-    from dataclasses import asdict
-
-    return None if quality is None else asdict(quality)
 
 
 def _round_line(r: Any) -> str:
@@ -191,16 +128,16 @@ def _round_line(r: Any) -> str:
 
 
 def rounds_table(
-    results: list[Any], initial_loss: float, cfg: EdgefleetConfig, initial_quality: dict[str, Any] | None = None
+    results: list[RoundResult], initial_loss: float, cfg: EdgefleetConfig, initial_quality: Quality | None = None
 ) -> Table:
     import math
 
     nodes = [n.id for n in cfg.fleet.edge_nodes]
     before = f"held-out perplexity before round 1: {math.exp(initial_loss):.2f}"
     if initial_quality:
-        before += f"; the base model's task score {initial_quality['task_score']:.3f}"
-        match = initial_quality.get("answer_match")
-        before += f", answers right {match:.0%}" if match is not None and math.isfinite(match) else ""
+        before += f"; the base model's task score {initial_quality.task_score:.3f}"
+        match = initial_quality.answer_match
+        before += f", answers right {match:.0%}" if math.isfinite(match) else ""
     table = Table(title=f"federated rounds ({before})")
     users = ("task score", "answers right", "divergence") if any(r.quality for r in results) else ()
     for col in ("round", "clients", "train loss", "held-out ppl", *users, *(f"ε {n}" for n in nodes), "user-level ε"):

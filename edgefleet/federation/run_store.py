@@ -1,6 +1,6 @@
 """A federated run's durable state: one directory, written so that a kill at any instant loses nothing.
 
-    <run_dir>/state.json              the run: completed rounds, the round in progress and its step
+    <run_dir>/state.json              the run (round_state.py): completed rounds, the round in progress, its step
     <run_dir>/ledger.sqlite           the privacy ledger (federation/ledger.py)
     <run_dir>/global/round-<r>.safetensors   the global adapter after round r (round 0: the start)
     <run_dir>/rounds/<r>/vectors.npz  the round's masked vectors, until the round commits
@@ -18,6 +18,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from edgefleet.federation.round_state import RunState
+
 
 class RunStore:
     def __init__(self, run_dir: str | Path) -> None:
@@ -25,11 +27,11 @@ class RunStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.state_path = self.dir / "state.json"
 
-    def load(self) -> dict[str, Any] | None:
-        return json.loads(self.state_path.read_text()) if self.state_path.is_file() else None
+    def load(self) -> RunState | None:
+        return RunState.from_json(json.loads(self.state_path.read_text())) if self.state_path.is_file() else None
 
-    def save(self, state: dict[str, Any]) -> None:
-        _atomic_write(self.state_path, json.dumps(state, indent=1, sort_keys=True).encode())
+    def save(self, state: RunState) -> None:
+        _atomic_write(self.state_path, json.dumps(state.to_json(), indent=1, sort_keys=True).encode())
 
     def adapter_path(self, round_id: int) -> Path:
         return self.dir / "global" / f"round-{round_id}.safetensors"

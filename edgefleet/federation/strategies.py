@@ -14,13 +14,14 @@ An update is a dict of tensors (adapter name → delta) with the client's sample
   server adds Gaussian noise σC to the unweighted sum and divides by the number sampled
   (:func:`dp_fedavg_from_sum`).
 
-Under secure aggregation the coordinator never holds a client's update, only sums: flat vectors
-(:func:`flatten` / :func:`unflatten`) of ``[n·Δ, n]`` for FedAvg, whose mean comes from
-:func:`fedavg_from_sum`.
+A round applies one :class:`Strategy` (:func:`from_config` picks it): it gets the clients'
+payloads read back (:mod:`edgefleet.federation.payload`: flat vectors of ``[n·Δ, n, n·loss]``, from
+:func:`flatten` / :func:`unflatten`). Under secure aggregation that is only their sum, whose mean
+comes from :func:`fedavg_from_sum`; the robust rules get every payload, in the clear.
 
 LoRA: averaging A and B separately is not the average of the products BA. Exactness needs the
 A matrices frozen (FFA-LoRA): then ΔW = B·A with one shared A, and averaging B is exact and
-halves what clients send. :func:`lora_a_moved` tells a coordinator when that does not hold.
+halves what clients send (``LocalHyper.freeze_a``, on by default).
 
 Example:
     >>> import torch
@@ -31,12 +32,15 @@ Example:
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edgefleet.federation.payload import Contribution
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedmedian", "trimmed_mean")
-NEEDS_EACH_UPDATE = ("fedmedian", "trimmed_mean")  # cannot run on a secure-aggregated sum
 
 
 @dataclass(frozen=True)
@@ -104,12 +108,8 @@ class ServerOptimizer:
         if self.kind not in ("adam", "yogi"):
             raise ValueError(f"kind must be 'adam' or 'yogi', got {self.kind!r}")
 
-    def step(self, updates: Sequence[ClientUpdate]) -> dict[str, Any]:
-        """The global model's change this round: lr · m / (sqrt(v) + τ)."""
-        return self.apply(fedavg(updates))
-
     def apply(self, delta: dict[str, Any]) -> dict[str, Any]:
-        """The same step from an already averaged pseudo-gradient (what secure aggregation yields)."""
+        """The global model's change this round from the mean client delta: lr · m / (sqrt(v) + τ)."""
         import torch
 
         out = {}
@@ -183,23 +183,137 @@ def dp_fedavg_from_sum(clipped_sum: Any, sampled: int, clip: float, noise_multip
     return (clipped_sum + noise) / sampled
 
 
-def lora_a_moved(delta: dict[str, Any], atol: float = 0.0) -> list[str]:
-    """Names of LoRA A tensors a client changed: if any, averaging B alone is not exact."""
-    return [n for n, t in delta.items() if "lora_A" in n and float(t.abs().max()) > atol]
+# ---------------------------------------------------------------- strategies as a round runs them
 
 
-def aggregate(
-    name: str, updates: Sequence[ClientUpdate], *, server: ServerOptimizer | None = None, trim: float = 0.2
-) -> dict[str, Any]:
-    """The global delta under strategy ``name`` (the config's ``federation.strategy``)."""
-    if name in ("fedavg", "fedprox"):
-        return fedavg(updates)
-    if name in ("fedadam", "fedyogi"):
-        if server is None:
-            raise ValueError(f"{name} needs the ServerOptimizer that carries its state across rounds")
-        return server.step(updates)
-    if name == "fedmedian":
-        return coordinate_median(updates)
-    if name == "trimmed_mean":
-        return trimmed_mean(updates, trim)
-    raise ValueError(f"unknown strategy {name!r}; known: {', '.join(STRATEGIES)}")
+class Strategy(ABC):
+    """One aggregation rule as a round applies it: Flower's ``Strategy``, cut to what our round needs.
+
+    The arithmetic stays in the functions above. A strategy picks which of them to call on a round's
+    contributions (payloads read back by :mod:`edgefleet.federation.payload`) and may carry server
+    state from round to round, which the coordinator persists so a resumed run replays it.
+    """
+
+    name: str = ""
+    needs_each_update = False  # True: it cannot run on a secure-aggregated sum
+    reports_loss = True  # False: the payloads carry no loss (user-level DP)
+    stateful = False  # True: :meth:`server_step` reads and returns server state
+
+    @abstractmethod
+    def aggregate(self, total: Contribution, each: Sequence[Contribution] | None, *, sampled: int, rng: Any) -> Any:
+        """The round's mean update as a flat vector, from the sum of payloads ``total`` and, in the
+        clear only, every payload ``each``; ``sampled`` clients were asked, ``rng`` draws any noise."""
+
+    def server_step(self, delta: dict[str, Any], state: dict[str, Any] | None) -> tuple[dict[str, Any], Any]:
+        """The global model's change from the mean update, and the server state after this round."""
+        return delta, None
+
+
+class FedAvg(Strategy):
+    """McMahan et al. 2017: the sample-weighted mean, from the sums alone (fedprox runs it too)."""
+
+    name = "fedavg"
+
+    def aggregate(self, total: Contribution, each: Sequence[Contribution] | None, *, sampled: int, rng: Any) -> Any:
+        return fedavg_from_sum(total.weighted_delta, total.weight)
+
+
+class FedOpt(FedAvg):
+    """Reddi et al. 2021: FedAvg's mean is a pseudo-gradient for a server Adam or Yogi step."""
+
+    stateful = True
+
+    def __init__(self, kind: str, *, lr: float) -> None:
+        ServerOptimizer(kind, lr=lr)  # refuses an unknown kind now, not at the first round's end
+        self.name, self.kind, self.lr = f"fed{kind}", kind, lr
+
+    def server_step(self, delta: dict[str, Any], state: dict[str, Any] | None) -> tuple[dict[str, Any], Any]:
+        opt = ServerOptimizer(self.kind, lr=self.lr)
+        if state is not None:
+            opt.load_state_dict(state)
+        return opt.apply({k: v.float() for k, v in delta.items()}), opt.state_dict()
+
+
+class FedMedian(Strategy):
+    """Yin et al. 2018: the coordinate-wise median of the updates, robust to a minority of bad ones."""
+
+    name = "fedmedian"
+    needs_each_update = True
+
+    def aggregate(self, total: Contribution, each: Sequence[Contribution] | None, *, sampled: int, rng: Any) -> Any:
+        return coordinate_median(_updates(self.name, each))["v"].numpy()
+
+
+class TrimmedMean(Strategy):
+    """Yin et al. 2018: per coordinate, the mean after cutting ``trim`` of the values at each end."""
+
+    name = "trimmed_mean"
+    needs_each_update = True
+
+    def __init__(self, *, trim: float = 0.2) -> None:
+        if not 0 <= trim < 0.5:
+            raise ValueError(f"trim must be in [0, 0.5), got {trim}")
+        self.trim = trim
+
+    def aggregate(self, total: Contribution, each: Sequence[Contribution] | None, *, sampled: int, rng: Any) -> Any:
+        return trimmed_mean(_updates(self.name, each), self.trim)["v"].numpy()
+
+
+class DPFedAvg(Strategy):
+    """McMahan et al. 2018: the clipped updates' sum plus N(0, (σC)²), over the number sampled;
+    ``inner``'s server step (FedAdam, say) then applies to that noised mean."""
+
+    reports_loss = False
+
+    def __init__(self, inner: Strategy, *, clip: float, noise_multiplier: float) -> None:
+        if clip <= 0 or noise_multiplier < 0:
+            raise ValueError("DP-FedAvg needs clip > 0 and noise_multiplier >= 0")
+        self.inner, self.clip, self.noise_multiplier = inner, clip, noise_multiplier
+        self.name, self.stateful = f"dp-{inner.name}", inner.stateful
+
+    def aggregate(self, total: Contribution, each: Sequence[Contribution] | None, *, sampled: int, rng: Any) -> Any:
+        return dp_fedavg_from_sum(total.weighted_delta, sampled, self.clip, self.noise_multiplier, rng)
+
+    def server_step(self, delta: dict[str, Any], state: dict[str, Any] | None) -> tuple[dict[str, Any], Any]:
+        return self.inner.server_step(delta, state)
+
+
+def make_strategy(
+    name: str, *, server_lr: float = 1e-2, trim: float = 0.2, user_dp: tuple[float, float] | None = None
+) -> Strategy:
+    """The strategy called ``name`` (``federation.strategy``), wrapped in DP-FedAvg when ``user_dp``
+    = (clip C, noise multiplier σ) is given."""
+    if name in ("fedavg", "fedprox"):  # FedProx's μ acts in the client's update; the server averages
+        strategy: Strategy = FedAvg()
+    elif name in ("fedadam", "fedyogi"):
+        strategy = FedOpt(name.removeprefix("fed"), lr=server_lr)
+    elif name == "fedmedian":
+        strategy = FedMedian()
+    elif name == "trimmed_mean":
+        strategy = TrimmedMean(trim=trim)
+    else:
+        raise ValueError(f"unknown strategy {name!r}; known: {', '.join(STRATEGIES)}")
+    if user_dp is not None:
+        clip, sigma = user_dp
+        strategy = DPFedAvg(strategy, clip=clip, noise_multiplier=sigma)
+    return strategy
+
+
+def from_config(fed: Any) -> Strategy:
+    """The strategy a :class:`~edgefleet.config.FederationConfig` names."""
+    udp = fed.user_dp
+    return make_strategy(
+        fed.strategy,
+        server_lr=fed.server_lr,
+        trim=fed.trim,
+        user_dp=(udp.clip_norm, udp.noise_multiplier) if udp else None,
+    )
+
+
+def _updates(name: str, each: Sequence[Contribution] | None) -> list[ClientUpdate]:
+    """Every client's own mean update, for the rules that need them apart."""
+    if each is None:
+        raise ValueError(f"{name} needs every client's update in the clear (not under secure aggregation)")
+    import torch
+
+    return [ClientUpdate({"v": torch.from_numpy(c.mean_delta.copy())}, int(c.weight)) for c in each]

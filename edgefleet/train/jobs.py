@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,20 @@ from edgefleet.config import EdgefleetConfig, PrivacyConfig
 from edgefleet.train.dp import DEFAULT_HYPER, LocalHyper, LocalUpdate
 
 UPDATE_FILE = "update.pt"
+
+
+@dataclass(frozen=True)
+class SessionContext:
+    """What a session's handler gets besides the model and the data: where it runs, and its memory."""
+
+    node_id: str
+    privacy: PrivacyConfig | None
+    memory: dict[str, Any] = field(default_factory=dict)  # kept between a session's tasks (a round's secrets)
+    rank: int = 0
+
+
+class StepFailed(RuntimeError):
+    """The session's handler raised on the node; the message is its error, the session goes on."""
 
 
 @dataclass(frozen=True)
@@ -37,16 +51,14 @@ class JobResult:
     workers: int
     ran_on: str  # the Ray node id the workers ran on
     ranks_in_sync: bool  # with several workers: every rank ended with the same adapter
-    worker_pid: int  # rank 0's process: the same across a session's rounds
+    worker_pid: int  # rank 0's process
     world_size: int  # the process group the update was trained in (DPDDP: the workers)
 
 
 def _train_loop(config: dict[str, Any]) -> None:
-    """Runs on each Train worker, on the client's node: one update, or one per task until told to stop.
-
-    With a ``mailbox`` in the config the run serves many rounds (a session): the model and the data
-    are loaded once and the accountant carries on in memory and in every round's checkpoint.
-    """
+    """Runs on each Train worker, on the client's node: one update, or, with a ``mailbox`` in the
+    config, a session that answers its owner's messages round after round (the model and the data
+    are loaded once)."""
     import ray.train
     import torch
     import torch.distributed as dist
@@ -72,36 +84,25 @@ def _train_loop(config: dict[str, Any]) -> None:
     distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     rank = ray.train.get_context().get_world_rank()
     mailbox = config.get("mailbox")
-    handler = config.get("handler")
-    memory: dict[str, Any] = {}  # the handler's state between a session's tasks (e.g. a round's secrets)
-    task: dict[str, Any] | None = {"adapter": config["adapter"], "hp": config["hp"]}
-    while True:
-        if mailbox is not None:
-            task = mailbox.next_task() if rank == 0 else None
-            if distributed:  # every rank trains on the same task
-                box = [task]
-                dist.broadcast_object_list(box, src=0)
-                task = box[0]
-            if task is None:
-                return
-        if task.get("op"):  # a step of a protocol the session's owner defines (federation)
-            if task["op"] == "plan":  # a new round: what users said since the last one counts now
-                try:
-                    blocks = load_samples()
-                except Exception:  # noqa: BLE001 - unreadable now: train on what was there
-                    pass
-            context = {"node_id": config["node_id"], "privacy": privacy, "memory": memory, "rank": rank}
+    if mailbox is None:  # a one-off job: one update, reported with its checkpoint
+        task = {"adapter": config["adapter"], "hp": config["hp"]}
+        _one_round(base, blocks, task, privacy, accountant_state, distributed, rank)
+        return
+    # A session (one worker): answer its owner's messages until told to stop.
+    handler = config["handler"]
+    context = SessionContext(config["node_id"], privacy, rank=rank)
+    while (task := mailbox.next_task()) is not None:
+        message = task["message"]
+        if getattr(message, "reload_data", False):  # a new round: what users said since the last one counts
             try:
-                saved = handler(base, blocks, task, context)
-            except Exception as exc:  # noqa: BLE001 - one failed step must not end the session
-                saved = {"error": f"{type(exc).__name__}: {exc}"}
-        else:
-            saved = _one_round(base, blocks, task, privacy, accountant_state, distributed, rank)
-            accountant_state = saved["update"]["accountant_state"]
-        if mailbox is None:
-            return
-        if rank == 0:
-            mailbox.put_answer({**saved, "seq": task.get("seq")})
+                blocks = load_samples()
+            except Exception:  # noqa: BLE001 - unreadable now: train on what was there
+                pass
+        try:
+            saved = {"message": handler(base, blocks, message, context)}
+        except Exception as exc:  # noqa: BLE001 - one failed step must not end the session
+            saved = {"error": f"{type(exc).__name__}: {exc}"}
+        mailbox.put_answer({**saved, "seq": task.get("seq")})
 
 
 def _one_round(
@@ -325,15 +326,14 @@ class LocalTrainingSession:
 
     A ``TorchTrainer.fit()`` costs ~12 s here before any training; a federation round must not pay
     that per client. The session starts the run once (in a background thread: ``fit()`` blocks),
-    then each :meth:`update` hands it the current global adapter through the session's
-    :class:`~edgefleet.train.mailbox.Mailbox` and gets the update back the same way. Base model,
-    data and privacy accountant stay loaded in the worker.
+    then each :meth:`call` hands the run's ``handler`` a message through the session's
+    :class:`~edgefleet.train.mailbox.Mailbox` and gets its reply back the same way. Base model and
+    data stay loaded in the worker (the federation's participant: :mod:`edgefleet.federation.participant`).
 
     Example (on a fleet)::
 
-        with LocalTrainingSession(cfg, "edge-1") as client:
-            first = client.update(None, hp)
-            second = client.update(first.update.adapter, hp)  # same worker, ε keeps adding up
+        with LocalTrainingSession(cfg, "edge-1", handler=handle) as session:
+            plan = session.call(PlanRequest(hp))
     """
 
     def __init__(
@@ -341,22 +341,20 @@ class LocalTrainingSession:
         cfg: EdgefleetConfig,
         node_id: str,
         *,
+        handler: Any,
         private: bool = True,
-        workers: int = 1,
-        accountant_state: dict[str, Any] | None = None,
         block_size: int = 128,
         cpus_per_worker: float = 0.5,
         threads: int = 1,
-        handler: Any = None,
     ) -> None:
-        """``handler(base, blocks, task, context) -> dict`` serves tasks that carry an ``"op"``
-        (:meth:`call`); it runs on the node, in the worker, and must be importable there."""
+        """``handler(base, blocks, message, context: SessionContext) -> reply`` answers the messages
+        :meth:`call` sends; it runs on the node, in the worker, and must be importable there."""
         import itertools
         import threading
 
         from edgefleet.train.mailbox import Mailbox
 
-        self.node_id, self.workers = node_id, workers
+        self.node_id = node_id
         self._seq = itertools.count(1)
         self._mailbox = Mailbox()
         extra = {"mailbox": self._mailbox, "handler": handler}
@@ -367,8 +365,8 @@ class LocalTrainingSession:
             adapter=None,
             hp=DEFAULT_HYPER,
             private=private,
-            workers=workers,
-            accountant_state=accountant_state,
+            workers=1,
+            accountant_state=None,
             block_size=block_size,
             cpus_per_worker=cpus_per_worker,
             threads=threads,
@@ -401,27 +399,23 @@ class LocalTrainingSession:
         """Whether the Train run still serves tasks (False once its worker died or it was closed)."""
         return self._thread.is_alive()
 
-    def update(
-        self, adapter: dict[str, Any] | None, hp: LocalHyper = DEFAULT_HYPER, timeout_s: float = 900
-    ) -> JobResult:
-        """One round: train from ``adapter`` on the node's data; the result as a :class:`JobResult`."""
-        started = time.perf_counter()
-        saved = self.call({"adapter": adapter, "hp": asdict(hp)}, timeout_s)
-        return _job_result(saved, time.perf_counter() - started, self.node_id, self.workers)
-
-    def call(self, task: dict[str, Any], timeout_s: float = 900) -> dict[str, Any]:
-        """Hand the session one task and wait for its own answer; an answer to an older task that
-        outlived its caller's timeout (a straggler's) is skipped, never mistaken for this one.
+    def call(self, message: Any, timeout_s: float = 900) -> Any:
+        """Hand the session's handler one message and wait for its own reply; a reply to an older
+        message that outlived its caller's timeout (a straggler's) is skipped, never mistaken for this one.
 
         Raises:
-            TimeoutError: no answer within ``timeout_s``.
+            TimeoutError: no reply within ``timeout_s``.
+            StepFailed: the handler raised on the node (the session goes on).
             RuntimeError: the session has stopped.
         """
         if not self._thread.is_alive():
             raise RuntimeError(f"the training session on {self.node_id} has stopped: {self.error}")
         seq = next(self._seq)
-        self._mailbox.put_task({**task, "seq": seq})
-        return await_answer(self._mailbox.get_answer, seq, timeout_s, self.node_id, lambda: self.error)
+        self._mailbox.put_task({"message": message, "seq": seq})
+        answer = await_answer(self._mailbox.get_answer, seq, timeout_s, self.node_id, lambda: self.error)
+        if "error" in answer:
+            raise StepFailed(answer["error"])
+        return answer["message"]
 
     def close(self, timeout_s: float = 60) -> None:
         self._closing = True

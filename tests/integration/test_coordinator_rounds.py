@@ -18,6 +18,7 @@ from edgefleet.federation.participant import handle
 from edgefleet.federation.secagg import decode
 from edgefleet.platform.models import load_trainable
 from edgefleet.train.data import chunk_for_causal_lm, node_data_dir, read_texts, write_demo_shards
+from edgefleet.train.jobs import SessionContext, StepFailed
 from tests.conftest import make_test_config_dict
 
 pytestmark = pytest.mark.slow
@@ -29,13 +30,13 @@ class InProcessClient:
     def __init__(self, cfg, node_id, base, tok):
         data = read_texts(node_data_dir(cfg, cfg.fleet.edge(node_id)))
         self.base, self.blocks = base, chunk_for_causal_lm(data, tok, cfg.federation.block_size)
-        self.context = {"node_id": node_id, "privacy": cfg.privacy, "memory": {}, "rank": 0}
+        self.context = SessionContext(node_id, cfg.privacy)
 
-    def call(self, task, timeout_s):
+    def call(self, request, timeout_s):
         try:
-            return handle(self.base, self.blocks, task, self.context)
+            return handle(self.base, self.blocks, request, self.context)
         except Exception as exc:  # what the session's loop does with a failed step
-            return {"error": f"{type(exc).__name__}: {exc}"}
+            raise StepFailed(f"{type(exc).__name__}: {exc}") from exc
 
     def close(self, timeout_s=0):
         pass
@@ -62,7 +63,7 @@ class WatchedCoordinator(Coordinator):
     """Keeps a copy of what the coordinator holds on disk at the moment it charges the ledger."""
 
     def _charge(self, cur):
-        self.seen_vectors = getattr(self, "seen_vectors", []) + [self.store.load_vectors(cur["round"])]
+        self.seen_vectors = getattr(self, "seen_vectors", []) + [self.store.load_vectors(cur.round)]
         super()._charge(cur)
 
 
@@ -83,7 +84,7 @@ def test_secure_dp_rounds_lower_the_held_out_loss_and_the_coordinator_holds_only
 
     results = coord.run(3)
 
-    initial = coord.state["initial_loss"]
+    initial = coord.state.initial_loss
     print([f"{r.held_out_loss:.3f}" for r in results], f"from {initial:.3f}", results[-1].epsilon)
     assert results[-1].held_out_loss < initial - 0.05
     assert [r.round for r in results] == [1, 2, 3] and all(r.finished == r.sampled for r in results)
@@ -138,7 +139,7 @@ def test_a_robust_rule_in_the_clear_and_fedadam_under_secure_aggregation_both_tr
         cfg = federation_config(tmp_path / name, **settings)
         coord = coordinator(cfg, tmp_path / name / "run")
         results = coord.run(2)
-        assert results[-1].held_out_loss < coord.state["initial_loss"], name
+        assert results[-1].held_out_loss < coord.state.initial_loss, name
 
 
 def test_a_client_whose_session_cannot_start_is_left_out_of_the_round_not_fatal(tmp_path):
@@ -179,8 +180,8 @@ class CrashingCoordinator(WatchedCoordinator):
 
     def _persist(self, step=None):
         super()._persist(step)
-        cur = self.state["current"]
-        if cur and (cur["round"], cur["status"]) == self.crash_at:
+        cur = self.state.current
+        if cur and (cur.round, cur.status) == self.crash_at:
             raise _Crashed(self.crash_at)
 
 

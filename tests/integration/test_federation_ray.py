@@ -46,7 +46,7 @@ def test_a_killed_client_is_dropped_then_rejoins_and_a_straggler_is_dropped_at_t
     delays = {1: {"edge-3": 8.0}, 2: {"edge-1": 18.0}}
     current_delays = dict(delays[1])
 
-    def next_round_delays(result, _adapter) -> None:
+    def next_round_delays(result, _version) -> None:
         current_delays.clear()
         current_delays.update(delays.get(result.round + 1, {}))
 
@@ -57,8 +57,8 @@ def test_a_killed_client_is_dropped_then_rejoins_and_a_straggler_is_dropped_at_t
     def kill_edge3_worker_while_training() -> None:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and not killed:
-            current = coord.state.get("current") or {}
-            if current.get("round") == 1 and current.get("status") == "training":
+            current = coord.state.current
+            if current is not None and (current.round, current.status) == (1, "training"):
                 workers = list_actors(
                     address=fleet.dashboard_url,
                     filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
@@ -83,7 +83,7 @@ def test_a_killed_client_is_dropped_then_rejoins_and_a_straggler_is_dropped_at_t
     # edge-3 rejoined in a new session on its own node; edge-1 missed the deadline
     assert second.finished == ["edge-2", "edge-3"] and second.ran_on["edge-3"] == "edge-3"
     assert "no answer within 12 s" in second.stragglers["edge-1"]
-    assert results[-1].held_out_loss < coord.state["initial_loss"]
+    assert results[-1].held_out_loss < coord.state.initial_loss
     # a dropped client is never charged for a round it did not finish; finishers are charged once per round
     rounds_finished = {n: sum(n in r.finished for r in results) for n in ("edge-1", "edge-2", "edge-3")}
     assert rounds_finished == {"edge-1": 1, "edge-2": 2, "edge-3": 1}

@@ -123,17 +123,19 @@ def test_feedback_stays_on_its_site_node_survives_a_restart_and_never_leaves_it_
     assert (question, f"You need {marker}.") in stored and ("One more?", "Later.") in stored
 
     # it trains the node's next update, whose payload carries no text of it
+    from edgefleet.federation.messages import TrainRequest
     from edgefleet.federation.participant import handle
     from edgefleet.platform.models import build_tiny
     from edgefleet.train.data import training_samples
     from edgefleet.train.dp import LocalHyper
+    from edgefleet.train.jobs import SessionContext
 
     base, tok = build_tiny()
     samples = training_samples(Path(fleet_config.cache_dir) / "data" / "edge-2", tok, 192)
     assert samples.dim() == 3 and any(marker in tok.decode(row[0]) for row in samples)
     hp = LocalHyper(batch_size=4, physical_batch=4, max_steps=1, epochs=1000.0)
-    task = {"op": "train", "hp": hp.__dict__, "adapter": None}
-    out = handle(base, samples, task, {"node_id": "edge-2", "privacy": fleet_config.privacy, "memory": {}})
+    request = TrainRequest("marker", None, hp, secure=False)
+    out = handle(base, samples, request, SessionContext("edge-2", fleet_config.privacy))
     assert marker.encode() not in pickle.dumps(out)
     # nor in the MLflow store or the artifacts of the version an update trained on it becomes
     import mlflow.artifacts

@@ -1,5 +1,5 @@
-"""Ray Train on the session fleet: a client's training session runs on its own labelled node, trains
-with DPDDP on 2 workers, serves several rounds from one Train run and carries the accountant forward."""
+"""Ray Train on the session fleet: a client's local update runs on its own labelled node, trains with
+DPDDP on 2 workers and carries the accountant forward from job to job."""
 
 import math
 
@@ -27,27 +27,33 @@ def labels_of(ray_node_id: str) -> dict:
     return next(n.get("Labels") or {} for n in ray.nodes() if n["NodeID"] == ray_node_id)
 
 
-def test_a_session_on_its_node_serves_several_rounds_with_dpddp_and_carries_the_accountant(train_config):
-    """One Train run (each costs ~12 s of start-up here) shows it all: two workers on edge-2 train
-    together with DPDDP, round after round in the same worker, and the accountant state that went in
-    (an earlier update's, made here) carries on: ε adds up, never resets. The one-off job path
-    (``run_local_update``, its result through a checkpoint) is what `edgefleet train local` runs:
-    tests/e2e/test_train_cli.py."""
+def test_a_job_on_its_node_trains_with_dpddp_and_carries_the_accountant(train_config):
+    """Two workers on edge-2 train together with DPDDP, and the accountant state that went in (an
+    earlier update's, made here) carries on from job to job: ε adds up, never resets. This is what
+    `edgefleet train local` runs (tests/e2e/test_train_cli.py); the long-lived sessions that serve a
+    federation's rounds are tests/integration/test_federation_ray.py's."""
     from edgefleet.platform.models import load_trainable
     from edgefleet.train.data import chunk_for_causal_lm, node_data_dir, read_texts
     from edgefleet.train.dp import local_update
-    from edgefleet.train.jobs import LocalTrainingSession
 
     base, tok = load_trainable(train_config.fleet.edge_nodes[0].model, train_config.cache_dir)
     blocks = chunk_for_causal_lm(read_texts(node_data_dir(train_config, train_config.fleet.edge("edge-2"))), tok, 64)
     earlier = local_update(base, None, blocks, train_config.privacy, HP)
 
-    state = earlier.accountant_state
-    with LocalTrainingSession(
-        train_config, "edge-2", block_size=64, workers=2, cpus_per_worker=0.25, accountant_state=state
-    ) as session:
-        first = session.update(earlier.adapter, HP)
-        second = session.update(first.update.adapter, HP)
+    def job(before):
+        return run_local_update(
+            train_config,
+            "edge-2",
+            adapter=before.adapter,
+            hp=HP,
+            workers=2,
+            accountant_state=before.accountant_state,
+            block_size=64,
+            cpus_per_worker=0.25,
+        )
+
+    first = job(earlier)
+    second = job(first.update)
 
     for result in (first, second):
         assert labels_of(result.ran_on)[NODE_LABEL] == "edge-2"
@@ -55,9 +61,25 @@ def test_a_session_on_its_node_serves_several_rounds_with_dpddp_and_carries_the_
         u = result.update
         assert u.private and u.steps == HP.max_steps and 0 < u.epsilon <= train_config.privacy.target_epsilon + 0.05
         assert u.delta and all(math.isfinite(float(v.abs().sum())) for v in u.delta.values()) and math.isfinite(u.loss)
-    assert first.worker_pid == second.worker_pid  # the same Train worker served both rounds: no new job
     assert first.update.epsilon_total > max(earlier.epsilon_total, first.update.epsilon)  # the state went in
-    assert second.update.epsilon_total > first.update.epsilon_total  # and carried on in the worker
+    assert second.update.epsilon_total > first.update.epsilon_total  # and carried on
+
+
+def test_a_session_answers_typed_messages_round_after_round_and_a_failed_step_does_not_end_it(train_config):
+    """The federation's transport: a long-lived session on edge-2 answers the participant's typed
+    requests through its mailbox; a request that raises on the node comes back as StepFailed."""
+    from edgefleet.federation.messages import Plan, PlanRequest, RevealRequest
+    from edgefleet.federation.participant import handle
+    from edgefleet.train.jobs import LocalTrainingSession, StepFailed
+
+    with LocalTrainingSession(train_config, "edge-2", handler=handle, block_size=64, cpus_per_worker=0.25) as session:
+        first = session.call(PlanRequest(HP), timeout_s=300)  # the session's start-up included
+        with pytest.raises(StepFailed, match="no secure-aggregation keys"):
+            session.call(RevealRequest("run/round-1/attempt-1", {}, ["edge-2"], []), timeout_s=60)
+        second = session.call(PlanRequest(HP), timeout_s=60)
+        assert session.alive
+
+    assert isinstance(first, Plan) and first == second and first.release.noise_multiplier > 0
 
 
 def test_an_unknown_node_is_named(train_config):
