@@ -126,18 +126,9 @@ def watch_champion(cfg: EdgefleetConfig, out: Console, err: Console) -> Any:
 
     if len(cfg.fleet.edge_nodes) < 2:
         return None
-    from edgefleet.eval.sites import probe_chats
-    from edgefleet.mlflow.registry import ModelRegistry
     from edgefleet.serve.rollout import ChampionWatcher, RolloutController
-    from edgefleet.train.data import demo_topics
 
-    ctl = RolloutController(
-        cfg,
-        ModelRegistry.from_config(cfg),
-        canaries=cfg.mlflow.canary_nodes or None,
-        window_s=cfg.mlflow.rollout_window_s,
-        probe=probe_chats(cfg) or list(demo_topics().values())[:4],
-    )
+    ctl = RolloutController.from_config(cfg)
 
     def report(r: Any) -> None:
         if isinstance(r, Exception):

@@ -142,6 +142,33 @@ class RolloutController:
         self.limits, self.max_new_tokens, self.live_traffic = limits, max_new_tokens, live_traffic
         self.max_live_traffic_s = max_live_traffic_s
 
+    @classmethod
+    def from_config(
+        cls,
+        cfg: EdgefleetConfig,
+        registry: Any = None,
+        *,
+        canaries: list[str] | None = None,
+        window_s: float | None = None,
+        probe: Sequence[ChatExample] | Sequence[str] | None = None,
+        **options: Any,
+    ) -> RolloutController:
+        """The controller ``cfg.mlflow`` describes (the one way edgefleet builds it): its registry,
+        canary nodes and window, and as the probe the sites' held-out chats (or, without any, a few
+        demo documents). Arguments given override the config; ``options`` go to the constructor."""
+        from edgefleet.eval.sites import probe_chats
+        from edgefleet.mlflow.registry import ModelRegistry
+        from edgefleet.train.data import demo_topics
+
+        return cls(
+            cfg,
+            registry if registry is not None else ModelRegistry.from_config(cfg),
+            canaries=canaries or cfg.mlflow.canary_nodes or None,
+            window_s=cfg.mlflow.rollout_window_s if window_s is None else window_s,
+            probe=probe or probe_chats(cfg) or list(demo_topics().values())[:4],
+            **options,
+        )
+
     def _actors(self) -> dict[str, Any]:
         import ray
 

@@ -92,3 +92,19 @@ def test_after_a_rollback_the_restored_champion_is_not_rolled_out_again():
     watcher.poll_once()
 
     assert ctl.rolled == ["2"] and registry.champion == "1"
+
+
+def test_the_controller_is_built_from_the_config_and_what_is_passed_overrides_it(tmp_path):
+    from edgefleet.config import parse_config
+    from edgefleet.serve.rollout import RolloutController
+    from tests.conftest import make_test_config_dict
+
+    cfg = parse_config(make_test_config_dict() | {"cache_dir": str(tmp_path)})  # no held-out chats there
+    registry = FakeRegistry()
+
+    ctl = RolloutController.from_config(cfg, registry)
+    given = RolloutController.from_config(cfg, registry, canaries=["edge-2"], window_s=1.0, probe=["x"], deadline_ms=9)
+
+    assert ctl.registry is registry and ctl.canaries == (cfg.mlflow.canary_nodes or ["edge-1"])
+    assert ctl.window_s == cfg.mlflow.rollout_window_s and len(ctl.probe) == 4  # the demo documents stand in
+    assert (given.canaries, given.window_s, given.probe, given.deadline_ms) == (["edge-2"], 1.0, ["x"], 9)

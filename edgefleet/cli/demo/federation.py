@@ -92,7 +92,7 @@ def rollout(cfg: EdgefleetConfig, registry: Any, version: str, console: Console,
         again = {n: replace(d, asked=d.asked[:LIVE_QUESTIONS_PER_SITE]) for n, d in domains.items()}
         sites = {n.id: n.site for n in cfg.fleet.edge_nodes}
         live_traffic = partial(ask_and_rate, client, again, sites)
-    ctl = RolloutController(
+    ctl = RolloutController.from_config(
         cfg,
         registry,
         canaries=[canary],
