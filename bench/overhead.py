@@ -100,11 +100,12 @@ def bench_config() -> Any:
 
 async def _engine_request(engine: Any, prompt: str, tokens: int, rid: str) -> int:
     from edgefleet.platform.engine import GenRequest
+    from edgefleet.platform.events import Finished
 
     req = GenRequest(rid, [{"role": "user", "content": prompt}], max_new_tokens=tokens)
     async for event in engine.stream(req):
-        if event["type"] == "end":
-            return event["completion_tokens"]
+        if isinstance(event, Finished):
+            return event.completion_tokens
     return 0
 
 

@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 # Seconds: a short edge answer is ~50 ms, a long cloud one ~60 s.
 LATENCY_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -316,9 +316,9 @@ class TokenClock:
         self._at: float | None = None
         self._tokens = 0
 
-    def chunk(self, event: dict[str, Any], now: float | None = None) -> None:
+    def chunk(self, tokens: int | None, now: float | None = None) -> None:
+        """A chunk left for the client; ``tokens``: its target's running count (None: one more)."""
         now = time.perf_counter() if now is None else now
-        tokens = event.get("tokens")
         if tokens is None:
             new, self._tokens = 1, self._tokens + 1
         else:
@@ -335,23 +335,36 @@ class TokenClock:
         return [gap / n for gap, n in self.gaps for _ in range(n)]
 
 
-def request_served(end: dict[str, Any], deadline_ms: float, clock: TokenClock | None = None) -> None:
-    """A request finished with an answer (``end``: the Gateway's end event; ``clock``: its stream's chunks)."""
-    where = {"tier": end.get("tier") or "unknown", "node": end.get("node_id") or "unknown"}
+class Served(Protocol):
+    """What the request metrics read of an answer (the Gateway's ``GenerateResult``)."""
+
+    tier: str
+    node_id: str
+    sla_met: bool
+    predicted_ms: float
+    ttft_ms: float
+    total_ms: float
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def request_served(end: Served, deadline_ms: float, clock: TokenClock | None = None) -> None:
+    """A request finished with an answer (``end``: its result; ``clock``: its stream's chunks)."""
+    where = {"tier": end.tier or "unknown", "node": end.node_id or "unknown"}
     _count("edgefleet_requests", {**where, "outcome": "ok"})
     if deadline_ms > 0:
-        _count("edgefleet_sla", {**where, "result": "met" if end["sla_met"] else "missed"})
-    if end.get("predicted_ms"):
-        error_s = (end["predicted_ms"] - end["total_ms"]) / 1000
+        _count("edgefleet_sla", {**where, "result": "met" if end.sla_met else "missed"})
+    if end.predicted_ms:
+        error_s = (end.predicted_ms - end.total_ms) / 1000
         _observe(
             "edgefleet_prediction_error_seconds",
             {"node": where["node"], "direction": "over" if error_s >= 0 else "under"},
             max(abs(error_s), 1e-6),
         )
-    _observe("edgefleet_ttft_seconds", where, end["ttft_ms"] / 1000)
-    _observe("edgefleet_latency_seconds", where, end["total_ms"] / 1000)
-    _count("edgefleet_prompt_tokens", where, end.get("prompt_tokens", 0))
-    _count("edgefleet_generation_tokens", where, end.get("completion_tokens", 0))
+    _observe("edgefleet_ttft_seconds", where, end.ttft_ms / 1000)
+    _observe("edgefleet_latency_seconds", where, end.total_ms / 1000)
+    _count("edgefleet_prompt_tokens", where, end.prompt_tokens)
+    _count("edgefleet_generation_tokens", where, end.completion_tokens)
     for seconds in clock.per_token() if clock is not None else ():
         _observe("edgefleet_inter_token_latency_seconds", where, seconds)
 

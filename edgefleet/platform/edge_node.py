@@ -4,19 +4,24 @@ A thin Ray wrapper around :class:`GenerationEngine` (dynamic batching, token str
 stats, live model swap). It loads its model in the constructor, so an actor that Ray restarts
 (``max_restarts``) comes back serving. Tokens leave through a Ray streaming generator:
 
-    async for ref in actor.generate_stream.options(num_returns="streaming").remote(request):
-        event = await ref
+    async for ref in actor.generate_stream.options(num_returns="streaming").remote(request):  # a GenRequest
+        event = await ref  # an edgefleet.platform.events event
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgefleet.config import BatchingConfig, EdgeNodeConfig, FeedbackConfig, ModelSpec
+from edgefleet.platform.events import EngineEvent, Failed
 from edgefleet.platform.feedback import FEEDBACK_FILE, Answer, FeedbackStore, Rating, RecentAnswers, Tally
 from edgefleet.platform.model_server import ModelServer
 from edgefleet.platform.topology import node_selector
+
+if TYPE_CHECKING:
+    from edgefleet.platform.engine import GenRequest
 
 ACTOR_NAMESPACE = "edgefleet"
 
@@ -85,7 +90,7 @@ class EdgeNode(ModelServer):
         except sqlite3.Error:  # a damaged or removed store: no counts, serving goes on
             return {}
 
-    async def generate_stream(self, request: dict[str, Any]):
+    async def generate_stream(self, request: GenRequest) -> AsyncIterator[EngineEvent]:
         """Events of one request, streamed through Ray's streaming generator."""
         async for event in self.stream(request):
             yield event
@@ -94,22 +99,17 @@ class EdgeNode(ModelServer):
         """Whole completion for a plain prompt: a convenience for scripts and checks."""
         import uuid
 
-        result = await self.complete(
-            {
-                "request_id": uuid.uuid4().hex,
-                "stream": False,
-                "messages": [{"role": "user", "content": prompt}],
-                "max_new_tokens": max_new_tokens,
-                "temperature": temperature,
-            }
-        )
-        if result["type"] == "error":
-            raise ValueError(result["message"])
+        from edgefleet.platform.engine import GenRequest
+
+        chat = [{"role": "user", "content": prompt}]
+        result = await self.complete(GenRequest(uuid.uuid4().hex, chat, max_new_tokens, temperature, stream=False))
+        if isinstance(result, Failed):
+            raise ValueError(result.message)
         return {
-            "text": result["text"],
+            "text": result.finished.text,
             "node_id": self.node_id,
-            "seconds": result["engine_ms"] / 1000,
-            "finish_reason": result["finish_reason"],
+            "seconds": result.engine_ms / 1000,
+            "finish_reason": result.finished.finish_reason,
         }
 
     def info(self) -> dict[str, Any]:

@@ -7,12 +7,7 @@ asyncio queues, so every request streams, and finishes, on its own (EOS, stop se
 
 The EdgeNode actor and the Cloud deployment are thin Ray wrappers around this class.
 
-Events yielded by :meth:`GenerationEngine.stream`, in order:
-  ``{"type": "start", "queue_ms", "prompt_tokens", "model_version", ...}``  once,
-  ``{"type": "delta", "text"}``  zero or more times (or one ``{"type": "first_token"}`` when
-  the request asked for ``stream=False``),
-  ``{"type": "end", "finish_reason", "completion_tokens", "text"}``  once;
-or a single ``{"type": "error", "code", "message"}`` when the request is invalid.
+:meth:`GenerationEngine.stream` yields the typed events of :mod:`edgefleet.platform.events`.
 """
 
 from __future__ import annotations
@@ -21,12 +16,13 @@ import asyncio
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from edgefleet.config import MAX_NEW_TOKENS_LIMIT
+from edgefleet.platform.events import Completed, Delta, EngineEvent, Failed, Finished, FirstToken, Started
 from edgefleet.platform.models import LoadedModel
 
 if TYPE_CHECKING:
@@ -99,7 +95,7 @@ class _Slot:
         self.done = False
         self.finish_reason = ""
 
-    def emit(self, event: dict[str, Any]) -> None:
+    def emit(self, event: EngineEvent) -> None:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
 
 
@@ -169,15 +165,15 @@ class _BatchStreamer:
     def _flush(self, slot: _Slot, upto: int) -> None:
         if upto > slot.sent:
             if slot.req.stream:
-                slot.emit({"type": "delta", "text": slot.text[slot.sent : upto], "tokens": len(slot.token_ids)})
+                slot.emit(Delta(slot.text[slot.sent : upto], len(slot.token_ids)))
             elif slot.sent == 0:
-                slot.emit({"type": "first_token"})
+                slot.emit(FirstToken())
             slot.sent = upto
 
     def _finish(self, slot: _Slot, reason: str) -> None:
         self._flush(slot, len(slot.text))
         slot.done, slot.finish_reason = True, reason
-        slot.emit({"type": "end", "finish_reason": reason, "completion_tokens": len(slot.token_ids), "text": slot.text})
+        slot.emit(Finished(reason, len(slot.token_ids), slot.text))
 
 
 class _RowsDone:
@@ -272,15 +268,15 @@ class GenerationEngine:
             )
         return ("", n)
 
-    async def stream(self, req: GenRequest):
-        """Async generator of events for one request (see the module docstring)."""
+    async def stream(self, req: GenRequest) -> AsyncIterator[EngineEvent]:
+        """The events of one request (see :mod:`edgefleet.platform.events`)."""
         checked = self.validate(req)
         if isinstance(checked, str):
             # Every validation message starts with the field it is about ("prompt: ..."): that is the param.
-            yield {"type": "error", "code": "INVALID_ARGUMENT", "message": checked, "param": checked.split(":", 1)[0]}
+            yield Failed("INVALID_ARGUMENT", checked, checked.split(":", 1)[0])
             return
         if self.draining:
-            yield {"type": "error", "code": "UNAVAILABLE", "message": "node is draining"}
+            yield Failed("UNAVAILABLE", "node is draining")
             return
         queue: asyncio.Queue = asyncio.Queue()
         self._ensure_scheduler()
@@ -291,7 +287,7 @@ class GenerationEngine:
         try:
             while True:
                 event = await queue.get()
-                finished = event["type"] in ("end", "error")
+                finished = isinstance(event, Finished | Failed)
                 yield event
                 if finished:
                     return
@@ -301,30 +297,23 @@ class GenerationEngine:
                 req.cancelled = True
                 self._pending = [p for p in self._pending if p[0] is not req]
 
-    async def complete(self, req: GenRequest) -> dict[str, Any]:
-        """The whole request as one result: the end event plus the start fields, ``first_token_ms``
-        and ``engine_ms`` (both from the engine receiving the request); or the error event."""
+    async def complete(self, req: GenRequest) -> Completed | Failed:
+        """The whole request as one result, timed from the engine receiving it."""
         req.stream = False
         received = time.perf_counter()
-        start: dict[str, Any] = {}
+        started = None
         first_ms = None
         async for event in self.stream(req):
-            kind = event["type"]
-            if kind == "error":
+            if isinstance(event, Failed):
                 return event
-            if kind == "start":
-                start = event
-            elif kind == "first_token":
+            if isinstance(event, Started):
+                started = event
+            elif isinstance(event, FirstToken):
                 first_ms = (time.perf_counter() - received) * 1000
-            elif kind == "end":
+            elif isinstance(event, Finished) and started is not None:
                 total_ms = (time.perf_counter() - received) * 1000
-                return {
-                    **start,
-                    **event,
-                    "first_token_ms": total_ms if first_ms is None else first_ms,
-                    "engine_ms": total_ms,
-                }
-        return {"type": "error", "code": "INTERNAL", "message": "the engine closed the stream without an end event"}
+                return Completed(started, event, total_ms if first_ms is None else first_ms, total_ms)
+        return Failed("INTERNAL", "the engine closed the stream without an end event")
 
     async def swap_with(self, load: Callable[[], LoadedModel]) -> str:
         """Build a model on the torch thread (after the running batch), then serve it from the next batch."""
@@ -407,7 +396,7 @@ class GenerationEngine:
             for s in slots:
                 if not s.done:
                     s.done = True
-                    s.emit({"type": "error", "code": "INTERNAL", "message": f"generation failed: {exc}"})
+                    s.emit(Failed("INTERNAL", f"generation failed: {exc}"))
         finally:
             with self._lock:
                 self.requests_done += len(slots)
@@ -416,16 +405,7 @@ class GenerationEngine:
         started = time.perf_counter()
         prompts = [self._prompt(loaded, s.req) for s in slots]
         for s, p in zip(slots, prompts, strict=True):
-            s.emit(
-                {
-                    "type": "start",
-                    "queue_ms": (started - s.req.arrived) * 1000,
-                    "prompt_tokens": len(p),
-                    "batch_size": len(slots),
-                    "model": loaded.name,
-                    "model_version": loaded.version,
-                }
-            )
+            s.emit(Started((started - s.req.arrived) * 1000, len(p), len(slots), loaded.name, loaded.version))
         with self._lock:
             self.batches += 1
         max_new_tokens = max(s.req.max_new_tokens for s in slots)

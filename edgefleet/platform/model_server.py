@@ -1,19 +1,24 @@
 """What an edge actor and a cloud replica have in common: a GenerationEngine behind Ray calls.
 
 Subclassed by :class:`EdgeNode` (a plain Ray actor) and :class:`Cloud` (a Serve deployment), so
-both tiers answer the same calls with the same events, tagged with their node id and tier.
+both tiers answer the same calls with the same events, their start tagged with node id and tier.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import time
+from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgefleet import metrics
 from edgefleet.config import BatchingConfig, ModelSpec
+from edgefleet.platform.events import Completed, EngineEvent, Failed, Started
 
 if TYPE_CHECKING:
+    from edgefleet.platform.engine import GenRequest
     from edgefleet.train.chat import ChatExample
 
 
@@ -44,28 +49,31 @@ class ModelServer:
             return partial(load_synthetic, spec.source)
         return partial(load_model, spec, cache_dir=self.cache_dir)
 
-    def _tag(self, event: dict[str, Any]) -> dict[str, Any]:
-        return {**event, "node_id": self.node_id, "tier": self.tier}
+    def _tag(self, started: Started) -> Started:
+        return dataclasses.replace(started, node_id=self.node_id, tier=self.tier)
 
-    async def stream(self, request: dict[str, Any]):
-        """Events of one request (see :mod:`engine`); the start event names this node."""
-        from edgefleet.platform.engine import GenRequest
+    @staticmethod
+    def _arrived(request: GenRequest) -> GenRequest:
+        # The caller's perf_counter means nothing in this process: the request arrives now.
+        return dataclasses.replace(request, arrived=time.perf_counter())
 
+    async def stream(self, request: GenRequest) -> AsyncIterator[EngineEvent]:
+        """Events of one request (see :mod:`events`); the start event names this node."""
         await self._injected_delay()
-        async for event in self.engine.stream(GenRequest(**request)):
-            yield self._tag(event) if event["type"] == "start" else event
+        async for event in self.engine.stream(self._arrived(request)):
+            yield self._tag(event) if isinstance(event, Started) else event
 
-    async def complete(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def complete(self, request: GenRequest) -> Completed | Failed:
         """One request, one result (no per-token messages): what the Gateway uses for unary calls."""
-        from edgefleet.platform.engine import GenRequest
-
         await self._injected_delay()
-        result = await self.engine.complete(GenRequest(**request))
-        return self._tag(result) if result["type"] == "end" else result
+        result = await self.engine.complete(self._arrived(request))
+        if isinstance(result, Failed):
+            return result
+        return dataclasses.replace(result, started=self._tag(result.started))
 
     def stats(self) -> dict[str, Any]:
         """Live state; polled by the Gateway every 100 ms, so it also refreshes this node's gauges."""
-        s = self._tag(self.engine.stats())
+        s = {**self.engine.stats(), "node_id": self.node_id, "tier": self.tier}
         metrics.node_state(self.tier, self.node_id, s["queue_depth"])
         serving = (s["model"], s["model_version"])
         if serving != self._reported_model:

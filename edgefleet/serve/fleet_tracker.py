@@ -75,6 +75,25 @@ class FleetTracker:
         )
         return FleetView(tuple(targets))
 
+    def status(self, recent: RecentOutcomes) -> dict[str, dict[str, Any]]:
+        """Every target's health, load, model and recent outcomes (what ``edgefleet status`` shows)."""
+        view = {t.target_id: t for t in self.view().targets}
+        out = {}
+        for target_id in self.target_ids:
+            t, s = view[target_id], self.stats.get(target_id, {})
+            out[target_id] = {
+                "tier": t.tier,
+                "healthy": t.healthy,
+                "circuit_open": t.circuit_open,
+                "draining": t.draining,
+                "queue_depth": t.queue_depth,
+                "in_flight": t.in_flight,
+                "model": s.get("model", ""),
+                "model_version": s.get("model_version", ""),
+                **recent.summary(target_id),
+            }
+        return out
+
     def _state(
         self, target_id: str, tier: str, site: str, max_batch: int, max_queue: int, servers: int, now: float
     ) -> TargetState:

@@ -1,7 +1,7 @@
 """Run a request on its target and, if the first token is late, race a hedge against it.
 
-Works on plain async iterators of engine events (start / first_token / delta / end / error), so
-it is tested without Ray. The first side to produce a decisive event (a token, the end, or an
+Works on plain async iterators of engine events (:mod:`edgefleet.platform.events`), so it is
+tested without Ray. The first side to produce a decisive event (a token, the end, or an
 error) wins; the other is closed, which cancels its remote call.
 """
 
@@ -11,27 +11,29 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from edgefleet.platform.events import Delta, EngineEvent, Failed, Finished, FirstToken
+from edgefleet.serve.events import Hedged
 from edgefleet.serve.hedging import HedgeBudget
 
-DECISIVE = {"first_token", "delta", "end", "error"}
+DECISIVE = (FirstToken, Delta, Finished, Failed)
 _DONE = object()
 
 
 async def race(
-    primary: AsyncIterator[dict[str, Any]],
-    start_hedge: Callable[[], AsyncIterator[dict[str, Any]]],
+    primary: AsyncIterator[EngineEvent],
+    start_hedge: Callable[[], AsyncIterator[EngineEvent]],
     *,
     after_s: float,
     budget: HedgeBudget,
     hedge_name: str,
-) -> AsyncIterator[dict[str, Any]]:
-    """Events of the winner. Emits ``{"type": "note", "text"}`` first when a hedge was sent.
+) -> AsyncIterator[EngineEvent | Hedged]:
+    """Events of the winner, after a :class:`Hedged` note when a hedge was sent.
 
     Raises whatever the winning side raised (a failed primary stays the caller's to fail over).
     """
     queue: asyncio.Queue = asyncio.Queue()
 
-    async def pump(name: str, events: AsyncIterator[dict[str, Any]]) -> None:
+    async def pump(name: str, events: AsyncIterator[EngineEvent]) -> None:
         try:
             async for event in events:
                 await queue.put((name, event))
@@ -63,18 +65,16 @@ async def race(
             if failed and _other(name) in tasks and name in tasks:
                 tasks.pop(name)  # this side died before its first token while the other still runs
                 continue
-            if failed or item["type"] in DECISIVE:
+            if failed or isinstance(item, DECISIVE):
                 winner = name
         loser = _other(winner)
         if loser in tasks:
             tasks.pop(loser).cancel()
         if hedged:
             side = "the hedge" if winner == "hedge" else "the original"
-            yield {
-                "type": "note",
-                "hedged": hedge_name,
-                "text": f"hedged to {hedge_name} after {after_s * 1000:.0f} ms without a first token; {side} won",
-            }
+            yield Hedged(
+                hedge_name, f"hedged to {hedge_name} after {after_s * 1000:.0f} ms without a first token; {side} won"
+            )
         for item in buffered[winner]:
             if item is _DONE:
                 return

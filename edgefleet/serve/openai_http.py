@@ -1,9 +1,10 @@
 """OpenAI-compatible HTTP shapes: request bodies in, ChatCompletion / Completion JSON and SSE out.
 
-Pure conversion; the Gateway owns the routes. edgefleet extensions ride along: request fields
-``deadline_ms``, ``route`` and ``site``; an ``edgefleet`` object in responses (served_by, timings,
-sla_met): at the top level, or in each choice when a list prompt got several. Errors use OpenAI's
-``{"error": {...}}`` body with 400/401/429/503.
+The one mapping of a request's typed result (``serve/events.py``) to HTTP; the Gateway owns the
+routes. edgefleet extensions ride along: request fields ``deadline_ms``, ``route`` and ``site``;
+an ``edgefleet`` object in responses (served_by, timings, sla_met): at the top level, or in each
+choice when a list prompt got several. Errors use OpenAI's ``{"error": {...}}`` body with
+400/401/429/503.
 
 What real clients send and the engine cannot do (several choices, tools, JSON mode, logprobs, echo,
 images) is refused with 400 naming the field, never silently ignored; fields that do not change
@@ -12,9 +13,11 @@ the answer (``user``, ``n: 1``, ``stream_options``, ...) are ignored.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request
@@ -22,6 +25,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
+from edgefleet.platform.events import Delta
+from edgefleet.serve.events import GenerateResult
+from edgefleet.serve.failures import counted_failure
 from edgefleet.serve.validation import MAX_NEW_TOKENS_LIMIT, MIN_TEMPERATURE, RequestError, invalid
 
 # The most prompts one /v1/completions request may hold: LangChain's OpenAI LLM sends its prompts in
@@ -305,35 +311,35 @@ def install(app: FastAPI) -> None:
         return error_response(body_error(list(exc.errors())))
 
 
-def _extension(end: dict[str, Any]) -> dict[str, Any]:
+def _extension(end: GenerateResult) -> dict[str, Any]:
     return {
-        "served_by": {"tier": end["tier"], "node_id": end["node_id"]},
-        "model_version": end["model_version"],
-        "timings": {"queue_ms": end["queue_ms"], "ttft_ms": end["ttft_ms"], "total_ms": end["total_ms"]},
-        "sla_met": end["sla_met"],
-        "route_reason": end["route_reason"],
-        "predicted_ms": end["predicted_ms"],
-        "network_simulated": end["network_simulated"],
+        "served_by": {"tier": end.tier, "node_id": end.node_id},
+        "model_version": end.model_version,
+        "timings": {"queue_ms": end.queue_ms, "ttft_ms": end.ttft_ms, "total_ms": end.total_ms},
+        "sla_met": end.sla_met,
+        "route_reason": end.route_reason,
+        "predicted_ms": end.predicted_ms,
+        "network_simulated": end.network_simulated,
     }
 
 
-def _usage(*ends: dict[str, Any]) -> dict[str, int]:
-    p, c = sum(e["prompt_tokens"] for e in ends), sum(e["completion_tokens"] for e in ends)
+def _usage(*ends: GenerateResult) -> dict[str, int]:
+    p, c = sum(e.prompt_tokens for e in ends), sum(e.completion_tokens for e in ends)
     return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
 
-def full_response(kind: Literal["chat", "text"], rid: str, ends: list[dict[str, Any]]) -> dict[str, Any]:
-    """One choice per end event, in order (a list prompt's); usage is their sum."""
+def full_response(kind: Literal["chat", "text"], rid: str, ends: list[GenerateResult]) -> dict[str, Any]:
+    """One choice per result, in order (a list prompt's); usage is their sum."""
     choices: list[dict[str, Any]] = []
     for i, end in enumerate(ends):
         if kind == "chat":
             choice = {
                 "index": i,
-                "message": {"role": "assistant", "content": end["text"]},
-                "finish_reason": end["finish_reason"],
+                "message": {"role": "assistant", "content": end.text},
+                "finish_reason": end.finish_reason,
             }
         else:
-            choice = {"index": i, "text": end["text"], "finish_reason": end["finish_reason"], "logprobs": None}
+            choice = {"index": i, "text": end.text, "finish_reason": end.finish_reason, "logprobs": None}
         if len(ends) > 1:  # each prompt was routed on its own: say where each ran
             choice["edgefleet"] = _extension(end)
         choices.append(choice)
@@ -341,7 +347,7 @@ def full_response(kind: Literal["chat", "text"], rid: str, ends: list[dict[str, 
         "id": rid,
         "object": "chat.completion" if kind == "chat" else "text_completion",
         "created": int(time.time()),
-        "model": ends[0]["model"],
+        "model": ends[0].model,
         "choices": choices,
         "usage": _usage(*ends),
     }
@@ -354,7 +360,7 @@ def sse_chunk(
     model: str,
     text: str | None,
     finish_reason: str | None = None,
-    end: dict[str, Any] | None = None,
+    end: GenerateResult | None = None,
 ) -> str:
     if kind == "chat":
         delta = {} if text is None else {"role": "assistant", "content": text}
@@ -370,6 +376,29 @@ def sse_chunk(
 
 
 SSE_DONE = "data: [DONE]\n\n"
+
+
+async def sse_stream(
+    kind: Literal["chat", "text"],
+    rid: str,
+    model: str,
+    first: Delta | GenerateResult,
+    events: AsyncIterator[Delta | GenerateResult],
+) -> AsyncIterator[str]:
+    """A streamed request's body: a chunk per delta, the result's chunk, then ``[DONE]``. A failure
+    mid-stream is reported in-band (the status line is gone) and counted like any failed request."""
+    async with contextlib.aclosing(events):  # a client gone mid-stream: the request's cleanup now, not at GC
+        try:
+            event = first
+            while isinstance(event, Delta):
+                yield sse_chunk(kind, rid, model, event.text)
+                event = await anext(events)
+            yield sse_chunk(kind, rid, event.model or model, None, event.finish_reason, end=event)
+        except Exception as exc:  # noqa: BLE001 - every failure is reported, never a cut stream
+            err = counted_failure(exc)
+            yield f"data: {json.dumps({'error': {'message': err.message, 'code': err.code.name.lower()}})}\n\n"
+        yield SSE_DONE
+
 
 FEEDBACK_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"model": FeedbackStored, "description": "stored on the edge node that keeps the answer"},

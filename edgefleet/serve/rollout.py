@@ -27,6 +27,8 @@ from typing import Any
 
 from edgefleet import metrics
 from edgefleet.config import EdgefleetConfig
+from edgefleet.platform.engine import GenRequest
+from edgefleet.platform.events import Failed
 from edgefleet.platform.feedback import Tally
 from edgefleet.train.chat import ChatExample
 
@@ -285,19 +287,14 @@ class RolloutController:
         started = time.perf_counter()
         count[0] += 1
         try:
+            chat = [{"role": "user", "content": prompt}]
             out = await actor.complete.remote(
-                {
-                    "request_id": f"rollout-probe-{time.time_ns()}",
-                    "stream": False,
-                    "messages": [{"role": "user", "content": prompt}],
-                    "max_new_tokens": self.max_new_tokens,
-                    "temperature": 0.0,
-                }
+                GenRequest(f"rollout-probe-{time.time_ns()}", chat, self.max_new_tokens, stream=False)
             )
         except Exception:  # noqa: BLE001 - a failed probe is exactly what is being counted
             count[1] += 1
             return
-        if out.get("type") == "error":
+        if isinstance(out, Failed):
             count[1] += 1
         elif (time.perf_counter() - started) * 1000 <= self.deadline_ms:
             count[2] += 1

@@ -16,6 +16,7 @@ import grpc
 
 from edgefleet._proto import inference_pb2 as pb
 from edgefleet.config import MAX_NEW_TOKENS_LIMIT, EdgefleetConfig
+from edgefleet.platform.engine import GenRequest
 from edgefleet.platform.feedback import Rating
 
 DEFAULT_MAX_NEW_TOKENS = 128  # gRPC's max_new_tokens=0 (the proto documents "server default")
@@ -113,18 +114,18 @@ class Validated:
         instead of the cheapest."""
         return planned_tokens(self.max_new_tokens, self.fit_context)
 
-    def engine_request(self, *, stream: bool = True) -> dict[str, Any]:
-        return {
-            "request_id": self.request_id,
-            "messages": self.messages,
-            "max_new_tokens": self.max_new_tokens,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "seed": self.seed,
-            "stop": self.stop,
-            "stream": stream,
-            "fit_context": self.fit_context,
-        }
+    def engine_request(self, *, stream: bool = True) -> GenRequest:
+        return GenRequest(
+            request_id=self.request_id,
+            messages=self.messages,
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            seed=self.seed,
+            stop=self.stop,
+            stream=stream,
+            fit_context=self.fit_context,
+        )
 
 
 def validate(

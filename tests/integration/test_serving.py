@@ -6,6 +6,7 @@ Tiny model everywhere (speed); the same session fleet as the other integration t
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 
 import grpc
@@ -24,6 +25,8 @@ from edgefleet.client import (  # noqa: E402
 )
 from edgefleet.config import ModelSpec  # noqa: E402
 from edgefleet.platform.edge_node import ACTOR_NAMESPACE, actor_name  # noqa: E402
+from edgefleet.platform.engine import GenRequest  # noqa: E402
+from edgefleet.platform.events import Delta, EngineEvent, Finished  # noqa: E402
 from tests.conftest import TEST_TOKEN, call_until_back, rejoin  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -197,7 +200,7 @@ def test_openai_errors_are_400_and_401(served):
 # ---------------------------------------------------------------- the EdgeNode engine on the fleet
 
 
-def _collect(actor, request: dict) -> list[dict]:
+def _collect(actor, request: GenRequest) -> list[EngineEvent]:
     async def run():
         return [await ref async for ref in actor.generate_stream.options(num_returns="streaming").remote(request)]
 
@@ -207,13 +210,12 @@ def _collect(actor, request: dict) -> list[dict]:
 def test_dynamic_batching_shares_forward_passes(served):
     actor = _edge("edge-3")
     before = ray.get(actor.stats.remote())["forward_passes"]
-    request = {"messages": [{"role": "user", "content": "batch me"}], "max_new_tokens": 10}
+
+    def request(i: int) -> GenRequest:
+        return GenRequest(f"b{i}", [{"role": "user", "content": "batch me"}], max_new_tokens=10)
 
     async def eight():
-        gens = [
-            actor.generate_stream.options(num_returns="streaming").remote({**request, "request_id": f"b{i}"})
-            for i in range(8)
-        ]
+        gens = [actor.generate_stream.options(num_returns="streaming").remote(request(i)) for i in range(8)]
 
         async def drain(g):
             return [await ref async for ref in g]
@@ -224,38 +226,38 @@ def test_dynamic_batching_shares_forward_passes(served):
     passes = ray.get(actor.stats.remote())["forward_passes"] - before
 
     ends = [r[-1] for r in results]
-    assert all(e["type"] == "end" for e in ends)
-    assert len({e["text"] for e in ends}) == 1  # same prompt, greedy: batching changed nothing
-    sequential = sum(e["completion_tokens"] for e in ends)  # one pass per token if run one by one
+    assert all(isinstance(e, Finished) for e in ends)
+    assert len({e.text for e in ends}) == 1  # same prompt, greedy: batching changed nothing
+    sequential = sum(e.completion_tokens for e in ends)  # one pass per token if run one by one
     # Clearly fewer than one pass per token: a burst may split (a 1 ms quiet gap), never scatter.
     assert passes <= sequential / 2, (passes, sequential)
-    assert max(r[0]["batch_size"] for r in results) >= 3
+    assert max(r[0].batch_size for r in results) >= 3
 
 
 def test_model_swap_during_a_stream_loses_no_tokens(served):
     actor = _edge("edge-3")
-    request = {"request_id": "swap", "messages": [{"role": "user", "content": "swap during me"}], "max_new_tokens": 120}
+    request = GenRequest("swap", [{"role": "user", "content": "swap during me"}], max_new_tokens=120)
     expected = _collect(actor, request)[-1]
 
     async def stream_and_swap():
         events, swapped = [], None
         async for ref in actor.generate_stream.options(num_returns="streaming").remote(request):
             events.append(await ref)
-            if events[-1]["type"] == "delta" and swapped is None:
+            if isinstance(events[-1], Delta) and swapped is None:
                 swapped = await actor.swap_model.remote(ModelSpec(source="tiny:1", quantization="none"))
         return events, swapped
 
     try:
         events, swapped = asyncio.run(stream_and_swap())
-        after = _collect(actor, {**request, "request_id": "after"})
+        after = _collect(actor, dataclasses.replace(request, request_id="after"))
     finally:
         ray.get(actor.swap_model.remote(ModelSpec(source="tiny", quantization="none")))
 
-    streamed = "".join(e["text"] for e in events if e["type"] == "delta")
+    streamed = "".join(e.text for e in events if isinstance(e, Delta))
     assert swapped == "tiny-seed1"
-    assert events[-1]["type"] == "end" and events[-1]["completion_tokens"] == expected["completion_tokens"]
-    assert streamed == events[-1]["text"] == expected["text"]  # finished on the old model, nothing lost
-    assert after[0]["model_version"] == "tiny-seed1" and after[-1]["text"] != expected["text"]
+    assert isinstance(events[-1], Finished) and events[-1].completion_tokens == expected.completion_tokens
+    assert streamed == events[-1].text == expected.text  # finished on the old model, nothing lost
+    assert after[0].model_version == "tiny-seed1" and after[-1].text != expected.text
 
 
 def test_draining_edges_send_traffic_to_the_cloud(served, client):

@@ -8,6 +8,7 @@ import pytest
 
 from edgefleet.config import ModelSpec
 from edgefleet.platform.engine import GenerationEngine, GenRequest
+from edgefleet.platform.events import Completed, Delta, EngineEvent, Failed, Finished, Started
 from edgefleet.platform.models import load_model
 
 
@@ -24,15 +25,15 @@ def run(coro):
     return asyncio.run(coro)
 
 
-async def events_of(engine: GenerationEngine, req: GenRequest) -> list[dict]:
+async def events_of(engine: GenerationEngine, req: GenRequest) -> list[EngineEvent]:
     return [e async for e in engine.stream(req)]
 
 
 def test_stream_is_start_deltas_end_and_deltas_add_up(engine):
     events = run(events_of(engine, GenRequest("a", chat("hello"), max_new_tokens=12)))
 
-    assert events[0]["type"] == "start" and events[-1]["type"] == "end"
-    assert "".join(e["text"] for e in events if e["type"] == "delta") == events[-1]["text"]
+    assert isinstance(events[0], Started) and isinstance(events[-1], Finished)
+    assert "".join(e.text for e in events if isinstance(e, Delta)) == events[-1].text
 
 
 def test_batched_answers_equal_solo_answers(engine):
@@ -45,8 +46,8 @@ def test_batched_answers_equal_solo_answers(engine):
 
     solo, together = run(both())
 
-    assert together[3]["text"] == solo["text"]
-    assert max(r["batch_size"] for r in together) > 1
+    assert together[3].finished.text == solo.finished.text
+    assert max(r.started.batch_size for r in together) > 1
 
 
 def test_a_batch_that_fails_closes_every_stream_with_an_error(engine):
@@ -54,35 +55,33 @@ def test_a_batch_that_fails_closes_every_stream_with_an_error(engine):
 
     result = run(asyncio.wait_for(engine.complete(bad), timeout=30))  # must not hang
 
-    assert result["type"] == "error" and result["code"] == "INTERNAL"
-    assert run(engine.complete(GenRequest("y", chat("hi"), max_new_tokens=2)))["type"] == "end"  # still serving
+    assert isinstance(result, Failed) and result.code == "INTERNAL"
+    assert isinstance(run(engine.complete(GenRequest("y", chat("hi"), max_new_tokens=2))), Completed)  # still serving
 
 
 def test_prefix_continues_without_repeating_the_text_already_sent(engine):
     full = run(engine.complete(GenRequest("f", chat("continue me"), max_new_tokens=16)))
-    head = full["text"][:5]
+    head = full.finished.text[:5]
 
     rest = run(engine.complete(GenRequest("c", chat("continue me"), max_new_tokens=16, prefix=head)))
 
-    assert rest["type"] == "end" and not rest["text"].startswith(head)
+    assert isinstance(rest, Completed) and not rest.finished.text.startswith(head)
 
 
 def test_earliest_stop_sequence_wins(engine):
-    text = run(engine.complete(GenRequest("t", chat("stops"), max_new_tokens=24)))["text"]
+    text = run(engine.complete(GenRequest("t", chat("stops"), max_new_tokens=24))).finished.text
     if len(set(text)) < 6:
         pytest.skip("tiny model output too repetitive for two distinct stops")
     early, late = text[2], text[6]
 
     cut = run(engine.complete(GenRequest("u", chat("stops"), max_new_tokens=24, stop=[late, early])))
 
-    assert cut["finish_reason"] == "stop" and cut["text"] == text[: min(text.find(early), text.find(late))]
+    assert cut.finished.finish_reason == "stop" and cut.finished.text == text[: min(text.find(early), text.find(late))]
 
 
 def test_invalid_requests_are_errors_naming_the_field(engine):
     too_long = run(events_of(engine, GenRequest("l", chat("x" * 600), max_new_tokens=8)))
     no_tokens = run(events_of(engine, GenRequest("n", chat("x"), max_new_tokens=0)))
 
-    assert too_long == [
-        {"type": "error", "code": "INVALID_ARGUMENT", "message": too_long[0]["message"], "param": "prompt"}
-    ]
-    assert too_long[0]["message"].startswith("prompt:") and no_tokens[0]["message"].startswith("max_new_tokens:")
+    assert too_long == [Failed("INVALID_ARGUMENT", too_long[0].message, "prompt")]
+    assert too_long[0].message.startswith("prompt:") and no_tokens[0].message.startswith("max_new_tokens:")

@@ -11,6 +11,8 @@ import pytest
 import ray
 
 from edgefleet.config import EdgefleetConfig
+from edgefleet.platform.engine import GenRequest
+from edgefleet.platform.events import Finished, Started
 from edgefleet.serve import gateway as gateway_module
 from edgefleet.serve.openai_http import CompletionBody
 from edgefleet.serve.quotas import RateLimiter
@@ -24,7 +26,7 @@ def _gateway(data: dict | None = None):
     GatewayClass.__init__(gw, data or EdgefleetConfig().model_dump(), cloud=None)
     for target in gw.fleet.target_ids:
         gw.fleet.heartbeat(target, {"queue_depth": 0})
-    gw._refresh = lambda target: asyncio.sleep(0)
+    gw.targets._refresh = lambda target: asyncio.sleep(0)
     return gw
 
 
@@ -32,30 +34,16 @@ class _HttpRequest:
     headers: dict[str, str] = {}
 
 
-async def _answered(self, target, request):
-    end = {
-        "type": "end",
-        "text": "ok",
-        "finish_reason": "stop",
-        "completion_tokens": 1,
-        "prompt_tokens": 1,
-        "queue_ms": 0,
-        "node_id": target,
-        "tier": "edge",
-        "model": "m",
-        "model_version": "1",
-        "engine_ms": 1,
-        "first_token_ms": 1,
-    }
-    yield {**end, "type": "start"}
-    yield end
+async def _answered(target, request):
+    yield Started(0.0, 1, 1, "m", "1", node_id=target, tier="edge")
+    yield Finished("stop", 1, "ok")
 
 
 def test_a_list_of_prompts_spends_one_rate_limit_request_per_prompt():
     data = EdgefleetConfig().model_dump()
     data["auth"]["rate_limit"] = {"requests_per_s": 0.01, "burst": 4}
     gw = _gateway(data)
-    gw._completed_on = _answered.__get__(gw)
+    gw.targets.events = _answered
 
     def post(n: int):
         return asyncio.run(gw._http("text", CompletionBody(prompt=["p"] * n, max_tokens=1), _HttpRequest(), None))
@@ -93,7 +81,7 @@ def test_a_cancelled_unary_call_cancels_the_work_on_the_node(monkeypatch):
 
     async def go():
         gw = _gateway()
-        gw._actor = lambda node: Actor
+        gw.targets.actor = lambda node: Actor
         v = gw._validated(CompletionBody(prompt="hi", max_tokens=4), "r", "hi", None, None)
         task = asyncio.ensure_future(gw._answer(v, 0.0, None))
         await asyncio.sleep(0.1)
@@ -116,10 +104,11 @@ def test_a_hedge_counts_an_open_ended_answer_at_its_planned_length():
         return
         yield
 
-    gw._events_from = nothing
+    gw.targets.events = nothing
 
     async def go():
-        async for _ in gw._hedge_events("cloud", {"max_new_tokens": 1024, "fit_context": True, "stream": True}, 10):
+        request = GenRequest("h", [{"role": "user", "content": "hi"}], max_new_tokens=1024, fit_context=True)
+        async for _ in gw.dispatcher._hedge_events("cloud", request, 10):
             pass
 
     asyncio.run(go())

@@ -5,6 +5,8 @@ Ray's metric objects are replaced by fakes that keep what they were given: no Ra
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from edgefleet import metrics
@@ -38,16 +40,16 @@ def recorded(monkeypatch) -> Recorded:
     return made
 
 
-END = {
-    "tier": "edge",
-    "node_id": "edge-1",
-    "sla_met": True,
-    "predicted_ms": 300.0,
-    "total_ms": 500.0,
-    "ttft_ms": 120.0,
-    "prompt_tokens": 21,
-    "completion_tokens": 8,
-}
+END = SimpleNamespace(  # the fields of a GenerateResult that the metrics read
+    tier="edge",
+    node_id="edge-1",
+    sla_met=True,
+    predicted_ms=300.0,
+    total_ms=500.0,
+    ttft_ms=120.0,
+    prompt_tokens=21,
+    completion_tokens=8,
+)
 
 
 def test_a_served_request_records_seconds_and_the_deprecated_milliseconds_beside_them(recorded):
@@ -74,7 +76,7 @@ def test_every_deprecated_metric_is_recorded_whenever_its_replacement_is(recorde
 def test_labels_are_the_same_per_node_and_tier_for_every_request_metric(recorded):
     clock = metrics.TokenClock()
     for t, tokens in ((0.0, 1), (0.01, 2)):
-        clock.chunk({"type": "delta", "tokens": tokens}, now=t)
+        clock.chunk(tokens, now=t)
     metrics.request_served(END, deadline_ms=0, clock=clock)
     where = {"tier": "edge", "node": "edge-1"}
     for name in (
@@ -91,7 +93,7 @@ def test_labels_are_the_same_per_node_and_tier_for_every_request_metric(recorded
 def test_inter_token_latency_splits_a_chunk_over_the_tokens_it_brought():
     clock = metrics.TokenClock()
     for now, tokens in ((1.00, 1), (1.02, 2), (1.08, 5), (1.09, 5), (1.10, 6)):
-        clock.chunk({"type": "delta", "text": "x", "tokens": tokens}, now=now)
+        clock.chunk(tokens, now=now)
     # the first chunk is TTFT; 0.02 s for one token, 0.06 s for three, the same count (held-back text) none and
     # the next token is timed from the last chunk that brought one
     assert clock.per_token() == pytest.approx([0.02, 0.02, 0.02, 0.02, 0.02])
@@ -100,7 +102,7 @@ def test_inter_token_latency_splits_a_chunk_over_the_tokens_it_brought():
 def test_inter_token_latency_after_a_failover_counts_the_new_targets_tokens_from_zero():
     clock = metrics.TokenClock()
     for now, tokens in ((0.0, 1), (0.1, 2), (0.5, 2), (0.7, 1)):  # edge-2 died after 2 tokens...
-        clock.chunk({"type": "delta", "tokens": tokens}, now=now)
+        clock.chunk(tokens, now=now)
     # ...0.5 s of held-back text (skipped), then the next target's first token 0.6 s after the last one
     assert clock.per_token() == pytest.approx([0.1, 0.6])
 
@@ -108,7 +110,7 @@ def test_inter_token_latency_after_a_failover_counts_the_new_targets_tokens_from
 def test_inter_token_latency_takes_a_chunk_without_a_count_as_one_token():
     clock = metrics.TokenClock()
     for now in (0.0, 0.05, 0.15):
-        clock.chunk({"type": "delta", "text": "x"}, now=now)
+        clock.chunk(None, now=now)
     assert clock.per_token() == pytest.approx([0.05, 0.1])
 
 

@@ -11,6 +11,8 @@ from pydantic import ValidationError
 
 from edgefleet.config import MAX_NEW_TOKENS_LIMIT, EdgefleetConfig, ModelSpec, parse_config
 from edgefleet.errors import ConfigError
+from edgefleet.platform.events import Completed, Failed
+from edgefleet.serve.events import GenerateResult
 from edgefleet.serve.openai_http import (
     MAX_PROMPTS,
     ChatBody,
@@ -165,24 +167,26 @@ def test_harmless_fields_are_accepted():
 # ---------------------------------------------------------------- responses
 
 
-def _end(text: str, prompt_tokens: int, completion_tokens: int, node: str) -> dict:
-    return {
-        "text": text,
-        "finish_reason": "length",
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "model": "tiny",
-        "tier": "edge",
-        "node_id": node,
-        "model_version": "v1",
-        "queue_ms": 0.0,
-        "ttft_ms": 1.0,
-        "total_ms": 2.0,
-        "sla_met": True,
-        "route_reason": "r",
-        "predicted_ms": 1.0,
-        "network_simulated": True,
-    }
+def _end(text: str, prompt_tokens: int, completion_tokens: int, node: str) -> GenerateResult:
+    return GenerateResult(
+        request_id="r",
+        text=text,
+        finish_reason="length",
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        model="tiny",
+        tier="edge",
+        node_id=node,
+        model_version="v1",
+        queue_ms=0.0,
+        ttft_ms=1.0,
+        total_ms=2.0,
+        sla_met=True,
+        route_reason="r",
+        predicted_ms=1.0,
+        network_simulated=True,
+        attempts=1,
+    )
 
 
 def test_one_choice_per_prompt_in_order_with_summed_usage():
@@ -228,7 +232,7 @@ def _validated(max_new_tokens: int | None, cap: int | None):
 def test_without_max_tokens_http_asks_for_the_context_up_to_the_cap_and_grpc_keeps_its_default():
     http = _validated(None, cap=300)
     assert (http.max_new_tokens, http.fit_context) == (300, True)
-    assert http.engine_request()["fit_context"] is True
+    assert http.engine_request().fit_context is True
     explicit = _validated(7, cap=300)
     assert (explicit.max_new_tokens, explicit.fit_context) == (7, False)
     grpc_default = _validated(0, cap=None)
@@ -272,16 +276,17 @@ def test_engine_fits_an_open_ended_request_into_the_context_left(engine):
     fixed = engine.validate(GenRequest("g", long_prompt, max_new_tokens=MAX_NEW_TOKENS_LIMIT))
     assert isinstance(fixed, str) and fixed.startswith("prompt: ")  # an explicit length is not cut
 
-    end = asyncio.run(
+    done = asyncio.run(
         engine.complete(GenRequest("h", long_prompt, max_new_tokens=MAX_NEW_TOKENS_LIMIT, fit_context=True))
     )
-    assert end["type"] == "end", end
-    assert 0 < end["completion_tokens"] <= context - end["prompt_tokens"]
-    assert end["finish_reason"] == "stop" or end["prompt_tokens"] + end["completion_tokens"] == context
+    assert isinstance(done, Completed), done
+    prompt_tokens, end = done.started.prompt_tokens, done.finished
+    assert 0 < end.completion_tokens <= context - prompt_tokens
+    assert end.finish_reason == "stop" or prompt_tokens + end.completion_tokens == context
 
     full = asyncio.run(
         engine.complete(
             GenRequest("i", [{"role": "user", "content": "x" * context}], max_new_tokens=8, fit_context=True)
         )
     )
-    assert full["type"] == "error" and full["message"].startswith("prompt: ") and "no room" in full["message"]
+    assert isinstance(full, Failed) and full.message.startswith("prompt: ") and "no room" in full.message

@@ -9,6 +9,7 @@ import pytest
 from edgefleet.config import ModelSpec, SyntheticProfile, parse_config
 from edgefleet.errors import ConfigError
 from edgefleet.platform.engine import GenerationEngine, GenRequest
+from edgefleet.platform.events import Delta, EngineEvent, Finished, Started
 from edgefleet.platform.synthetic import load_synthetic
 
 
@@ -34,10 +35,10 @@ def test_streams_exactly_the_asked_tokens_with_the_same_events_as_a_real_model()
 
     events = asyncio.run(_events(eng, GenRequest("a", chat("hello there"), max_new_tokens=7)))
 
-    assert events[0]["type"] == "start" and events[0]["model"] == "synthetic"
-    assert events[-1]["type"] == "end" and events[-1]["completion_tokens"] == 7
-    assert events[-1]["finish_reason"] == "length"
-    assert "".join(e["text"] for e in events if e["type"] == "delta") == events[-1]["text"]
+    assert isinstance(events[0], Started) and events[0].model == "synthetic"
+    assert isinstance(events[-1], Finished) and events[-1].completion_tokens == 7
+    assert events[-1].finish_reason == "length"
+    assert "".join(e.text for e in events if isinstance(e, Delta)) == events[-1].text
 
 
 def test_concurrent_requests_share_steps_and_measure_slower_steps_in_bigger_batches():
@@ -52,13 +53,13 @@ def test_concurrent_requests_share_steps_and_measure_slower_steps_in_bigger_batc
     single = asyncio.run(eng.complete(GenRequest("s", chat("x"), max_new_tokens=10)))
     stats = eng.stats()
 
-    assert all(d["completion_tokens"] == 10 for d in done) and single["completion_tokens"] == 10
+    assert all(d.finished.completion_tokens == 10 for d in done) and single.finished.completion_tokens == 10
     assert stats["forward_passes"] < 8 * 10  # shared steps: batching happened
     steps = stats["decode_ms_per_step"]
     assert 1 in steps and max(steps) > 1 and steps[max(steps)] > 3.0 and steps[1] >= 3.0  # sleeps are lower bounds
 
 
-async def _events(eng: GenerationEngine, req: GenRequest) -> list[dict]:
+async def _events(eng: GenerationEngine, req: GenRequest) -> list[EngineEvent]:
     return [e async for e in eng.stream(req)]
 
 
