@@ -34,7 +34,7 @@ MODES = ("none", "sample", "user")
 
 def _sites(tok: Any, block: int) -> tuple[dict[str, Any], dict[str, list[Any]]]:
     from edgefleet.eval.sites import GENERAL_EXAMPLES, document_examples, site_domains
-    from edgefleet.train.chat import ChatExample, render_chat
+    from edgefleet.platform.chat import ChatExample, render_chat
     from edgefleet.train.data import demo_topics
 
     texts = demo_topics()

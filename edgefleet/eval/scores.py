@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from edgefleet.train.chat import ChatExample, render_chat
+from edgefleet.platform.chat import ChatExample, render_chat
 
 GENERAL_PROMPTS = (
     "Write one sentence about the sea.",
@@ -176,7 +176,7 @@ class QualityJudge:
         """Greedy answers, batched (left-padded)."""
         import torch
 
-        from edgefleet.train.chat import prompt_ids
+        from edgefleet.platform.chat import prompt_ids
 
         tok = self.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -195,7 +195,7 @@ class QualityJudge:
 
 
 def _mean_losses(model: Any, samples: Any, batch: int = 16) -> float:
-    from edgefleet.train.chat import sample_losses
+    from edgefleet.platform.chat import sample_losses
 
     total = 0.0
     for chunk in samples.split(batch):

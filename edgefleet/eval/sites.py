@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgefleet.config import EdgefleetConfig
-from edgefleet.train.chat import ChatExample
+from edgefleet.platform.chat import ChatExample
 from edgefleet.train.data import demo_topics, split_topics
 
 ASK_TEMPLATES = (

@@ -26,7 +26,7 @@ from edgefleet.platform.events import Completed, Delta, EngineEvent, Failed, Fin
 from edgefleet.platform.models import LoadedModel
 
 if TYPE_CHECKING:
-    from edgefleet.train.chat import ChatExample
+    from edgefleet.platform.chat import ChatExample
 
 DEFAULT_MAX_NEW_TOKENS = 128
 CHAT_PROBE_BLOCK = 128  # tokens: a chat template's own prompt (SmolLM2's system turn) plus a short answer
@@ -508,7 +508,7 @@ def _ewma(old: float | None, new: float) -> float:
 def _probe_loss(loaded: LoadedModel, probe: Sequence[str] | Sequence[ChatExample], block: int) -> float:
     import torch
 
-    from edgefleet.train.chat import ChatExample, render_chat, sample_losses
+    from edgefleet.platform.chat import ChatExample, render_chat, sample_losses
 
     chats = [p for p in probe if isinstance(p, ChatExample)]
     if chats and len(chats) != len(probe):

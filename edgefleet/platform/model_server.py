@@ -18,8 +18,8 @@ from edgefleet.config import BatchingConfig, ModelSpec
 from edgefleet.platform.events import Completed, EngineEvent, Failed, Started
 
 if TYPE_CHECKING:
+    from edgefleet.platform.chat import ChatExample
     from edgefleet.platform.engine import GenRequest
-    from edgefleet.train.chat import ChatExample
 
 
 class ModelServer:

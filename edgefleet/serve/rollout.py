@@ -27,10 +27,10 @@ from typing import Any
 
 from edgefleet import metrics
 from edgefleet.config import EdgefleetConfig
+from edgefleet.platform.chat import ChatExample
 from edgefleet.platform.engine import GenRequest
 from edgefleet.platform.events import Failed
 from edgefleet.platform.feedback import Tally
-from edgefleet.train.chat import ChatExample
 
 
 @dataclass(frozen=True)

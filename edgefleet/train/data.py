@@ -119,8 +119,8 @@ def read_chat_examples(folder: Path, *, feedback: bool = True) -> list[Any]:
     then (``feedback``) its users' feedback (answers rated good, and corrections).
 
     Raises ValueError naming the file and line of a bad row."""
+    from edgefleet.platform.chat import ChatExample
     from edgefleet.platform.feedback import FEEDBACK_FILE, FeedbackStore
-    from edgefleet.train.chat import ChatExample
 
     out = []
     paths = [folder] if folder.is_file() else sorted(folder.rglob(f"*{CHAT_SUFFIX}")) if folder.is_dir() else []
@@ -150,7 +150,7 @@ def training_samples(folder: Path, tokenizer: Any, block_size: int) -> Any:
     """
     import torch
 
-    from edgefleet.train.chat import render_chat
+    from edgefleet.platform.chat import render_chat
 
     parts = []
     if _text_files(folder):

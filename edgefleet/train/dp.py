@@ -303,7 +303,7 @@ def _epoch(
     """One pass over the loader, stopping at ``steps`` optimizer steps. Returns (steps done, samples seen)."""
     from contextlib import nullcontext
 
-    from edgefleet.train.chat import sample_losses
+    from edgefleet.platform.chat import sample_losses
 
     if private:
         from opacus.utils.batch_memory_manager import BatchMemoryManager
@@ -312,7 +312,7 @@ def _epoch(
     else:
         context = nullcontext(loader)
     with context as batches:
-        for (ids,) in batches:  # (N, T) text blocks or (N, 2, T) chat samples (train/chat.py)
+        for (ids,) in batches:  # (N, T) text blocks or (N, 2, T) chat samples (platform/chat.py)
             if len(ids) == 0:  # Poisson sampling can draw an empty batch: nothing to release
                 continue
             if private:
@@ -375,7 +375,7 @@ def held_out_loss(
     labelled tokens, then over samples."""
     import torch
 
-    from edgefleet.train.chat import sample_losses
+    from edgefleet.platform.chat import sample_losses
 
     with torch.random.fork_rng():
         torch.manual_seed(hp.seed)

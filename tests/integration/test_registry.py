@@ -154,7 +154,7 @@ def test_a_harmful_update_is_held_by_the_gate_with_its_reason_on_the_version(tmp
     sites' users ask and drifts from the base on general chat. The gate holds it; the champion stays."""
     from edgefleet.eval.scores import QualityJudge
     from edgefleet.eval.sites import site_domains
-    from edgefleet.train.chat import ChatExample, render_chat
+    from edgefleet.platform.chat import ChatExample, render_chat
     from edgefleet.train.dp import LocalHyper, load_adapter, local_update
 
     base, tok = build_tiny(0)

@@ -16,10 +16,10 @@ import torch
 from edgefleet.client import Client
 from edgefleet.eval.sites import GENERAL_EXAMPLES
 from edgefleet.mlflow.registry import CHAMPION, ModelRegistry
+from edgefleet.platform.chat import ChatExample
 from edgefleet.platform.edge_node import ACTOR_NAMESPACE, actor_name
 from edgefleet.platform.models import build_tiny
 from edgefleet.serve.rollout import RolloutController
-from edgefleet.train.chat import ChatExample
 from edgefleet.train.dp import DEFAULT_HYPER, adapter_state, export_adapter, lora_model
 from tests.conftest import TEST_TOKEN
 from tests.integration.test_registry import NAME, record

@@ -52,8 +52,8 @@ def test_the_store_keeps_what_to_learn_replaces_a_changed_mind_and_prunes(tmp_pa
 
 
 def test_a_node_trains_on_its_feedback_and_documents_as_chat_with_the_loss_on_answers(tmp_path):
+    from edgefleet.platform.chat import IGNORE
     from edgefleet.platform.models import build_tiny_tokenizer
-    from edgefleet.train.chat import IGNORE
 
     (tmp_path / "docs.txt").write_text("Plain documentation text. " * 20)
     FeedbackStore(tmp_path / "feedback.sqlite").add(_answer(1), Rating(good=False, correction="Fixed."))

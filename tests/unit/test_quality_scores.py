@@ -8,8 +8,8 @@ import math
 import pytest
 
 from edgefleet.eval.scores import Quality, QualityJudge
+from edgefleet.platform.chat import ChatExample
 from edgefleet.platform.models import build_tiny
-from edgefleet.train.chat import ChatExample
 
 QUESTIONS = ("What is a list?", "What is a dict?", "What is a set?")
 
