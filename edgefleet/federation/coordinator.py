@@ -76,7 +76,7 @@ class Publisher(Protocol):
     ) -> str | None: ...
 
 
-class _AttemptFailed(Exception):
+class _AttemptFailed(EdgefleetError):
     def __init__(self, reason: str, exclude: dict[str, str] | None = None) -> None:
         super().__init__(reason)
         self.exclude = exclude or {}

@@ -56,6 +56,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from edgefleet.errors import EdgefleetError
+
 SCALE_BITS = 24  # fixed point: 2^-24 ≈ 6e-8 resolution
 MAX_ABS = 2.0**31  # per coordinate; with fewer than 256 clients, 2^31 · 2^24 · n < 2^63: the sum never wraps
 MAX_CLIENTS = 255
@@ -63,7 +65,7 @@ PRIME = 2**521 - 1  # Mersenne prime field for Shamir: larger than any 256-bit s
 MAX_SUBSETS = 2_000  # bound on the search for a consistent subset of shares
 
 
-class SecAggError(ValueError):
+class SecAggError(EdgefleetError, ValueError):
     """The protocol cannot go on (too few survivors, a malformed roster or vector)."""
 
 

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from edgefleet.errors import EdgefleetError
 from edgefleet.eval.scores import SiteScore
 
 EXPERIMENT = "edgefleet-federation"
@@ -134,7 +135,7 @@ class RoundRecord:
         return UserScores(s["task_score"], s["divergence"], tuple(s["facts_lost"]), s.get("answer_match"), per_site)
 
 
-class TrackingUnavailable(RuntimeError):
+class TrackingUnavailable(EdgefleetError, RuntimeError):
     """The tracking server did not answer."""
 
 

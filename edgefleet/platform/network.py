@@ -14,9 +14,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from edgefleet.config import NetworkProfile
+from edgefleet.errors import EdgefleetError
 
 
-class SimulatedLoss(Exception):
+class SimulatedLoss(EdgefleetError):
     """The simulated network dropped this call."""
 
 

@@ -23,6 +23,7 @@ import grpc
 
 from edgefleet import metrics
 from edgefleet.config import EdgefleetConfig
+from edgefleet.errors import EdgefleetError
 from edgefleet.platform.engine import GenRequest
 from edgefleet.platform.events import Delta, EngineEvent, Failed, Finished, FirstToken, Started
 from edgefleet.platform.network import SimulatedLoss, SimulatedWan
@@ -45,7 +46,7 @@ from edgefleet.serve.targets import RETRYABLE, Targets
 from edgefleet.serve.validation import RequestError, Validated, planned_tokens
 
 
-class _Unavailable(Exception):
+class _Unavailable(EdgefleetError):
     """A target refused before sending anything (e.g. draining), or broke before its first token."""
 
 

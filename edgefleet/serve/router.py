@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from edgefleet.errors import EdgefleetError
 from edgefleet.serve.batch_model import Timing, schedule
 
 TierName = Literal["edge", "cloud"]
@@ -33,7 +34,7 @@ RoutePreference = Literal["auto", "edge", "cloud"]
 CostTier = Literal["site", "edge", "cloud"]
 
 
-class NoTargetError(Exception):
+class NoTargetError(EdgefleetError):
     """No healthy target can take the request; the message says why."""
 
 

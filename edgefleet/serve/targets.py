@@ -17,13 +17,14 @@ import ray
 from ray.serve.exceptions import BackPressureError
 
 from edgefleet.config import EdgefleetConfig
+from edgefleet.errors import EdgefleetError
 from edgefleet.platform.edge_node import ACTOR_NAMESPACE, actor_name
 from edgefleet.platform.engine import GenRequest
 from edgefleet.platform.events import EngineEvent, Failed, FirstToken
 from edgefleet.serve.fleet_tracker import FleetTracker
 
 
-class LookupGone(Exception):
+class LookupGone(EdgefleetError):
     """An EdgeNode actor name that no longer resolves (the actor is gone for good)."""
 
 

@@ -16,6 +16,7 @@ import grpc
 
 from edgefleet._proto import inference_pb2 as pb
 from edgefleet.config import MAX_NEW_TOKENS_LIMIT, EdgefleetConfig
+from edgefleet.errors import EdgefleetError
 from edgefleet.platform.engine import GenRequest
 from edgefleet.platform.feedback import Rating
 
@@ -37,7 +38,7 @@ HTTP_STATUS = {
 }
 
 
-class RequestError(Exception):
+class RequestError(EdgefleetError):
     """A request that cannot be served, with the gRPC status (and HTTP status) to answer with."""
 
     def __init__(self, code: grpc.StatusCode, message: str, param: str | None = None) -> None:

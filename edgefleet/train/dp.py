@@ -27,13 +27,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from edgefleet.config import PrivacyConfig
+from edgefleet.errors import EdgefleetError
 from edgefleet.train.accounting import composed_epsilon, noise_for
 
 GradSampleMode = Literal["hooks", "functorch"]
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
-class CorruptUpdate(RuntimeError):
+class CorruptUpdate(EdgefleetError, RuntimeError):
     """The update is not usable (non-finite weights, or weights outside the adapter changed)."""
 
 

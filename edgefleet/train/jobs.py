@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.config import EdgefleetConfig, PrivacyConfig
+from edgefleet.errors import EdgefleetError
 from edgefleet.train.dp import DEFAULT_HYPER, LocalHyper, LocalUpdate
 
 UPDATE_FILE = "update.pt"
@@ -38,7 +39,7 @@ class SessionContext:
     rank: int = 0
 
 
-class StepFailed(RuntimeError):
+class StepFailed(EdgefleetError, RuntimeError):
     """The session's handler raised on the node; the message is its error, the session goes on."""
 
 
@@ -214,7 +215,7 @@ def _trainer(
     )
 
 
-class NodeUnavailable(RuntimeError):
+class NodeUnavailable(EdgefleetError, RuntimeError):
     """The client's edge node has no live raylet: a Train job there would wait for it forever."""
 
 
