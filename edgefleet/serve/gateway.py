@@ -94,9 +94,14 @@ def _set_status(ctx: Any, err: RequestError) -> None:
 
 
 async def _result_of(events: AsyncIterator[Delta | GenerateResult]) -> GenerateResult:
+    # Drained to the end, not left at the result: the dispatcher's accounting (finish, the breaker
+    # count) runs after its last event, and must run before the reply, not at garbage collection.
+    result = None
     async for event in events:
         if isinstance(event, GenerateResult):
-            return event
+            result = event
+    if result is not None:
+        return result
     raise RequestError(grpc.StatusCode.INTERNAL, "the target closed the stream without a final event")
 
 

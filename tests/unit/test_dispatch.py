@@ -115,3 +115,19 @@ def test_a_stream_that_breaks_mid_way_continues_on_the_next_target_without_repea
     continued = sent[1][1]  # the next target continues the text, with what is left of the length
     assert (continued.prefix, continued.max_new_tokens) == ("The capital", 8 - 2)
     assert "edge-1 failed after 2 tokens" in result.route_reason
+
+
+def test_a_unary_reply_waits_for_the_dispatchers_accounting():
+    """What runs after the final event (finish, the breaker count) runs before the unary reply
+    goes out, not when the abandoned generator is collected."""
+    from edgefleet.serve.gateway import _result_of
+
+    done = []
+    final = GenerateResult.__new__(GenerateResult)
+
+    async def events():
+        yield final
+        done.append("accounted")
+
+    assert asyncio.run(_result_of(events())) is final
+    assert done == ["accounted"]
