@@ -211,12 +211,27 @@ class UserDPConfig(_Strict):
     noise_multiplier: float = Field(default=1.0, gt=0, description="σ: noise std on the sum is σ·C")
 
 
+# The aggregation rules (federation/strategies.py implements them, and its Strategy classes read
+# their ``needs_each_update`` here): True for a rule that needs every client's update apart, which
+# cannot run under secure aggregation (only the sum is revealed). Kept at this layer so the config
+# checks that pairing without importing federation/.
+STRATEGY_NEEDS_EACH_UPDATE: dict[str, bool] = {
+    "fedavg": False,
+    "fedprox": False,
+    "fedadam": False,
+    "fedyogi": False,
+    "fedmedian": True,
+    "trimmed_mean": True,
+}
+StrategyName = Literal["fedavg", "fedprox", "fedadam", "fedyogi", "fedmedian", "trimmed_mean"]  # its keys
+
+
 class FederationConfig(_Strict):
     rounds: int = Field(default=3, ge=1)
     clients_per_round: int = Field(default=3, ge=1)
     min_clients: int = Field(default=2, ge=1, description="a round needs at least this many finished clients")
     min_fraction: float = Field(default=0.6, gt=0, le=1, description="… and this fraction of those sampled")
-    strategy: Literal["fedavg", "fedprox", "fedadam", "fedyogi", "fedmedian", "trimmed_mean"] = "fedavg"
+    strategy: StrategyName = "fedavg"
     prox_mu: float = Field(default=0.1, ge=0, description="FedProx μ, used with strategy fedprox")
     server_lr: float = Field(default=1e-2, gt=0, description="server learning rate of fedadam / fedyogi")
     trim: float = Field(default=0.2, ge=0, lt=0.5, description="fraction cut at each end by trimmed_mean")
@@ -234,7 +249,7 @@ class FederationConfig(_Strict):
     def _consistent(self) -> FederationConfig:
         if self.min_clients > self.clients_per_round:
             raise ValueError(f"min_clients={self.min_clients} exceeds clients_per_round={self.clients_per_round}")
-        if self.secure_aggregation and self.strategy in ("fedmedian", "trimmed_mean"):
+        if self.secure_aggregation and STRATEGY_NEEDS_EACH_UPDATE[self.strategy]:
             raise ValueError(
                 f"strategy {self.strategy} needs each client's update in the clear; "
                 "it cannot run with secure_aggregation: true"

@@ -37,10 +37,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from edgefleet.config import STRATEGY_NEEDS_EACH_UPDATE
+
 if TYPE_CHECKING:
     from edgefleet.federation.payload import Contribution
 
-STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedmedian", "trimmed_mean")
+STRATEGIES = tuple(STRATEGY_NEEDS_EACH_UPDATE)  # the names, and what the config checks under secure aggregation
 
 
 @dataclass(frozen=True)
@@ -195,7 +197,7 @@ class Strategy(ABC):
     """
 
     name: str = ""
-    needs_each_update = False  # True: it cannot run on a secure-aggregated sum
+    needs_each_update = False  # True: it cannot run on a secure-aggregated sum (config.STRATEGY_NEEDS_EACH_UPDATE)
     reports_loss = True  # False: the payloads carry no loss (user-level DP)
     stateful = False  # True: :meth:`server_step` reads and returns server state
 
@@ -213,6 +215,7 @@ class FedAvg(Strategy):
     """McMahan et al. 2017: the sample-weighted mean, from the sums alone (fedprox runs it too)."""
 
     name = "fedavg"
+    needs_each_update = STRATEGY_NEEDS_EACH_UPDATE[name]
 
     def aggregate(self, total: Contribution, each: Sequence[Contribution] | None, *, sampled: int, rng: Any) -> Any:
         return fedavg_from_sum(total.weighted_delta, total.weight)
@@ -226,6 +229,7 @@ class FedOpt(FedAvg):
     def __init__(self, kind: str, *, lr: float) -> None:
         ServerOptimizer(kind, lr=lr)  # refuses an unknown kind now, not at the first round's end
         self.name, self.kind, self.lr = f"fed{kind}", kind, lr
+        self.needs_each_update = STRATEGY_NEEDS_EACH_UPDATE[self.name]
 
     def server_step(self, delta: dict[str, Any], state: dict[str, Any] | None) -> tuple[dict[str, Any], Any]:
         opt = ServerOptimizer(self.kind, lr=self.lr)
@@ -238,7 +242,7 @@ class FedMedian(Strategy):
     """Yin et al. 2018: the coordinate-wise median of the updates, robust to a minority of bad ones."""
 
     name = "fedmedian"
-    needs_each_update = True
+    needs_each_update = STRATEGY_NEEDS_EACH_UPDATE[name]
 
     def aggregate(self, total: Contribution, each: Sequence[Contribution] | None, *, sampled: int, rng: Any) -> Any:
         return coordinate_median(_updates(self.name, each))["v"].numpy()
@@ -248,7 +252,7 @@ class TrimmedMean(Strategy):
     """Yin et al. 2018: per coordinate, the mean after cutting ``trim`` of the values at each end."""
 
     name = "trimmed_mean"
-    needs_each_update = True
+    needs_each_update = STRATEGY_NEEDS_EACH_UPDATE[name]
 
     def __init__(self, *, trim: float = 0.2) -> None:
         if not 0 <= trim < 0.5:

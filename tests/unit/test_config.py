@@ -175,6 +175,21 @@ def test_a_robust_rule_under_secure_aggregation_is_refused_with_the_reason():
         parse_config({"federation": {"strategy": "fedmedian"}})
 
 
+def test_every_rule_declared_to_need_each_update_is_refused_under_secure_aggregation_and_allowed_in_the_clear():
+    import pytest
+
+    from edgefleet.config import STRATEGY_NEEDS_EACH_UPDATE, parse_config
+    from edgefleet.errors import ConfigError
+
+    for name, needs_each_update in STRATEGY_NEEDS_EACH_UPDATE.items():
+        assert parse_config({"federation": {"strategy": name, "secure_aggregation": False}}).federation.strategy == name
+        if needs_each_update:
+            with pytest.raises(ConfigError, match=f"strategy {name} needs each client's update in the clear"):
+                parse_config({"federation": {"strategy": name}})
+        else:
+            assert parse_config({"federation": {"strategy": name}}).federation.secure_aggregation
+
+
 def test_canary_nodes_must_be_edge_nodes_and_leave_some_to_compare_with():
     import pytest
 

@@ -144,6 +144,19 @@ def test_the_robust_rules_refuse_a_secure_aggregated_sum():
     assert make_strategy("fedmedian").needs_each_update and not make_strategy("fedavg").needs_each_update
 
 
+def test_each_strategy_declares_in_one_table_whether_it_needs_each_update_and_the_config_reads_that_table():
+    from typing import get_args
+
+    from edgefleet.config import STRATEGY_NEEDS_EACH_UPDATE, StrategyName
+    from edgefleet.federation.strategies import STRATEGIES
+
+    assert set(STRATEGIES) == set(STRATEGY_NEEDS_EACH_UPDATE) == set(get_args(StrategyName))
+    for name in STRATEGIES:
+        assert make_strategy(name).needs_each_update is STRATEGY_NEEDS_EACH_UPDATE[name], name
+        # DP-FedAvg noises the sum: whatever it wraps, it needs no update apart
+        assert not make_strategy(name, user_dp=(1.0, 1.0)).needs_each_update, name
+
+
 def test_fedadam_keeps_its_server_state_across_rounds_through_the_state_it_returns():
     strategy = make_strategy("fedadam", server_lr=0.1)
     opt = ServerOptimizer("adam", lr=0.1)
