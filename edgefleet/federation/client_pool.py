@@ -3,7 +3,9 @@
 A session is what ``start(node)`` returns (by default a Ray Train session on the node,
 :func:`~edgefleet.federation.run_setup.ray_sessions`): ``call(request, timeout_s) -> reply``,
 ``close(timeout_s)`` and, where it can die, ``alive``. A session whose Train run died (worker
-killed, node lost) is started anew the next time its client is asked.
+killed, node lost) is started anew the next time its client is asked. A reply is checked against
+its request's type (:data:`~edgefleet.federation.messages.REPLY_TO`): a client that answers with
+another phase's reply has failed that request, like one that never answered.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from edgefleet.federation.messages import Request
+from edgefleet.federation.messages import Request, WrongReply, expect_reply
 from edgefleet.train.jobs import StepFailed
 
 
@@ -49,9 +51,10 @@ class ClientPool:
         """Send each client its request at once; (replies, client → why no reply) by ``timeout_s``."""
 
         def one(c: str) -> Any:
-            reply = self.session(c).call(request(c), timeout_s=timeout_s)
+            sent = request(c)
+            reply = self.session(c).call(sent, timeout_s=timeout_s)
             self._unanswered.discard(c)  # its session is up
-            return reply
+            return expect_reply(sent, reply)
 
         replies, failed = {}, {}
         with ThreadPoolExecutor(max(1, len(clients))) as pool:
@@ -61,7 +64,7 @@ class ClientPool:
                     replies[c] = fut.result()
                 except TimeoutError:
                     failed[c] = f"no answer within {timeout_s:.0f} s"
-                except StepFailed as exc:  # the step raised on the node; its session goes on
+                except (StepFailed, WrongReply) as exc:  # the step raised on the node, or answered off-protocol
                     failed[c] = str(exc)
                 except Exception as exc:  # noqa: BLE001 - a lost client is recorded, not fatal
                     failed[c] = f"{type(exc).__name__}: {exc}"

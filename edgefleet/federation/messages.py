@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgefleet.errors import EdgefleetError
 from edgefleet.federation.secagg import AdvertisedKeys, RevealedShare
 from edgefleet.train.accounting import Release
 from edgefleet.train.dp import LocalHyper
@@ -93,3 +94,26 @@ class Revealed:
 
 Request = PlanRequest | KeysRequest | SharesRequest | TrainRequest | RevealRequest
 Reply = Plan | Keys | Shares | Trained | Revealed
+REPLY_TO: dict[type, type] = {
+    PlanRequest: Plan,
+    KeysRequest: Keys,
+    SharesRequest: Shares,
+    TrainRequest: Trained,
+    RevealRequest: Revealed,
+}
+
+
+class WrongReply(EdgefleetError, TypeError):
+    """A client answered a request with another phase's reply: its failure, not the coordinator's."""
+
+
+def expect_reply(request: Request, reply: Any) -> Reply:
+    """``reply`` if it is ``request``'s reply type.
+
+    Raises:
+        WrongReply: naming both types.
+    """
+    expected = REPLY_TO[type(request)]
+    if not isinstance(reply, expected):
+        raise WrongReply(f"answered {type(request).__name__} with {type(reply).__name__}, not {expected.__name__}")
+    return reply
