@@ -166,7 +166,7 @@ def served(cfg: Any, target: str, quantization: str) -> tuple[list[float], dict[
         async with AsyncClient(target, default_timeout=300) as ac:
             await ac.generate("warm up", max_new_tokens=2, route="edge")  # opens the channel before timing
             for b in (1, 8):
-                batches_before = ray.get(edge.stats.remote())["batches"]
+                batches_before = ray.get(edge.stats.remote()).batches
                 runs = []
                 for _ in range(REPEATS):
                     t = time.perf_counter()
@@ -175,7 +175,7 @@ def served(cfg: Any, target: str, quantization: str) -> tuple[list[float], dict[
                     )
                     runs.append(sum(d.completion_tokens for d in done) / (time.perf_counter() - t))
                 out[b] = statistics.median(runs)
-                out[f"batches_{b}"] = (ray.get(edge.stats.remote())["batches"] - batches_before) / REPEATS
+                out[f"batches_{b}"] = (ray.get(edge.stats.remote()).batches - batches_before) / REPEATS
         return out
 
     return latencies, asyncio.run(rates())

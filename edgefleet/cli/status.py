@@ -13,10 +13,12 @@ Four sources, each the authority on its part:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, Group
 from rich.table import Table
@@ -24,13 +26,16 @@ from rich.table import Table
 from edgefleet import metrics
 from edgefleet.config import EdgefleetConfig
 
+if TYPE_CHECKING:  # the rows arrive unpickled from the Gateway; this module only reads them
+    from edgefleet.serve.fleet_tracker import TargetStatus
+
 GATEWAY_TIMEOUT_S = 5.0
 REGISTRY_EVERY_S = 15.0
 
 
 def build_status(
     nodes: list[Any],
-    gateway: dict[str, Any] | None,
+    gateway: Sequence[TargetStatus] | None,
     samples: dict[str, list],
     registry: dict[str, Any],
     *,
@@ -41,25 +46,19 @@ def build_status(
     ``registry`` from :func:`registry_view`."""
     rows = []
     live = {n.node_id for n in nodes if n.alive}
+    seen = {t.target_id: t for t in gateway or ()}
     # Ray keeps a dead raylet in its node table; once the site is back on a new raylet, that old
     # entry is history, not a second node.
     for n in (n for n in nodes if n.alive or n.node_id not in live):
-        g = (gateway or {}).get(n.node_id)
+        g = seen.get(n.node_id)
         row = {"node": n.node_id, "role": n.role, "labels": n.labels, "alive": n.alive, "health": _health(n, g)}
         if g is not None:
             row |= {
-                k: g[k]
-                for k in (
-                    "queue_depth",
-                    "in_flight",
-                    "tokens_per_s",
-                    "model",
-                    "model_version",
-                    "requests",
-                    "sla_met",
-                    "sla_judged",
-                    "sla_attainment",
-                )
+                "queue_depth": g.queue_depth,
+                "in_flight": g.in_flight,
+                "model": g.model,
+                "model_version": g.model_version,
+                **dataclasses.asdict(g.recent),  # requests, tokens_per_s, sla_met, sla_judged, sla_attainment
             }
         rows.append(row)
     run = registry.get("run") or {}
@@ -77,16 +76,16 @@ def build_status(
     }
 
 
-def _health(node: Any, g: dict[str, Any] | None) -> str:
+def _health(node: Any, g: TargetStatus | None) -> str:
     if not node.alive:
         return "down"
     if g is None:
         return "up" if node.role not in ("edge", "cloud") else "up (no Gateway view)"
-    if g["circuit_open"]:
+    if g.circuit_open:
         return "circuit open"
-    if not g["healthy"]:
+    if not g.healthy:
         return "unreachable"
-    return "draining" if g["draining"] else "serving"
+    return "draining" if g.draining else "serving"
 
 
 def _rollout_state(samples: dict[str, list]) -> str | None:

@@ -37,8 +37,8 @@ def calibrate(spec: ModelSpec, *, new_tokens: int = 32, rounds: int = 3) -> dict
 
     asyncio.run(run())
     stats = engine.stats()
-    steps = stats["decode_ms_per_step"]
-    prefill, decode1 = stats["prefill_ms_per_token"], steps.get(1) or min(steps.values())
+    steps = stats.decode_ms_per_step
+    prefill, decode1 = stats.prefill_ms_per_token, steps.get(1) or min(steps.values())
     biggest = max(steps)
     slowdown = max(0.0, (steps[biggest] / decode1 - 1) / (biggest - 1)) if biggest > 1 else 0.0
     return {

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from edgefleet.config import MAX_NEW_TOKENS_LIMIT
 from edgefleet.platform.events import Completed, Delta, EngineEvent, Failed, Finished, FirstToken, Started
 from edgefleet.platform.models import LoadedModel
+from edgefleet.platform.stats import EngineStats
 
 if TYPE_CHECKING:
     from edgefleet.platform.chat import ChatExample
@@ -333,23 +334,22 @@ class GenerationEngine:
         self.loaded = loaded
         return loaded.version
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> EngineStats:
         with self._lock:
-            return {
-                "queue_depth": len(self._pending),
-                "in_flight": self.in_flight,
-                "forward_passes": self.forward_passes,
-                "batches": self.batches,
-                "requests_done": self.requests_done,
-                "prefill_ms_per_token": self.prefill_ms_per_token,
-                "decode_ms_per_step": dict(self.decode_ms_per_step),
-                "model": self.loaded.name,
-                "model_version": self.loaded.version,
-                "quantization": self.loaded.quantization,
-                "context_length": self.context_length,
-                "healthy": True,
-                "draining": self.draining,
-            }
+            return EngineStats(
+                queue_depth=len(self._pending),
+                in_flight=self.in_flight,
+                forward_passes=self.forward_passes,
+                batches=self.batches,
+                requests_done=self.requests_done,
+                prefill_ms_per_token=self.prefill_ms_per_token,
+                decode_ms_per_step=dict(self.decode_ms_per_step),
+                model=self.loaded.name,
+                model_version=self.loaded.version,
+                quantization=self.loaded.quantization,
+                context_length=self.context_length,
+                draining=self.draining,
+            )
 
     # ------------------------------------------------------------------ batching
 

@@ -11,11 +11,12 @@ import time
 from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from edgefleet import metrics
 from edgefleet.config import BatchingConfig, ModelSpec
 from edgefleet.platform.events import Completed, EngineEvent, Failed, Started
+from edgefleet.platform.stats import EngineStats
 
 if TYPE_CHECKING:
     from edgefleet.platform.chat import ChatExample
@@ -71,11 +72,11 @@ class ModelServer:
             return result
         return dataclasses.replace(result, started=self._tag(result.started))
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> EngineStats:
         """Live state; polled by the Gateway every 100 ms, so it also refreshes this node's gauges."""
-        s = {**self.engine.stats(), "node_id": self.node_id, "tier": self.tier}
-        metrics.node_state(self.tier, self.node_id, s["queue_depth"])
-        serving = (s["model"], s["model_version"])
+        s = dataclasses.replace(self.engine.stats(), node_id=self.node_id, tier=self.tier)
+        metrics.node_state(self.tier, self.node_id, s.queue_depth)
+        serving = (s.model, s.model_version)
         if serving != self._reported_model:
             metrics.model_serving(self.tier, self.node_id, *serving, previous=self._reported_model)
             self._reported_model = serving

@@ -32,9 +32,10 @@ class SyntheticModel:
     """What the engine runs as a :class:`~edgefleet.platform.engine.StepModel`: each forward pass is
     a sleep of the profile's length."""
 
-    def __init__(self, profile: SyntheticProfile) -> None:
+    def __init__(self, profile: SyntheticProfile, sleep: Callable[[float], None] = time.sleep) -> None:
         self.profile = profile
         self.context_length = profile.context_length
+        self._sleep = sleep  # seconds; a test passes a recorder to read the schedule without waiting
 
     def encode(self, messages: list[dict[str, str]], prefix: str) -> list[int]:
         chars = sum(len(m["content"]) for m in messages) + len(prefix)
@@ -44,11 +45,12 @@ class SyntheticModel:
         p, rows = self.profile, len(prompts)
         step_s = p.decode_ms_per_step * (1 + p.batch_slowdown * (rows - 1)) / 1000
         # prefill computes the padded prompts, and yields the first token
-        time.sleep(p.prefill_ms_per_token * max(map(len, prompts)) * rows / 1000 + step_s)
+        self._sleep(p.prefill_ms_per_token * max(map(len, prompts)) * rows / 1000 + step_s)
         for step in range(max_new_tokens):
+            # Every row done: the batch ends with its last token, as generate() does (no pass after it).
             if not on_step([step + i + 1 for i in range(rows)]):
                 return
-            time.sleep(step_s)
+            self._sleep(step_s)
 
 
 def load_synthetic(source: str) -> LoadedModel:

@@ -11,12 +11,41 @@ from __future__ import annotations
 import itertools
 import time
 from collections import deque
-from typing import Any
+from dataclasses import dataclass
 
 from edgefleet.config import EdgefleetConfig
+from edgefleet.platform.stats import EngineStats
 from edgefleet.serve.router import FleetView, Job, TargetState
 
 BREAKER_FAILURES = 3  # consecutive failed calls that open a target's circuit
+NOT_HEARD = EngineStats()  # a target that has not answered a stats poll yet
+
+
+@dataclass(frozen=True)
+class RecentSummary:
+    """One target's answers over the last window (``edgefleet status``'s tokens/s and SLA columns)."""
+
+    requests: int
+    tokens_per_s: float
+    sla_met: int
+    sla_judged: int  # answers to requests with a deadline
+    sla_attainment: float | None  # None: no answer had a deadline
+
+
+@dataclass(frozen=True)
+class TargetStatus:
+    """One target as the Gateway sees it: what ``edgefleet status`` shows per node (it crosses a Serve handle)."""
+
+    target_id: str
+    tier: str
+    healthy: bool
+    circuit_open: bool
+    draining: bool
+    queue_depth: int
+    in_flight: int
+    model: str
+    model_version: str
+    recent: RecentSummary
 
 
 class FleetTracker:
@@ -25,7 +54,7 @@ class FleetTracker:
         self.rtt_ms = rtt_ms
         self.edges = {n.id: n for n in cfg.fleet.edge_nodes}
         self.cloud_id = cfg.fleet.cloud.id
-        self.stats: dict[str, dict[str, Any]] = {}
+        self.stats: dict[str, EngineStats] = {}
         self.healthy: dict[str, bool] = {}
         self.failures: dict[str, int] = {}
         # Unfinished dispatches per target: job id → (monotonic s at dispatch, prompt tokens, new tokens).
@@ -36,7 +65,7 @@ class FleetTracker:
     def target_ids(self) -> list[str]:
         return [*self.edges, self.cloud_id]
 
-    def heartbeat(self, target_id: str, stats: dict[str, Any] | None) -> None:
+    def heartbeat(self, target_id: str, stats: EngineStats | None) -> None:
         """A stats answer (or ``None`` for no answer). An answer closes the circuit breaker."""
         self.healthy[target_id] = stats is not None
         if stats is not None:
@@ -75,45 +104,44 @@ class FleetTracker:
         )
         return FleetView(tuple(targets))
 
-    def status(self, recent: RecentOutcomes) -> dict[str, dict[str, Any]]:
+    def status(self, recent: RecentOutcomes) -> tuple[TargetStatus, ...]:
         """Every target's health, load, model and recent outcomes (what ``edgefleet status`` shows)."""
-        view = {t.target_id: t for t in self.view().targets}
-        out = {}
-        for target_id in self.target_ids:
-            t, s = view[target_id], self.stats.get(target_id, {})
-            out[target_id] = {
-                "tier": t.tier,
-                "healthy": t.healthy,
-                "circuit_open": t.circuit_open,
-                "draining": t.draining,
-                "queue_depth": t.queue_depth,
-                "in_flight": t.in_flight,
-                "model": s.get("model", ""),
-                "model_version": s.get("model_version", ""),
-                **recent.summary(target_id),
-            }
-        return out
+        return tuple(
+            TargetStatus(
+                target_id=t.target_id,
+                tier=t.tier,
+                healthy=t.healthy,
+                circuit_open=t.circuit_open,
+                draining=t.draining,
+                queue_depth=t.queue_depth,
+                in_flight=t.in_flight,
+                model=self.stats.get(t.target_id, NOT_HEARD).model,
+                model_version=t.model_version,
+                recent=recent.summary(t.target_id),
+            )
+            for t in self.view().targets
+        )
 
     def _state(
         self, target_id: str, tier: str, site: str, max_batch: int, max_queue: int, servers: int, now: float
     ) -> TargetState:
-        s = self.stats.get(target_id, {})
+        s = self.stats.get(target_id, NOT_HEARD)
         jobs = tuple(Job((now - at) * 1000, prompt, new) for at, prompt, new in self.jobs.get(target_id, {}).values())
         return TargetState(
             target_id,
             tier,
             site=site,
-            queue_depth=s.get("queue_depth", 0),
+            queue_depth=s.queue_depth,
             in_flight=len(jobs),
             healthy=self.healthy.get(target_id, True),
-            draining=s.get("draining", False),
+            draining=s.draining,
             circuit_open=self.circuit_open(target_id),
             max_queue=max_queue,
             max_batch=max_batch,
             rtt_ms=self.rtt_ms.get(target_id, 0.0),
-            prefill_ms_per_token=s.get("prefill_ms_per_token"),
-            decode_ms_per_step=tuple(sorted((s.get("decode_ms_per_step") or {}).items())),
-            model_version=s.get("model_version", ""),
+            prefill_ms_per_token=s.prefill_ms_per_token,
+            decode_ms_per_step=tuple(sorted(s.decode_ms_per_step.items())),
+            model_version=s.model_version,
             jobs=jobs,
             servers=servers,
         )
@@ -133,19 +161,19 @@ class RecentOutcomes:
         self.events.setdefault(target_id, deque()).append((at, tokens, sla_met))
         self._trim(target_id, at)
 
-    def summary(self, target_id: str, now: float | None = None) -> dict[str, Any]:
+    def summary(self, target_id: str, now: float | None = None) -> RecentSummary:
         at = time.monotonic() if now is None else now
         self._trim(target_id, at)
         events = self.events.get(target_id, ())
         judged = [met for _, _, met in events if met is not None]
         span = max(min(self.window_s, at - self.started), 1e-9)  # a young Gateway has seen less than a window
-        return {
-            "requests": len(events),
-            "tokens_per_s": sum(t for _, t, _ in events) / span,
-            "sla_met": sum(judged),
-            "sla_judged": len(judged),
-            "sla_attainment": sum(judged) / len(judged) if judged else None,
-        }
+        return RecentSummary(
+            requests=len(events),
+            tokens_per_s=sum(t for _, t, _ in events) / span,
+            sla_met=sum(judged),
+            sla_judged=len(judged),
+            sla_attainment=sum(judged) / len(judged) if judged else None,
+        )
 
     def _trim(self, target_id: str, now: float) -> None:
         events = self.events.get(target_id)

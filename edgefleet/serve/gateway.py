@@ -34,7 +34,7 @@ from edgefleet.serve.dispatch import Dispatcher
 from edgefleet.serve.events import GenerateResult
 from edgefleet.serve.failures import as_request_error, counted_failure, for_item
 from edgefleet.serve.feedback_relay import FeedbackRelay
-from edgefleet.serve.fleet_tracker import FleetTracker, RecentOutcomes
+from edgefleet.serve.fleet_tracker import FleetTracker, RecentOutcomes, TargetStatus
 from edgefleet.serve.openai_http import (
     DOCUMENTED_RESPONSES,
     FEEDBACK_RESPONSES,
@@ -297,7 +297,7 @@ class Gateway:
                 metrics.request_failed("cancelled")
             raise
 
-    async def fleet_status(self) -> dict[str, Any]:
+    async def fleet_status(self) -> tuple[TargetStatus, ...]:
         """This replica's live view of every target (what ``edgefleet status`` shows per node)."""
         await self.poller.on_request()
         if not self.fleet.healthy:  # nothing heard yet: ask every target once instead of guessing

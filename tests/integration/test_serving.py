@@ -209,7 +209,7 @@ def _collect(actor, request: GenRequest) -> list[EngineEvent]:
 
 def test_dynamic_batching_shares_forward_passes(served):
     actor = _edge("edge-3")
-    before = ray.get(actor.stats.remote())["forward_passes"]
+    before = ray.get(actor.stats.remote()).forward_passes
 
     def request(i: int) -> GenRequest:
         return GenRequest(f"b{i}", [{"role": "user", "content": "batch me"}], max_new_tokens=10)
@@ -223,7 +223,7 @@ def test_dynamic_batching_shares_forward_passes(served):
         return await asyncio.gather(*(drain(g) for g in gens))
 
     results = asyncio.run(eight())
-    passes = ray.get(actor.stats.remote())["forward_passes"] - before
+    passes = ray.get(actor.stats.remote()).forward_passes - before
 
     ends = [r[-1] for r in results]
     assert all(isinstance(e, Finished) for e in ends)

@@ -13,6 +13,7 @@ import ray
 from edgefleet.config import EdgefleetConfig
 from edgefleet.platform.engine import GenRequest
 from edgefleet.platform.events import Finished, Started
+from edgefleet.platform.stats import EngineStats
 from edgefleet.serve import gateway as gateway_module
 from edgefleet.serve.openai_http import CompletionBody
 from edgefleet.serve.quotas import RateLimiter
@@ -25,7 +26,7 @@ def _gateway(data: dict | None = None):
     gw = object.__new__(GatewayClass)
     GatewayClass.__init__(gw, data or EdgefleetConfig().model_dump(), cloud=None)
     for target in gw.fleet.target_ids:
-        gw.fleet.heartbeat(target, {"queue_depth": 0})
+        gw.fleet.heartbeat(target, EngineStats())
     gw.targets._refresh = lambda target: asyncio.sleep(0)
     return gw
 
