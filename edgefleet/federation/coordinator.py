@@ -10,6 +10,8 @@ Each round (every step persisted before the next, see :mod:`run_store` and :mod:
    waits until ``round_timeout_s``; clients not done by then are stragglers, dropped and recorded.
    Fewer than the quorum (``min_clients``, ``min_fraction``, the secure-aggregation threshold)
    fails the attempt: nothing was unmasked, nobody is charged, and the round is tried again.
+   An update that does not fit the coordinator's own layout (:mod:`payload`) is refused: its
+   sender is dropped like a straggler and left out of the round's later attempts.
 4. **reveal**: the survivors' shares let the coordinator strip the masks of the *sum*; the
    masked vectors and the shares are persisted, then every survivor's release is charged to the
    ledger (idempotent per client and round).
@@ -57,6 +59,7 @@ from edgefleet.federation.run_setup import Evaluator, load_evaluator, local_hype
 from edgefleet.federation.run_store import RunStore
 from edgefleet.federation.secagg import SecAggError, SecAggServer
 from edgefleet.train.accounting import Release, composed_epsilon
+from edgefleet.train.dp import trainable_adapter_names
 
 MAX_ATTEMPTS = 3  # per round, before the run gives up
 PLAN_TIMEOUT_S = 20.0  # a client that cannot say what it would spend in this long is unavailable
@@ -216,8 +219,10 @@ class Coordinator:
                 self._charge(cur)  # before anything is unmasked; idempotent on resume
                 try:
                     self._aggregate(cur)
-                except SecAggError as exc:  # shares that rebuild nothing: charged, never unmasked; retry
-                    cur.failures = [*cur.failures, f"attempt {cur.attempt}: unmasking failed: {exc}"]
+                except (SecAggError, payload.MalformedPayload) as exc:  # shares that rebuild nothing, or a sum
+                    # no honest clients make: charged, nothing applied; retried (without the sender, if known)
+                    cur.failures = [*cur.failures, f"attempt {cur.attempt}: aggregation failed: {exc}"]
+                    cur.excluded |= {exc.client: str(exc)} if getattr(exc, "client", None) else {}
                     self._persist("failed")
                     continue
             break
@@ -319,6 +324,7 @@ class Coordinator:
         self._persist("training")
         self.on_step(f"round {round_id}: {k} clients train on their own data")
         adapter = self.store.load_adapter(round_id - 1)
+        layout = payload.Layout.of(adapter, trainable_adapter_names(self.hp, adapter))  # ours, not a client's
         clip = self.fed.user_dp.clip_norm if self.fed.user_dp else None
         results, stragglers = self.clients.ask(
             sampled,
@@ -330,10 +336,12 @@ class Coordinator:
         # updates in the clear are seen on arrival, even a straggler's later
         for c, release in round_rules.charges_on_arrival(sampled, planned, arrived, secure=secure).items():
             self.ledger.record(c, round_id, release, attempt, force=True)
-        if secure:  # a client that spent more than planned stays masked forever: its share of the sum is never revealed
-            for c in round_rules.over_budget(arrived, self.ledger.can_take_part):
-                stragglers[c] = "its release would exceed its privacy budget"
-                del results[c]
+        refused = payload.refusals({c: (r.payload, r.names) for c, r in results.items()}, layout, masked=secure)
+        excluded.update(refused)  # a client that sent a malformed update is not asked again this round
+        fits = self.ledger.can_take_part
+        for c, why in round_rules.left_out_of_the_sum(arrived, refused, fits, secure=secure).items():
+            stragglers[c] = why  # never unmasked; under secure aggregation, never charged
+            del results[c]
         finished = sorted(results)
         if len(finished) < self.quorum(k):
             raise _AttemptFailed(
@@ -354,7 +362,7 @@ class Coordinator:
         phases["reveal"] = time.perf_counter() - mark
         self.store.save_vectors(round_id, {c: results[c].payload for c in finished})
         cur.finished, cur.stragglers, cur.threshold = finished, stragglers, t
-        cur.names = results[finished[0]].names
+        cur.names = list(layout.names)
         cur.noise_seed = int.from_bytes(os.urandom(8), "little")
         cur.clients = {
             c: ClientReport(results[c].release, results[c].train_s, results[c].step_s, results[c].ran_on)
@@ -373,21 +381,17 @@ class Coordinator:
         mark = time.perf_counter()
         vectors = self.store.load_vectors(cur.round)
         adapter = self.store.load_adapter(cur.round - 1)
+        layout = payload.Layout.of(adapter, cur.names)
         if self.fed.secure_aggregation:
-            server = SecAggServer(
-                cur.roster,
-                threshold=cur.threshold,
-                round_tag=cur.tag.encode(),
-                length=len(next(iter(vectors.values()))),
-            )
+            server = SecAggServer(cur.roster, threshold=cur.threshold, round_tag=cur.tag.encode(), length=layout.length)
             for c in cur.finished:
                 server.add_masked(c, vectors[c])
-            total = payload.decode(server.unmask(cur.revealed))
+            total = payload.decode(server.unmask(cur.revealed), layout)
             cur.tampered = server.tampered
             each = None  # the sum is all there is
-        else:
-            each = [payload.decode(vectors[c]) for c in cur.finished]
-            total = payload.decode(sum(vectors[c] for c in cur.finished))
+        else:  # checked on arrival; read again, naming its sender, since a run from before the check may hold any
+            each = [payload.decode(vectors[c], layout, client=c) for c in cur.finished]
+            total = payload.decode(sum(vectors[c] for c in cur.finished), layout)
         # the payloads' sums give the weighted mean train loss; under user-level DP there is none
         # (an un-noised sum would sit outside its guarantee)
         cur.train_loss = total.mean_loss if self.strategy.reports_loss else math.nan

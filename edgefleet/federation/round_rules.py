@@ -9,6 +9,8 @@ and nowhere else in a round.
 - :func:`quorum` and :func:`threshold`: finished clients a round of K needs; Shamir's t.
 - :func:`over_budget`: clients whose *actual* release would pass their budget. Under secure
   aggregation they are dropped before the reveal (their update stays masked for good).
+- :func:`left_out_of_the_sum`: updates that arrived but do not enter the sum: those two, and a
+  malformed one (which also leaves its sender out of the round's later attempts).
 - :func:`charges_on_arrival` and :func:`charges_at_reveal`: which releases the ledger records, and
   when. In the clear an update is seen as it arrives; under secure aggregation only the sum is,
   at the reveal.
@@ -52,6 +54,20 @@ def quorum(k: int, rules: QuorumRules) -> int:
 def over_budget(releases: Mapping[str, Release], fits: Fits) -> list[str]:
     """The clients whose ``releases`` would take them past their budget, sorted."""
     return sorted(c for c, r in releases.items() if not fits(c, r))
+
+
+def left_out_of_the_sum(
+    arrived: Mapping[str, Release], refused: Mapping[str, str], fits: Fits, *, secure: bool
+) -> dict[str, str]:
+    """Clients whose update arrived but does not enter the sum, and why: a malformed update
+    (``refused``: client → why, in either mode) and, under secure aggregation, an update whose
+    actual release would take its client past budget. Dropped before the reveal, neither is
+    unmasked, so the round's attempt goes on with the rest if the quorum holds."""
+    left_out = dict(refused)
+    if secure:
+        fine = {c: r for c, r in arrived.items() if c not in refused}
+        left_out.update(dict.fromkeys(over_budget(fine, fits), "its release would exceed its privacy budget"))
+    return left_out
 
 
 @dataclass(frozen=True)

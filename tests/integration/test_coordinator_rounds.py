@@ -8,12 +8,14 @@ SIGKILLed `edgefleet federate` Ray Job, resubmitted) in test_operations.py.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from edgefleet.config import parse_config
 from edgefleet.federation.coordinator import Coordinator, RoundFailed, load_evaluator, local_hyper
+from edgefleet.federation.messages import Trained
 from edgefleet.federation.participant import handle
 from edgefleet.federation.secagg import decode
 from edgefleet.platform.models import load_trainable
@@ -210,6 +212,84 @@ def test_a_coordinator_that_dies_mid_training_retries_with_fresh_keys_and_charge
         finished = [r.round for r in results if node in r.finished]
         charged = coord.ledger.db.execute("SELECT round FROM releases WHERE client = ? ORDER BY round", (node,))
         assert [r for (r,) in charged] == finished, node
+
+
+class LyingClient(InProcessClient):
+    """Trains honestly on its node, then lies in its reply to round ``round``'s TrainRequest: ``lie(reply)``."""
+
+    def __init__(self, *args, lies):
+        super().__init__(*args)
+        self.lies = lies  # round → how that round's Trained reply is altered
+
+    def call(self, request, timeout_s):
+        reply = super().call(request, timeout_s)
+        lie = next((f for r, f in self.lies.items() if f"/round-{r}/" in getattr(request, "tag", "")), None)
+        return lie(reply) if lie and isinstance(reply, Trained) else reply
+
+
+def liars(cfg, lies):
+    """``lies``: (node, round) → how that client alters its update in that round; the others are honest."""
+    base, tok = load_trainable(cfg.fleet.edge_nodes[0].model, cfg.cache_dir)
+    return lambda n: LyingClient(cfg, n, base, tok, lies={r: f for (node, r), f in lies.items() if node == n})
+
+
+def test_under_secure_aggregation_a_malformed_update_drops_its_sender_and_honest_clients_pay_once(tmp_path):
+    """Round 1: edge-3's masked vector is one number short; round 2: edge-1 names tensors the model
+    does not have. Each liar is dropped before the reveal (its update stays masked, it is not
+    charged) and the round commits in its first attempt with the others, each charged once."""
+    cfg = federation_config(tmp_path, local_steps=2)
+    lies = {
+        ("edge-3", 1): lambda r: replace(r, payload=r.payload[:-1]),
+        ("edge-1", 2): lambda r: replace(r, names=[*r.names[:-1], "lm_head.weight"]),
+    }
+    evaluator = load_evaluator(cfg, local_hyper(cfg))
+    coord = Coordinator(cfg, tmp_path / "run", clients=liars(cfg, lies), evaluator=evaluator)
+
+    first, second = coord.run(2)
+
+    assert (first.attempt, first.finished) == (1, ["edge-1", "edge-2"])
+    assert "edge-3's update is refused" in first.stragglers["edge-3"]
+    assert "numbers where the layout holds" in first.stragglers["edge-3"]
+    assert (second.attempt, second.finished) == (1, ["edge-2", "edge-3"])
+    assert "names tensors ['lm_head.weight']" in second.stragglers["edge-1"]
+    charged = coord.ledger.db.execute("SELECT client, round, attempt FROM releases ORDER BY client, round")
+    assert charged.fetchall() == [("edge-1", 1, 1), ("edge-2", 1, 1), ("edge-2", 2, 1), ("edge-3", 2, 1)]
+
+
+def test_a_malformed_update_found_on_resume_is_retried_without_its_sender_not_a_crash_loop(tmp_path):
+    """In the clear: edge-2 sends NaN and is refused on arrival. Then the coordinator dies after the
+    reveal, and edge-1's stored update is found one number short (a run directory written before the
+    checks). The resumed round is retried without either and commits with edge-3, instead of
+    crashing again on every start."""
+    cfg = federation_config(tmp_path, secure_aggregation=False, min_clients=1, min_fraction=0.3, local_steps=2)
+    lies = {("edge-2", 1): lambda r: replace(r, payload=np.full_like(r.payload, np.nan))}
+    evaluator = load_evaluator(cfg, local_hyper(cfg))
+    crashing = CrashingCoordinator(
+        cfg, tmp_path / "run", clients=liars(cfg, lies), evaluator=evaluator, crash_at=(1, "revealed")
+    )
+    with pytest.raises(_Crashed):
+        crashing.run(1)
+    vectors = crashing.store.load_vectors(1)
+    assert sorted(vectors) == ["edge-1", "edge-3"]  # edge-2's NaN never reached the disk
+    crashing.store.save_vectors(1, vectors | {"edge-1": vectors["edge-1"][1:]})
+
+    coord = ExclusionsSeen(cfg, tmp_path / "run", clients=liars(cfg, lies), evaluator=evaluator)
+    (result,) = coord.run(1)
+
+    assert (result.attempt, result.sampled, result.finished) == (2, ["edge-3"], ["edge-3"])
+    assert math.isfinite(result.held_out_loss)
+    assert sorted(coord.excluded) == ["edge-1", "edge-2"]
+    assert "edge-2's update is refused: it holds NaN" in coord.excluded["edge-2"]
+    assert "edge-1's update is refused" in coord.excluded["edge-1"]
+
+
+class ExclusionsSeen(Coordinator):
+    """Keeps the last round's exclusions (the committed result drops them) for the test to read."""
+
+    def _persist(self, step=None):
+        super()._persist(step)
+        if self.state.current and self.state.current.excluded:
+            self.excluded = dict(self.state.current.excluded)
 
 
 def test_secure_aggregation_with_one_client_per_round_is_refused_with_the_way_out(tmp_path):

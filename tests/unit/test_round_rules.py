@@ -7,6 +7,7 @@ from edgefleet.federation.round_rules import (
     charges_at_reveal,
     charges_on_arrival,
     draw,
+    left_out_of_the_sum,
     over_budget,
     quorum,
     threshold,
@@ -76,3 +77,14 @@ def test_in_the_clear_every_sampled_client_is_charged_on_arrival_a_straggler_as_
 
 def test_at_the_reveal_exactly_the_finishers_are_charged_what_they_reported():
     assert charges_at_reveal(["a", "c"], {"a": BIG, "b": R, "c": R}) == {"a": BIG, "c": R}
+
+
+def test_a_malformed_update_is_left_out_of_the_sum_in_the_clear_and_under_secure_aggregation():
+    arrived = {"a": R, "b": BIG, "liar": BIG}
+    refused = {"liar": "liar's update is refused: 4 numbers where the layout holds 5"}
+
+    clear = left_out_of_the_sum(arrived, refused, fits_unless_big, secure=False)
+    secure = left_out_of_the_sum(arrived, refused, fits_unless_big, secure=True)
+
+    assert clear == refused  # in the clear b's update was seen: it is charged and counts
+    assert secure == refused | {"b": "its release would exceed its privacy budget"}  # stays masked for good
