@@ -127,7 +127,7 @@ def check(payload: Any, names: Sequence[str], layout: Layout, *, masked: bool, c
     if tuple(names) != layout.names:
         extra, missing = sorted(set(names) - set(layout.names)), sorted(set(layout.names) - set(names))
         differ = f"names tensors {extra} and lacks {missing}" if extra or missing else "orders the tensors otherwise"
-        raise MalformedPayload(f"it {differ} than the model's layout", client)
+        raise MalformedPayload(f"its tensors do not match the model's layout: it {differ}", client)
     if not masked:
         decode(payload, layout, client=client)
         return
