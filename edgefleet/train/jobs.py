@@ -25,6 +25,7 @@ from typing import Any
 from edgefleet.config import EdgefleetConfig, PrivacyConfig
 from edgefleet.errors import EdgefleetError
 from edgefleet.train.dp import DEFAULT_HYPER, LocalHyper, LocalUpdate
+from edgefleet.train.mailbox import Mailbox, SessionReply, SessionStopped, SessionTask
 
 UPDATE_FILE = "update.pt"
 
@@ -93,17 +94,16 @@ def _train_loop(config: dict[str, Any]) -> None:
     handler = config["handler"]
     context = SessionContext(config["node_id"], privacy, rank=rank)
     while (task := mailbox.next_task()) is not None:
-        message = task["message"]
-        if getattr(message, "reload_data", False):  # a new round: what users said since the last one counts
+        if getattr(task.message, "reload_data", False):  # a new round: what users said since the last one counts
             try:
                 blocks = load_samples()
             except Exception:  # noqa: BLE001 - unreadable now: train on what was there
                 pass
         try:
-            saved = {"message": handler(base, blocks, message, context)}
+            answer = SessionReply(task.seq, reply=handler(base, blocks, task.message, context))
         except Exception as exc:  # noqa: BLE001 - one failed step must not end the session
-            saved = {"error": f"{type(exc).__name__}: {exc}"}
-        mailbox.put_answer({**saved, "seq": task.get("seq")})
+            answer = SessionReply(task.seq, error=f"{type(exc).__name__}: {exc}")
+        mailbox.put_answer(answer)
 
 
 def _one_round(
@@ -300,8 +300,8 @@ def run_local_update(
     return _job_result(saved, wall, node_id, workers)
 
 
-def await_answer(get: Any, seq: int, timeout_s: float, who: str, error: Any = lambda: None) -> dict[str, Any]:
-    """The answer to task ``seq`` from an answers queue's ``get(block, timeout)``. An answer to an
+def await_answer(get: Any, seq: int, timeout_s: float, who: str, error: Any = lambda: None) -> SessionReply:
+    """The reply to task ``seq`` from an answers queue's ``get(block, timeout)``. A reply to an
     older task (a straggler's, arriving after its caller gave up) is skipped, never taken for this one.
 
     Raises:
@@ -313,13 +313,13 @@ def await_answer(get: Any, seq: int, timeout_s: float, who: str, error: Any = la
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            saved = get(block=True, timeout=max(0.01, deadline - time.monotonic()))
+            answer = get(block=True, timeout=max(0.01, deadline - time.monotonic()))
         except queue.Empty:
             raise TimeoutError(f"{who} did not answer within {timeout_s:g} s") from None
-        if saved.get("stopped"):
+        if isinstance(answer, SessionStopped):
             raise RuntimeError(f"the training session on {who} stopped: {error()}")
-        if saved.get("seq") == seq:
-            return saved
+        if answer.seq == seq:
+            return answer
 
 
 class LocalTrainingSession:
@@ -352,8 +352,6 @@ class LocalTrainingSession:
         :meth:`call` sends; it runs on the node, in the worker, and must be importable there."""
         import itertools
         import threading
-
-        from edgefleet.train.mailbox import Mailbox
 
         self.node_id = node_id
         self._seq = itertools.count(1)
@@ -389,7 +387,7 @@ class LocalTrainingSession:
 
             if ray.is_initialized():  # after the driver disconnected, a put would silently re-connect it
                 try:
-                    self._mailbox.put_answer({"stopped": True})
+                    self._mailbox.put_answer(SessionStopped())
                 except ray.exceptions.RayActorError:  # closed while the run still ended: nobody waits
                     pass
                 if self._closing:  # close() gave up waiting for the run to end: the mailbox goes now
@@ -412,11 +410,11 @@ class LocalTrainingSession:
         if not self._thread.is_alive():
             raise RuntimeError(f"the training session on {self.node_id} has stopped: {self.error}")
         seq = next(self._seq)
-        self._mailbox.put_task({"message": message, "seq": seq})
+        self._mailbox.put_task(SessionTask(seq, message))
         answer = await_answer(self._mailbox.get_answer, seq, timeout_s, self.node_id, lambda: self.error)
-        if "error" in answer:
-            raise StepFailed(answer["error"])
-        return answer["message"]
+        if answer.failed:
+            raise StepFailed(answer.error)
+        return answer.reply
 
     def close(self, timeout_s: float = 60) -> None:
         self._closing = True
