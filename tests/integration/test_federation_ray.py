@@ -6,6 +6,8 @@ start or two here, so they share the run):
   other two (edge-3's pairwise masks removed through its Shamir shares) and edge-3 is not charged;
 - round 2: edge-3 is back in a new session and finishes, while edge-1 misses the round deadline.
   The straggler is dropped and secure aggregation still unmasks the survivors' sum.
+
+Between rounds edge-2's session is reused: the same Train worker process serves both rounds.
 """
 
 import os
@@ -45,8 +47,17 @@ def test_a_killed_client_is_dropped_then_rejoins_and_a_straggler_is_dropped_at_t
     # phase. Round 2: edge-1 is a slow site, past the 12 s deadline (the others train in ~2 s).
     delays = {1: {"edge-3": 8.0}, 2: {"edge-1": 18.0}}
     current_delays = dict(delays[1])
+    worker_pids: list[dict[str, int]] = []  # after each round: client → its live Train worker's pid
+
+    def train_worker_pids() -> dict[str, int]:
+        workers = list_actors(
+            address=fleet.dashboard_url, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
+        )
+        client_of = {n.ray_node_id: n.node_id for n in fleet.nodes() if n.alive}
+        return {client_of[w.node_id]: w.pid for w in workers if w.node_id in client_of}
 
     def next_round_delays(result, _version) -> None:
+        worker_pids.append(train_worker_pids())
         current_delays.clear()
         current_delays.update(delays.get(result.round + 1, {}))
 
@@ -91,4 +102,7 @@ def test_a_killed_client_is_dropped_then_rejoins_and_a_straggler_is_dropped_at_t
     # each update was computed on the client's own node, where its data lives
     assert all(r.ran_on == {c: c for c in r.finished} for r in results)
     assert len(coord.store.dir.joinpath("rounds.jsonl").read_text().splitlines()) == 2
+    # a session serves round after round: edge-2's worker is the same process; edge-3's is a new one
+    assert worker_pids[0]["edge-2"] == worker_pids[1]["edge-2"], worker_pids
+    assert worker_pids[1]["edge-3"] not in (killed[0], worker_pids[0].get("edge-3")), worker_pids
     assert ray.is_initialized()

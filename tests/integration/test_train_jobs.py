@@ -57,7 +57,8 @@ def test_a_job_on_its_node_trains_with_dpddp_and_carries_the_accountant(train_co
 
     for result in (first, second):
         assert labels_of(result.ran_on)[NODE_LABEL] == "edge-2"
-        assert result.world_size == 2 and result.ranks_in_sync  # DPDDP left both ranks with the same weights
+        # the process group the update trained in is the workers asked for; DPDDP left both with the same weights
+        assert result.workers == result.world_size == 2 and result.ranks_in_sync
         u = result.update
         assert u.private and u.steps == HP.max_steps and 0 < u.epsilon <= train_config.privacy.target_epsilon + 0.05
         assert u.delta and all(math.isfinite(float(v.abs().sum())) for v in u.delta.values()) and math.isfinite(u.loss)
