@@ -1,0 +1,169 @@
+"""What each edge node should serve, and the next steps to get there: the rollout's decision, pure.
+
+The desired state is the registry's ``@champion`` alias with the config's canary nodes. Given it,
+the marks on the champion version (tags an earlier pass wrote) and what each node says it serves,
+:func:`decide` returns one pass's actions. Nothing is remembered between passes, so a restarted
+reconciler picks a half-done rollout up where the registry and the nodes show it stands.
+
+For a champion C that replaced P (its ``previous_champion`` tag; without one, the base model):
+
+- C *promoted* (its canary passed): every node serves C.
+- C *rejected* while still the champion (there was no P to move the alias back to): every node
+  serves P, i.e. the base model.
+- otherwise C is *on canary*: the canaries serve C, the rest P. Once they do, the canary window is
+  judged. If every node outside the canaries already serves C there is nothing to compare it with,
+  and C is adopted. A canary not ready to be judged within ``canary_timeout_s`` of its start
+  (``canary_since``) is rejected as timed out.
+
+A node that did not answer gets no action; it is converged when it answers again, whatever it
+came back serving (the base model, after a restart).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+# Version tags, the rollout's memory. PREVIOUS and REJECTED are the registry's own (promote, rollback).
+PREVIOUS = "edgefleet.previous_champion"
+PROMOTED = "edgefleet.rollout"  # "promoted to all edge nodes: <the verdict's reason>"
+REJECTED = "edgefleet.rolled_back"  # the reason
+CANARY_SINCE = "edgefleet.canary_since"  # unix seconds: when the canary of this version began
+
+IDLE, CANARY, PROMOTED_STATE, ROLLED_BACK = "idle", "canary", "promoted", "rolled_back"  # metrics.ROLLOUT_STATES
+
+
+@dataclass(frozen=True)
+class ChampionMarks:
+    """The champion version and what the registry's tags say of its rollout."""
+
+    version: str
+    previous: str | None = None  # the champion it replaced; None: the base model
+    promoted: bool = False
+    rejected: str | None = None  # why its canary failed
+    canary_since: float | None = None
+
+    @classmethod
+    def from_tags(cls, version: str, tags: Mapping[str, str]) -> ChampionMarks:
+        since = tags.get(CANARY_SINCE)
+        try:
+            canary_since = float(since) if since else None
+        except ValueError:  # a hand-edited tag: the canary starts over
+            canary_since = None
+        return cls(
+            str(version),
+            previous=tags.get(PREVIOUS) or None,
+            promoted=tags.get(PROMOTED, "").startswith("promoted"),
+            rejected=tags.get(REJECTED) or None,
+            canary_since=canary_since,
+        )
+
+
+@dataclass(frozen=True)
+class FleetState:
+    """One look at the fleet: every configured node, the canaries, the champion and what answered."""
+
+    nodes: tuple[str, ...]
+    canaries: tuple[str, ...]
+    champion: ChampionMarks | None
+    serving: Mapping[str, str | None]  # node → registry version it serves (None: the base model); absent: no answer
+    now: float  # unix seconds
+
+    @property
+    def rest(self) -> tuple[str, ...]:
+        return tuple(n for n in self.nodes if n not in self.canaries)
+
+
+@dataclass(frozen=True)
+class Swap:
+    node: str
+    to: str | None  # a registry version; None: the config's base model
+    canary: bool = False  # the canary taking the version on trial: failing to load it rejects the version
+
+
+@dataclass(frozen=True)
+class Plan:
+    state: str  # the rollout's state, as metrics.ROLLOUT_STATES names it
+    desired: Mapping[str, str | None]  # every node → what it should serve now
+    swaps: tuple[Swap, ...] = ()
+    start_canary: bool = False  # mark the champion's canary as begun (its deadline counts from now)
+    judge: bool = False  # the canaries and the rest are ready: run the canary window and judge it
+    promote: str = ""  # mark the champion promoted without a window, for this reason
+    reject: str = ""  # mark the champion rejected, for this reason
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def idle(self) -> bool:
+        """Nothing to do: the fleet is where it should be, or waits on nodes that do not answer."""
+        return not (self.swaps or self.start_canary or self.judge or self.promote or self.reject)
+
+
+def served_version(model_version: str, model_name: str) -> str | None:
+    """The registry version a node's ``model_version`` names (``...+adapter:<model>-v<N>``, as
+    ``swap_to_registry`` names the adapter); None for the base model, the adapter's name for an
+    adapter of no version of ``model_name`` (never equal to a version, so it is swapped away)."""
+    _, sep, adapter = model_version.partition("+adapter:")
+    if not sep:
+        return None
+    number = adapter.removeprefix(f"{model_name}-v")
+    return number if number != adapter and number.isdigit() else f"unregistered adapter {adapter}"
+
+
+def off_champion(state: FleetState) -> int:
+    """Nodes not serving the champion version (a node that did not answer counts as off)."""
+    champion = state.champion.version if state.champion else None
+    return sum(1 for n in state.nodes if n not in state.serving or state.serving[n] != champion)
+
+
+def decide(state: FleetState, *, canary_timeout_s: float) -> Plan:
+    """One pass's actions toward what ``state`` says the fleet should serve."""
+    c = state.champion
+    if c is None:
+        return _converge(IDLE, dict.fromkeys(state.nodes), state)
+    if c.rejected is not None:
+        return _converge(ROLLED_BACK, dict.fromkeys(state.nodes, c.previous), state)
+    if c.promoted:
+        return _converge(PROMOTED_STATE, dict.fromkeys(state.nodes, c.version), state)
+    rest = state.rest
+    if rest and all(state.serving.get(n, _NO_ANSWER) == c.version for n in rest):
+        plan = _converge(PROMOTED_STATE, dict.fromkeys(state.nodes, c.version), state)
+        why = f"every edge node outside the canaries ({', '.join(rest)}) already serves it: nothing to compare with"
+        return Plan(plan.state, plan.desired, plan.swaps, promote=why)
+    desired = {n: c.version if n in state.canaries else c.previous for n in state.nodes}
+    swaps = _swaps(desired, state, on_trial=c.version)
+    canaries_ready = all(state.serving.get(n, _NO_ANSWER) == c.version for n in state.canaries)
+    compared = [n for n in rest if state.serving.get(n, _NO_ANSWER) == c.previous]
+    if canaries_ready and compared and not swaps:
+        return Plan(CANARY, desired, judge=True, start_canary=c.canary_since is None)
+    if c.canary_since is not None and state.now > c.canary_since + canary_timeout_s:
+        waiting = [n for n in state.canaries if state.serving.get(n, _NO_ANSWER) != c.version]
+        why = (
+            f"the canary was not ready to judge within {canary_timeout_s:.0f} s "
+            f"({', '.join(waiting) or 'no node outside the canaries'} "
+            f"{'not serving it' if waiting else 'serving the previous version'}): timed out"
+        )
+        return Plan(CANARY, desired, reject=why)
+    notes = () if compared or not canaries_ready else ("waiting for a node outside the canaries to compare with",)
+    return Plan(CANARY, desired, swaps, start_canary=c.canary_since is None, notes=notes)
+
+
+_NO_ANSWER = object()  # what a node that did not answer serves, equal to no version
+
+
+def _converge(rollout_state: str, desired: dict[str, str | None], state: FleetState) -> Plan:
+    return Plan(rollout_state, desired, _swaps(desired, state, on_trial=None))
+
+
+def _swaps(desired: Mapping[str, str | None], state: FleetState, *, on_trial: str | None) -> tuple[Swap, ...]:
+    return tuple(
+        Swap(n, desired[n], canary=on_trial is not None and n in state.canaries and desired[n] == on_trial)
+        for n in state.nodes
+        if n in state.serving and state.serving[n] != desired[n]
+    )
+
+
+def describe(version: str | None) -> str:
+    """How a served or desired version reads in a table or a message."""
+    if version is None:
+        return "base model"
+    return f"v{version}" if version.isdigit() else version
