@@ -188,6 +188,13 @@ METRICS = (
         "1 for the rollout's current state, 0 for the others (state: idle, canary, promoted, rolled_back, failed).",
         ("model", "state"),
     ),
+    MetricSpec(
+        "edgefleet_nodes_off_champion",
+        "gauge",
+        "Edge nodes not serving the champion version, as the reconciler last saw them (a node that did not "
+        "answer counts); during a canary window, the nodes outside it.",
+        ("model",),
+    ),
 )
 BY_NAME = {m.name: m for m in METRICS}
 DEPRECATED = tuple(m for m in METRICS if m.deprecated)
@@ -420,6 +427,10 @@ def champion_of(registry: Any) -> None:
         log.warning("champion version unavailable for the metrics", exc_info=True)
         return
     champion(registry.name, version)
+
+
+def nodes_off_champion(model: str, count: int) -> None:
+    _set("edgefleet_nodes_off_champion", {"model": model}, count)
 
 
 def rollout_state(model: str, state: str) -> None:

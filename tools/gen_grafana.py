@@ -213,6 +213,13 @@ PANELS = [
         "none",
         [("max by (state) (ray_edgefleet_rollout_state) == 1", "{{state}}")],
     ),
+    (
+        "Federation and models",
+        "Edge nodes off the champion",
+        "timeseries",
+        "none",
+        [("max by (model) (ray_edgefleet_nodes_off_champion)", "{{model}}")],
+    ),
 ]
 
 

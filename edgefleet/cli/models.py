@@ -10,7 +10,6 @@ import argparse
 import json
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
 from edgefleet.cli.fleet import console, fetch_model
@@ -115,34 +114,3 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     previous = _guard(lambda: open_registry(cfg).rollback(args.reason))
     console.print(f"{cfg.mlflow.model_name}@champion rolled back to version {previous} ({args.reason})")
     return 0
-
-
-def watch_champion(cfg: EdgefleetConfig, out: Console, err: Console) -> Any:
-    """While the fleet is up, roll out every new champion canary-first (needs 2+ edge nodes to compare).
-
-    Returns the ``threading.Event`` that stops the watcher, or None when there is nothing to compare.
-    """
-    import threading
-
-    if len(cfg.fleet.edge_nodes) < 2:
-        return None
-    from edgefleet.serve.rollout import ChampionWatcher, RolloutController
-
-    ctl = RolloutController.from_config(cfg)
-
-    def report(r: Any) -> None:
-        if isinstance(r, Exception):
-            err.print(f"[yellow]rollout watcher: {r}")
-        else:
-            out.print(
-                f"rollout of v{r.version}: {'promoted' if r.verdict.promote else 'rolled back'} ({r.verdict.reason})"
-            )
-
-    stop = threading.Event()
-    watcher = ChampionWatcher(ctl, on_report=report)
-    threading.Thread(target=watcher.run, args=(stop,), name="champion-watcher", daemon=True).start()
-    out.print(
-        f"watching {cfg.mlflow.model_name}@champion: a new champion goes to {', '.join(ctl.canaries)} first, "
-        "then everywhere (or is rolled back)"
-    )
-    return stop

@@ -6,8 +6,10 @@ Four sources, each the authority on its part:
   and SLA attainment over the last minute, the model version each node serves;
 - the MLflow registry (``mlflow.tracking_uri``): the last federated run, its round and each
   client's ε, and the champion. Durable: it outlives the ``edgefleet federate`` driver, whose
-  gauges Ray drops when that process ends;
-- the metrics endpoints (what Prometheus scrapes): the rollout state of the running watcher.
+  gauges Ray drops when that process ends. With what each edge node serves, it gives the version
+  each should serve (desired vs actual), as the champion reconciler decides it
+  (:func:`edgefleet.serve.convergence.decide`);
+- the metrics endpoints (what Prometheus scrapes): the rollout state of the running reconciler.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from rich.table import Table
 
 from edgefleet import metrics
 from edgefleet.config import EdgefleetConfig
+from edgefleet.serve.convergence import ChampionMarks, FleetState, decide, describe, off_champion, served_version
 
 if TYPE_CHECKING:  # the rows arrive unpickled from the Gateway; this module only reads them
     from edgefleet.serve.fleet_tracker import TargetStatus
@@ -45,6 +48,8 @@ def build_status(
     ``Gateway.fleet_status`` (None if it did not answer), ``samples`` from :func:`metrics.scrape`,
     ``registry`` from :func:`registry_view`."""
     rows = []
+    desired = _desired(nodes, gateway, registry)
+    wanted = decide(desired, canary_timeout_s=float("inf")).desired if desired is not None else {}
     live = {n.node_id for n in nodes if n.alive}
     seen = {t.target_id: t for t in gateway or ()}
     # Ray keeps a dead raylet in its node table; once the site is back on a new raylet, that old
@@ -60,6 +65,9 @@ def build_status(
                 "model_version": g.model_version,
                 **dataclasses.asdict(g.recent),  # requests, tokens_per_s, sla_met, sla_judged, sla_attainment
             }
+        if n.node_id in wanted:  # desired vs actual: the registry version (None: the base model) it should serve
+            serves = desired.serving.get(n.node_id, "no answer")
+            row |= {"desired_version": wanted[n.node_id], "on_desired": serves == wanted[n.node_id]}
         rows.append(row)
     run = registry.get("run") or {}
     budget = run.get("budget")
@@ -73,7 +81,20 @@ def build_status(
         "epsilon": {c: {"spent": e, "budget": budget} for c, e in run.get("epsilon", {}).items()},
         "champion_version": registry.get("champion"),
         "rollout_state": _rollout_state(samples),
+        **({"nodes_off_champion": off_champion(desired)} if desired is not None else {}),
     }
+
+
+def _desired(nodes: list[Any], gateway: Sequence[TargetStatus] | None, registry: dict[str, Any]) -> FleetState | None:
+    """The edge nodes as the champion reconciler sees them (None without the registry's or the
+    Gateway's view): what each serves, by the Gateway, and the champion's marks."""
+    if gateway is None or "model_name" not in registry:
+        return None
+    edges = tuple(sorted({n.node_id for n in nodes if n.role == "edge" and n.alive}))
+    seen = {t.target_id: t for t in gateway if t.healthy and t.model_version}
+    serving = {n: served_version(seen[n].model_version, registry["model_name"]) for n in edges if n in seen}
+    canaries = tuple(registry.get("canaries") or edges[:1])
+    return FleetState(edges, canaries, registry.get("marks"), serving, now=time.time())
 
 
 def _health(node: Any, g: TargetStatus | None) -> str:
@@ -95,7 +116,9 @@ def _rollout_state(samples: dict[str, list]) -> str | None:
 
 def render(status: dict[str, Any]) -> Group:
     table = Table(title="edgefleet fleet", caption="tokens/s and SLA over the last minute, as the Gateway saw them")
-    for col in ("node", "role", "labels", "health", "queue", "tokens/s", "model version", "SLA (1 min)"):
+    desired = any("desired_version" in r for r in status["nodes"])
+    columns = ("node", "role", "labels", "health", "queue", "tokens/s", "model version", "SLA (1 min)")
+    for col in (*columns, "should serve") if desired else columns:
         table.add_column(col, justify="right" if col in ("queue", "tokens/s") else "left")
     colour = {"serving": "green", "down": "red", "unreachable": "red", "circuit open": "red", "draining": "yellow"}
     for r in status["nodes"]:
@@ -107,6 +130,9 @@ def render(status: dict[str, Any]) -> Group:
             serving = [str(r["queue_depth"]), f"{r['tokens_per_s']:.1f}", r["model_version"] or r["model"], sla]
         else:
             serving = ["-"] * 4
+        if desired:  # desired vs actual, as the champion reconciler sees it
+            want = describe(r["desired_version"]) if "desired_version" in r else "-"
+            serving.append(want if "desired_version" not in r or r["on_desired"] else f"[yellow]{want} (not yet)")
         table.add_row(r["node"], r["role"], labels, health, *serving)
     summary = Table(show_header=False, box=None)
     summary.add_row("Gateway", status["gateway"] if status["gateway"] == "ok" else f"[red]{status['gateway']}")
@@ -121,6 +147,8 @@ def render(status: dict[str, Any]) -> Group:
     summary.add_row("champion", f"version {champion}" if champion is not None else "none registered yet")
     if status["rollout_state"]:
         summary.add_row("rollout", status["rollout_state"])
+    if status.get("nodes_off_champion"):
+        summary.add_row("off the champion", f"{status['nodes_off_champion']} edge node(s)")
     return Group(table, summary)
 
 
@@ -131,7 +159,14 @@ def registry_view(cfg: EdgefleetConfig) -> dict[str, Any]:
     try:
         registry = ModelRegistry.from_config(cfg)
         champion = registry.champion_version()
-        return {"run": registry.latest_run(), "champion": int(champion) if champion else None}
+        marks = ChampionMarks.from_tags(champion, registry.show(champion)["tags"]) if champion else None
+        return {
+            "run": registry.latest_run(),
+            "champion": int(champion) if champion else None,
+            "marks": marks,  # the reconciler's: with what nodes serve, what each should serve
+            "model_name": registry.name,
+            "canaries": cfg.mlflow.canary_nodes,
+        }
     except Exception as exc:  # noqa: BLE001 - an unreachable server must not hide the fleet
         return {"error": f"MLflow at {cfg.tracking_uri} unreadable ({type(exc).__name__})"}
 

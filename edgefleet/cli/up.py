@@ -7,13 +7,14 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from typing import Any
 
+from rich.console import Console
 from rich.table import Table
 
 from edgefleet.cli.fleet import console, deploy, err_console, node_ip, nodes_table, start_fleet, state_file
-from edgefleet.cli.models import watch_champion
 from edgefleet.cli.tables import show
 from edgefleet.config import EdgefleetConfig, load_config
 from edgefleet.errors import FleetError
@@ -42,6 +43,34 @@ def start_mlflow_ui(cfg: EdgefleetConfig) -> tuple[subprocess.Popen | None, str]
     return proc, url
 
 
+def start_reconciler(cfg: EdgefleetConfig, out: Console, err: Console) -> threading.Event | None:
+    """While the fleet is up, keep every edge node on the champion, canary-first (a canary needs 2+
+    edge nodes to compare, none of them synthetic). Returns the event that stops it, or None without one."""
+    synthetic = [n.id for n in cfg.fleet.edge_nodes if n.model.source.split(":")[0] == "synthetic"]
+    if len(cfg.fleet.edge_nodes) < 2 or synthetic:  # a timing profile takes no adapter
+        return None
+    from edgefleet.serve.reconciler import Reconciler, Step
+    from edgefleet.serve.rollout import RolloutController
+
+    ctl = RolloutController.from_config(cfg)
+
+    def report(step: Step | Exception) -> None:
+        if isinstance(step, Exception):
+            err.print(f"[yellow]champion reconciler: {type(step).__name__}: {step}")
+            return
+        for line in step.describe():
+            out.print(f"champion reconciler: {line}")
+
+    stop = threading.Event()
+    reconciler = Reconciler(ctl, on_step=report)
+    threading.Thread(target=reconciler.run, args=(stop,), name="champion-reconciler", daemon=True).start()
+    out.print(
+        f"reconciling the edge nodes with {cfg.mlflow.model_name}@champion: a new champion goes to "
+        f"{', '.join(ctl.canaries)} first, then everywhere (or is rolled back); restarted nodes get it back"
+    )
+    return stop
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, ray_address=args.address)
     stop = {"now": False}
@@ -65,12 +94,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         state.parent.mkdir(parents=True, exist_ok=True)
         state.write_text(json.dumps({"address": fleet.address, "pid": os.getpid(), "raylet_pids": fleet.raylet_pids()}))
         console.print(f"try:  edgefleet generate 'What is the capital of France?' --target {served.grpc_address}")
-        watcher_stop = watch_champion(cfg, console, err_console)
+        reconciler_stop = start_reconciler(cfg, console, err_console)
         print("edgefleet is up; Ctrl-C stops it", flush=True)  # plain line: scripts and tests wait on it
         while not stop["now"]:
             time.sleep(0.2)
-        if watcher_stop is not None:
-            watcher_stop.set()
+        if reconciler_stop is not None:
+            reconciler_stop.set()
     except KeyboardInterrupt:
         pass
     finally:

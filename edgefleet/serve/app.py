@@ -86,8 +86,11 @@ def reconcile_edge_actors(cfg: EdgefleetConfig, *, timeout_s: float = 600) -> di
     """Make the detached EdgeNode actors match ``cfg``; returns node id → what happened to it.
 
     A node new to the config gets an actor; one dropped from it loses its actor; one whose model
-    changed swaps to the new model live (running requests finish on the old one). Batching and CPU
-    share are fixed at actor start: changing them needs ``ray.kill`` of that node's actor first.
+    changed swaps to the new model live (running requests finish on the old one). A node serving
+    the configured base with a registry version's adapter keeps it: which version each node serves
+    is the champion reconciler's (:mod:`edgefleet.serve.reconciler`), which also brings a new or
+    restarted node onto the champion. Batching and CPU share are fixed at actor start: changing
+    them needs ``ray.kill`` of that node's actor first.
     Nodes not ready within ``timeout_s`` (a site that never joined) are left out, not waited for:
     the Gateway routes around them until they answer.
     """
@@ -114,8 +117,9 @@ def reconcile_edge_actors(cfg: EdgefleetConfig, *, timeout_s: float = 600) -> di
     swaps = {}
     for ref in ready:
         node_id = refs[ref]
-        spec = wanted[node_id].model
-        if ray.get(ref)["spec"] != spec.model_dump(mode="json"):
+        spec, configured = wanted[node_id].model, wanted[node_id].model.model_dump(mode="json")
+        # A registry adapter on top of the configured base is the champion reconciler's doing: keep it.
+        if {**ray.get(ref)["spec"], "adapter": configured["adapter"]} != configured:
             swaps[node_id] = actors[node_id].swap_model.remote(spec)
         outcome[node_id] = "swapped" if node_id in swaps else "serving"
     ray.get(list(swaps.values()))

@@ -1,32 +1,32 @@
-"""Canary rollout of a registered version to the edge nodes, with automatic rollback on regression.
+"""The canary window of a rollout: how canaries and the rest are watched, and the verdict.
 
-When ``champion`` moves to a new version, :class:`RolloutController`:
+The reconciler (:mod:`edgefleet.serve.reconciler`) decides when a new ``champion`` goes to the
+*canary* edge nodes and, once they serve it, asks :meth:`RolloutController.observe` to watch them
+for the window against the rest (which serve the version it replaced):
 
-1. hot-swaps the *canary* edge nodes to it (``EdgeNode.swap_to_registry``: the node pulls the
-   adapter from MLflow and loads it beside the old model; requests already running finish on the
-   old one, so nothing in flight is dropped);
-2. for the window, sends the same probe requests to canaries and to the rest, and measures each
-   group's SLA attainment and error rate; then
-   - a chat probe: each served model's loss on reference answers to held-out user questions
-     (the answer tokens only, as the promotion gate scores them), and
-   - live feedback: the share of good ratings users gave, during the window, to the new version's
-     answers against the old one's (counts only cross from the nodes, never text);
-3. judges (:func:`judge`, pure) and either promotes (the rest swap too) or rolls back (the canaries
-   swap back, ``champion`` returns to the previous version, and the reason is tagged).
+- the same probe requests go to both groups, measuring each group's SLA attainment and error rate;
+- a chat probe: each served model's loss on reference answers to held-out user questions (the
+  answer tokens only, as the promotion gate scores them);
+- live feedback: the share of good ratings users gave, during the window, to the new version's
+  answers against the old one's (counts only cross from the nodes, never text).
+
+:func:`judge` (pure) turns that into a verdict: promote (the rest swap too) or roll back (the
+canaries swap back, ``champion`` returns to the previous version, and the reason is tagged).
+Every call to a node has a timeout; a node that dies during the window makes it inconclusive
+(:class:`NodeLost`), not a verdict.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgefleet import metrics
 from edgefleet.config import EdgefleetConfig
+from edgefleet.errors import EdgefleetError
 from edgefleet.platform.chat import ChatExample
 from edgefleet.platform.engine import GenRequest
 from edgefleet.platform.events import Failed
@@ -113,7 +113,21 @@ class RolloutReport:
 PROBE_PROMPTS = ["What is the capital of France?", "Name a primary colour.", "What is 2 + 2?"]
 
 
+class NodeLost(EdgefleetError):
+    """A node died or stopped answering during the canary window: no verdict, the window runs again."""
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """The node did not answer (it died, is restarting, or the call timed out), as opposed to a
+    call the node answered with an error."""
+    import ray.exceptions
+
+    return isinstance(exc, (TimeoutError, asyncio.TimeoutError, ray.exceptions.RayActorError))
+
+
 class RolloutController:
+    """How a rollout is run: the canary nodes, the window, the probe and every call's timeout."""
+
     def __init__(
         self,
         cfg: EdgefleetConfig,
@@ -127,22 +141,36 @@ class RolloutController:
         max_new_tokens: int = 8,
         live_traffic: Callable[[], Any] | None = None,
         max_live_traffic_s: float = 600.0,
+        call_timeout_s: float = 10.0,
+        probe_timeout_s: float = 120.0,
+        swap_timeout_s: float = 300.0,
+        canary_timeout_s: float | None = None,
     ) -> None:
         """``probe``: the quality probe, held-out chat exchanges (:func:`edgefleet.eval.sites.probe_chats`)
         or, where there are none, plain texts. ``live_traffic``: run in a thread while the canaries
         are watched, and the window lasts until it returns (the demo's and the tests' simulated
-        users; in production, real users' traffic and ratings need no driver)."""
+        users; in production, real users' traffic and ratings need no driver).
+
+        Timeouts, in seconds: ``call_timeout_s`` for a node's state and ratings, ``probe_timeout_s``
+        for its chat-probe loss, ``swap_timeout_s`` for loading a version; ``canary_timeout_s``
+        (default: three windows plus a swap) from the canary's start until it must be judged, else
+        the version is rejected as timed out."""
         if not probe:
             raise ValueError("a canary rollout needs a quality probe: held-out chat exchanges or texts")
         self.cfg, self.registry = cfg, registry
         nodes = [n.id for n in cfg.fleet.edge_nodes]
         self.canaries = canaries or nodes[:1]
+        unknown = set(self.canaries) - set(nodes)
+        if unknown:
+            raise ValueError(f"canary nodes {sorted(unknown)} are not edge nodes of this fleet")
         self.rest = [n for n in nodes if n not in self.canaries]
         if not self.rest:
             raise ValueError("a canary rollout needs at least one edge node outside the canary set to compare with")
         self.window_s, self.probe, self.deadline_ms = window_s, list(probe), deadline_ms
         self.limits, self.max_new_tokens, self.live_traffic = limits, max_new_tokens, live_traffic
         self.max_live_traffic_s = max_live_traffic_s
+        self.call_timeout_s, self.probe_timeout_s, self.swap_timeout_s = call_timeout_s, probe_timeout_s, swap_timeout_s
+        self.canary_timeout_s = 3 * window_s + swap_timeout_s if canary_timeout_s is None else canary_timeout_s
 
     @classmethod
     def from_config(
@@ -171,73 +199,26 @@ class RolloutController:
             **options,
         )
 
-    def _actors(self) -> dict[str, Any]:
-        import ray
+    def roll_out(self, version: str, *, timeout_s: float | None = None) -> RolloutReport:
+        """Run the reconciler until the champion ``version`` is promoted everywhere or rolled back
+        everywhere (see :meth:`edgefleet.serve.reconciler.Reconciler.settle`)."""
+        from edgefleet.serve.reconciler import Reconciler
 
-        from edgefleet.platform.edge_node import ACTOR_NAMESPACE, actor_name
+        return Reconciler(self).settle(str(version), timeout_s=timeout_s)
 
-        return {
-            n.id: ray.get_actor(actor_name(n.id, self.cfg.app), namespace=ACTOR_NAMESPACE)
-            for n in self.cfg.fleet.edge_nodes
-        }
-
-    def roll_out(self, version: str) -> RolloutReport:
-        """Canary ``version``, judge it, then promote it everywhere or roll it back everywhere."""
-        try:
-            return asyncio.run(self._roll_out(str(version)))
-        except BaseException:
-            metrics.rollout_state(self.registry.name, "failed")  # not left showing "canary"
-            raise
-
-    async def _roll_out(self, version: str) -> RolloutReport:
-        actors = self._actors()
-        uri = f"models:/{self.registry.name}/{version}"
-        base = {n.id: n.model for n in self.cfg.fleet.edge_nodes}
-        before = {n: (await actors[n].info.remote())["model_version"] for n in actors}
-        metrics.rollout_state(self.registry.name, "canary")
-        try:
-            await asyncio.gather(
-                *(actors[n].swap_to_registry.remote(base[n], uri, self.registry.uri) for n in self.canaries)
-            )
-            candidate = {(await actors[n].info.remote())["model_version"] for n in self.canaries}
-            canary, rest, note = await self._observe(actors, candidate, {before[n] for n in self.rest})
-            verdict = judge(canary, rest, self.limits)
-            if note:
-                verdict = Verdict(verdict.promote, f"{verdict.reason}; {note}")
-        except Exception as exc:  # noqa: BLE001 - a window that failed judges nothing: roll back, say why
-            canary = rest = GroupHealth(0, 0, 0, math.nan)
-            verdict = Verdict(False, f"the canary window failed, rolled back unjudged: {type(exc).__name__}: {exc}")
-        if verdict.promote:
-            await asyncio.gather(
-                *(actors[n].swap_to_registry.remote(base[n], uri, self.registry.uri) for n in self.rest)
-            )
-            self.registry.tag(version, "edgefleet.rollout", f"promoted to all edge nodes: {verdict.reason}")
-        else:
-            previous = self.registry.previous_champion(version)
-            if previous:
-                prev_uri = f"models:/{self.registry.name}/{previous}"
-                await asyncio.gather(
-                    *(actors[n].swap_to_registry.remote(base[n], prev_uri, self.registry.uri) for n in self.canaries)
-                )
-            else:  # no earlier version: back to the base model the config names
-                await asyncio.gather(*(actors[n].swap_model.remote(base[n]) for n in self.canaries))
-            self.registry.rollback(verdict.reason, version=version)
-        after = {n: (await actors[n].info.remote())["model_version"] for n in actors}
-        metrics.rollout_state(self.registry.name, "promoted" if verdict.promote else "rolled_back")
-        metrics.champion_of(self.registry)
-        return RolloutReport(version, self.canaries, verdict, canary, rest, serving=after, before=before)
-
-    async def _observe(
-        self, actors: dict[str, Any], candidate: set[str], old: set[str]
+    async def observe(
+        self, actors: dict[str, Any], canaries: list[str], rest: list[str], candidate: set[str], old: set[str]
     ) -> tuple[GroupHealth, GroupHealth, str]:
         """Probe both groups the same way for the window; then the chat probe and users' ratings.
         Returns the canaries' health, the rest's, and a note on anything that went wrong around it.
+        Raises :class:`NodeLost` when a node dies or does not answer meanwhile.
 
         Ratings are counted by the model version that served the rated answer, wherever it is
         stored (feedback lives at the user's site node, whichever node answered): the canaries'
         new version (``candidate``) against what the rest serve (``old``); others (the cloud's,
         answers from before a swap) are left out."""
-        counts = {n: [0, 0, 0] for n in actors}  # requests, errors, sla met
+        watched = [*canaries, *rest]
+        counts = {n: [0, 0, 0] for n in watched}  # requests, errors, sla met
         started = time.time()
         failed: list[BaseException] = []
 
@@ -256,12 +237,19 @@ class RolloutController:
         while (time.monotonic() < deadline or traffic.is_alive()) and time.monotonic() < hard_stop:
             prompt = PROBE_PROMPTS[i % len(PROBE_PROMPTS)]
             i += 1
-            await asyncio.gather(*(self._probe(actors[n], prompt, counts[n]) for n in actors))
+            await asyncio.gather(*(self._probe(n, actors[n], prompt, counts[n]) for n in watched))
         losses = dict(
-            zip(actors, await asyncio.gather(*(actors[n].probe_loss.remote(self.probe) for n in actors)), strict=True)
+            zip(
+                watched,
+                await asyncio.gather(
+                    *(self._call(n, actors[n].probe_loss.remote(self.probe), self.probe_timeout_s) for n in watched)
+                ),
+                strict=True,
+            )
         )
         tallies = await asyncio.gather(
-            *(actors[n].feedback_tally.remote(started) for n in actors), return_exceptions=True
+            *(self._call(n, actors[n].feedback_tally.remote(started), self.call_timeout_s) for n in actors),
+            return_exceptions=True,
         )
         new, was = Tally(), Tally()
         unread = [n for n, t in zip(actors, tallies, strict=True) if isinstance(t, BaseException)]
@@ -281,53 +269,32 @@ class RolloutController:
             notes.append(f"live traffic still running after {self.max_live_traffic_s:.0f} s past the window")
         if unread:
             notes.append(f"no ratings read from {', '.join(unread)}")
-        return group(self.canaries, new), group(self.rest, was), "; ".join(notes)
+        return group(canaries, new), group(rest, was), "; ".join(notes)
 
-    async def _probe(self, actor: Any, prompt: str, count: list[int]) -> None:
+    @staticmethod
+    async def _call(node: str, ref: Any, timeout_s: float) -> Any:
+        """One call to a watched node: its answer, or :class:`NodeLost` if it gave none."""
+        try:
+            return await asyncio.wait_for(ref, timeout_s)
+        except Exception as exc:
+            if is_unreachable(exc):
+                raise NodeLost(f"{node} did not answer during the canary window ({type(exc).__name__})") from exc
+            raise
+
+    async def _probe(self, node: str, actor: Any, prompt: str, count: list[int]) -> None:
         started = time.perf_counter()
         count[0] += 1
+        chat = [{"role": "user", "content": prompt}]
+        request = GenRequest(f"rollout-probe-{time.time_ns()}", chat, self.max_new_tokens, stream=False)
         try:
-            chat = [{"role": "user", "content": prompt}]
-            out = await actor.complete.remote(
-                GenRequest(f"rollout-probe-{time.time_ns()}", chat, self.max_new_tokens, stream=False)
-            )
-        except Exception:  # noqa: BLE001 - a failed probe is exactly what is being counted
+            # a probe slower than twice its deadline has missed it: stop waiting, count it an error
+            out = await asyncio.wait_for(actor.complete.remote(request), 2 * self.deadline_ms / 1000)
+        except Exception as exc:  # noqa: BLE001 - a failed probe is exactly what is being counted
+            if not isinstance(exc, (TimeoutError, asyncio.TimeoutError)) and is_unreachable(exc):
+                raise NodeLost(f"{node} died during the canary window ({type(exc).__name__})") from exc
             count[1] += 1
             return
         if isinstance(out, Failed):
             count[1] += 1
         elif (time.perf_counter() - started) * 1000 <= self.deadline_ms:
             count[2] += 1
-
-
-class ChampionWatcher:
-    """Rolls out each new ``champion`` as it appears (what ``edgefleet up`` runs in the background)."""
-
-    def __init__(self, controller: RolloutController, *, on_report: Any = None) -> None:
-        self.controller, self.on_report = controller, on_report
-        self.seen: str | None = None
-
-    def poll_once(self) -> RolloutReport | None:
-        """Roll out the champion if it changed since the last poll (the first poll only records it)."""
-        champion = self.controller.registry.champion_version()
-        metrics.champion(self.controller.registry.name, champion)
-        first, self.seen = self.seen is None, champion if self.seen is None else self.seen
-        if first:
-            metrics.rollout_state(self.controller.registry.name, "idle")
-        if first or champion is None or champion == self.seen:
-            return None
-        self.seen = champion
-        report = self.controller.roll_out(champion)
-        if not report.verdict.promote:
-            self.seen = self.controller.registry.champion_version()  # the rollback moved it: not a new champion
-        if self.on_report is not None:
-            self.on_report(report)
-        return report
-
-    def run(self, stop: Any, interval_s: float = 10.0) -> None:
-        while not stop.wait(interval_s):
-            try:
-                self.poll_once()
-            except Exception as exc:  # noqa: BLE001 - a registry hiccup must not end the watcher
-                if self.on_report is not None:
-                    self.on_report(exc)

@@ -42,56 +42,9 @@ def test_users_rating_the_canary_worse_roll_it_back_once_there_are_enough_rating
 
 
 class FakeRegistry:
-    """A registry double holding only the champion alias and the model name (the watcher reads nothing else)."""
+    """A registry double holding only the model name (building a controller reads nothing else)."""
 
     name = "edgefleet-edge-llm"
-
-    def __init__(self):
-        self.champion = "1"
-
-    def champion_version(self):
-        return self.champion
-
-
-class RecordingController:
-    def __init__(self, registry, promote=True):
-        self.registry, self.promote, self.rolled = registry, promote, []
-
-    def roll_out(self, version):
-        from edgefleet.serve.rollout import RolloutReport, Verdict
-
-        self.rolled.append(version)
-        if not self.promote:
-            self.registry.champion = "1"  # what a rollback does to the alias
-        return RolloutReport(version, ["edge-1"], Verdict(self.promote, "test"), REST, REST)
-
-
-def test_the_watcher_rolls_out_each_new_champion_once_and_not_the_one_it_found():
-    from edgefleet.serve.rollout import ChampionWatcher
-
-    registry = FakeRegistry()
-    ctl = RecordingController(registry)
-    watcher = ChampionWatcher(ctl)
-
-    assert watcher.poll_once() is None  # the champion it started with is already serving
-    registry.champion = "2"
-    assert watcher.poll_once().version == "2" and watcher.poll_once() is None
-    assert ctl.rolled == ["2"]
-
-
-def test_after_a_rollback_the_restored_champion_is_not_rolled_out_again():
-    from edgefleet.serve.rollout import ChampionWatcher
-
-    registry = FakeRegistry()
-    ctl = RecordingController(registry, promote=False)
-    watcher = ChampionWatcher(ctl)
-    watcher.poll_once()
-    registry.champion = "2"
-
-    watcher.poll_once()
-    watcher.poll_once()
-
-    assert ctl.rolled == ["2"] and registry.champion == "1"
 
 
 def test_the_controller_is_built_from_the_config_and_what_is_passed_overrides_it(tmp_path):
@@ -108,3 +61,18 @@ def test_the_controller_is_built_from_the_config_and_what_is_passed_overrides_it
     assert ctl.registry is registry and ctl.canaries == (cfg.mlflow.canary_nodes or ["edge-1"])
     assert ctl.window_s == cfg.mlflow.rollout_window_s and len(ctl.probe) == 4  # the demo documents stand in
     assert (given.canaries, given.window_s, given.probe, given.deadline_ms) == (["edge-2"], 1.0, ["x"], 9)
+    assert ctl.canary_timeout_s == 3 * ctl.window_s + ctl.swap_timeout_s  # a canary's deadline, by default
+
+
+def test_canaries_must_be_edge_nodes_and_leave_one_to_compare_with(tmp_path):
+    import pytest
+
+    from edgefleet.config import parse_config
+    from edgefleet.serve.rollout import RolloutController
+    from tests.conftest import make_test_config_dict
+
+    cfg = parse_config(make_test_config_dict() | {"cache_dir": str(tmp_path)})
+    with pytest.raises(ValueError, match="not edge nodes"):
+        RolloutController(cfg, FakeRegistry(), canaries=["edge-9"], probe=["x"])
+    with pytest.raises(ValueError, match="outside the canary set"):
+        RolloutController(cfg, FakeRegistry(), canaries=["edge-1", "edge-2", "edge-3"], probe=["x"])
