@@ -85,14 +85,3 @@ def test_invalid_requests_are_errors_naming_the_field(engine):
 
     assert too_long == [Failed("INVALID_ARGUMENT", too_long[0].message, "prompt")]
     assert too_long[0].message.startswith("prompt:") and no_tokens[0].message.startswith("max_new_tokens:")
-
-
-def test_the_real_path_runs_one_forward_pass_per_new_token_the_prefills_included(engine):
-    """What the synthetic backend copies (tests/unit/test_synthetic.py): no pass after the last token."""
-    for n in (1, 6):
-        before = engine.stats().forward_passes
-
-        result = run(engine.complete(GenRequest(f"n{n}", chat("count my passes"), max_new_tokens=n)))
-
-        assert result.finished.finish_reason == "length" and result.finished.completion_tokens == n
-        assert engine.stats().forward_passes - before == n
