@@ -10,7 +10,8 @@
   - *Divergence*: the mean KL(base ‖ candidate) per token over the base model's own greedy answers
     to general prompts (teacher-forced, so one forward pass each). 0 for the base itself.
   - *Facts*: of a few factual questions, those the base answers right (its answer holds the
-    expected word) must still be answered right by the candidate, greedily.
+    expected word) must still be answered right by the candidate, greedily, each question asked
+  alone as a node answers it.
 
 The base's answers are computed once per :class:`QualityJudge`; each candidate then costs a few
 forward passes and short batched greedy generations (one per site, one for the facts) on the
@@ -132,7 +133,7 @@ class QualityJudge:
                 weighted, rendered = weighted + task * len(samples), rendered + len(samples)
             divergence = self._divergence(model)
             facts = self._base_facts()
-            answers = self._answers(as_served, [q for q, _ in facts]) if facts else []
+            answers = self._lone_answers(as_served, [q for q, _ in facts])
             lost = tuple(q for (q, pattern), a in zip(facts, answers, strict=True) if not re.search(pattern, a, re.I))
         if not rendered:
             raise ValueError(f"none of the held-out questions fits in a block of {self.block_size} tokens")
@@ -150,7 +151,7 @@ class QualityJudge:
 
     def _base_facts(self) -> list[tuple[str, str]]:
         if self._facts is None:
-            answers = self._answers(self.served(self.base) if self.served else self.base, [q for q, _ in FACTS])
+            answers = self._lone_answers(self.served(self.base) if self.served else self.base, [q for q, _ in FACTS])
             self._facts = [(q, p) for (q, p), a in zip(FACTS, answers, strict=True) if re.search(p, a, re.I)]
         return self._facts
 
@@ -171,6 +172,13 @@ class QualityJudge:
         mask = (samples[:, 1, 1:] != -100).float()
         kl = (base_logp[:, :-1].exp() * (base_logp[:, :-1] - logp[:, :-1])).sum(-1)
         return float((kl * mask).sum() / mask.sum().clamp(min=1))
+
+    def _lone_answers(self, model: Any, questions: list[str]) -> list[str]:
+        """Greedy answers, each asked alone, as a node answers a lone request (the demo's question).
+        Not batched: int8 dynamic quantisation scales activations over the whole batch, padding
+        included, so a batched answer can differ from the served one (measured: a version kept
+        "Paris" batched and lost it alone)."""
+        return [self._answers(model, [q])[0] for q in questions]
 
     def _answers(self, model: Any, questions: list[str], max_new_tokens: int = FACT_ANSWER_TOKENS) -> list[str]:
         """Greedy answers, batched (left-padded)."""

@@ -49,3 +49,28 @@ def test_a_site_whose_questions_cannot_be_rendered_is_reported_not_fatal():
     assert q.task_score == pytest.approx(by_site["fits"].task_score) and q.answer_match == by_site["fits"].answer_match
     with pytest.raises(ValueError, match="none of the held-out questions fits"):
         QualityJudge(base, tok, {"too-long": sites["too-long"]}, block_size=64).score(base)
+
+
+def test_the_gate_checks_facts_exactly_as_a_node_answers_them():
+    """The regression guard's fact answers are what an edge node serving the candidate answers to a
+    lone request: the same int8 form, the same prompt, greedy. (Batched and left-padded they were
+    not: int8 activation scales span the batch, and a version kept "Paris" only in the batch.)"""
+    import asyncio
+
+    from edgefleet.config import ModelSpec
+    from edgefleet.eval.scores import FACT_ANSWER_TOKENS, FACTS, served_form
+    from edgefleet.platform.engine import GenerationEngine, GenRequest
+    from edgefleet.platform.models import load_model
+
+    node = GenerationEngine(load=lambda: load_model(ModelSpec(source="tiny", quantization="int8")))
+    qs = [q for q, _ in FACTS]
+
+    async def served_answers() -> list[str]:
+        asked = [GenRequest(f"q{i}", [{"role": "user", "content": q}], FACT_ANSWER_TOKENS) for i, q in enumerate(qs)]
+        return [(await node.complete(r)).finished.text for r in asked]  # one at a time
+
+    base, tok = build_tiny(0)
+    judge = QualityJudge(base, tok, {"any": [ChatExample(q, "x") for q in QUESTIONS]}, served=served_form("int8"))
+    gate_answers = judge._lone_answers(served_form("int8")(base), qs)
+
+    assert [a.strip() for a in gate_answers] == [a.strip() for a in asyncio.run(served_answers())]
