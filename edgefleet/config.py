@@ -450,6 +450,11 @@ class EdgefleetConfig(_Strict):
             or f"sqlite:///{self.cache_dir / 'mlflow' / 'mlflow.db'}"
         )
 
+    @property
+    def registry_uri(self) -> str:
+        # MLflow's own variable, else the tracking store (as MLflow defaults it)
+        return os.environ.get("MLFLOW_REGISTRY_URI", "") or self.tracking_uri
+
 
 def _describe(err: dict[str, Any]) -> str:
     where = ".".join(str(p) for p in err["loc"]) or "(top level)"

@@ -67,18 +67,20 @@ def versions_table(versions: list[dict[str, Any]], name: str) -> Table:
     table = Table(title=f"{name} in the MLflow registry")
     for col in ("version", "aliases", "run / round", "held-out loss", "ε max", "clients (data lineage)", "gate", "why"):
         table.add_column(col, overflow="fold")
+    from edgefleet.mlflow.registry import GATE_REASON_TAG, GATE_TAG, ROLLED_BACK_TAG, ROUND_TAG, RUN_TAG
+
     for v in versions:
         t = v["tags"]
-        gate = t.get("edgefleet.gate", "-") + (" [red](rolled back)" if "edgefleet.rolled_back" in t else "")
+        gate = t.get(GATE_TAG, "-") + (" [red](rolled back)" if ROLLED_BACK_TAG in t else "")
         table.add_row(
             v["version"],
             ", ".join(v["aliases"]) or "-",
-            f"{t.get('edgefleet.run', '-')} / {t.get('edgefleet.round', '-')}",
+            f"{t.get(RUN_TAG, '-')} / {t.get(ROUND_TAG, '-')}",
             t.get("edgefleet.held_out_loss", "-")[:6],
             t.get("edgefleet.epsilon_max", "-"),
             t.get("edgefleet.data_lineage", "-"),
             gate,
-            t.get("edgefleet.rolled_back") or t.get("edgefleet.gate_reason", "-"),
+            t.get(ROLLED_BACK_TAG) or t.get(GATE_REASON_TAG, "-"),
         )
     return table
 

@@ -27,7 +27,7 @@ from rich.table import Table
 
 from edgefleet import metrics
 from edgefleet.config import EdgefleetConfig
-from edgefleet.serve.convergence import ChampionMarks, FleetState, decide, describe, off_champion, served_version
+from edgefleet.serve.convergence import FleetState, champion_marks, decide, describe, off_champion, served_version
 
 if TYPE_CHECKING:  # the rows arrive unpickled from the Gateway; this module only reads them
     from edgefleet.serve.fleet_tracker import TargetStatus
@@ -159,7 +159,7 @@ def registry_view(cfg: EdgefleetConfig) -> dict[str, Any]:
     try:
         registry = ModelRegistry.from_config(cfg)
         champion = registry.champion_version()
-        marks = ChampionMarks.from_tags(champion, registry.show(champion)["tags"]) if champion else None
+        marks = champion_marks(registry)
         return {
             "run": registry.latest_run(),
             "champion": int(champion) if champion else None,

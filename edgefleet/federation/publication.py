@@ -4,11 +4,13 @@ The coordinator hands every committed round to a :class:`RoundPublisher` (its ``
 the base model and hyper-parameters the round's adapter applies to. The publisher exports the
 adapter as a PEFT folder and registers it with its lineage (:class:`~edgefleet.mlflow.registry.RoundRecord`):
 exactly once per round, since the registry recognises a round it already holds and the outbox keeps
-a round MLflow could not take yet.
+a round MLflow could not take yet. Publication never aborts a federation run: whatever fails, the
+round is kept (or was never taken: the coordinator's run state still has it) and the error logged.
 """
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -17,6 +19,8 @@ from typing import Any
 from edgefleet.config import EdgefleetConfig
 from edgefleet.federation.round_state import RoundResult
 from edgefleet.mlflow.registry import ModelRegistry, RoundRecord
+
+log = logging.getLogger(__name__)
 
 
 class RoundPublisher:
@@ -53,7 +57,15 @@ class RoundPublisher:
 
     def publish(self, result: RoundResult, adapter_path: Path, *, base: Any, hp: Any, base_quality: Any) -> str | None:
         """Register round ``result``'s adapter (``adapter_path``, over ``base``); its version, or None
-        while MLflow is unreachable (the round waits in the outbox and goes with the next publish)."""
+        if it could not be published now (the round waits in the outbox and goes with the next
+        publish). Never raises: a registry problem must not abort the federated run."""
+        try:
+            return self._publish(result, adapter_path, base=base, hp=hp, base_quality=base_quality)
+        except Exception:  # noqa: BLE001 - publication is best effort here; the outbox retries
+            log.exception("publishing round %d of %s failed; the run goes on", result.round, self.run)
+            return None
+
+    def _publish(self, result: RoundResult, adapter_path: Path, *, base: Any, hp: Any, base_quality: Any) -> str | None:
         from safetensors.torch import load_file
 
         from edgefleet import metrics

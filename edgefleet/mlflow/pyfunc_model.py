@@ -26,6 +26,8 @@ from typing import Any
 import mlflow.pyfunc
 
 PARAMS = {"max_new_tokens": 32, "temperature": 0.0}  # what predict() takes, with its defaults
+MAX_NEW_TOKENS = 1024  # a request may not ask an edge model for more (a served model's memory and time)
+MAX_PROMPTS, MAX_PROMPT_CHARS = 64, 16_000  # one call's work, bounded for the same reason
 # What loading the model imports (edgefleet itself travels as code with the model).
 RUNTIME_PACKAGES = (
     "torch",
@@ -58,16 +60,10 @@ class EdgefleetLLM(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None):
         from edgefleet.platform.models import generate
 
-        params = {**PARAMS, **(params or {})}
-        prompts = _prompts(model_input)
+        max_new_tokens, temperature = _checked({**PARAMS, **(params or {})})
         return [
-            generate(
-                self.loaded,
-                p,
-                max_new_tokens=int(params["max_new_tokens"]),
-                temperature=float(params["temperature"]),
-            )
-            for p in prompts
+            generate(self.loaded, p, max_new_tokens=max_new_tokens, temperature=temperature)
+            for p in _prompts(model_input)
         ]
 
 
@@ -92,10 +88,59 @@ def requirements() -> list[str]:
     return pins
 
 
+def _checked(params: dict[str, Any]) -> tuple[int, float]:
+    """``max_new_tokens`` a whole number in 1..MAX_NEW_TOKENS and ``temperature`` a finite number
+    ≥ 0, or MLflow's invalid-parameter error (``mlflow models serve`` answers it with a 400 that
+    names the param). A number may come as text ("8"), as MLflow's schema sends it; a bool, None or
+    2.9 tokens is refused rather than read as something else."""
+    max_new_tokens = _number("max_new_tokens", params["max_new_tokens"], whole=True)
+    temperature = _number("temperature", params["temperature"], whole=False)
+    if not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
+        raise _invalid(f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS}, not {params['max_new_tokens']!r}")
+    if temperature < 0:
+        raise _invalid(f"temperature must be ≥ 0, not {params['temperature']!r}")
+    return int(max_new_tokens), temperature
+
+
+def _number(name: str, value: Any, *, whole: bool) -> float:
+    import math
+
+    if isinstance(value, bool) or value is None:
+        raise _invalid(f"{name} must be a number, not {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise _invalid(f"{name} must be a number, not {value!r}") from None
+    if not math.isfinite(number):
+        raise _invalid(f"{name} must be finite, not {value!r}")
+    if whole and not number.is_integer():
+        raise _invalid(f"{name} must be a whole number, not {value!r}")
+    return number
+
+
+def _invalid(message: str) -> Exception:
+    from mlflow.exceptions import MlflowException
+
+    return MlflowException.invalid_parameter_value(message)
+
+
 def _prompts(model_input: Any) -> list[str]:
+    """The prompts in ``model_input``: 1 to MAX_PROMPTS texts of at most MAX_PROMPT_CHARS each. A
+    DataFrame's ``prompt`` column, else its first (a list of prompts arrives as a one-column frame).
+    Loaded through MLflow, the signature's single unnamed column is enforced first, so MLflow keeps a
+    frame's first column before this runs: send ``prompt`` first, or alone."""
     if hasattr(model_input, "columns"):  # a pandas DataFrame
         column = "prompt" if "prompt" in model_input.columns else model_input.columns[0]
-        return [str(p) for p in model_input[column].tolist()]
-    if isinstance(model_input, str):
-        return [model_input]
-    return [str(p) for p in model_input]
+        prompts = model_input[column].tolist()
+    elif isinstance(model_input, str):
+        prompts = [model_input]
+    else:
+        prompts = list(model_input)
+    if not 1 <= len(prompts) <= MAX_PROMPTS:
+        raise _invalid(f"send 1 to {MAX_PROMPTS} prompts, not {len(prompts)}")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str):
+            raise _invalid(f"prompt {i} must be text, not {type(p).__name__}")
+        if len(p) > MAX_PROMPT_CHARS:
+            raise _invalid(f"prompt {i} has {len(p)} characters; at most {MAX_PROMPT_CHARS}")
+    return prompts

@@ -90,16 +90,19 @@ class ModelServer:
         self.spec = spec
         return version
 
-    async def swap_to_registry(self, base: ModelSpec, model_uri: str, tracking_uri: str) -> str:
+    async def swap_to_registry(
+        self, base: ModelSpec, model_uri: str, tracking_uri: str, registry_uri: str | None = None
+    ) -> str:
         """Fetch a registered version's adapter (``models:/name/version``) onto this node, then swap to
-        ``base`` + that adapter: the node pulls its model, so the same call works on a real cluster."""
+        ``base`` + that adapter: the node pulls its model, so the same call works on a real cluster.
+        ``registry_uri``: where versions live, when not in the tracking store."""
         import tempfile
 
         import mlflow
         import mlflow.artifacts
 
         mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)  # models:/ URIs resolve through the registry, not the tracking URI
+        mlflow.set_registry_uri(registry_uri or tracking_uri)  # models:/ URIs resolve through the registry
         folder = Path(tempfile.mkdtemp(prefix="edgefleet-adapter-", dir=self.cache_dir))
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(folder)))
         found = next((p.parent for p in local.rglob("adapter_config.json")), None)

@@ -5,7 +5,9 @@ the marks on the champion version (tags an earlier pass wrote) and what each nod
 :func:`decide` returns one pass's actions. Nothing is remembered between passes, so a restarted
 reconciler picks a half-done rollout up where the registry and the nodes show it stands.
 
-For a champion C that replaced P (its ``previous_champion`` tag; without one, the base model):
+For a champion C whose fallback is P (the newest version before it that the fleet approved,
+following its ``previous_champion`` tags; without one, the base model: a version whose own canary
+never finished is never what the fleet falls back to):
 
 - C *promoted* (its canary passed): every node serves C.
 - C *rejected* while still the champion (there was no P to move the alias back to): every node
@@ -22,13 +24,14 @@ came back serving (the base model, after a restart).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
-# Version tags, the rollout's memory. PREVIOUS and REJECTED are the registry's own (promote, rollback).
-PREVIOUS = "edgefleet.previous_champion"
-PROMOTED = "edgefleet.rollout"  # "promoted to all edge nodes: <the verdict's reason>"
-REJECTED = "edgefleet.rolled_back"  # the reason
-CANARY_SINCE = "edgefleet.canary_since"  # unix seconds: when the canary of this version began
+# Version tags, the rollout's memory (named where the registry writes the others)
+from edgefleet.mlflow.registry import CANARY_SINCE_TAG as CANARY_SINCE
+from edgefleet.mlflow.registry import PREVIOUS_TAG as PREVIOUS
+from edgefleet.mlflow.registry import ROLLED_BACK_TAG as REJECTED
+from edgefleet.mlflow.registry import ROLLOUT_TAG as PROMOTED
 
 IDLE, CANARY, PROMOTED_STATE, ROLLED_BACK = "idle", "canary", "promoted", "rolled_back"  # metrics.ROLLOUT_STATES
 
@@ -39,6 +42,9 @@ class ChampionMarks:
 
     version: str
     previous: str | None = None  # the champion it replaced; None: the base model
+    # what the rest serves during its canary, and everyone after a rejection: the newest earlier
+    # version whose rollout the fleet approved (None: the base model); the reconciler looks it up
+    fallback: str | None = None
     promoted: bool = False
     rejected: str | None = None  # why its canary failed
     canary_since: float | None = None
@@ -53,10 +59,21 @@ class ChampionMarks:
         return cls(
             str(version),
             previous=tags.get(PREVIOUS) or None,
+            fallback=tags.get(PREVIOUS) or None,
             promoted=tags.get(PROMOTED, "").startswith("promoted"),
             rejected=tags.get(REJECTED) or None,
             canary_since=canary_since,
         )
+
+
+def champion_marks(registry: Any) -> ChampionMarks | None:
+    """The champion's marks as ``registry`` (a ModelRegistry) holds them, with its fallback looked
+    up; None without a champion. What the reconciler and ``edgefleet status`` both read."""
+    version = registry.champion_version()
+    if version is None:
+        return None
+    marks = ChampionMarks.from_tags(version, registry.show(version)["tags"])
+    return replace(marks, fallback=registry.last_approved(marks.previous))
 
 
 @dataclass(frozen=True)
@@ -121,7 +138,7 @@ def decide(state: FleetState, *, canary_timeout_s: float) -> Plan:
     if c is None:
         return _converge(IDLE, dict.fromkeys(state.nodes), state)
     if c.rejected is not None:
-        return _converge(ROLLED_BACK, dict.fromkeys(state.nodes, c.previous), state)
+        return _converge(ROLLED_BACK, dict.fromkeys(state.nodes, c.fallback), state)
     if c.promoted:
         return _converge(PROMOTED_STATE, dict.fromkeys(state.nodes, c.version), state)
     rest = state.rest
@@ -129,10 +146,10 @@ def decide(state: FleetState, *, canary_timeout_s: float) -> Plan:
         plan = _converge(PROMOTED_STATE, dict.fromkeys(state.nodes, c.version), state)
         why = f"every edge node outside the canaries ({', '.join(rest)}) already serves it: nothing to compare with"
         return Plan(plan.state, plan.desired, plan.swaps, promote=why)
-    desired = {n: c.version if n in state.canaries else c.previous for n in state.nodes}
+    desired = {n: c.version if n in state.canaries else c.fallback for n in state.nodes}
     swaps = _swaps(desired, state, on_trial=c.version)
     canaries_ready = all(state.serving.get(n, _NO_ANSWER) == c.version for n in state.canaries)
-    compared = [n for n in rest if state.serving.get(n, _NO_ANSWER) == c.previous]
+    compared = [n for n in rest if state.serving.get(n, _NO_ANSWER) == c.fallback]
     if canaries_ready and compared and not swaps:
         return Plan(CANARY, desired, judge=True, start_canary=c.canary_since is None)
     if c.canary_since is not None and state.now > c.canary_since + canary_timeout_s:

@@ -34,6 +34,7 @@ from edgefleet.serve.convergence import (
     FleetState,
     Plan,
     Swap,
+    champion_marks,
     decide,
     describe,
     off_champion,
@@ -96,8 +97,7 @@ class Reconciler:
         return asyncio.run(self._look())[0]
 
     async def _look(self) -> tuple[FleetState, dict[str, Any], dict[str, str]]:
-        version = self.registry.champion_version()
-        marks = ChampionMarks.from_tags(version, self.registry.show(version)["tags"]) if version else None
+        marks = champion_marks(self.registry)
         actors = self._actors()
         answers = await asyncio.gather(*(self._model_version(a) for a in actors.values()))
         reported = {n: v for n, v in zip(actors, answers, strict=True) if v is not None}
@@ -189,7 +189,7 @@ class Reconciler:
             ref = actor.swap_model.remote(base)
         else:
             uri = f"models:/{self.registry.name}/{swap.to}"
-            ref = actor.swap_to_registry.remote(base, uri, self.registry.uri)
+            ref = actor.swap_to_registry.remote(base, uri, self.registry.uri, self.registry.registry_uri)
         try:
             await asyncio.wait_for(ref, self.controller.swap_timeout_s)
         except Exception as exc:  # noqa: BLE001 - reported, and the next pass tries again
@@ -204,7 +204,7 @@ class Reconciler:
         None when a node was lost meanwhile: no verdict, the next pass runs the window again."""
         state, champion = step.state, step.state.champion
         canaries = list(state.canaries)
-        rest = [n for n in state.rest if state.serving.get(n, "") == champion.previous and n in step.model_versions]
+        rest = [n for n in state.rest if state.serving.get(n, "") == champion.fallback and n in step.model_versions]
         candidate = {step.model_versions[n] for n in canaries}
         old = {step.model_versions[n] for n in rest}
         unjudged = GroupHealth(0, 0, 0, math.nan)

@@ -5,6 +5,8 @@ and checks the fleet always ends converged."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -44,28 +46,28 @@ def test_the_first_champion_goes_to_the_canaries_first_and_its_start_is_marked()
 
 
 def test_once_the_canaries_serve_it_and_the_rest_the_previous_version_the_window_is_judged():
-    c = ChampionMarks("2", previous="1", canary_since=990.0)
+    c = ChampionMarks("2", previous="1", fallback="1", canary_since=990.0)
     plan = decide(fleet({"edge-1": "2", "edge-2": "1", "edge-3": "1"}, c), canary_timeout_s=TIMEOUT)
 
     assert plan.judge and not plan.swaps and not plan.start_canary
 
 
 def test_a_rest_node_that_restarted_goes_back_to_the_previous_version_before_the_window():
-    c = ChampionMarks("2", previous="1", canary_since=990.0)
+    c = ChampionMarks("2", previous="1", fallback="1", canary_since=990.0)
     plan = decide(fleet({"edge-1": "2", "edge-2": None, "edge-3": "1"}, c), canary_timeout_s=TIMEOUT)
 
     assert not plan.judge and plan.swaps == (Swap("edge-2", "1"),)
 
 
 def test_a_canary_that_restarted_mid_canary_takes_the_version_again():
-    c = ChampionMarks("2", previous="1", canary_since=990.0)
+    c = ChampionMarks("2", previous="1", fallback="1", canary_since=990.0)
     plan = decide(fleet({"edge-1": None, "edge-2": "1", "edge-3": "1"}, c), canary_timeout_s=TIMEOUT)
 
     assert plan.swaps == (Swap("edge-1", "2", canary=True),) and not plan.judge and not plan.reject
 
 
 def test_a_canary_that_does_not_answer_is_waited_for_until_the_deadline_then_the_version_is_rejected():
-    c = ChampionMarks("2", previous="1", canary_since=990.0)
+    c = ChampionMarks("2", previous="1", fallback="1", canary_since=990.0)
     silent = {"edge-2": "1", "edge-3": "1"}
 
     waiting = decide(fleet(silent, c, now=1040.0), canary_timeout_s=TIMEOUT)
@@ -76,10 +78,23 @@ def test_a_canary_that_does_not_answer_is_waited_for_until_the_deadline_then_the
 
 
 def test_a_promoted_champion_goes_everywhere_and_a_node_that_restarted_gets_it_not_the_base_model():
-    c = ChampionMarks("2", previous="1", promoted=True)
+    c = ChampionMarks("2", previous="1", fallback="1", promoted=True)
     plan = decide(fleet({"edge-1": "2", "edge-2": "1", "edge-3": None}, c), canary_timeout_s=TIMEOUT)
 
     assert plan.state == "promoted" and set(plan.swaps) == {Swap("edge-2", "2"), Swap("edge-3", "2")}
+
+
+def test_the_rest_falls_back_to_the_last_approved_version_never_to_an_unjudged_one():
+    """v3 replaced v2 while v2 was still on canary: v2 never passed a canary, so during v3's canary
+    the rest serve v1, the last version the fleet approved, and v3 is judged against v1."""
+    c = ChampionMarks("3", previous="2", fallback="1", canary_since=990.0)
+
+    plan = decide(fleet({"edge-1": "3", "edge-2": "2", "edge-3": "1"}, c), canary_timeout_s=TIMEOUT)
+    assert plan.desired == {"edge-1": "3", "edge-2": "1", "edge-3": "1"}
+    assert plan.swaps == (Swap("edge-2", "1"),) and not plan.judge
+
+    rejected = ChampionMarks("3", previous="2", fallback="1", rejected="canary regressed")
+    assert set(decide(fleet({"edge-1": "3"}, rejected), canary_timeout_s=TIMEOUT).desired.values()) == {"1"}
 
 
 def test_a_node_that_does_not_answer_gets_nothing_until_it_does():
@@ -111,7 +126,7 @@ def test_a_version_every_other_node_already_serves_is_adopted_not_judged_against
 
 
 def test_nodes_off_the_champion_count_the_silent_ones():
-    c = ChampionMarks("2", previous="1")
+    c = ChampionMarks("2", previous="1", fallback="1")
 
     assert off_champion(fleet({"edge-1": "2", "edge-2": "1"}, c)) == 2
     assert off_champion(fleet(dict.fromkeys(NODES))) == 0  # no champion: the base model is on it
@@ -125,7 +140,7 @@ def test_the_served_version_is_read_from_the_adapter_swap_to_registry_names():
 
 def test_marks_are_read_from_the_version_tags():
     tags = {PREVIOUS: "3", PROMOTED: "promoted to all edge nodes: ok", CANARY_SINCE: "12.5"}
-    assert ChampionMarks.from_tags("4", tags) == ChampionMarks("4", "3", promoted=True, canary_since=12.5)
+    assert ChampionMarks.from_tags("4", tags) == ChampionMarks("4", "3", "3", promoted=True, canary_since=12.5)
     assert ChampionMarks.from_tags("4", {REJECTED: "why", CANARY_SINCE: "junk"}).rejected == "why"
     assert ChampionMarks.from_tags("4", {CANARY_SINCE: "junk"}).canary_since is None
 
@@ -147,8 +162,20 @@ class World:
         self.tags[version] = {PREVIOUS: self.champion} if self.champion else {}
         self.champion = version
 
+    def last_approved(self, version: str | None) -> str | None:
+        """As ModelRegistry.last_approved: along the previous-champion tags, the first version
+        promoted to all nodes and never rejected."""
+        while version is not None:
+            tags = self.tags[version]
+            if tags.get(PROMOTED, "").startswith("promoted") and REJECTED not in tags:
+                return version
+            version = tags.get(PREVIOUS)
+        return None
+
     def state(self, silent: frozenset[str]) -> FleetState:
         marks = ChampionMarks.from_tags(self.champion, self.tags[self.champion]) if self.champion else None
+        if marks is not None:
+            marks = replace(marks, fallback=self.last_approved(marks.previous))
         return FleetState(
             NODES, ("edge-1",), marks, {n: v for n, v in self.serving.items() if n not in silent}, self.now
         )
@@ -211,7 +238,7 @@ def test_after_any_faults_the_fleet_converges_on_the_champion_or_reverts_a_rejec
         raise AssertionError(f"no convergence: {plan}")
 
     marks = state.champion
-    if marks.rejected:  # a rejected version with nothing to go back to: every node on the base model
-        assert marks.previous is None and set(world.serving.values()) == {None}
+    if marks.rejected:  # a rejected version with nothing to go back to: every node on its fallback
+        assert marks.previous is None and set(world.serving.values()) == {marks.fallback}
     else:
         assert set(world.serving.values()) == {marks.version}, (world.serving, marks)
