@@ -22,7 +22,8 @@ def registry(marks: ChampionMarks) -> dict:
 
 
 def test_during_a_canary_the_canary_should_serve_the_champion_and_the_rest_what_it_replaced():
-    status = build_status(NODES, GATEWAY, SAMPLES, registry(ChampionMarks("2", previous="1", fallback="1", canary_since=1.0)))
+    marks = ChampionMarks("2", previous="1", fallback="1", canary_since=1.0)
+    status = build_status(NODES, GATEWAY, SAMPLES, registry(marks))
 
     rows = {r["node"]: r for r in json.loads(json.dumps(status))["nodes"]}
     assert [(rows[n]["desired_version"], rows[n]["on_desired"]) for n in SERVING] == [
@@ -34,7 +35,8 @@ def test_during_a_canary_the_canary_should_serve_the_champion_and_the_rest_what_
 
 
 def test_the_table_says_which_nodes_are_not_yet_where_they_should_be():
-    status = build_status(NODES, GATEWAY, SAMPLES, registry(ChampionMarks("2", previous="1", fallback="1", promoted=True)))
+    marks = ChampionMarks("2", previous="1", fallback="1", promoted=True)
+    status = build_status(NODES, GATEWAY, SAMPLES, registry(marks))
     console = Console(record=True, width=200)
 
     console.print(render(status))

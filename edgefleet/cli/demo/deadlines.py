@@ -2,7 +2,7 @@
 
 On this one machine the "cloud" is another CPU process, no faster than an edge node, so the scene
 runs on synthetic backends (:mod:`edgefleet.platform.synthetic`) in its own Serve app on the same
-fleet: edge nodes with the timing of SmolLM2 int8 measured here, and a cloud with a GPU's decode
+fleet: edge nodes with the timing of SmolLM2 bf16 (the edge format) measured here, and a cloud with a GPU's decode
 speed 60 ms away. The routing, the Gateway and the SDK are the real ones; only the tokens are not.
 """
 
@@ -18,10 +18,10 @@ from edgefleet.cli.tables import show
 from edgefleet.config import EdgefleetConfig
 
 APP = "demo-deadlines"
-EDGE_PROFILE = "synthetic:1.11:19.4:0.064"  # SmolLM2 int8, 1 thread, `edgefleet bench calibrate` here
-CLOUD_PROFILE = "synthetic:0.1:6:0.01"  # a GPU-class decode, ~3× an edge CPU's
+EDGE_PROFILE = "synthetic:4.35:60.3:0.129"  # SmolLM2 bf16, 1 thread, `edgefleet bench calibrate` here
+CLOUD_PROFILE = "synthetic:0.1:6:0.01"  # a GPU-class decode, ~10× an edge CPU's
 # (what, max_new_tokens, deadline s): short and urgent, then long with room to spare.
-SCENE = (("a tight deadline", 8, 0.6), ("a long answer", 200, 2.5))
+SCENE = (("a tight deadline", 8, 1.0), ("a long answer", 200, 2.5))
 
 
 def scene_config(cfg: EdgefleetConfig) -> EdgefleetConfig:
@@ -49,7 +49,7 @@ def run(cfg: EdgefleetConfig, token: str | None, console: Console) -> list[Any]:
         deployment = deploy(scene, log_level="WARNING")
     site = cfg.fleet.edge_nodes[0].site or cfg.fleet.edge_nodes[0].id
     table = Table(
-        title=f"deadline routing (synthetic timing: edge = SmolLM2 int8 here, cloud = GPU-class, "
+        title=f"deadline routing (synthetic timing: edge = SmolLM2 bf16 here, cloud = GPU-class, "
         f"{cfg.fleet.cloud.network.rtt_ms:.0f} ms away)"
     )
     for col in ("request", "tokens", "deadline ms", "served_by", "predicted ms", "total ms", "SLA", "why there"):
