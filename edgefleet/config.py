@@ -258,6 +258,11 @@ class FederationConfig(_Strict):
                 f"strategy {self.strategy} needs each client's update in the clear; "
                 "it cannot run with secure_aggregation: true"
             )
+        if self.user_dp is not None and STRATEGY_NEEDS_EACH_UPDATE[self.strategy]:
+            raise ValueError(
+                f"user_dp (DP-FedAvg) releases the noised mean of the clipped updates; strategy {self.strategy} "
+                "would never see the updates it needs apart: use fedavg, fedprox, fedadam or fedyogi with user_dp"
+            )
         return self
 
 

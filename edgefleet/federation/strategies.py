@@ -298,6 +298,8 @@ def make_strategy(
     else:
         raise ValueError(f"unknown strategy {name!r}; known: {', '.join(STRATEGIES)}")
     if user_dp is not None:
+        if STRATEGY_NEEDS_EACH_UPDATE[name]:  # DP-FedAvg replaces the rule by a noised mean
+            raise ValueError(f"{name} cannot run under user-level DP (DP-FedAvg releases only a noised mean)")
         clip, sigma = user_dp
         strategy = DPFedAvg(strategy, clip=clip, noise_multiplier=sigma)
     return strategy

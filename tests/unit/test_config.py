@@ -190,6 +190,26 @@ def test_every_rule_declared_to_need_each_update_is_refused_under_secure_aggrega
             assert parse_config({"federation": {"strategy": name}}).federation.secure_aggregation
 
 
+def test_user_level_dp_is_refused_with_a_rule_that_needs_each_update():
+    """DP-FedAvg releases a noised mean: a median or trimmed mean under it would silently be a mean."""
+    import pytest
+
+    from edgefleet.config import STRATEGY_NEEDS_EACH_UPDATE, parse_config
+    from edgefleet.errors import ConfigError
+    from edgefleet.federation.strategies import make_strategy
+
+    for name, needs_each_update in STRATEGY_NEEDS_EACH_UPDATE.items():
+        fed = {"strategy": name, "secure_aggregation": False, "user_dp": {}}
+        if needs_each_update:
+            with pytest.raises(ConfigError, match=f"user_dp .* strategy {name} would never see"):
+                parse_config({"federation": fed})
+            with pytest.raises(ValueError, match=f"{name} cannot run under user-level DP"):
+                make_strategy(name, user_dp=(0.05, 1.0))
+        else:
+            assert parse_config({"federation": fed}).federation.user_dp is not None
+            assert make_strategy(name, user_dp=(0.05, 1.0)).name == f"dp-{make_strategy(name).name}"
+
+
 def test_canary_nodes_must_be_edge_nodes_and_leave_some_to_compare_with():
     import pytest
 
