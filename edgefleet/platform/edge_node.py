@@ -11,6 +11,7 @@ stats, live model swap). It loads its model in the constructor, so an actor that
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,21 @@ ACTOR_NAMESPACE = "edgefleet"
 
 def actor_name(node_id: str, app: str = "edgefleet") -> str:
     return f"edge-node/{node_id}" if app == "edgefleet" else f"{app}/edge-node/{node_id}"
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """Where an EdgeNode runs and what it serves (``EdgeNode.info``)."""
+
+    node_id: str
+    pid: int
+    node_labels: dict[str, str]  # read from the raylet the actor runs on
+    model: str
+    model_version: str  # "...+adapter:<name>" when an adapter is merged (see convergence.served_version)
+    quantization: str
+    parameters: int
+    load_seconds: float
+    spec: ModelSpec  # what it was last told to load
 
 
 class EdgeNode(ModelServer):
@@ -112,24 +128,24 @@ class EdgeNode(ModelServer):
             "finish_reason": result.finished.finish_reason,
         }
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> NodeInfo:
         """Where this actor runs and what it serves; the labels are read from the raylet itself."""
+        import os
+
         import ray
 
         loaded = self.engine.loaded
-        import os
-
-        return {
-            "node_id": self.node_id,
-            "pid": os.getpid(),
-            "node_labels": dict(ray.get_runtime_context().get_node_labels()),
-            "model": loaded.name,
-            "model_version": loaded.version,
-            "quantization": loaded.quantization,
-            "parameters": loaded.num_parameters,
-            "load_seconds": loaded.load_seconds,
-            "spec": self.spec.model_dump(mode="json"),
-        }
+        return NodeInfo(
+            node_id=self.node_id,
+            pid=os.getpid(),
+            node_labels=dict(ray.get_runtime_context().get_node_labels()),
+            model=loaded.name,
+            model_version=loaded.version,
+            quantization=loaded.quantization,
+            parameters=loaded.num_parameters,
+            load_seconds=loaded.load_seconds,
+            spec=self.spec,
+        )
 
 
 def data_dir_of(node: EdgeNodeConfig, cache_dir: Path | None) -> Path:

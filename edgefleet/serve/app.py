@@ -19,6 +19,7 @@ from edgefleet.config import EdgefleetConfig
 from edgefleet.platform.edge_node import ACTOR_NAMESPACE, actor_name, spawn_edge_node
 from edgefleet.platform.topology import head_placement
 from edgefleet.serve.cloud import cloud_deployment
+from edgefleet.serve.convergence import served_version
 from edgefleet.serve.gateway import Gateway
 
 APP_NAME = "edgefleet"  # the default app: also the `application` gRPC metadata the SDK sends
@@ -116,11 +117,15 @@ def reconcile_edge_actors(cfg: EdgefleetConfig, *, timeout_s: float = 600) -> di
         log.warning("edge node %s not ready after %.0f s: deploying without it", refs[ref], timeout_s)
     swaps = {}
     for ref in ready:
-        node_id = refs[ref]
-        spec, configured = wanted[node_id].model, wanted[node_id].model.model_dump(mode="json")
-        # A registry adapter on top of the configured base is the champion reconciler's doing: keep it.
-        if {**ray.get(ref)["spec"], "adapter": configured["adapter"]} != configured:
-            swaps[node_id] = actors[node_id].swap_model.remote(spec)
+        node_id, info = refs[ref], ray.get(ref)
+        configured = wanted[node_id].model
+        running = info.spec
+        # A registry version on top of the configured base is the champion reconciler's doing: keep
+        # it. Any other difference (the adapter named in the config too) is a change to apply.
+        if (served_version(info.model_version, cfg.mlflow.model_name) or "").isdigit():
+            running = running.model_copy(update={"adapter": configured.adapter})
+        if running != configured:
+            swaps[node_id] = actors[node_id].swap_model.remote(configured)
         outcome[node_id] = "swapped" if node_id in swaps else "serving"
     ray.get(list(swaps.values()))
     return outcome

@@ -125,7 +125,7 @@ class Reconciler:
 
     async def _model_version(self, actor: Any) -> str | None:
         try:
-            return (await asyncio.wait_for(actor.info.remote(), self.controller.call_timeout_s))["model_version"]
+            return (await asyncio.wait_for(actor.info.remote(), self.controller.call_timeout_s)).model_version
         except Exception as exc:  # noqa: BLE001 - a node that does not answer is left alone this pass
             if not is_unreachable(exc):
                 log.warning("an edge node failed to say what it serves: %s", exc)

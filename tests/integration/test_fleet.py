@@ -61,8 +61,8 @@ def test_edge_node_actor_serves_its_model_and_comes_back_after_a_crash(fleet, fl
     ray.kill(actor, no_restart=False)  # simulate a crash: Ray restarts it (max_restarts), model reloads
     after = call_until_back(lambda: actor.generate.remote("hello", max_new_tokens=5))
 
-    assert info["node_labels"][NODE_LABEL] == "edge-2"
-    assert (info["model"], info["quantization"]) == ("tiny", "none")
+    assert info.node_labels[NODE_LABEL] == "edge-2"
+    assert (info.model, info.quantization) == ("tiny", "none")
     assert before["node_id"] == after["node_id"] == "edge-2"
     assert before["text"] == after["text"]  # same seeded weights after the restart
     assert ray.get_actor("restart-test", namespace=ACTOR_NAMESPACE)

@@ -90,7 +90,7 @@ def test_a_crashed_gateway_replica_costs_a_retry_not_a_request(two_gateways):
         time.sleep(1)
 
 
-def test_the_built_app_serves_then_a_redeploy_reconciles_its_detached_edge_actors(two_gateways, write_config):
+def test_the_built_app_serves_then_a_redeploy_reconciles_its_detached_edge_actors(two_gateways, write_config, tmp_path):
     from edgefleet.config import load_config
     from edgefleet.platform.edge_node import ACTOR_NAMESPACE, actor_name
     from edgefleet.serve.app import build_app, reconcile_edge_actors
@@ -108,8 +108,15 @@ def test_the_built_app_serves_then_a_redeploy_reconciles_its_detached_edge_actor
     cfg = load_config(write_config(data, "changed.yaml"))
     assert reconcile_edge_actors(cfg) == {"edge-1": "swapped"}
     info = ray.get(actor.info.remote())
-    assert info["model_version"] == "tiny-seed1" and info["spec"]["source"] == "tiny:1"
+    assert info.model_version == "tiny-seed1" and info.spec.source == "tiny:1"
     assert reconcile_edge_actors(cfg) == {"edge-1": "serving"}  # nothing changed: nothing done
+
+    # A redeploy that names an adapter in the config swaps to it (a reconciler's registry adapter
+    # is kept across redeploys; a configured one is not mistaken for one)
+    adapter = _tiny_adapter(tmp_path / "adapter", seed=1)
+    data["fleet"]["edge_nodes"][0]["model"] = {"source": "tiny:1", "quantization": "none", "adapter": str(adapter)}
+    assert reconcile_edge_actors(load_config(write_config(data, "adapter.yaml"))) == {"edge-1": "swapped"}
+    assert ray.get(actor.info.remote()).model_version == "tiny-seed1+adapter:adapter"
 
     # A redeploy that moves the app to edge-2: edge-1's actor goes, edge-2's comes.
     data["fleet"]["edge_nodes"][0]["id"] = "edge-2"
@@ -120,3 +127,16 @@ def test_the_built_app_serves_then_a_redeploy_reconciles_its_detached_edge_actor
             ray.get_actor(actor_name("edge-1", APP), namespace=ACTOR_NAMESPACE)
     finally:  # the fixture removes the app and the actors its config names: edge-1's, gone by now
         remove_app(APP, ["edge-2"])
+
+
+def _tiny_adapter(folder, seed: int):
+    """A peft LoRA adapter over ``tiny:<seed>``, non-zero so that it changes the model."""
+    import torch
+
+    from edgefleet.platform.models import build_tiny
+    from edgefleet.train.dp import DEFAULT_HYPER, adapter_state, export_adapter, lora_model
+
+    base, _ = build_tiny(seed)
+    state = {k: v + 0.01 if "lora_B" in k else v for k, v in adapter_state(lora_model(base, DEFAULT_HYPER)).items()}
+    with torch.no_grad():
+        return export_adapter(base, state, DEFAULT_HYPER, folder)

@@ -55,9 +55,7 @@ def adapter(tmp_path, name, scale):
 
 def serving(cfg):
     return {
-        n.id: ray.get(ray.get_actor(actor_name(n.id, cfg.app), namespace=ACTOR_NAMESPACE).info.remote())[
-            "model_version"
-        ]
+        n.id: ray.get(ray.get_actor(actor_name(n.id, cfg.app), namespace=ACTOR_NAMESPACE).info.remote()).model_version
         for n in cfg.fleet.edge_nodes
     }
 
@@ -177,9 +175,9 @@ def wait_for(condition, what: str, within_s: float = 240.0):
 
 def crash(actor) -> None:
     """Kill an EdgeNode actor the way a crash would: Ray restarts it on the config's base model."""
-    pid = ray.get(actor.info.remote())["pid"]
+    pid = ray.get(actor.info.remote()).pid
     ray.kill(actor, no_restart=False)  # returns before the actor is gone: wait for its successor
-    wait_for(lambda: call_until_back(lambda: actor.info.remote(), within_s=120)["pid"] != pid, "the actor restarts")
+    wait_for(lambda: call_until_back(lambda: actor.info.remote(), within_s=120).pid != pid, "the actor restarts")
 
 
 def test_killed_nodes_and_a_killed_reconciler_mid_rollout_end_with_every_node_on_the_champion(

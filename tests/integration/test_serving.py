@@ -315,7 +315,7 @@ def test_killing_an_edge_raylet_mid_stream_continues_the_stream_elsewhere(served
     from edgefleet.platform.topology import edge_labels
 
     victim = _edge("edge-3")
-    pid = ray.get(victim.info.remote())["pid"]
+    pid = ray.get(victim.info.remote()).pid
     raylet_of = {n.node_id: n.ray_node_id for n in fleet.nodes() if n.alive}
     node = next(n for n in fleet._cluster.worker_nodes if n.node_id == raylet_of["edge-3"])
     chunks = []
@@ -335,4 +335,4 @@ def test_killing_an_edge_raylet_mid_stream_continues_the_stream_elsewhere(served
     finally:  # give the fleet its edge-3 back: Ray restarts the actor (max_restarts) on the new raylet
         rejoin(fleet, edge_labels("edge-3"), gone=raylet_of["edge-3"])
         back = call_until_back(victim.info.remote)
-    assert back["node_labels"]["edgefleet.io/node"] == "edge-3" and back["pid"] != pid
+    assert back.node_labels["edgefleet.io/node"] == "edge-3" and back.pid != pid

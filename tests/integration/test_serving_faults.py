@@ -91,7 +91,7 @@ def _wait_for(results: list[dict], n: int, loader: threading.Thread) -> None:
 def under_fault(fleet, served):
     """The load runs in a thread; the faults come from here (Ray's node start/stop needs the main thread)."""
     victim = ray.get_actor(actor_name(VICTIM), namespace=ACTOR_NAMESPACE)
-    pid = ray.get(victim.info.remote())["pid"]
+    pid = ray.get(victim.info.remote()).pid
     raylet = {n.node_id: n.ray_node_id for n in fleet.nodes() if n.alive}[VICTIM]
     node = next(n for n in fleet._cluster.worker_nodes if n.node_id == raylet)
     ok_before = _ok_count()
