@@ -9,6 +9,7 @@ opens a circuit breaker on a target after consecutive failures until a heartbeat
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 from edgefleet.config import EdgefleetConfig
 from edgefleet.platform.stats import EngineStats
 from edgefleet.serve.router import FleetView, Job, TargetState
+
+log = logging.getLogger(__name__)
 
 BREAKER_FAILURES = 3  # consecutive failed calls that open a target's circuit
 NOT_HEARD = EngineStats()  # a target that has not answered a stats poll yet
@@ -66,7 +69,12 @@ class FleetTracker:
         return [*self.edges, self.cloud_id]
 
     def heartbeat(self, target_id: str, stats: EngineStats | None) -> None:
-        """A stats answer (or ``None`` for no answer). An answer closes the circuit breaker."""
+        """A stats answer (or ``None`` for no answer). An answer closes the circuit breaker. An
+        answer of another shape (a node of an older release, mid-upgrade) counts as no answer:
+        routing must not read fields it lacks."""
+        if stats is not None and not isinstance(stats, EngineStats):
+            log.warning("%s answered stats of type %s, not EngineStats: marked unhealthy", target_id, type(stats))
+            stats = None
         self.healthy[target_id] = stats is not None
         if stats is not None:
             self.stats[target_id] = stats

@@ -63,6 +63,18 @@ def test_a_success_resets_the_failure_count_and_a_missed_heartbeat_marks_unhealt
     assert not view["edge-1"].healthy
 
 
+def test_stats_of_another_shape_mark_the_node_unhealthy_instead_of_breaking_routing():
+    """A node of an older release answers a dict: the view, which the router reads every request,
+    must not raise; the node is routed around until it answers EngineStats."""
+    t = tracker()
+    t.heartbeat("edge-2", {"queue_depth": 0, "model_version": "old"})
+
+    view = {s.target_id: s for s in t.view().targets}
+    assert not view["edge-2"].healthy and not view["edge-2"].available
+    t.heartbeat("edge-2", EngineStats(queue_depth=1))
+    assert {s.target_id: s for s in t.view().targets}["edge-2"].healthy
+
+
 def test_the_view_carries_each_unfinished_dispatch_with_its_age_and_size():
     t = tracker()
     first = t.dispatch("edge-1", prompt_tokens=30, max_new_tokens=64, now=100.0)
