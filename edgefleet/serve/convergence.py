@@ -14,8 +14,9 @@ never finished is never what the fleet falls back to):
   serves P, i.e. the base model.
 - otherwise C is *on canary*: the canaries serve C, the rest P. Once they do, the canary window is
   judged. If every node outside the canaries already serves C there is nothing to compare it with,
-  and C is adopted. A canary not ready to be judged within ``canary_timeout_s`` of its start
-  (``canary_since``) is rejected as timed out.
+  and C is adopted. A canary not serving C within ``canary_timeout_s`` of its start
+  (``canary_since``) is rejected as timed out; a canary waiting only for the rest (down, or not
+  yet back on P) waits, since that is not C's fault.
 
 A node that did not answer gets no action; it is converged when it answers again, whatever it
 came back serving (the base model, after a restart).
@@ -152,12 +153,12 @@ def decide(state: FleetState, *, canary_timeout_s: float) -> Plan:
     compared = [n for n in rest if state.serving.get(n, _NO_ANSWER) == c.fallback]
     if canaries_ready and compared and not swaps:
         return Plan(CANARY, desired, judge=True, start_canary=c.canary_since is None)
-    if c.canary_since is not None and state.now > c.canary_since + canary_timeout_s:
-        waiting = [n for n in state.canaries if state.serving.get(n, _NO_ANSWER) != c.version]
+    waiting = [n for n in state.canaries if state.serving.get(n, _NO_ANSWER) != c.version]
+    if waiting and c.canary_since is not None and state.now > c.canary_since + canary_timeout_s:
+        # the canary's own failure to take the version; the rest being down or slow to swap back
+        # is not the version's fault and never rejects it (the canary waits for them instead)
         why = (
-            f"the canary was not ready to judge within {canary_timeout_s:.0f} s "
-            f"({', '.join(waiting) or 'no node outside the canaries'} "
-            f"{'not serving it' if waiting else 'serving the previous version'}): timed out"
+            f"the canary was not ready within {canary_timeout_s:.0f} s ({', '.join(waiting)} not serving it): timed out"
         )
         return Plan(CANARY, desired, reject=why)
     notes = () if compared or not canaries_ready else ("waiting for a node outside the canaries to compare with",)

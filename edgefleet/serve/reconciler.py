@@ -82,6 +82,10 @@ class Step:
 class SwapFailed:
     reason: str
     answered: bool  # the node answered with an error (False: it died, restarts, or the call timed out)
+    # the error says the version itself cannot be served (no adapter in it, weights that do not
+    # load, no such version): retrying cannot help. Anything else (the registry briefly down, a
+    # timeout) is retried on the next pass, until the canary deadline.
+    definitive: bool = False
 
 
 class Reconciler:
@@ -174,7 +178,7 @@ class Reconciler:
         for swap, failure in zip(plan.swaps, results, strict=True):
             if failure is None:
                 step.swapped.append(swap)
-            elif swap.canary and failure.answered:  # the canary cannot load the version on trial
+            elif swap.canary and failure.definitive:  # the canary cannot load the version on trial
                 self._reject(champion, f"the canary {swap.node} could not load v{swap.to}: {failure.reason}")
                 step.failures.append(f"v{swap.to} rejected: {swap.node} could not load it ({failure.reason})")
             else:  # an error elsewhere, or no answer: the next pass tries again (a canary, until its deadline)
@@ -196,7 +200,8 @@ class Reconciler:
             if is_unreachable(exc):
                 timeout = self.controller.swap_timeout_s
                 return SwapFailed(f"no answer within {timeout:.0f} s ({type(exc).__name__})", answered=False)
-            return SwapFailed(f"{type(exc).__name__}: {exc}".splitlines()[0], answered=True)
+            reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            return SwapFailed(reason, answered=True, definitive=_definitive(exc))
         return None
 
     async def _judge(self, step: Step, actors: dict[str, Any]) -> RolloutReport | None:
@@ -274,3 +279,13 @@ class Reconciler:
             report = RolloutReport(version, list(self.controller.canaries), verdict, empty, empty)
         report.before, report.serving = before, steps[-1].model_versions
         return report
+
+
+def _definitive(exc: BaseException) -> bool:
+    """Whether a node's error loading a version says the version cannot be served (see SwapFailed)."""
+    from edgefleet.errors import ModelError
+
+    cause = getattr(exc, "cause", None) or exc  # a RayTaskError carries the node's own exception
+    if isinstance(cause, ModelError | ValueError):  # e.g. "holds no peft adapter", unreadable weights
+        return True
+    return getattr(cause, "error_code", "") == "RESOURCE_DOES_NOT_EXIST"  # MLflow: no such version

@@ -77,6 +77,16 @@ def test_a_canary_that_does_not_answer_is_waited_for_until_the_deadline_then_the
     assert "timed out" in late.reject and "edge-1 not serving it" in late.reject
 
 
+def test_a_canary_waiting_only_for_the_rest_is_never_rejected_for_it():
+    """A two-node fleet with its other node down: the canary serves the version and waits past its
+    deadline, because nothing it could be compared with answers; that is not the version's fault."""
+    c = ChampionMarks("2", previous="1", fallback="1", canary_since=990.0)
+    plan = decide(fleet({"edge-1": "2"}, c, now=5000.0), canary_timeout_s=TIMEOUT)
+    assert not plan.reject and not plan.judge and plan.state == "canary"
+    back = decide(fleet({"edge-1": "2", "edge-2": "1", "edge-3": "1"}, c, now=5005.0), canary_timeout_s=TIMEOUT)
+    assert back.judge  # the rest answers again: the window runs
+
+
 def test_a_promoted_champion_goes_everywhere_and_a_node_that_restarted_gets_it_not_the_base_model():
     c = ChampionMarks("2", previous="1", fallback="1", promoted=True)
     plan = decide(fleet({"edge-1": "2", "edge-2": "1", "edge-3": None}, c), canary_timeout_s=TIMEOUT)
@@ -242,3 +252,24 @@ def test_after_any_faults_the_fleet_converges_on_the_champion_or_reverts_a_rejec
         assert marks.previous is None and set(world.serving.values()) == {marks.fallback}
     else:
         assert set(world.serving.values()) == {marks.version}, (world.serving, marks)
+
+
+def test_only_errors_that_condemn_the_version_reject_it_at_once_others_are_retried():
+    """A canary's load error: a version without an adapter, or gone from the registry, is rejected;
+    the registry being unreachable a moment is retried on the next pass (until the deadline)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, TEMPORARILY_UNAVAILABLE
+
+    from edgefleet.errors import ModelError
+    from edgefleet.serve.reconciler import _definitive
+
+    class RayTaskError(Exception):  # what ray.get raises: the node's exception as its cause
+        def __init__(self, cause):
+            self.cause = cause
+
+    assert _definitive(ValueError("models:/m/3 holds no peft adapter (adapter_config.json)"))
+    assert _definitive(RayTaskError(ModelError("cannot load model")))
+    assert _definitive(MlflowException("no version 3", error_code=RESOURCE_DOES_NOT_EXIST))
+    assert not _definitive(RayTaskError(ConnectionError("registry refused the connection")))
+    assert not _definitive(MlflowException("API request failed", error_code=TEMPORARILY_UNAVAILABLE))
+    assert not _definitive(TimeoutError())
