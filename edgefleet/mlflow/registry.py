@@ -30,6 +30,7 @@ at a real ``mlflow server`` instead, through the same code.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -59,6 +60,8 @@ PREVIOUS_TAG, ROLLED_BACK_TAG = "edgefleet.previous_champion", "edgefleet.rolled
 # The rollout's progress, written by serve/reconciler.py: "promoted to all edge nodes: <reason>",
 # and when the canary began (unix seconds).
 ROLLOUT_TAG, CANARY_SINCE_TAG = "edgefleet.rollout", "edgefleet.canary_since"
+# On the registered model: which reconciler acts on the fleet, until when ("<holder> <unix s>")
+LEASE_TAG = "edgefleet.reconciler_lease"
 # How a round is published (ModelRegistry._step_<name>), in order; each one idempotent.
 STEPS = ("run", "artifacts", "model", "metrics", "version", "candidate", "decide", "champion", "gate")
 
@@ -707,6 +710,47 @@ class ModelRegistry:
     def champion_version(self) -> str | None:
         champion = self._champion(self._client())
         return str(champion.version) if champion is not None else None
+
+    def hold_lease(self, holder: str, ttl_s: float, *, now: float | None = None) -> str | None:
+        """Take or renew the reconciler lease for ``ttl_s`` seconds: None when ``holder`` holds it
+        now, else who does (and until when). Best effort: MLflow has no compare-and-set, so after
+        writing, the tag is read back and a writer that lost the race backs off; two takers at
+        the same instant may both act for one pass, and their actions are idempotent."""
+        from mlflow.exceptions import MlflowException
+
+        client, now = self._client(), time.time() if now is None else now
+        current = self._lease(client)
+        if current is not None and current[0] != holder and current[1] > now:
+            return f"{current[0]} (until {time.strftime('%H:%M:%S', time.localtime(current[1]))})"
+        try:
+            client.set_registered_model_tag(self.name, LEASE_TAG, f"{holder} {now + ttl_s:.3f}")
+        except MlflowException:  # no registered model yet: no champion, nothing to contend for
+            return None
+        after = self._lease(client)
+        return None if after is None or after[0] == holder else f"{after[0]} (took it at the same time)"
+
+    def release_lease(self, holder: str) -> None:
+        """Give the lease back if ``holder`` has it (a reconciler that stops cleanly)."""
+        from mlflow.exceptions import MlflowException
+
+        client = self._client()
+        current = self._lease(client)
+        if current is not None and current[0] == holder:
+            with contextlib.suppress(MlflowException):
+                client.delete_registered_model_tag(self.name, LEASE_TAG)
+
+    def _lease(self, client: Any) -> tuple[str, float] | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            value = client.get_registered_model(self.name).tags.get(LEASE_TAG, "")
+        except MlflowException:
+            return None
+        holder, _, until = value.rpartition(" ")
+        try:
+            return (holder, float(until)) if holder else None
+        except ValueError:  # a hand-edited tag: nobody holds it
+            return None
 
     def last_approved(self, version: str | None, *, max_hops: int = 50) -> str | None:
         """``version`` if the fleet approved its rollout (promoted to all edge nodes, never rolled

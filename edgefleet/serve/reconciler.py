@@ -17,10 +17,14 @@ the version rejected.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
+import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,9 +68,12 @@ class Step:
     failures: list[str] = field(default_factory=list)
     report: RolloutReport | None = None
     model_versions: dict[str, str] = field(default_factory=dict)  # node → model version it reported
+    watching: str = ""  # another reconciler holds the lease (who): this one only looked
 
     def describe(self) -> list[str]:
         """What happened, in lines an operator reads."""
+        if self.watching:
+            return [f"watching: {self.watching} holds the reconciler lease"]
         lines = [f"{s.node} → {describe(s.to)}" + (" (canary)" if s.canary else "") for s in self.swapped]
         if self.plan.promote:
             lines.append(f"v{self.state.champion.version} promoted: {self.plan.promote}")
@@ -93,6 +100,9 @@ class Reconciler:
         self.controller, self.on_step = controller, on_step
         self.registry, self.cfg = controller.registry, controller.cfg
         self.base = {n.id: n.model for n in self.cfg.fleet.edge_nodes}
+        # who acts on the fleet: one reconciler at a time (edgefleet up, models rollout, a
+        # second up by mistake); the others watch until its lease expires
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
     # ------------------------------------------------------------ looking
 
@@ -137,18 +147,23 @@ class Reconciler:
 
     # ------------------------------------------------------------ passes
 
-    def reconcile_once(self) -> list[Step]:
-        """Look and act until there is nothing to do, a step fails, or :data:`MAX_STEPS` are done."""
-        return asyncio.run(self._pass())
+    def reconcile_once(self, lease_s: float = 15.0) -> list[Step]:
+        """Look and act until there is nothing to do, a step fails, or :data:`MAX_STEPS` are done;
+        if another reconciler holds the lease (``lease_s``: how long this one takes it for), only
+        look: one step, its plan not carried out."""
+        other = self.registry.hold_lease(self.holder, lease_s)
+        return asyncio.run(self._pass(watching=other or ""))
 
-    async def _pass(self) -> list[Step]:
+    async def _pass(self, watching: str = "") -> list[Step]:
         steps: list[Step] = []
         for _ in range(MAX_STEPS):
             state, actors, reported = await self._look()
             plan = decide(state, canary_timeout_s=self.controller.canary_timeout_s)
-            self._report_metrics(state, plan)
-            step = Step(state, plan, model_versions=reported)
+            step = Step(state, plan, model_versions=reported, watching=watching)
             steps.append(step)
+            if watching:
+                break
+            self._report_metrics(state, plan)
             if plan.idle:
                 break
             await self._act(step, actors)
@@ -244,15 +259,19 @@ class Reconciler:
 
     def run(self, stop: threading.Event, interval_s: float = 5.0) -> None:
         """Pass after pass until ``stop`` is set; a failing pass is reported, never the end of it."""
-        while True:
-            try:
-                self.reconcile_once()
-            except Exception as exc:  # noqa: BLE001 - a registry hiccup must not end the reconciler
-                metrics.rollout_state(self.registry.name, "failed")
-                if self.on_step is not None:
-                    self.on_step(exc)
-            if stop.wait(interval_s):
-                return
+        try:
+            while True:
+                try:
+                    self.reconcile_once(lease_s=_lease_for(interval_s))
+                except Exception as exc:  # noqa: BLE001 - a registry hiccup must not end the reconciler
+                    metrics.rollout_state(self.registry.name, "failed")
+                    if self.on_step is not None:
+                        self.on_step(exc)
+                if stop.wait(interval_s):
+                    return
+        finally:
+            with contextlib.suppress(Exception):
+                self.registry.release_lease(self.holder)
 
     def settle(self, version: str, *, timeout_s: float | None = None, interval_s: float = 0.5) -> RolloutReport:
         """Reconcile until the champion ``version`` is promoted or rejected and every node that
@@ -265,7 +284,7 @@ class Reconciler:
         before = asyncio.run(self._look())[2]
         report = None
         while True:
-            steps = self.reconcile_once()
+            steps = self.reconcile_once(lease_s=_lease_for(interval_s))
             report = next((s.report for s in reversed(steps) if s.report is not None), report)
             marks = ChampionMarks.from_tags(version, self.registry.show(version)["tags"])
             if (marks.promoted or marks.rejected) and steps[-1].plan.idle:
@@ -278,7 +297,14 @@ class Reconciler:
             empty = GroupHealth(0, 0, 0, math.nan)
             report = RolloutReport(version, list(self.controller.canaries), verdict, empty, empty)
         report.before, report.serving = before, steps[-1].model_versions
+        self.registry.release_lease(self.holder)
         return report
+
+
+def _lease_for(interval_s: float) -> float:
+    """How long a reconciler polling every ``interval_s`` takes the lease for: a few polls, so one
+    that died is replaced within seconds, and a slow pass does not lose it."""
+    return max(10.0, 3 * interval_s)
 
 
 def _definitive(exc: BaseException) -> bool:

@@ -344,6 +344,22 @@ def test_a_late_retry_never_takes_the_champion_back_and_a_rejected_version_stays
     assert reg.champion_version() == "2" and ROLLED_BACK_TAG not in reg.show("2")["tags"]
 
 
+def test_one_reconciler_holds_the_lease_until_it_expires_or_is_given_back(tmp_path, adapter_dir):
+    reg = ModelRegistry(f"sqlite:///{tmp_path / 'mlflow.db'}", NAME, outbox=tmp_path / "outbox")
+    assert reg.hold_lease("a", 10, now=100.0) is None  # no registered model yet: nothing to contend for
+    reg.publish(record(1, 5.0), adapter_dir)
+
+    assert reg.hold_lease("a", 10, now=100.0) is None
+    assert reg.hold_lease("b", 10, now=105.0).startswith("a ")  # a holds it: b only watches
+    assert reg.hold_lease("a", 10, now=108.0) is None  # a renews: until 118
+    assert reg.hold_lease("b", 10, now=115.0).startswith("a ")
+    assert reg.hold_lease("b", 10, now=119.0) is None  # a stopped renewing (it died): b takes over
+    reg.release_lease("a")  # not a's any more: nothing happens
+    assert reg.hold_lease("a", 10, now=120.0).startswith("b ")
+    reg.release_lease("b")
+    assert reg.hold_lease("a", 10, now=121.0) is None
+
+
 def test_an_older_round_retried_after_a_newer_champion_is_held(tmp_path, adapter_dir):
     uri, outbox = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "outbox"
     with pytest.raises(Stopped):  # round 1 registered, then its publisher died before the gate
