@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -33,14 +34,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     fetch_model(cfg, spec.source)
     with console.status(f"measuring {spec.source} {spec.quantization} on this machine"):
         profile = calibrate(spec)
-    table = Table(title=f"timing profile: {profile['model']}")
+    table = Table(title=f"timing profile: {profile.model}")
     table.add_column("measure")
     table.add_column("ms")
-    table.add_row("prefill per prompt token", f"{profile['prefill_ms_per_token']:.2f}")
-    for batch, ms in profile["decode_ms_per_step"].items():
+    table.add_row("prefill per prompt token", f"{profile.prefill_ms_per_token:.2f}")
+    for batch, ms in profile.decode_ms_per_step.items():
         table.add_row(f"decode step at batch {batch}", f"{ms:.1f}")
     show(console, table)
-    console.print(f"synthetic backend that behaves like it: model: {{source: {profile['synthetic_source']}}}")
+    console.print(f"synthetic backend that behaves like it: model: {{source: {profile.synthetic_source}}}")
     if args.out:
-        Path(args.out).write_text(json.dumps(profile, indent=2) + "\n")
+        written = {**dataclasses.asdict(profile), "synthetic_source": profile.synthetic_source}
+        Path(args.out).write_text(json.dumps(written, indent=2) + "\n")
     return 0

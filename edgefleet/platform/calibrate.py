@@ -7,7 +7,7 @@ reads back its own EWMAs: prefill ms per prompt token and decode ms per step.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from dataclasses import dataclass
 
 from edgefleet.config import ModelSpec
 
@@ -15,7 +15,22 @@ TOPICS = ("gravity", "a compiler", "photosynthesis", "the stock market", "a volc
 PROMPTS = [f"In two sentences, explain {t}." for t in TOPICS]
 
 
-def calibrate(spec: ModelSpec, *, new_tokens: int = 32, rounds: int = 3) -> dict[str, Any]:
+@dataclass(frozen=True)
+class TimingProfile:
+    """A model's measured timing here, and the ``synthetic:`` source that mimics it."""
+
+    model: str  # "<source> <quantization> threads=<n>"
+    prefill_ms_per_token: float
+    decode_ms_per_step: dict[int, float]  # batch size → ms per decode step
+    batch_slowdown: float  # extra decode time per extra sequence in the batch, as a fraction
+
+    @property
+    def synthetic_source(self) -> str:
+        decode1 = self.decode_ms_per_step.get(1) or min(self.decode_ms_per_step.values())
+        return f"synthetic:{self.prefill_ms_per_token:.2f}:{decode1:.1f}:{self.batch_slowdown:.3f}"
+
+
+def calibrate(spec: ModelSpec, *, new_tokens: int = 32, rounds: int = 3) -> TimingProfile:
     """Profile of ``spec`` on this machine, with the ``synthetic:`` source string that mimics it."""
     from edgefleet.platform.engine import GenerationEngine, GenRequest
     from edgefleet.platform.models import load_model
@@ -41,10 +56,9 @@ def calibrate(spec: ModelSpec, *, new_tokens: int = 32, rounds: int = 3) -> dict
     prefill, decode1 = stats.prefill_ms_per_token, steps.get(1) or min(steps.values())
     biggest = max(steps)
     slowdown = max(0.0, (steps[biggest] / decode1 - 1) / (biggest - 1)) if biggest > 1 else 0.0
-    return {
-        "model": f"{spec.source} {spec.quantization} threads={spec.threads}",
-        "prefill_ms_per_token": prefill,
-        "decode_ms_per_step": {int(b): ms for b, ms in sorted(steps.items())},
-        "batch_slowdown": slowdown,
-        "synthetic_source": f"synthetic:{prefill:.2f}:{decode1:.1f}:{slowdown:.3f}",
-    }
+    return TimingProfile(
+        model=f"{spec.source} {spec.quantization} threads={spec.threads}",
+        prefill_ms_per_token=prefill,
+        decode_ms_per_step={int(b): ms for b, ms in sorted(steps.items())},
+        batch_slowdown=slowdown,
+    )

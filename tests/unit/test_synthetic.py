@@ -96,7 +96,7 @@ def test_calibration_gives_a_profile_a_synthetic_backend_accepts():
 
     profile = calibrate(ModelSpec(source="tiny", quantization="none"), new_tokens=6, rounds=1)
 
-    parsed = SyntheticProfile.parse(profile["synthetic_source"])
-    assert profile["prefill_ms_per_token"] > 0 and 1 in profile["decode_ms_per_step"]
-    assert max(profile["decode_ms_per_step"]) > 1  # the batch of 8 was measured too
-    assert parsed.decode_ms_per_step == pytest.approx(profile["decode_ms_per_step"][1], abs=0.05)
+    parsed = SyntheticProfile.parse(profile.synthetic_source)
+    assert profile.prefill_ms_per_token > 0 and 1 in profile.decode_ms_per_step
+    assert max(profile.decode_ms_per_step) > 1  # the batch of 8 was measured too
+    assert parsed.decode_ms_per_step == pytest.approx(profile.decode_ms_per_step[1], abs=0.05)
