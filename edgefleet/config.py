@@ -82,7 +82,7 @@ class ModelSpec(_Strict):
     # bf16, not int8: torch's dynamic int8 flips SmolLM2's answers near ties (per tensor it got 2
     # of the 4 fact questions of eval/scores.py right, per channel every DP round lost 1-2 of 4),
     # so the gate's regression guard held every round; bf16 kept all 4 for the base and every
-    # round, at 28 vs 50 tok/s batch 1 (docs/models-and-rollout.md#numeric-formats)
+    # round, at 28 vs 50 tok/s batch 1 on 2 threads (docs/models-and-rollout.md#numeric-formats)
     quantization: Quantization = "bf16"
     threads: int = Field(default=1, ge=1, le=64, description="torch intra-op threads in the actor")
 

@@ -82,11 +82,24 @@ class Outbox:
         self.max_attempts = max_attempts
         self.destination = destination
 
+    def adopt_entries_in(self, old_root: Path) -> int:
+        """Move the entries an earlier release left directly in ``old_root`` (one outbox for the
+        whole cache) into this one, so they are published, not orphaned by the upgrade; how many."""
+        moved = 0
+        for record in sorted(Path(old_root).glob(f"*/{RECORD}")):
+            entry = record.parent
+            if entry.suffix == ".tmp" or entry.parent == self.folder:
+                continue
+            self.folder.mkdir(parents=True, exist_ok=True)
+            entry.rename(self.folder / entry.name)
+            moved += 1
+        return moved
+
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
-        """Held while entries are published: two publishers of one machine (a federate job and
-        ``edgefleet models flush``) never publish the same entry at once. An advisory lock, freed
-        by the kernel when its holder dies."""
+        """Held while entries are published: two publishers of one machine (two federate jobs,
+        or one and an ``edgefleet models`` command, which flushes too) never publish the same
+        entry at once. An advisory lock, freed by the kernel when its holder dies."""
         self.folder.mkdir(parents=True, exist_ok=True)
         with open(self.folder / ".lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)

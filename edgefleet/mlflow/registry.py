@@ -247,6 +247,7 @@ class ModelRegistry:
         # one outbox per destination: configs sharing a cache must not publish each other's rounds
         folder = outbox_for(outbox, self.uri, self.registry_uri, model_name)
         self.outbox = Outbox(folder, max_attempts=max_attempts, destination=f"{model_name} at {self.registry_uri}")
+        self.outbox.adopt_entries_in(Path(outbox))  # an earlier release kept one outbox per cache
         self.after_step = after_step
 
     @classmethod
@@ -500,7 +501,7 @@ class ModelRegistry:
             p.decision = GateDecision(False, f"rolled back earlier: {tags[ROLLED_BACK_TAG]}")
             client.set_model_version_tag(self.name, version, GATE_REASON_TAG, p.decision.reason)
             return
-        if champion is not None and int(champion.version) > int(version):  # a late retry of an older round
+        if champion is not None and _later(champion, r, int(version)):  # a late retry of an older round
             p.decision = GateDecision(False, f"v{champion.version}, a later version, is already the champion")
             client.set_model_version_tag(self.name, version, GATE_REASON_TAG, p.decision.reason)
             return
@@ -682,8 +683,18 @@ class ModelRegistry:
         previous = champion.tags.get(PREVIOUS_TAG)
         if not previous:
             raise KeyError(f"{self.name} v{champion.version} replaced no earlier champion: nothing to roll back to")
-        client.set_registered_model_alias(self.name, CHAMPION, previous)
+        # The mark first: a crash before the alias moves leaves a marked champion (the rollout
+        # serves its fallback everywhere) and a retried publication never re-promotes it.
         client.set_model_version_tag(self.name, str(champion.version), ROLLED_BACK_TAG, reason)
+        before = client.get_model_version(self.name, previous).tags if previous else {}
+        if ROLLED_BACK_TAG in before:  # rejected itself: back to the last version the fleet approved
+            previous = self.last_approved(previous)
+            if previous is None:
+                return str(champion.version)  # nothing approved before it: it stays, marked
+            before = client.get_model_version(self.name, previous).tags
+        if not _approved(before) and CANARY_SINCE_TAG in before:  # its own canary starts afresh
+            client.delete_model_version_tag(self.name, previous, CANARY_SINCE_TAG)
+        client.set_registered_model_alias(self.name, CHAMPION, previous)
         return previous
 
     def latest_run(self) -> dict[str, Any] | None:
@@ -748,19 +759,28 @@ class ModelRegistry:
             return None
         holder, _, until = value.rpartition(" ")
         try:
-            return (holder, float(until)) if holder else None
+            expires = float(until)
         except ValueError:  # a hand-edited tag: nobody holds it
             return None
+        # a hand-edited or far-future expiry (clocks apart by more than a day) frees it too
+        if not holder or not math.isfinite(expires) or expires > time.time() + 86_400:
+            return None
+        return holder, expires
 
     def last_approved(self, version: str | None, *, max_hops: int = 50) -> str | None:
         """``version`` if the fleet approved its rollout (promoted to all edge nodes, never rolled
         back), else the newest such version before it along the ``previous_champion`` tags; None
         when there is none (the base model)."""
+        if version is None:
+            return None
+        tags_of = {v["version"]: v["tags"] for v in self.versions()}  # one listing, not one per hop
         seen: set[str] = set()
         while version is not None and version not in seen and len(seen) < max_hops:
             seen.add(version)
-            tags = self.show(version)["tags"]
-            if tags.get(ROLLOUT_TAG, "").startswith("promoted") and ROLLED_BACK_TAG not in tags:
+            tags = tags_of.get(str(version))
+            if tags is None:  # deleted (a clean-up) or a hand-edited tag: the chain ends here
+                return None
+            if _approved(tags):
                 return version
             version = tags.get(PREVIOUS_TAG) or None
         return None
@@ -770,6 +790,20 @@ class ModelRegistry:
 
     def tag(self, version: str, key: str, value: str) -> None:
         self._client().set_model_version_tag(self.name, str(version), key, value)
+
+
+def _later(champion: Any, r: RoundRecord, version: int) -> bool:
+    """Whether ``champion`` came after round ``r`` (registered as ``version``): a later round of the
+    same run (rounds, not version numbers: a retried round registers after the rounds that
+    overtook it), else a version registered after it."""
+    if champion.tags.get(RUN_TAG) == r.run and champion.tags.get(ROUND_TAG, "").isdigit():
+        return int(champion.tags[ROUND_TAG]) > r.round
+    return int(champion.version) > version
+
+
+def _approved(tags: dict[str, str]) -> bool:
+    """The fleet approved this version's rollout: promoted to every edge node, never rolled back."""
+    return tags.get(ROLLOUT_TAG, "").startswith("promoted") and ROLLED_BACK_TAG not in tags
 
 
 def model_card(r: RoundRecord) -> str:

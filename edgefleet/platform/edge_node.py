@@ -46,6 +46,15 @@ class NodeInfo:
     spec: ModelSpec  # what it was last told to load
 
 
+def node_info(answer: Any) -> NodeInfo:
+    """``EdgeNode.info()``'s answer as a NodeInfo, also from a detached actor an earlier release
+    started (it answers a dict) and that a redeploy or a reconciler meets after an upgrade."""
+    if isinstance(answer, NodeInfo):
+        return answer
+    fields = {k: answer[k] for k in NodeInfo.__dataclass_fields__ if k in answer}
+    return NodeInfo(**{**fields, "spec": ModelSpec.model_validate(answer["spec"])})
+
+
 class EdgeNode(ModelServer):
     """Serves one edge node's model. Construct through :func:`spawn_edge_node`, not directly."""
 

@@ -98,7 +98,7 @@ def quantize_int8(model: Any) -> Any:
     Per channel, not torch's default per tensor: on SmolLM2-135M the per-tensor form answered two of
     the four fact questions of ``eval/scores.py`` wrongly where fp32 answers all four, and a DP
     update's small weight changes flipped answers further; per channel the base answers all four,
-    at 28 instead of 32 tok/s (batch 1, one thread)."""
+    about 10% slower. Still not the edge default: see docs/models-and-rollout.md#numeric-formats."""
     import warnings
 
     import torch

@@ -16,7 +16,7 @@ from ray import serve
 from ray.serve.config import HTTPOptions, gRPCOptions
 
 from edgefleet.config import EdgefleetConfig
-from edgefleet.platform.edge_node import ACTOR_NAMESPACE, actor_name, spawn_edge_node
+from edgefleet.platform.edge_node import ACTOR_NAMESPACE, actor_name, node_info, spawn_edge_node
 from edgefleet.platform.topology import head_placement
 from edgefleet.serve.cloud import cloud_deployment
 from edgefleet.serve.convergence import served_version
@@ -117,13 +117,13 @@ def reconcile_edge_actors(cfg: EdgefleetConfig, *, timeout_s: float = 600) -> di
         log.warning("edge node %s not ready after %.0f s: deploying without it", refs[ref], timeout_s)
     swaps = {}
     for ref in ready:
-        node_id, info = refs[ref], ray.get(ref)
-        configured = wanted[node_id].model
-        running = info.spec
-        # A registry version on top of the configured base is the champion reconciler's doing: keep
-        # it. Any other difference (the adapter named in the config too) is a change to apply.
+        node_id, info = refs[ref], node_info(ray.get(ref))
+        configured, running = wanted[node_id].model, info.spec
+        # A registry version on top of the configured base is the champion reconciler's doing: it
+        # stays, over the base as now configured (a new format, say). Any other difference (the
+        # adapter named in the config too) is a change to apply.
         if (served_version(info.model_version, cfg.mlflow.model_name) or "").isdigit():
-            running = running.model_copy(update={"adapter": configured.adapter})
+            configured = configured.model_copy(update={"adapter": running.adapter})
         if running != configured:
             swaps[node_id] = actors[node_id].swap_model.remote(configured)
         outcome[node_id] = "swapped" if node_id in swaps else "serving"

@@ -25,7 +25,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,6 +103,7 @@ class Reconciler:
         # who acts on the fleet: one reconciler at a time (edgefleet up, models rollout, a
         # second up by mistake); the others watch until its lease expires
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._lease_s = 15.0
 
     # ------------------------------------------------------------ looking
 
@@ -138,8 +139,10 @@ class Reconciler:
         return found
 
     async def _model_version(self, actor: Any) -> str | None:
+        from edgefleet.platform.edge_node import node_info
+
         try:
-            return (await asyncio.wait_for(actor.info.remote(), self.controller.call_timeout_s)).model_version
+            return node_info(await asyncio.wait_for(actor.info.remote(), self.controller.call_timeout_s)).model_version
         except Exception as exc:  # noqa: BLE001 - a node that does not answer is left alone this pass
             if not is_unreachable(exc):
                 log.warning("an edge node failed to say what it serves: %s", exc)
@@ -151,6 +154,7 @@ class Reconciler:
         """Look and act until there is nothing to do, a step fails, or :data:`MAX_STEPS` are done;
         if another reconciler holds the lease (``lease_s``: how long this one takes it for), only
         look: one step, its plan not carried out."""
+        self._lease_s = lease_s
         other = self.registry.hold_lease(self.holder, lease_s)
         return asyncio.run(self._pass(watching=other or ""))
 
@@ -179,6 +183,26 @@ class Reconciler:
         metrics.nodes_off_champion(name, off_champion(state))
         metrics.rollout_state(name, plan.state)
 
+    @contextlib.asynccontextmanager
+    async def _renewing_lease(self) -> AsyncIterator[list[str]]:
+        """Renew the lease every third of its length while a long action runs (swaps, a canary
+        window), so it does not lapse mid-way and let a second reconciler act too; a reconciler
+        that dies mid-action still loses it within one lease. Yields who took it, if lost."""
+        lost: list[str] = []
+
+        async def renew() -> None:
+            while not lost:
+                await asyncio.sleep(max(1.0, self._lease_s / 3))
+                other = await asyncio.to_thread(self.registry.hold_lease, self.holder, self._lease_s)
+                if other:
+                    lost.append(other)
+
+        task = asyncio.create_task(renew())
+        try:
+            yield lost
+        finally:
+            task.cancel()
+
     async def _act(self, step: Step, actors: dict[str, Any]) -> None:
         plan, champion = step.plan, step.state.champion
         # Marks first: a reconciler that dies after one finds it and goes on from there.
@@ -189,7 +213,8 @@ class Reconciler:
         if plan.reject:
             self._reject(champion, plan.reject)
             return
-        results = await asyncio.gather(*(self._swap(actors[s.node], s) for s in plan.swaps))
+        async with self._renewing_lease():
+            results = await asyncio.gather(*(self._swap(actors[s.node], s) for s in plan.swaps))
         for swap, failure in zip(plan.swaps, results, strict=True):
             if failure is None:
                 step.swapped.append(swap)
@@ -199,7 +224,9 @@ class Reconciler:
             else:  # an error elsewhere, or no answer: the next pass tries again (a canary, until its deadline)
                 step.failures.append(f"{swap.node} → {describe(swap.to)} failed: {failure.reason}")
         if plan.judge:
-            step.report = await self._judge(step, actors)
+            async with self._renewing_lease() as lost:
+                report = await self._judge(step, actors, lost)
+            step.report = report
 
     async def _swap(self, actor: Any, swap: Swap) -> SwapFailed | None:
         """Swap one node; None when done."""
@@ -219,7 +246,7 @@ class Reconciler:
             return SwapFailed(reason, answered=True, definitive=_definitive(exc))
         return None
 
-    async def _judge(self, step: Step, actors: dict[str, Any]) -> RolloutReport | None:
+    async def _judge(self, step: Step, actors: dict[str, Any], lost_lease: list[str]) -> RolloutReport | None:
         """Watch the canaries against the rest for the window; promote or reject on the verdict.
         None when a node was lost meanwhile: no verdict, the next pass runs the window again."""
         state, champion = step.state, step.state.champion
@@ -239,6 +266,9 @@ class Reconciler:
         except Exception as exc:  # noqa: BLE001 - a window that failed judges nothing: roll back, say why
             canary = compared = unjudged
             verdict = Verdict(False, f"the canary window failed, rolled back unjudged: {type(exc).__name__}: {exc}")
+        if lost_lease:  # another reconciler acts now: it judges the version, not this one
+            step.failures.append(f"lost the reconciler lease to {lost_lease[0]} during the window: no verdict")
+            return None
         if verdict.promote:
             self.registry.tag(champion.version, PROMOTED, f"promoted to all edge nodes: {verdict.reason}")
         else:
@@ -285,7 +315,8 @@ class Reconciler:
         report = None
         while True:
             steps = self.reconcile_once(lease_s=_lease_for(interval_s))
-            report = next((s.report for s in reversed(steps) if s.report is not None), report)
+            # this version's window only: after a rejection the restored champion runs its own
+            report = next((s.report for s in reversed(steps) if s.report and s.report.version == version), report)
             marks = ChampionMarks.from_tags(version, self.registry.show(version)["tags"])
             if (marks.promoted or marks.rejected) and steps[-1].plan.idle:
                 break

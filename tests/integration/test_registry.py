@@ -360,6 +360,51 @@ def test_one_reconciler_holds_the_lease_until_it_expires_or_is_given_back(tmp_pa
     assert reg.hold_lease("a", 10, now=121.0) is None
 
 
+def test_a_round_registered_after_a_later_round_of_its_run_never_takes_the_champion(tmp_path, adapter_dir):
+    """Round 1 stopped before it had a version; round 2 (from another machine's outbox) became v1
+    and champion; round 1, retried, becomes v2: later by number, earlier by round, so held."""
+    uri, outbox = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "outbox"
+    with pytest.raises(Stopped):
+        ModelRegistry(uri, NAME, outbox=outbox, after_step=stop_after("run", 1)).publish(record(1, 3.0), adapter_dir)
+    other = ModelRegistry(uri, NAME, outbox=tmp_path / "another-machine's-outbox")
+    assert other.publish(record(2, 4.0), adapter_dir) == "1" and other.champion_version() == "1"
+
+    reg = ModelRegistry(uri, NAME, outbox=outbox)
+    assert reg.flush().published == {RoundKey("run-a", 1): "2"}
+    assert reg.champion_version() == "1" and reg.show("2")["tags"]["edgefleet.gate"] == "held"
+
+
+def test_the_fallback_and_the_lease_survive_a_deleted_version_and_odd_tags(tmp_path, adapter_dir):
+    reg = ModelRegistry(f"sqlite:///{tmp_path / 'mlflow.db'}", NAME, outbox=tmp_path / "outbox")
+    for i, loss in enumerate((5.0, 4.0, 3.0), start=1):
+        reg.publish(record(i, loss), adapter_dir)
+    client = mlflow.MlflowClient(reg.uri)
+    client.delete_model_version(NAME, "1")  # an operator cleans up old versions
+    assert reg.last_approved("3") is None  # the chain ends at the deleted one: the base model
+    reg.tag("3", "edgefleet.previous_champion", "3")  # a hand-edited loop
+    assert reg.last_approved("3") is None
+    for odd in ("ghost inf", "ghost nan", "ghost 1e300", "ghost x", " 5"):
+        client.set_registered_model_tag(NAME, "edgefleet.reconciler_lease", odd)
+        assert reg.hold_lease("me", 10) is None, odd  # an odd lease frees it, never crashes a pass
+
+
+def test_a_rollback_never_lands_on_a_rejected_version_and_restarts_its_canary(tmp_path, adapter_dir):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    reg = ModelRegistry(uri, NAME, outbox=tmp_path / "outbox")
+    for i, loss in enumerate((5.0, 4.0, 3.0), start=1):
+        assert reg.publish(record(i, loss), adapter_dir) == str(i)  # each replaces the one before
+    reg.tag("1", ROLLOUT_TAG, "promoted to all edge nodes: ok")
+    reg.tag("2", ROLLED_BACK_TAG, "canary regressed")  # v2 was rejected while v3 was already on its way
+    assert reg.rollback("canary regressed too", version="3") == "1"  # not v2: the last approved
+    assert reg.champion_version() == "1" and ROLLED_BACK_TAG in reg.show("3")["tags"]
+
+    reg.promote("3")  # an operator insists: v3 replaces v1 again
+    reg.tag("1", "edgefleet.canary_since", "12.5")
+    reg.tag("1", ROLLOUT_TAG, "")  # say v1 never finished its own canary
+    assert reg.rollback("no", version="3") == "1"
+    assert "edgefleet.canary_since" not in reg.show("1")["tags"]  # its canary starts afresh, not timed out
+
+
 def test_an_older_round_retried_after_a_newer_champion_is_held(tmp_path, adapter_dir):
     uri, outbox = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "outbox"
     with pytest.raises(Stopped):  # round 1 registered, then its publisher died before the gate

