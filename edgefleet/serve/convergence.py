@@ -105,6 +105,7 @@ class Plan:
     desired: Mapping[str, str | None]  # every node → what it should serve now
     swaps: tuple[Swap, ...] = ()
     start_canary: bool = False  # mark the champion's canary as begun (its deadline counts from now)
+    restart_clock: bool = False  # the same mark, renewed while the canary waits on the rest (not an action)
     judge: bool = False  # the canaries and the rest are ready: run the canary window and judge it
     promote: str = ""  # mark the champion promoted without a window, for this reason
     reject: str = ""  # mark the champion rejected, for this reason
@@ -161,8 +162,12 @@ def decide(state: FleetState, *, canary_timeout_s: float) -> Plan:
             f"the canary was not ready within {canary_timeout_s:.0f} s ({', '.join(waiting)} not serving it): timed out"
         )
         return Plan(CANARY, desired, reject=why)
-    notes = () if compared or not canaries_ready else ("waiting for a node outside the canaries to compare with",)
-    return Plan(CANARY, desired, swaps, start_canary=c.canary_since is None, notes=notes)
+    waiting_for_rest = canaries_ready and not compared
+    notes = ("waiting for a node outside the canaries to compare with",) if waiting_for_rest else ()
+    # While the canary is ready and only the rest is missing, its clock restarts each pass: the
+    # deadline measures the canary's own delay, so a blip of it after a long wait is not fatal.
+    start = c.canary_since is None
+    return Plan(CANARY, desired, swaps, start_canary=start, restart_clock=waiting_for_rest and not start, notes=notes)
 
 
 _NO_ANSWER = object()  # what a node that did not answer serves, equal to no version

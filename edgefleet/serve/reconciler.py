@@ -168,6 +168,8 @@ class Reconciler:
             if watching:
                 break
             self._report_metrics(state, plan)
+            if plan.restart_clock:
+                self.registry.tag(state.champion.version, CANARY_SINCE, f"{state.now:.3f}")
             if plan.idle:
                 break
             await self._act(step, actors)

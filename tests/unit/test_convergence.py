@@ -83,6 +83,7 @@ def test_a_canary_waiting_only_for_the_rest_is_never_rejected_for_it():
     c = ChampionMarks("2", previous="1", fallback="1", canary_since=990.0)
     plan = decide(fleet({"edge-1": "2"}, c, now=5000.0), canary_timeout_s=TIMEOUT)
     assert not plan.reject and not plan.judge and plan.state == "canary"
+    assert plan.restart_clock and plan.idle  # its clock restarts while it waits: a later blip is not fatal
     back = decide(fleet({"edge-1": "2", "edge-2": "1", "edge-3": "1"}, c, now=5005.0), canary_timeout_s=TIMEOUT)
     assert back.judge  # the rest answers again: the window runs
 
