@@ -74,3 +74,30 @@ def test_the_gate_checks_facts_exactly_as_a_node_answers_them():
     gate_answers = judge._lone_answers(served_form("int8")(base), qs)
 
     assert [a.strip() for a in gate_answers] == [a.strip() for a in asyncio.run(served_answers())]
+
+
+def test_the_guard_judges_facts_on_lone_answers_end_to_end(monkeypatch):
+    """Through score(): with facts whose right answer is what the int8 model says alone, the base
+    keeps every one. Judged on batched answers (which int8 changes) some would count as lost."""
+    import re
+
+    from edgefleet.eval import scores
+    from edgefleet.eval.scores import FACTS, served_form
+
+    base, tok = build_tiny(0)
+    judge = QualityJudge(base, tok, {"any": [ChatExample(q, "x") for q in QUESTIONS]}, served=served_form("int8"))
+    served, questions = served_form("int8")(base), [q for q, _ in FACTS]
+    alone, batched = judge._lone_answers(served, questions), judge._answers(served, questions)
+    assert alone != batched, "int8 answered the same alone and batched: the test cannot tell them apart"
+    facts = tuple((q, re.escape(a.strip()[:16])) for q, a in zip(questions, alone, strict=True))
+    monkeypatch.setattr(scores, "FACTS", facts)
+
+    q = judge_again(base, tok).score(base)
+
+    assert (q.facts_kept, q.facts_total, q.facts_lost) == (len(questions), len(questions), ())
+
+
+def judge_again(base, tok):
+    from edgefleet.eval.scores import served_form
+
+    return QualityJudge(base, tok, {"any": [ChatExample(q, "x") for q in QUESTIONS]}, served=served_form("int8"))
