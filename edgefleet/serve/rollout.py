@@ -60,6 +60,9 @@ class GroupHealth:
 class RolloutLimits:
     max_error_rate_increase: float = 0.05  # canary error rate may exceed the rest's by this much
     max_attainment_drop: float = 0.10  # canary SLA attainment may trail the rest's by this much
+    # ... unless a drop that large is likely chance: a window has tens of requests, and 2 late
+    # of 11 against 0 of 22 (p = 0.10) rejected a sound version in a demo
+    attainment_alpha: float = 0.05
     max_probe_loss_increase: float = 0.05  # nats per token on the probe set
     max_good_share_drop: float = 0.15  # canary users' share of good ratings may trail the rest's by this much
     min_ratings: int = 10  # per group: fewer ratings than this are too few to judge on (they are reported)
@@ -78,7 +81,9 @@ def judge(canary: GroupHealth, rest: GroupHealth, limits: RolloutLimits = Rollou
     if canary.error_rate > rest.error_rate + limits.max_error_rate_increase:
         problems.append(f"error rate {canary.error_rate:.1%} vs {rest.error_rate:.1%}")
     if canary.attainment < rest.attainment - limits.max_attainment_drop:
-        problems.append(f"SLA attainment {canary.attainment:.1%} vs {rest.attainment:.1%}")
+        p = fewer_by_chance(canary.sla_met, canary.requests, rest.sla_met, rest.requests)
+        if p < limits.attainment_alpha:
+            problems.append(f"SLA attainment {canary.attainment:.1%} vs {rest.attainment:.1%} (p = {p:.3f})")
     if not canary.probe_loss <= rest.probe_loss + limits.max_probe_loss_increase:  # NaN fails too
         problems.append(f"probe loss {canary.probe_loss:.3f} vs {rest.probe_loss:.3f}")
     enough = min(canary.ratings.total, rest.ratings.total) >= limits.min_ratings
@@ -97,6 +102,18 @@ def judge(canary: GroupHealth, rest: GroupHealth, limits: RolloutLimits = Rollou
         f"canary held up: error rate {canary.error_rate:.1%}, SLA {canary.attainment:.1%}, "
         f"probe loss {canary.probe_loss:.3f} (rest {rest.probe_loss:.3f}), {feedback}",
     )
+
+
+def fewer_by_chance(k1: int, n1: int, k2: int, n2: int) -> float:
+    """Fisher's exact test, one-sided: the chance that ``n1`` requests drawn from all ``n1 + n2``
+    would hold at most ``k1`` of the ``k1 + k2`` successes, were both groups alike."""
+    from math import comb
+
+    total, successes = n1 + n2, k1 + k2
+    if n1 == 0 or total == 0:
+        return 1.0
+    low = max(0, successes - n2)
+    return sum(comb(successes, x) * comb(total - successes, n1 - x) for x in range(low, k1 + 1)) / comb(total, n1)
 
 
 @dataclass

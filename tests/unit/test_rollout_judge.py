@@ -3,6 +3,8 @@ worse ratings from their users are rolled back."""
 
 import math
 
+import pytest
+
 from edgefleet.platform.feedback import Tally
 from edgefleet.serve.rollout import GroupHealth, RolloutLimits, judge
 
@@ -76,3 +78,15 @@ def test_canaries_must_be_edge_nodes_and_leave_one_to_compare_with(tmp_path):
         RolloutController(cfg, FakeRegistry(), canaries=["edge-9"], probe=["x"])
     with pytest.raises(ValueError, match="outside the canary set"):
         RolloutController(cfg, FakeRegistry(), canaries=["edge-1", "edge-2", "edge-3"], probe=["x"])
+
+
+def test_an_sla_drop_that_chance_explains_does_not_roll_back():
+    """2 late of 11 on the canary against 0 of 22 (a demo's window, p = 0.10) is noise; 20 of 30
+    against 30 of 30 (p < 0.001) is a regression."""
+    from edgefleet.serve.rollout import fewer_by_chance
+
+    assert judge(GroupHealth(11, 0, 9, 4.0), GroupHealth(22, 0, 22, 4.0)).promote
+    verdict = judge(GroupHealth(30, 0, 20, 4.0), REST)
+    assert not verdict.promote and "SLA attainment" in verdict.reason and "p = 0.000" in verdict.reason
+    assert fewer_by_chance(9, 11, 22, 22) == pytest.approx(0.1042, abs=1e-4)  # scipy's fisher_exact, 'less'
+    assert fewer_by_chance(5, 5, 5, 5) == 1.0 and fewer_by_chance(0, 0, 5, 5) == 1.0
