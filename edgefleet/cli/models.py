@@ -37,6 +37,9 @@ def add_parser(sub: Any) -> None:
     rollback = models.add_parser("rollback", help="move champion back to the version it replaced")
     rollback.add_argument("--reason", default="rolled back by an operator")
     rollback.set_defaults(func=cmd_rollback)
+    outbox = models.add_parser("outbox", help="rounds waiting to be published, and quarantined ones")
+    outbox.add_argument("--requeue", action="store_true", help="put quarantined rounds back to be published")
+    outbox.set_defaults(func=cmd_outbox)
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
@@ -108,6 +111,23 @@ def cmd_promote(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, ray_address=args.address)
     _guard(lambda: open_registry(cfg).promote(args.version, args.reason))
     console.print(f"{cfg.mlflow.model_name}@champion → version {args.version}")
+    return 0
+
+
+def cmd_outbox(args: argparse.Namespace) -> int:
+    from edgefleet.mlflow.registry import ModelRegistry
+
+    registry = ModelRegistry.from_config(load_config(args.config, ray_address=args.address))
+    if args.requeue:
+        for key in registry.outbox.requeue():
+            console.print(f"requeued {key.run} round {key.round}")
+    table = Table(title=f"outbox of {registry.outbox.destination}")
+    for col in ("run / round", "state", "failed attempts", "last error"):
+        table.add_column(col, overflow="fold")
+    for state, entries in (("waiting", registry.outbox.entries()), ("quarantined", registry.quarantined())):
+        for e in entries:
+            table.add_row(f"{e.key.run} / {e.key.round}", state, str(e.state.attempts), e.state.last_error or "-")
+    show(console, table)
     return 0
 
 

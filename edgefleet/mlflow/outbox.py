@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 RECORD, STATE, ADAPTER = "record.json", "entry.json", "adapter"
+COUNT_EVERY_S = 60.0  # failed attempts closer together than this count once
 
 
 @dataclass(frozen=True, order=True)
@@ -43,6 +44,7 @@ class EntryState:
     round: int
     attempts: int = 0
     last_error: str = ""
+    last_counted: float = 0.0  # unix s of the last attempt counted toward quarantine
 
     @property
     def key(self) -> RoundKey:
@@ -75,8 +77,12 @@ def outbox_for(root: str | Path, tracking_uri: str, registry_uri: str, model_nam
 
 
 class Outbox:
-    def __init__(self, folder: str | Path, *, max_attempts: int = 5, destination: str = "") -> None:
-        """``destination``: whose outbox this is, written beside the entries for whoever looks."""
+    def __init__(
+        self, folder: str | Path, *, max_attempts: int = 5, destination: str = "", count_every_s: float = COUNT_EVERY_S
+    ) -> None:
+        """``destination``: whose outbox this is, written beside the entries for whoever looks;
+        ``count_every_s``: failed attempts closer together than this count once."""
+        self.count_every_s = count_every_s
         self.folder = Path(folder)
         self.quarantine = self.folder.with_name(self.folder.name + "-quarantine")
         self.max_attempts = max_attempts
@@ -132,12 +138,29 @@ class Outbox:
     def quarantined(self) -> list[OutboxEntry]:
         return [_read(p.parent) for p in sorted(self.quarantine.glob(f"*/{RECORD}"))]
 
+    def requeue(self) -> list[RoundKey]:
+        """Quarantined entries back in the outbox with their count reset (once their cause is
+        fixed: ``edgefleet models outbox --requeue``); their keys."""
+        keys = []
+        for entry in self.quarantined():
+            _write_state(entry.folder, EntryState(entry.key.run, entry.key.round, last_error=entry.state.last_error))
+            self.folder.mkdir(parents=True, exist_ok=True)
+            entry.folder.rename(self.folder / entry.folder.name)
+            keys.append(entry.key)
+        return keys
+
     def done(self, entry: OutboxEntry) -> None:
         shutil.rmtree(entry.folder, ignore_errors=True)  # gone already: another publisher finished it
 
-    def failed(self, entry: OutboxEntry, error: str) -> bool:
-        """Count a failed attempt; True if that was the last one and the entry is now quarantined."""
-        state = replace(entry.state, attempts=entry.state.attempts + 1, last_error=error)
+    def failed(self, entry: OutboxEntry, error: str, *, now: float | None = None) -> bool:
+        """Count a failed attempt; True if that was the last one and the entry is now quarantined.
+        At most one attempt a minute counts: every ``edgefleet models`` command flushes, and five
+        of them during a short outage of the artifact store must not condemn a sound round."""
+        now = time.time() if now is None else now
+        if now - entry.state.last_counted < self.count_every_s:
+            _write_state(entry.folder, replace(entry.state, last_error=error))
+            return False
+        state = replace(entry.state, attempts=entry.state.attempts + 1, last_error=error, last_counted=now)
         _write_state(entry.folder, state)
         if state.attempts < self.max_attempts:
             return False

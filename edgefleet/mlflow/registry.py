@@ -236,17 +236,24 @@ class ModelRegistry:
         task_margin: float = 0.0,
         max_divergence: float = math.inf,
         max_attempts: int = 5,
+        count_every_s: float = 60.0,
         after_step: Callable[[str, RoundRecord], None] | None = None,
     ) -> None:
         """``registry_uri``: where versions and aliases live (default: the tracking store).
-        ``max_attempts``: failures before an outbox entry is quarantined. ``after_step``: called
+        ``max_attempts``: failures (at most one each ``count_every_s``) before an outbox entry is
+        quarantined. ``after_step``: called
         after each publication step with its name (fault-injection tests stop the publisher there)."""
         self.uri, self.name, self.margin = tracking_uri, model_name, margin
         self.registry_uri = registry_uri or tracking_uri
         self.task_margin, self.max_divergence = task_margin, max_divergence
         # one outbox per destination: configs sharing a cache must not publish each other's rounds
         folder = outbox_for(outbox, self.uri, self.registry_uri, model_name)
-        self.outbox = Outbox(folder, max_attempts=max_attempts, destination=f"{model_name} at {self.registry_uri}")
+        self.outbox = Outbox(
+            folder,
+            max_attempts=max_attempts,
+            destination=f"{model_name} at {self.registry_uri}",
+            count_every_s=count_every_s,
+        )
         self.outbox.adopt_entries_in(Path(outbox))  # an earlier release kept one outbox per cache
         self.after_step = after_step
 

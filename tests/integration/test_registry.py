@@ -288,7 +288,7 @@ def test_a_poisoned_entry_is_quarantined_and_does_not_block_the_rest(tmp_path, a
     """`baseline` and `dp-baseline` are different runs; an entry that cannot be published fails
     on its own, is quarantined with its error after max_attempts, and the other rounds go on."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    reg = ModelRegistry(uri, NAME, outbox=tmp_path / "outbox", max_attempts=3)
+    reg = ModelRegistry(uri, NAME, outbox=tmp_path / "outbox", max_attempts=3, count_every_s=0)
     reg.outbox.add(RoundKey("broken", 1), '{"run": "broken", "round": 1, "not a": "record"}', adapter_dir)
 
     assert reg.publish(record(1, 5.0, run="dp-baseline"), adapter_dir) == "1"

@@ -44,16 +44,21 @@ def test_an_entry_that_keeps_failing_is_quarantined_with_its_error_and_the_other
     box.add(RoundKey("run", 1), "{}", adapter)
     box.add(RoundKey("run", 2), "{}", adapter)
     poisoned, other = box.entries()
-    assert not box.failed(poisoned, "ValueError: no")
+    assert not box.failed(poisoned, "ValueError: no", now=1000.0)
     (poisoned, _) = box.entries()
-    assert poisoned.state.attempts == 1
-    assert box.failed(poisoned, "ValueError: still no")
+    assert not box.failed(poisoned, "OSError: store down a moment", now=1030.0)  # within a minute: not counted
+    (poisoned, _) = box.entries()
+    assert (poisoned.state.attempts, poisoned.state.last_error) == (1, "OSError: store down a moment")
+    assert box.failed(poisoned, "ValueError: still no", now=1100.0)
     assert [e.key for e in box.entries()] == [other.key]
     (kept,) = box.quarantined()
     assert (kept.key, kept.state.attempts, kept.state.last_error) == (RoundKey("run", 1), 2, "ValueError: still no")
     assert (kept.adapter_dir / "adapter_model.safetensors").read_bytes() == b"weights"  # nothing lost
     box.done(other)
     assert box.entries() == []
+    assert box.requeue() == [RoundKey("run", 1)]  # its cause fixed, an operator puts it back
+    (back,) = box.entries()
+    assert back.state.attempts == 0 and box.quarantined() == []
 
 
 def test_an_entry_an_earlier_release_wrote_is_read_by_its_record(tmp_path, adapter):
