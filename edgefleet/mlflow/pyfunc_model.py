@@ -26,6 +26,7 @@ from typing import Any
 import mlflow.pyfunc
 
 PARAMS = {"max_new_tokens": 32, "temperature": 0.0}  # what predict() takes, with its defaults
+INPUT_EXAMPLE = (["What is the capital of France?"], {"max_new_tokens": 8})  # prompts, params
 MAX_NEW_TOKENS = 1024  # a request may not ask an edge model for more (a served model's memory and time)
 MAX_PROMPTS, MAX_PROMPT_CHARS = 64, 16_000  # one call's work, bounded for the same reason
 # What loading the model imports (edgefleet itself travels as code with the model).

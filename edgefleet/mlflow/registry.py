@@ -429,9 +429,8 @@ class ModelRegistry:
             p.model_id = min(ready, key=lambda m: m.creation_timestamp).model_id
             return
         with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=p.run_id), warnings.catch_warnings():
-            # MLflow's advice to add type hints or an input example: the explicit signature already
-            # holds the schema, and an example would make MLflow load the model to check it
-            warnings.filterwarnings("ignore", message=".*(type hints to the `predict`|input example was not provided)")
+            # MLflow's advice to add type hints to predict: the explicit signature holds the schema
+            warnings.filterwarnings("ignore", message=".*type hints to the `predict`")
             spec = Path(tmp) / "base_model.json"
             spec.write_text(json.dumps(p.record.base_model))
             info = mlflow.pyfunc.log_model(
@@ -441,6 +440,7 @@ class ModelRegistry:
                 code_paths=[str(Path(edgefleet.__file__).parent)],  # the code that loads it travels with it
                 pip_requirements=pyfunc_model.requirements(),
                 signature=pyfunc_model.signature(),
+                input_example=pyfunc_model.INPUT_EXAMPLE,  # MLflow loads the model once to check it
             )
         p.model_id = info.model_id
 
