@@ -46,6 +46,16 @@ class NodeInfo:
     spec: ModelSpec  # what it was last told to load
 
 
+@dataclass(frozen=True)
+class NodeAnswer:
+    """``EdgeNode.generate``'s whole completion of a plain prompt."""
+
+    text: str
+    node_id: str
+    seconds: float  # in the engine
+    finish_reason: str
+
+
 def node_info(answer: Any) -> NodeInfo:
     """``EdgeNode.info()``'s answer as a NodeInfo, also from a detached actor an earlier release
     started (it answers a dict) and that a redeploy or a reconciler meets after an upgrade."""
@@ -120,7 +130,7 @@ class EdgeNode(ModelServer):
         async for event in self.stream(request):
             yield event
 
-    async def generate(self, prompt: str, max_new_tokens: int = 32, temperature: float = 0.0) -> dict[str, Any]:
+    async def generate(self, prompt: str, max_new_tokens: int = 32, temperature: float = 0.0) -> NodeAnswer:
         """Whole completion for a plain prompt: a convenience for scripts and checks."""
         import uuid
 
@@ -130,12 +140,7 @@ class EdgeNode(ModelServer):
         result = await self.complete(GenRequest(uuid.uuid4().hex, chat, max_new_tokens, temperature, stream=False))
         if isinstance(result, Failed):
             raise ValueError(result.message)
-        return {
-            "text": result.finished.text,
-            "node_id": self.node_id,
-            "seconds": result.engine_ms / 1000,
-            "finish_reason": result.finished.finish_reason,
-        }
+        return NodeAnswer(result.finished.text, self.node_id, result.engine_ms / 1000, result.finished.finish_reason)
 
     def info(self) -> NodeInfo:
         """Where this actor runs and what it serves; the labels are read from the raylet itself."""

@@ -63,7 +63,7 @@ def test_edge_node_actor_serves_its_model_and_comes_back_after_a_crash(fleet, fl
 
     assert info.node_labels[NODE_LABEL] == "edge-2"
     assert (info.model, info.quantization) == ("tiny", "none")
-    assert before["node_id"] == after["node_id"] == "edge-2"
-    assert before["text"] == after["text"]  # same seeded weights after the restart
+    assert before.node_id == after.node_id == "edge-2"
+    assert before.text == after.text  # same seeded weights after the restart
     assert ray.get_actor("restart-test", namespace=ACTOR_NAMESPACE)
     ray.kill(actor)

@@ -75,7 +75,7 @@ def ask_the_champion(cfg: EdgefleetConfig, console: Console, version: str | None
     actor = ray.get_actor(actor_name(node, cfg.app), namespace=ACTOR_NAMESPACE)
     answer = ray.get(actor.generate.remote(question, max_new_tokens=24), timeout=120)
     serving = f"the champion, v{version}" if version else "the base model (no champion)"
-    console.print(f"[bold]{node}, serving {serving}:[/] {question} → {answer['text'].strip()}")
+    console.print(f"[bold]{node}, serving {serving}:[/] {question} → {answer.text.strip()}")
 
 
 def rollout(cfg: EdgefleetConfig, registry: Any, version: str, console: Console, client: Any = None) -> None:
