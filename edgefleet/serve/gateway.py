@@ -55,7 +55,6 @@ from edgefleet.serve.stats_poller import StatsPoller
 from edgefleet.serve.targets import Targets
 from edgefleet.serve.validation import (
     REQUEST_ID,
-    RETRY_AFTER_MS,
     RateLimited,
     RequestError,
     Validated,
@@ -63,6 +62,7 @@ from edgefleet.serve.validation import (
     validate,
     validate_proto,
 )
+from edgefleet.serve.wire import bearer_from_grpc, bearer_from_http, set_grpc_status
 
 app = FastAPI(title="edgefleet", description="OpenAI-compatible API of the edgefleet Gateway")
 openai_http.install(app)
@@ -70,27 +70,6 @@ openai_http.install(app)
 
 # Helpers come before the class: @serve.deployment pickles the class at import, with the globals
 # that exist at that moment.
-
-
-def _bearer_from_http(authorization: str | None) -> str | None:
-    return (authorization or "").removeprefix("Bearer ").strip() or None
-
-
-def _bearer_from_grpc(ctx: Any) -> str | None:
-    if ctx is None:
-        return None
-    for key, value in ctx.invocation_metadata():
-        if key.lower() == "authorization" and value.startswith("Bearer "):
-            return value[len("Bearer ") :].strip()
-    return None
-
-
-def _set_status(ctx: Any, err: RequestError) -> None:
-    if ctx is not None:
-        ctx.set_code(err.code)
-        ctx.set_details(err.message)
-        if isinstance(err, RateLimited):  # machine-readable retry hint; the SDK reads it
-            ctx.set_trailing_metadata([(RETRY_AFTER_MS, str(err.retry_after_ms))])
 
 
 async def _result_of(events: AsyncIterator[Delta | GenerateResult]) -> GenerateResult:
@@ -133,17 +112,17 @@ class Gateway:
 
     async def Generate(self, request: pb.GenerateRequest, grpc_context=None) -> pb.GenerateResponse:  # noqa: N802
         try:
-            caller = self._caller(_bearer_from_grpc(grpc_context))
+            caller = self._caller(bearer_from_grpc(grpc_context))
             v = dataclasses.replace(validate_proto(request, self.cfg), caller=caller)
             result = await _result_of(self.run(v, arrived=time.perf_counter(), stream=False))
             return result.to_proto()
         except Exception as exc:  # noqa: BLE001 - every failure leaves with a status, never UNKNOWN
-            _set_status(grpc_context, counted_failure(exc))  # a unary call can end quietly with the code set
+            set_grpc_status(grpc_context, counted_failure(exc))  # a unary call can end quietly with the code set
             return pb.GenerateResponse()
 
     async def GenerateStream(self, request: pb.GenerateRequest, grpc_context=None):  # noqa: N802
         try:
-            caller = self._caller(_bearer_from_grpc(grpc_context))
+            caller = self._caller(bearer_from_grpc(grpc_context))
             index = 0
             v = dataclasses.replace(validate_proto(request, self.cfg), caller=caller)
             async for event in self.run(v, arrived=time.perf_counter()):
@@ -154,19 +133,19 @@ class Gateway:
                     yield pb.GenerateChunk(request_id=v.request_id, index=index, final=True, summary=event.to_proto())
         except Exception as exc:  # noqa: BLE001
             err = counted_failure(exc)
-            _set_status(grpc_context, err)
+            set_grpc_status(grpc_context, err)
             raise err from None  # a stream that just ends reports OK; raising makes Serve send the code
 
     async def Feedback(self, request: pb.FeedbackRequest, grpc_context=None) -> pb.FeedbackResponse:  # noqa: N802
         try:
-            caller = self._caller(_bearer_from_grpc(grpc_context))
+            caller = self._caller(bearer_from_grpc(grpc_context))
             if not isinstance(request, pb.FeedbackRequest):  # bytes the proxy could not decode
                 raise invalid("request", f"body is not an edgefleet.v1.FeedbackRequest: {request.reason}")
             good = {pb.RATING_GOOD: True, pb.RATING_BAD: False}.get(request.rating)
             node = await self.feedback_relay.rate(request.request_id, good, request.correction, caller)
             return pb.FeedbackResponse(request_id=request.request_id, node_id=node)
         except Exception as exc:  # noqa: BLE001
-            _set_status(grpc_context, as_request_error(exc))
+            set_grpc_status(grpc_context, as_request_error(exc))
             return pb.FeedbackResponse()
 
     # ------------------------------------------------------------------ OpenAI-compatible HTTP
@@ -175,7 +154,7 @@ class Gateway:
     async def feedback(self, body: FeedbackBody, authorization: str | None = Header(default=None)):
         """Rate an answer by its completion ``id``, optionally with the answer it should have been."""
         try:
-            caller = self._caller(_bearer_from_http(authorization))
+            caller = self._caller(bearer_from_http(authorization))
             node = await self.feedback_relay.rate(body.id, body.rating == "good", body.correction or "", caller)
         except Exception as exc:  # noqa: BLE001
             return error_response(as_request_error(exc))
@@ -204,7 +183,7 @@ class Gateway:
         # sends its own x-request-id chooses the id, so ids are unique only as far as callers' are.
         rid = request.headers.get("x-request-id") or uuid.uuid4().hex
         try:
-            caller = self._authenticate(_bearer_from_http(authorization))
+            caller = self._authenticate(bearer_from_http(authorization))
             if not REQUEST_ID.fullmatch(rid):  # it becomes the completion's id, in logs and metrics tags
                 raise invalid("x-request-id", "must be 1-128 characters of A-Z a-z 0-9 . _ : -")
             if kind == "chat":
