@@ -465,6 +465,23 @@ class EdgefleetConfig(_Strict):
         return os.environ.get("MLFLOW_REGISTRY_URI", "") or self.tracking_uri
 
 
+def use_mlflow_uris(tracking_uri: str, registry_uri: str) -> None:
+    """Point this process's MLflow at these stores (``models:/`` URIs resolve through MLflow's
+    globals) without leaking them into the environment: ``mlflow.set_tracking_uri`` also writes
+    ``MLFLOW_TRACKING_URI``, which :attr:`EdgefleetConfig.tracking_uri` reads as the user's choice,
+    so a later config in this process, or any child process, would use another config's store."""
+    import mlflow
+
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(registry_uri)
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 def _describe(err: dict[str, Any]) -> str:
     where = ".".join(str(p) for p in err["loc"]) or "(top level)"
     msg = err["msg"].removeprefix("Value error, ")

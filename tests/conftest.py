@@ -15,15 +15,19 @@ from edgefleet.config import EdgefleetConfig, PortsConfig, parse_config
 from edgefleet.security import digest
 from tests.background import Background
 
-# MLflow's set_tracking_uri also exports MLFLOW_TRACKING_URI (for its subprocesses), and a config
-# without mlflow.tracking_uri honours that variable: one test's store must not leak into the next.
-os.environ.pop("MLFLOW_TRACKING_URI", None)
+# MLflow's set_tracking_uri / set_registry_uri also export MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI,
+# and a config honours those variables. edgefleet's own calls restore them (config.use_mlflow_uris);
+# a test that calls MLflow directly must not leak its store into the next either.
+MLFLOW_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+for _variable in MLFLOW_URI_VARIABLES:
+    os.environ.pop(_variable, None)
 
 
 @pytest.fixture(autouse=True)
 def _no_tracking_uri_from_an_earlier_test() -> Iterator[None]:
     yield
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    for variable in MLFLOW_URI_VARIABLES:
+        os.environ.pop(variable, None)
 
 
 TEST_TOKEN = "test-token-3f9a-77c1e0"  # the config holds only its hash (edgefleet.security)

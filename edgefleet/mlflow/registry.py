@@ -44,6 +44,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgefleet.config import use_mlflow_uris
 from edgefleet.errors import EdgefleetError
 from edgefleet.eval.scores import SiteScore
 from edgefleet.mlflow.outbox import Outbox, OutboxEntry, RoundKey, outbox_for
@@ -273,12 +274,10 @@ class ModelRegistry:
     # ------------------------------------------------------------ plumbing
 
     def _client(self) -> Any:
-        import mlflow
         from mlflow import MlflowClient
 
         self._probe()
-        mlflow.set_tracking_uri(self.uri)  # MLflow resolves models:/ sources through the global URIs
-        mlflow.set_registry_uri(self.registry_uri)
+        use_mlflow_uris(self.uri, self.registry_uri)  # MLflow resolves models:/ sources through its globals
         return MlflowClient(tracking_uri=self.uri, registry_uri=self.registry_uri)
 
     def _probe(self) -> None:

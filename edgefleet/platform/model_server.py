@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgefleet import metrics
-from edgefleet.config import BatchingConfig, ModelSpec
+from edgefleet.config import BatchingConfig, ModelSpec, use_mlflow_uris
 from edgefleet.platform.events import Completed, EngineEvent, Failed, Started
 from edgefleet.platform.stats import EngineStats
 
@@ -101,8 +101,7 @@ class ModelServer:
         import mlflow
         import mlflow.artifacts
 
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(registry_uri or tracking_uri)  # models:/ URIs resolve through the registry
+        use_mlflow_uris(tracking_uri, registry_uri or tracking_uri)  # models:/ URIs resolve through the registry
         folder = Path(tempfile.mkdtemp(prefix="edgefleet-adapter-", dir=self.cache_dir))
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(folder)))
         found = next((p.parent for p in local.rglob("adapter_config.json")), None)

@@ -232,3 +232,23 @@ def test_the_tracking_uri_is_the_configs_else_mlflows_variable_else_sqlite_in_th
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
     assert parse_config({}).tracking_uri == "http://127.0.0.1:5999"
     assert parse_config({"mlflow": {"tracking_uri": "http://127.0.0.1:5000"}}).tracking_uri == "http://127.0.0.1:5000"
+
+
+def test_pointing_mlflow_at_a_store_leaks_nothing_into_the_environment(monkeypatch):
+    """MLflow's setters export MLFLOW_TRACKING_URI and MLFLOW_REGISTRY_URI, which a config reads as
+    the user's choice: after one registry was used, a second config in the process (or a CLI it
+    runs) read and published to the first one's store."""
+    import os
+
+    import mlflow
+
+    from edgefleet.config import EdgefleetConfig, use_mlflow_uris
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", "http://registry:5000")  # the user's own: kept
+    use_mlflow_uris("sqlite:////tmp/a/mlflow.db", "sqlite:////tmp/a/registry.db")
+
+    assert mlflow.get_tracking_uri() == "sqlite:////tmp/a/mlflow.db"  # MLflow itself points there
+    assert "MLFLOW_TRACKING_URI" not in os.environ and os.environ["MLFLOW_REGISTRY_URI"] == "http://registry:5000"
+    other = EdgefleetConfig.model_validate({"cache_dir": "/tmp/b"})
+    assert other.tracking_uri == "sqlite:////tmp/b/mlflow/mlflow.db"
