@@ -45,7 +45,7 @@ def test_every_answer_is_one_the_schema_documents(served):
 
         @given(case=operation.as_strategy())
         @settings(
-            max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None
+            max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None
         )
         def check(case) -> None:
             response = case.call(headers=AUTH, timeout=60)
