@@ -142,22 +142,28 @@ class Outbox:
         """Quarantined entries back in the outbox with their count reset (once their cause is
         fixed: ``edgefleet models outbox --requeue``); their keys."""
         keys = []
-        for entry in self.quarantined():
-            _write_state(entry.folder, EntryState(entry.key.run, entry.key.round, last_error=entry.state.last_error))
-            self.folder.mkdir(parents=True, exist_ok=True)
-            entry.folder.rename(self.folder / entry.folder.name)
-            keys.append(entry.key)
+        with self.exclusive():
+            waiting = {e.key for e in self.entries()}
+            for entry in self.quarantined():
+                if entry.key in waiting:  # the round was added again meanwhile: that one goes
+                    shutil.rmtree(entry.folder, ignore_errors=True)
+                    continue
+                state = EntryState(entry.key.run, entry.key.round, last_error=entry.state.last_error)
+                _write_state(entry.folder, state)
+                entry.folder.rename(self.folder / entry.folder.name)
+                keys.append(entry.key)
         return keys
 
     def done(self, entry: OutboxEntry) -> None:
         shutil.rmtree(entry.folder, ignore_errors=True)  # gone already: another publisher finished it
 
-    def failed(self, entry: OutboxEntry, error: str, *, now: float | None = None) -> bool:
+    def failed(self, entry: OutboxEntry, error: str, *, transient: bool = True, now: float | None = None) -> bool:
         """Count a failed attempt; True if that was the last one and the entry is now quarantined.
-        At most one attempt a minute counts: every ``edgefleet models`` command flushes, and five
-        of them during a short outage of the artifact store must not condemn a sound round."""
+        A ``transient`` failure (an outage) counts at most once each ``count_every_s``: every
+        ``edgefleet models`` command flushes, and five of them during a short outage of the
+        artifact store must not condemn a sound round. Any other failure counts each time."""
         now = time.time() if now is None else now
-        if now - entry.state.last_counted < self.count_every_s:
+        if transient and now - entry.state.last_counted < self.count_every_s:
             _write_state(entry.folder, replace(entry.state, last_error=error))
             return False
         state = replace(entry.state, attempts=entry.state.attempts + 1, last_error=error, last_counted=now)

@@ -325,7 +325,7 @@ class ModelRegistry:
             except Exception as exc:  # noqa: BLE001 - any failure is this entry's, never the caller's
                 self._probe()  # a server that went away mid-publish: wait, do not count it
                 error = f"{type(exc).__name__}: {exc}"
-                if self.outbox.failed(entry, error):
+                if self.outbox.failed(entry, error, transient=_transient(exc)):
                     log.error("MLflow: %s round %d quarantined after %s", entry.key.run, entry.key.round, error)
                     result.quarantined.append(entry.key)
                 else:
@@ -796,6 +796,14 @@ class ModelRegistry:
 
     def tag(self, version: str, key: str, value: str) -> None:
         self._client().set_model_version_tag(self.name, str(version), key, value)
+
+
+def _transient(exc: BaseException) -> bool:
+    """A failure an outage explains (the store or the network), not the entry itself."""
+    if isinstance(exc, OSError | TimeoutError):
+        return True
+    code = getattr(exc, "error_code", "")
+    return code in ("TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR", "REQUEST_LIMIT_EXCEEDED")
 
 
 def _later(champion: Any, r: RoundRecord, version: int) -> bool:

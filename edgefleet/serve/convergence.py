@@ -152,8 +152,11 @@ def decide(state: FleetState, *, canary_timeout_s: float) -> Plan:
     swaps = _swaps(desired, state, on_trial=c.version)
     canaries_ready = all(state.serving.get(n, _NO_ANSWER) == c.version for n in state.canaries)
     compared = [n for n in rest if state.serving.get(n, _NO_ANSWER) == c.fallback]
+    # The deadline measures the canary's own delay: while it serves the version, its clock
+    # restarts each pass (the rest swapping back, or a window rerun, is not the version's fault).
+    restart = canaries_ready and c.canary_since is not None
     if canaries_ready and compared and not swaps:
-        return Plan(CANARY, desired, judge=True, start_canary=c.canary_since is None)
+        return Plan(CANARY, desired, judge=True, start_canary=c.canary_since is None, restart_clock=restart)
     waiting = [n for n in state.canaries if state.serving.get(n, _NO_ANSWER) != c.version]
     if waiting and c.canary_since is not None and state.now > c.canary_since + canary_timeout_s:
         # the canary's own failure to take the version; the rest being down or slow to swap back
@@ -162,12 +165,8 @@ def decide(state: FleetState, *, canary_timeout_s: float) -> Plan:
             f"the canary was not ready within {canary_timeout_s:.0f} s ({', '.join(waiting)} not serving it): timed out"
         )
         return Plan(CANARY, desired, reject=why)
-    waiting_for_rest = canaries_ready and not compared
-    notes = ("waiting for a node outside the canaries to compare with",) if waiting_for_rest else ()
-    # While the canary is ready and only the rest is missing, its clock restarts each pass: the
-    # deadline measures the canary's own delay, so a blip of it after a long wait is not fatal.
-    start = c.canary_since is None
-    return Plan(CANARY, desired, swaps, start_canary=start, restart_clock=waiting_for_rest and not start, notes=notes)
+    notes = ("waiting for a node outside the canaries to compare with",) if canaries_ready and not compared else ()
+    return Plan(CANARY, desired, swaps, start_canary=c.canary_since is None, restart_clock=restart, notes=notes)
 
 
 _NO_ANSWER = object()  # what a node that did not answer serves, equal to no version

@@ -193,11 +193,18 @@ class Reconciler:
         lost: list[str] = []
 
         async def renew() -> None:
+            renewed = time.monotonic()
             while not lost:
                 await asyncio.sleep(max(1.0, self._lease_s / 3))
-                other = await asyncio.to_thread(self.registry.hold_lease, self.holder, self._lease_s)
+                try:
+                    other = await asyncio.to_thread(self.registry.hold_lease, self.holder, self._lease_s)
+                except Exception as exc:  # noqa: BLE001 - the registry briefly down: try again
+                    if time.monotonic() - renewed > self._lease_s:  # it may have lapsed meanwhile
+                        lost.append(f"nobody, for sure (renewal failing: {type(exc).__name__})")
+                    continue
                 if other:
                     lost.append(other)
+                renewed = time.monotonic()
 
         task = asyncio.create_task(renew())
         try:

@@ -63,6 +63,7 @@ class RolloutLimits:
     # ... unless a drop that large is likely chance: a window has tens of requests, and 2 late
     # of 11 against 0 of 22 (p = 0.10) rejected a sound version in a demo
     attainment_alpha: float = 0.05
+    max_attainment_drop_any: float = 0.5  # a drop this large counts however few the requests
     max_probe_loss_increase: float = 0.05  # nats per token on the probe set
     max_good_share_drop: float = 0.15  # canary users' share of good ratings may trail the rest's by this much
     min_ratings: int = 10  # per group: fewer ratings than this are too few to judge on (they are reported)
@@ -82,7 +83,7 @@ def judge(canary: GroupHealth, rest: GroupHealth, limits: RolloutLimits = Rollou
         problems.append(f"error rate {canary.error_rate:.1%} vs {rest.error_rate:.1%}")
     if canary.attainment < rest.attainment - limits.max_attainment_drop:
         p = fewer_by_chance(canary.sla_met, canary.requests, rest.sla_met, rest.requests)
-        if p < limits.attainment_alpha:
+        if p < limits.attainment_alpha or canary.attainment < rest.attainment - limits.max_attainment_drop_any:
             problems.append(f"SLA attainment {canary.attainment:.1%} vs {rest.attainment:.1%} (p = {p:.3f})")
     if not canary.probe_loss <= rest.probe_loss + limits.max_probe_loss_increase:  # NaN fails too
         problems.append(f"probe loss {canary.probe_loss:.3f} vs {rest.probe_loss:.3f}")

@@ -252,3 +252,18 @@ def test_pointing_mlflow_at_a_store_leaks_nothing_into_the_environment(monkeypat
     assert "MLFLOW_TRACKING_URI" not in os.environ and os.environ["MLFLOW_REGISTRY_URI"] == "http://registry:5000"
     other = EdgefleetConfig.model_validate({"cache_dir": "/tmp/b"})
     assert other.tracking_uri == "sqlite:////tmp/b/mlflow/mlflow.db"
+
+
+def test_pointing_mlflow_from_many_threads_at_once_leaks_nothing():
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    from edgefleet.config import use_mlflow_uris
+
+    def point(i: int) -> None:
+        for _ in range(50):
+            use_mlflow_uris(f"sqlite:////tmp/t{i}/mlflow.db", f"sqlite:////tmp/t{i}/mlflow.db")
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(point, range(8)))  # raises here if one thread's restore broke another's
+    assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ

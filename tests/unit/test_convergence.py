@@ -274,3 +274,13 @@ def test_only_errors_that_condemn_the_version_reject_it_at_once_others_are_retri
     assert not _definitive(RayTaskError(ConnectionError("registry refused the connection")))
     assert not _definitive(MlflowException("API request failed", error_code=TEMPORARILY_UNAVAILABLE))
     assert not _definitive(TimeoutError())
+
+
+def test_the_canary_clock_restarts_whenever_the_canary_is_ready():
+    """Ready while a rest node still swaps back (or a window reruns): not the version's fault, so
+    one missed poll of the canary later must not find it past its deadline."""
+    c = ChampionMarks("2", previous="1", fallback="1", canary_since=1000.0)
+    pending = decide(fleet({"edge-1": "2", "edge-2": "1", "edge-3": None}, c, now=1500.0), canary_timeout_s=TIMEOUT)
+    judging = decide(fleet({"edge-1": "2", "edge-2": "1", "edge-3": "1"}, c, now=1500.0), canary_timeout_s=TIMEOUT)
+    assert pending.restart_clock and pending.swaps == (Swap("edge-3", "1"),)
+    assert judging.restart_clock and judging.judge

@@ -59,6 +59,12 @@ def test_an_entry_that_keeps_failing_is_quarantined_with_its_error_and_the_other
     assert box.requeue() == [RoundKey("run", 1)]  # its cause fixed, an operator puts it back
     (back,) = box.entries()
     assert back.state.attempts == 0 and box.quarantined() == []
+    # an entry's own error (not an outage) counts every time; a round added again meanwhile is not doubled
+    assert not box.failed(back, "TypeError: bad record", transient=False, now=2000.0)
+    (back,) = box.entries()
+    assert box.failed(back, "TypeError: bad record", transient=False, now=2001.0)
+    box.add(RoundKey("run", 1), "{}", adapter)
+    assert box.requeue() == [] and len(box.entries()) == 1 and box.quarantined() == []
 
 
 def test_an_entry_an_earlier_release_wrote_is_read_by_its_record(tmp_path, adapter):

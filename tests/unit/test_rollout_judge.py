@@ -90,3 +90,10 @@ def test_an_sla_drop_that_chance_explains_does_not_roll_back():
     assert not verdict.promote and "SLA attainment" in verdict.reason and "p = 0.000" in verdict.reason
     assert fewer_by_chance(9, 11, 22, 22) == pytest.approx(0.1042, abs=1e-4)  # scipy's fisher_exact, 'less'
     assert fewer_by_chance(5, 5, 5, 5) == 1.0 and fewer_by_chance(0, 0, 5, 5) == 1.0
+
+
+def test_a_collapse_of_the_sla_counts_even_in_a_window_too_short_for_the_test():
+    """0 of 3 on time against 3 of 3 (p = 0.05): too few requests for Fisher's test at 0.05, but a
+    drop of more than half counts whatever the sample."""
+    assert not judge(GroupHealth(3, 0, 0, 4.0), GroupHealth(3, 0, 3, 4.0)).promote
+    assert not judge(GroupHealth(2, 0, 0, 4.0), GroupHealth(0, 0, 0, 4.0)).promote  # the rest sent nothing
