@@ -78,6 +78,10 @@ class Publisher(Protocol):
         self, result: RoundResult, adapter_path: Path, *, base: Any, hp: Any, base_quality: Any
     ) -> str | None: ...
 
+    def held(self, version: str) -> bool:
+        """Whether the promotion gate held ``version`` (the next round then does not build on it)."""
+        ...
+
 
 class _AttemptFailed(EdgefleetError):
     def __init__(self, reason: str, exclude: dict[str, str] | None = None) -> None:
@@ -323,7 +327,7 @@ class Coordinator:
         mark = time.perf_counter()
         self._persist("training")
         self.on_step(f"round {round_id}: {k} clients train on their own data")
-        adapter = self.store.load_adapter(round_id - 1)
+        adapter = self.store.load_adapter(self.state.kept_round)
         layout = payload.Layout.of(adapter, trainable_adapter_names(self.hp, adapter))  # ours, not a client's
         clip = self.fed.user_dp.clip_norm if self.fed.user_dp else None
         results, stragglers = self.clients.ask(
@@ -380,7 +384,7 @@ class Coordinator:
         self.on_step(f"round {cur.round}: aggregating ({self.fed.strategy})")
         mark = time.perf_counter()
         vectors = self.store.load_vectors(cur.round)
-        adapter = self.store.load_adapter(cur.round - 1)
+        adapter = self.store.load_adapter(self.state.kept_round)  # what the clients started from
         layout = payload.Layout.of(adapter, cur.names)
         if self.fed.secure_aggregation:
             server = SecAggServer(cur.roster, threshold=cur.threshold, round_tag=cur.tag.encode(), length=layout.length)
@@ -465,6 +469,8 @@ class Coordinator:
                 hp=self.hp,
                 base_quality=self.state.initial_quality,
             )
+        if version is None or not self.publisher.held(version):
+            self.state.kept_round = result.round
         if self.on_round is not None:
             self.on_round(result, version)
         self.state.completed.append(result)

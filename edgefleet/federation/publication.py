@@ -95,6 +95,15 @@ class RoundPublisher:
             metrics.champion_of(self.registry)
         return version
 
+    def held(self, version: str) -> bool:
+        """Whether the gate held ``version``; False when the registry cannot say (then the run
+        builds on it, as it did before the gate existed)."""
+        try:
+            return self.registry.show(version)["tags"].get("edgefleet.gate") == "held"
+        except Exception:  # noqa: BLE001 - the registry unreachable: do not stall the run on it
+            log.warning("could not read the gate's decision on v%s; building on it", version)
+            return False
+
     def gate(self, version: str) -> str:
         """What the promotion gate said of ``version`` ("champion: …", "candidate: …"), for display."""
         tags = self.registry.show(version).get("tags", {})

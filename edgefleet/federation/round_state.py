@@ -141,6 +141,9 @@ class RunState:
     initial_loss: float | None = None  # the base model's held-out loss
     initial_quality: Quality | None = None  # the base model's scores: what the first version must beat
     user_dp_history: list[Release] = field(default_factory=list)  # one DP-FedAvg release per round
+    # The round whose global model the next round starts from: the last one the gate kept (0: the
+    # start). A held round is published, but not built on: a model is kept only if it is better.
+    kept_round: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -151,6 +154,7 @@ class RunState:
             "initial_loss": self.initial_loss,
             "initial_quality": asdict(self.initial_quality) if self.initial_quality else None,
             "user_dp_history": [[r.noise_multiplier, r.sample_rate, r.steps] for r in self.user_dp_history],
+            "kept_round": self.kept_round,
         }
 
     @classmethod
@@ -164,4 +168,6 @@ class RunState:
             initial_loss=data.get("initial_loss"),
             initial_quality=Quality.from_json(quality) if quality else None,
             user_dp_history=[Release(*h) for h in data.get("user_dp_history", [])],
+            # a state from before: every round was built on
+            kept_round=data.get("kept_round", len(data.get("completed", []))),
         )

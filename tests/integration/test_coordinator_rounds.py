@@ -299,3 +299,27 @@ def test_secure_aggregation_with_one_client_per_round_is_refused_with_the_way_ou
 
     with pytest.raises(EdgefleetError, match="secure_aggregation needs clients_per_round >= 2"):
         Coordinator(cfg, tmp_path / "run")
+
+
+class GateHoldingRound1:
+    """A registry double whose gate holds round 1's version and keeps every other."""
+
+    def publish(self, result, adapter_path, *, base, hp, base_quality):
+        return str(result.round)
+
+    def held(self, version):
+        return version == "1"
+
+
+def test_a_round_the_gate_held_is_published_but_never_built_on(tmp_path):
+    """A model is kept only if it is better: round 2 starts from the start, not from held round 1."""
+    cfg = federation_config(tmp_path, local_steps=2)
+    coord = coordinator(cfg, tmp_path / "run", publisher=GateHoldingRound1())
+    loaded: list[int] = []
+    load = coord.store.load_adapter
+    coord.store.load_adapter = lambda r: loaded.append(r) or load(r)
+
+    coord.run(2)
+
+    assert loaded.count(1) == 1, loaded  # round 1's global: evaluated, never trained or aggregated on
+    assert coord.state.kept_round == 2 and [r.round for r in coord.completed] == [1, 2]
