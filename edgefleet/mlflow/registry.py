@@ -773,13 +773,17 @@ class ModelRegistry:
             return None
         return holder, expires
 
-    def last_approved(self, version: str | None, *, max_hops: int = 50) -> str | None:
+    def last_approved(
+        self, version: str | None, *, tags_of: dict[str, dict[str, str]] | None = None, max_hops: int = 50
+    ) -> str | None:
         """``version`` if the fleet approved its rollout (promoted to all edge nodes, never rolled
         back), else the newest such version before it along the ``previous_champion`` tags; None
-        when there is none (the base model)."""
+        when there is none (the base model). ``tags_of``: every version's tags, if the caller has
+        them already."""
         if version is None:
             return None
-        tags_of = {v["version"]: v["tags"] for v in self.versions()}  # one listing, not one per hop
+        if tags_of is None:  # one listing, not one per hop
+            tags_of = {v["version"]: v["tags"] for v in self.versions()}
         seen: set[str] = set()
         while version is not None and version not in seen and len(seen) < max_hops:
             seen.add(version)

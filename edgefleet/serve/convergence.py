@@ -70,11 +70,13 @@ class ChampionMarks:
 def champion_marks(registry: Any) -> ChampionMarks | None:
     """The champion's marks as ``registry`` (a ModelRegistry) holds them, with its fallback looked
     up; None without a champion. What the reconciler and ``edgefleet status`` both read."""
-    version = registry.champion_version()
+    listing = registry.versions()  # one listing per look: the reconciler looks every few seconds
+    version = next((v["version"] for v in listing if "champion" in v["aliases"]), None)
     if version is None:
         return None
-    marks = ChampionMarks.from_tags(version, registry.show(version)["tags"])
-    return replace(marks, fallback=registry.last_approved(marks.previous))
+    tags_of = {v["version"]: v["tags"] for v in listing}
+    marks = ChampionMarks.from_tags(version, tags_of[version])
+    return replace(marks, fallback=registry.last_approved(marks.previous, tags_of=tags_of))
 
 
 @dataclass(frozen=True)
