@@ -8,7 +8,7 @@
   pyfunc that generates text (:mod:`pyfunc_model`), tagged with its lineage: run, round, strategy,
   participating clients (the nodes whose data contributed), (ε, δ), the parent version and the base
   model. It gets the alias ``candidate``. Aliases, never the deprecated stages.
-- **Promotion gate** (:func:`gate`, pure): ``champion`` moves to the candidate only if every client
+- **Promotion gate** (:mod:`gate`, pure): ``champion`` moves to the candidate only if every client
   is within its privacy budget and it is better for users: its task score (``eval/scores.py``)
   beats the champion's (the base model's, for the first version) by ``task_margin``, its divergence
   from the base on general chat stays within ``max_divergence`` and it still answers every fact the
@@ -47,6 +47,7 @@ from typing import Any
 from edgefleet.config import use_mlflow_uris
 from edgefleet.errors import EdgefleetError
 from edgefleet.eval.scores import SiteScore
+from edgefleet.mlflow.gate import GateDecision, UserScores, gate
 from edgefleet.mlflow.outbox import Outbox, OutboxEntry, RoundKey, outbox_for
 
 log = logging.getLogger(__name__)
@@ -65,73 +66,6 @@ ROLLOUT_TAG, CANARY_SINCE_TAG = "edgefleet.rollout", "edgefleet.canary_since"
 LEASE_TAG = "edgefleet.reconciler_lease"
 # How a round is published (ModelRegistry._step_<name>), in order; each one idempotent.
 STEPS = ("run", "artifacts", "model", "metrics", "version", "candidate", "decide", "champion", "gate")
-
-
-@dataclass(frozen=True)
-class GateDecision:
-    promote: bool
-    reason: str
-
-
-@dataclass(frozen=True)
-class UserScores:
-    """A version's scores for users (see ``eval/scores.py``), as the gate weighs them."""
-
-    task_score: float
-    divergence: float
-    facts_lost: tuple[str, ...] = ()
-    answer_match: float | None = None  # reported, not gated: greedy answers are noisier than the task score
-    per_site: tuple[SiteScore, ...] = ()
-
-
-def gate(
-    candidate_loss: float,
-    champion_loss: float | None,
-    *,
-    margin: float,
-    within_budget: bool,
-    scores: UserScores | None = None,
-    to_beat: float | None = None,
-    task_margin: float = 0.0,
-    max_divergence: float = math.inf,
-) -> GateDecision:
-    """Whether a candidate becomes champion.
-
-    With ``scores``: its task score must beat ``to_beat`` (the champion's, else the base model's) by
-    ``task_margin``, and the regression guard must hold. Without: held-out loss, better by ``margin``.
-    Nobody may be over budget either way.
-    """
-    if not within_budget:
-        return GateDecision(False, "a client is over its privacy budget")
-    if scores is not None:
-        return _gate_on_users(scores, to_beat, task_margin, max_divergence)
-    if not math.isfinite(candidate_loss):
-        return GateDecision(False, f"held-out loss is {candidate_loss}")
-    if champion_loss is None:
-        return GateDecision(True, f"first version: held-out loss {candidate_loss:.4f}")
-    if candidate_loss <= champion_loss - margin:
-        return GateDecision(
-            True, f"held-out loss {candidate_loss:.4f} beats champion {champion_loss:.4f} by ≥ {margin:g}"
-        )
-    return GateDecision(
-        False, f"held-out loss {candidate_loss:.4f} does not beat champion {champion_loss:.4f} by {margin:g}"
-    )
-
-
-def _gate_on_users(s: UserScores, to_beat: float | None, task_margin: float, max_divergence: float) -> GateDecision:
-    if not math.isfinite(s.task_score):
-        return GateDecision(False, f"task score is {s.task_score}")
-    if s.facts_lost:
-        return GateDecision(False, f"regression: no longer answers {'; '.join(s.facts_lost)!r}")
-    if not s.divergence <= max_divergence:
-        return GateDecision(
-            False, f"regression: divergence from the base on general chat {s.divergence:.4f} > {max_divergence:g}"
-        )
-    if to_beat is None:
-        return GateDecision(True, f"first version: task score {s.task_score:.4f}")
-    if s.task_score >= to_beat + task_margin:
-        return GateDecision(True, f"task score {s.task_score:.4f} beats {to_beat:.4f} by ≥ {task_margin:g}; guard held")
-    return GateDecision(False, f"task score {s.task_score:.4f} does not beat {to_beat:.4f} by {task_margin:g}")
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The promotion gate: better held-out loss by the margin, and nobody over budget."""
 
-from edgefleet.mlflow.registry import gate
+from edgefleet.mlflow.gate import gate
 
 
 def test_the_first_version_is_promoted():
